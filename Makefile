@@ -1,0 +1,54 @@
+# The two commands of the README, plus set-up and maintenance targets.
+#   make serve   create .venv, install, serve the embedded model on 127.0.0.1:8000
+#   make test    create .venv, install with test extras, lint and run the tests
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+MODEL ?= models/tiny-chat.gguf
+PYTEST_ARGS ?=
+# llama-cpp-python compiles llama.cpp on first install (pip caches the wheel afterwards).
+export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
+
+.PHONY: serve test install install-test model lint format clean
+
+serve: install
+	$(BIN)/lmgate serve --model $(MODEL) --host $(HOST) --port $(PORT)
+
+test: install-test
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+# Rebuild the embedded default chat model (about 20 minutes on 2 cores). torch 2.13.0 is the
+# CPU build; on a machine without it on disk, install a CPU torch first.
+model: install
+	$(BIN)/pip install --quiet 'torch==2.13.0' -e '.[model]'
+	$(BIN)/python -m lmgate.quantize.tinychat.train --out $(MODEL)
+
+lint: install-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install-test
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,29 @@
+"""Errors a backend raises for a request it cannot serve.
+
+The server translates them into its own tree (server/errors.py) in one place; backends never
+import the server. Each names the request field at fault, so the client learns what to fix.
+"""
+
+from __future__ import annotations
+
+
+class BackendError(Exception):
+    """Base of every error a backend raises on purpose."""
+
+
+class InvalidRequest(BackendError):
+    """The request is well-formed but this model cannot serve it as asked (a client error).
+
+    ``param`` names the request field at fault; ``code`` is a stable machine-readable reason
+    (e.g. ``context_length_exceeded``).
+    """
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+class BackendUnavailable(BackendError):
+    """The backend is not loaded, is stopping or has failed; the request may be retried later."""

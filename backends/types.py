@@ -1,0 +1,169 @@
+"""The types every backend speaks: one request in, a stream of deltas out.
+
+Frozen dataclasses, no pydantic and no protobuf: the HTTP and gRPC transports convert their own
+shapes into ``GenerateRequest`` and encode ``TokenDelta`` back (DESIGN §2, §4). Validation of the
+values a client sends happens at the edge; these types trust what they are given.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class FinishReason(enum.StrEnum):
+    """Why a choice stopped, with the OpenAI names."""
+
+    STOP = "stop"  # an EOS token, a stop string or a stop token id
+    LENGTH = "length"  # max_tokens or the context length was reached
+    ABORT = "abort"  # the client went away, a deadline passed or the server is stopping
+
+
+class Role(enum.StrEnum):
+    """Chat roles a request may carry."""
+
+    SYSTEM = "system"
+    DEVELOPER = "developer"
+    USER = "user"
+    ASSISTANT = "assistant"
+    TOOL = "tool"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """How tokens are chosen and when a choice stops.
+
+    ``temperature == 0`` means greedy. ``top_k == 0`` and ``top_p == 1`` and ``min_p == 0`` mean
+    off. ``max_tokens=None`` means "until the context is full". ``logprobs=None`` returns no
+    log-probabilities; an integer returns the chosen token's and that many top alternatives.
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    penalty_last_n: int = 64
+    seed: int | None = None
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    logprobs: int | None = None
+    n: int = 1
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateRequest:
+    """One generation, from either transport.
+
+    Exactly one of ``prompt`` (text), ``prompt_token_ids`` or ``messages`` (chat, rendered with
+    the model's template by the backend) is set.
+    """
+
+    request_id: str
+    model: str
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    prompt: str | None = None
+    prompt_token_ids: tuple[int, ...] | None = None
+    messages: tuple[ChatMessage, ...] | None = None
+
+    def __post_init__(self) -> None:
+        given = sum(x is not None for x in (self.prompt, self.prompt_token_ids, self.messages))
+        if given != 1:
+            raise ValueError("exactly one of prompt, prompt_token_ids and messages must be set")
+
+
+@dataclass(frozen=True, slots=True)
+class TopLogprob:
+    token_id: int
+    token: str
+    logprob: float
+    bytes: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """The chosen token's log-probability under the model and its top alternatives."""
+
+    token_id: int
+    token: str
+    logprob: float
+    bytes: bytes
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TokenDelta:
+    """New output of one choice (``index``), in generation order.
+
+    ``text`` may be empty while bytes of a multi-byte character or a possible stop string are held
+    back. The last delta of a choice has ``finish_reason`` and ``usage`` (this choice's completion
+    tokens; the prompt counted in every choice's usage alike).
+    """
+
+    index: int
+    text: str
+    token_ids: tuple[int, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a backend honours; the router checks requests against it."""
+
+    sampling_params: frozenset[str]
+    max_logprobs: int = 20
+    max_n: int = 1
+    chat: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What /v1/models and ListModels show about a loaded model."""
+
+    name: str
+    backend: str
+    context_length: int
+    quantization: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BackendStats:
+    """A point-in-time snapshot, safe to read from any thread."""
+
+    running: int = 0
+    waiting: int = 0
+    kv_cells_used: int = 0
+    kv_cells_total: int = 0
+    prefix_queries: int = 0
+    prefix_hits: int = 0
+    preemptions: int = 0
+    steps: int = 0
+    generated_tokens: int = 0
+
+    @property
+    def kv_usage(self) -> float:
+        return self.kv_cells_used / self.kv_cells_total if self.kv_cells_total else 0.0
