@@ -1,0 +1,196 @@
+"""Train the embedded default chat model and write it as GGUF (``make model``).
+
+A Llama-shaped decoder of about two million parameters, trained with PyTorch on the CPU on the
+generated corpus (quantize/tinychat/corpus.py) and exported through quantize/gguf_llama.py. The
+model applies RoPE in llama.cpp's pairwise order, so its q/k weights are written as they are.
+Everything is seeded: the same command gives the same file on the same PyTorch build.
+
+Run: ``python -m lmgate.quantize.tinychat.train --out models/tiny-chat.gguf``
+(needs the ``model`` extra: torch and sentencepiece).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmgate.quantize.gguf_llama import LlamaShape, SpmVocab, WeightType, write_llama_gguf
+from lmgate.quantize.tinychat.corpus import Dialogue, dialogues, plain_text
+from lmgate.quantize.tinychat.tokenizer import CHAT_TEMPLATE, Tokenizer, train_tokenizer
+
+SHAPE = LlamaShape(vocab_size=1024, hidden=256, layers=4, heads=8, kv_heads=4, ffn=768, context_length=2048)
+
+
+def render(dialogue: Dialogue) -> str:
+    """The dialogue as the chat template renders it (kept in step with CHAT_TEMPLATE)."""
+    messages = ([("system", dialogue.system)] if dialogue.system else []) + [
+        message for user, answer in dialogue.turns for message in (("user", user), ("assistant", answer))
+    ]
+    return "".join(f"<|im_start|>{role}\n{content}<|im_end|>\n" for role, content in messages)
+
+
+def token_stream(tokenizer: Tokenizer, seed: int, n_tokens: int) -> np.ndarray:
+    """BOS-separated documents: mostly chats, one in six plain text (so completions read well)."""
+    rng = random.Random(seed + 1)
+    chats = dialogues(seed)
+    out: list[int] = []
+    while len(out) < n_tokens:
+        dialogue = next(chats)
+        if rng.random() < 1 / 6:
+            text = " ".join(answer for _, answer in dialogue.turns)
+            out += [tokenizer.bos_id, *tokenizer.processor.encode(text), tokenizer.im_end_id]
+        else:
+            out += [tokenizer.bos_id, *tokenizer.encode_chat(render(dialogue))]
+    return np.asarray(out[:n_tokens], dtype=np.int64)
+
+
+class Block(nn.Module):
+    def __init__(self, shape: LlamaShape) -> None:
+        super().__init__()
+        kv = shape.kv_heads * shape.head_dim
+        self.shape = shape
+        self.attn_norm = nn.RMSNorm(shape.hidden, eps=shape.rms_eps)
+        self.q = nn.Linear(shape.hidden, shape.hidden, bias=False)
+        self.k = nn.Linear(shape.hidden, kv, bias=False)
+        self.v = nn.Linear(shape.hidden, kv, bias=False)
+        self.o = nn.Linear(shape.hidden, shape.hidden, bias=False)
+        self.ffn_norm = nn.RMSNorm(shape.hidden, eps=shape.rms_eps)
+        self.gate = nn.Linear(shape.hidden, shape.ffn, bias=False)
+        self.up = nn.Linear(shape.hidden, shape.ffn, bias=False)
+        self.down = nn.Linear(shape.ffn, shape.hidden, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        s = self.shape
+        h = self.attn_norm(x)
+        q = rope(self.q(h).view(b, t, s.heads, s.head_dim), cos, sin).transpose(1, 2)
+        k = rope(self.k(h).view(b, t, s.kv_heads, s.head_dim), cos, sin).transpose(1, 2)
+        v = self.v(h).view(b, t, s.kv_heads, s.head_dim).transpose(1, 2)
+        att = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        x = x + self.o(att.transpose(1, 2).reshape(b, t, s.hidden))
+        h = self.ffn_norm(x)
+        return x + self.down(F.silu(self.gate(h)) * self.up(h))
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent pairs (x[2i], x[2i+1]): llama.cpp's LLAMA_ROPE_TYPE_NORM."""
+    even, odd = x[..., 0::2], x[..., 1::2]
+    return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)
+
+
+class TinyLlama(nn.Module):
+    def __init__(self, shape: LlamaShape) -> None:
+        super().__init__()
+        self.shape = shape
+        self.embed = nn.Embedding(shape.vocab_size, shape.hidden)
+        self.blocks = nn.ModuleList(Block(shape) for _ in range(shape.layers))
+        self.norm = nn.RMSNorm(shape.hidden, eps=shape.rms_eps)
+        self.lm_head = nn.Linear(shape.hidden, shape.vocab_size, bias=False)
+        for p in self.parameters():
+            if p.dim() == 2:
+                nn.init.normal_(p, std=0.02)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        t = tokens.shape[1]
+        half = self.shape.head_dim // 2
+        freqs = self.shape.rope_theta ** (-torch.arange(half, dtype=torch.float32) / half)
+        angles = torch.arange(t, dtype=torch.float32)[:, None] * freqs[None, :]
+        cos, sin = angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]
+        x = self.embed(tokens)
+        for block in self.blocks:
+            x = block(x, cos, sin)
+        return self.lm_head(self.norm(x))
+
+    def gguf_tensors(self) -> dict[str, np.ndarray]:
+        def arr(t: torch.Tensor) -> np.ndarray:
+            return t.detach().float().numpy()
+
+        out = {
+            "token_embd.weight": arr(self.embed.weight),
+            "output_norm.weight": arr(self.norm.weight),
+            "output.weight": arr(self.lm_head.weight),
+        }
+        for i, blk in enumerate(self.blocks):
+            out |= {
+                f"blk.{i}.attn_norm.weight": arr(blk.attn_norm.weight),
+                f"blk.{i}.attn_q.weight": arr(blk.q.weight),
+                f"blk.{i}.attn_k.weight": arr(blk.k.weight),
+                f"blk.{i}.attn_v.weight": arr(blk.v.weight),
+                f"blk.{i}.attn_output.weight": arr(blk.o.weight),
+                f"blk.{i}.ffn_norm.weight": arr(blk.ffn_norm.weight),
+                f"blk.{i}.ffn_gate.weight": arr(blk.gate.weight),
+                f"blk.{i}.ffn_up.weight": arr(blk.up.weight),
+                f"blk.{i}.ffn_down.weight": arr(blk.down.weight),
+            }
+        return out
+
+
+def batches(stream: np.ndarray, batch: int, seq_len: int, seed: int) -> Iterator[torch.Tensor]:
+    gen = np.random.default_rng(seed)
+    while True:
+        starts = gen.integers(0, len(stream) - seq_len - 1, size=batch)
+        yield torch.from_numpy(np.stack([stream[s : s + seq_len + 1] for s in starts]))
+
+
+def train(model: TinyLlama, stream: np.ndarray, steps: int, batch: int, seq_len: int, seed: int) -> None:
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+    )
+    started = time.monotonic()
+    for step, data in zip(range(steps), batches(stream, batch, seq_len, seed), strict=False):
+        logits = model(data[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), data[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 50 == 0 or step == steps - 1:
+            print(f"step {step:5d}/{steps}  loss {loss.item():.3f}  {time.monotonic() - started:6.0f}s", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("models/tiny-chat.gguf"))
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=1234)
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    tokenizer = train_tokenizer(plain_text(args.seed, 20_000), SHAPE.vocab_size)
+    stream = token_stream(tokenizer, args.seed, 4_000_000)
+    model = TinyLlama(SHAPE)
+    print(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {len(stream)} tokens", flush=True)
+    train(model, stream, args.steps, args.batch, args.seq_len, args.seed)
+
+    pieces, scores, types = tokenizer.gguf_vocab()
+    vocab = SpmVocab(pieces, scores, types, bos_id=tokenizer.bos_id, eos_id=tokenizer.im_end_id, unk_id=0)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_llama_gguf(
+        args.out,
+        SHAPE,
+        model.gguf_tensors(),
+        vocab,
+        name="tiny-chat",
+        weight_type=WeightType.Q8_0,
+        chat_template=CHAT_TEMPLATE,
+    )
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()
