@@ -1,0 +1,111 @@
+"""A backend with no model, for testing the gateway's own logic next to the real engines.
+
+It "tokenizes" on whitespace (token id = index in a growing word list) and answers by echoing the
+prompt's words back in order, one word per token, until ``max_tokens`` (default 16) or the words
+run out. Stop strings and n are honoured, so transports can be tested exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from lmgate.backends.base import Backend
+from lmgate.backends.errors import InvalidRequest
+from lmgate.backends.fake.config import FakeConfig
+from lmgate.backends.types import (
+    BackendStats,
+    Capabilities,
+    FinishReason,
+    GenerateRequest,
+    ModelInfo,
+    TokenDelta,
+    Usage,
+)
+
+
+class FakeBackend(Backend):
+    def __init__(self, name: str, config: FakeConfig) -> None:
+        self._name = name
+        self._config = config
+        self._words: list[str] = []
+        self._running: dict[str, asyncio.Event] = {}
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(self._name, "fake", self._config.context_length)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(frozenset({"max_tokens", "stop", "n", "seed", "temperature"}), max_n=self._config.max_n)
+
+    async def start(self) -> None:
+        return None
+
+    def _ids(self, text: str) -> list[int]:
+        ids = []
+        for word in text.split():
+            if word not in self._words:
+                self._words.append(word)
+            ids.append(self._words.index(word))
+        return ids
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
+        if request.messages is not None:
+            text = " ".join(m.content for m in request.messages)
+        elif request.prompt is not None:
+            text = request.prompt
+        else:
+            text = " ".join(self._words[t] for t in request.prompt_token_ids or ())
+        prompt = self._ids(text)
+        limit = request.sampling.max_tokens or 16
+        if len(prompt) + limit > self._config.context_length:
+            raise InvalidRequest(
+                "prompt + max_tokens exceed the context", param="max_tokens", code="context_length_exceeded"
+            )
+        aborted = self._running.setdefault(request.request_id, asyncio.Event())
+        try:
+            for index in range(request.sampling.n):
+                async for delta in self._choice(index, prompt, limit, request.sampling.stop, aborted):
+                    yield delta
+        finally:
+            self._running.pop(request.request_id, None)
+
+    async def _choice(
+        self, index: int, prompt: list[int], limit: int, stop: tuple[str, ...], aborted: asyncio.Event
+    ) -> AsyncIterator[TokenDelta]:
+        produced = 0
+        for produced, token in enumerate(prompt[:limit], start=1):
+            await asyncio.sleep(self._config.token_delay_s)
+            word = self._words[token]
+            if aborted.is_set():
+                yield TokenDelta(index, "", finish_reason=FinishReason.ABORT, usage=Usage(len(prompt), produced - 1))
+                return
+            if word in stop:
+                yield TokenDelta(
+                    index, "", (token,), finish_reason=FinishReason.STOP, usage=Usage(len(prompt), produced)
+                )
+                return
+            yield TokenDelta(index, (" " if produced > 1 else "") + word, (token,))
+        reason = FinishReason.LENGTH if produced == limit else FinishReason.STOP
+        yield TokenDelta(index, "", finish_reason=reason, usage=Usage(len(prompt), produced))
+
+    async def abort(self, request_id: str) -> None:
+        if request_id in self._running:
+            self._running[request_id].set()
+
+    async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        return self._ids(text)
+
+    async def detokenize(self, token_ids: list[int]) -> str:
+        return " ".join(self._words[t] for t in token_ids)
+
+    def stats(self) -> BackendStats:
+        return BackendStats(running=len(self._running))
+
+    def healthy(self) -> bool:
+        return True
+
+    async def shutdown(self, drain_timeout: float = 0.0) -> None:
+        for event in self._running.values():
+            event.set()

@@ -1,0 +1,16 @@
+"""Settings of the fake backend (gateway tests)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+
+class FakeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: Literal["fake"] = "fake"
+    context_length: PositiveInt = 2048
+    max_n: PositiveInt = 8
+    token_delay_s: float = Field(default=0.0, ge=0.0, description="Pause before each token, to keep streams open.")

@@ -1,0 +1,186 @@
+"""The ``llamacpp`` backend: a GGUF model on lmgate's continuous-batching CPU engine.
+
+Turns a ``GenerateRequest`` into token ids (rendering chat messages with the model's template),
+checks it against the model (context length, vocabulary), hands one sequence per choice to the
+engine thread and streams the deltas back on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from collections.abc import AsyncIterator
+
+from lmgate.backends.base import Backend
+from lmgate.backends.chat_template import ChatTemplate
+from lmgate.backends.errors import BackendUnavailable, InvalidRequest
+from lmgate.backends.llamacpp.config import LlamaCppConfig
+from lmgate.backends.llamacpp.engine import Engine
+from lmgate.backends.llamacpp.llama_model import LlamaModel
+from lmgate.backends.llamacpp.output import OutputText
+from lmgate.backends.llamacpp.sequence import Sequence
+from lmgate.backends.types import (
+    BackendStats,
+    Capabilities,
+    GenerateRequest,
+    ModelInfo,
+    SamplingParams,
+    TokenDelta,
+)
+
+SAMPLING_PARAMS = frozenset({
+    "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty",
+    "seed", "logit_bias", "max_tokens", "stop", "stop_token_ids", "ignore_eos", "logprobs", "n",
+})  # fmt: skip
+MAX_LOGPROBS = 20
+
+
+class LlamaCppBackend(Backend):
+    def __init__(self, name: str, config: LlamaCppConfig) -> None:
+        self._name = name
+        self._config = config
+        self._engine: Engine | None = None
+        self._template: ChatTemplate | None = None
+        self._arrivals = itertools.count()
+        self._inflight: dict[str, set[str]] = {}
+
+    @property
+    def info(self) -> ModelInfo:
+        model = self._model
+        return ModelInfo(self._name, "llamacpp", model.n_ctx, model.quantization)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(SAMPLING_PARAMS, max_logprobs=MAX_LOGPROBS, max_n=self._config.max_seqs)
+
+    @property
+    def _model(self) -> LlamaModel:
+        if self._engine is None:
+            raise BackendUnavailable(f"model {self._name!r} is not loaded")
+        return self._engine.model
+
+    async def start(self) -> None:
+        model = await asyncio.to_thread(LlamaModel, self._config)
+        self._template = ChatTemplate(model.chat_template, bos_token=model.bos_text, eos_token=model.eos_text)
+        self._engine = Engine(model, max_seqs=self._config.max_seqs, check_integrity=self._config.check_integrity)
+        self._engine.start()
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
+        engine = self._running_engine()
+        prompt = self._prompt_ids(request)
+        max_tokens = self._check_fits(request, len(prompt))
+        self._check_sampling(request.sampling)
+
+        internal_id = f"{request.request_id}/{uuid.uuid4().hex[:8]}"
+        arrival = next(self._arrivals)
+        seqs = [
+            Sequence(
+                internal_id, i, list(prompt), request.sampling, max_tokens, arrival, OutputText(request.sampling.stop)
+            )
+            for i in range(request.sampling.n)
+        ]
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue[list[TokenDelta] | BaseException] = asyncio.Queue()
+        self._inflight.setdefault(request.request_id, set()).add(internal_id)
+        engine.add(internal_id, seqs, lambda item: loop.call_soon_threadsafe(inbox.put_nowait, item))
+        unfinished = len(seqs)
+        try:
+            while unfinished:
+                item = await inbox.get()
+                if isinstance(item, BaseException):
+                    raise BackendUnavailable(f"the llama.cpp engine of {self._name!r} failed: {item}") from item
+                for delta in item:
+                    unfinished -= delta.finish_reason is not None
+                    yield delta
+        finally:
+            if unfinished:  # the consumer went away (or the engine failed): free the sequences
+                engine.abort(internal_id)
+            ids = self._inflight.get(request.request_id, set())
+            ids.discard(internal_id)
+            if not ids:
+                self._inflight.pop(request.request_id, None)
+
+    def _running_engine(self) -> Engine:
+        if self._engine is None or not self.healthy():
+            raise BackendUnavailable(f"model {self._name!r} is not serving")
+        return self._engine
+
+    def _prompt_ids(self, request: GenerateRequest) -> list[int]:
+        model = self._model
+        if request.prompt_token_ids is not None:
+            ids = list(request.prompt_token_ids)
+            self._check_token_ids(ids, "prompt")
+        elif request.messages is not None:
+            assert self._template is not None
+            text = self._template.render(request.messages)
+            # A template that writes BOS itself must not get a second one from the tokenizer.
+            add_special = not (model.add_bos and model.bos_text and text.startswith(model.bos_text))
+            ids = model.tokenize(text, add_special=add_special, parse_special=True)
+        else:
+            assert request.prompt is not None
+            ids = model.tokenize(request.prompt, add_special=True, parse_special=True)
+        if not ids:
+            raise InvalidRequest("the prompt is empty", param="prompt" if request.messages is None else "messages")
+        return ids
+
+    def _check_fits(self, request: GenerateRequest, prompt_len: int) -> int:
+        """The output budget of each choice; raises when prompt + max_tokens exceed the context."""
+        n_ctx = self._model.n_ctx
+        wanted = request.sampling.max_tokens
+        if prompt_len + (wanted or 1) > n_ctx:
+            where = "messages" if request.messages is not None else "prompt"
+            asked = (
+                f"{prompt_len + (wanted or 0)} tokens ({prompt_len} in the {where}, {wanted or 0} in the completion)"
+            )
+            raise InvalidRequest(
+                f"This model's maximum context length is {n_ctx} tokens. However, you requested {asked}. "
+                f"Please reduce the length of the {where} or completion.",
+                param=where if wanted is None or prompt_len >= n_ctx else "max_tokens",
+                code="context_length_exceeded",
+            )
+        return wanted if wanted is not None else n_ctx - prompt_len
+
+    def _check_sampling(self, sampling: SamplingParams) -> None:
+        if sampling.n > self._config.max_seqs:
+            raise InvalidRequest(
+                f"n={sampling.n} is more than this model decodes at once (max_seqs={self._config.max_seqs})", param="n"
+            )
+        if sampling.logprobs is not None and sampling.logprobs > MAX_LOGPROBS:
+            raise InvalidRequest(f"at most {MAX_LOGPROBS} top logprobs, got {sampling.logprobs}", param="logprobs")
+        self._check_token_ids([t for t, _ in sampling.logit_bias], "logit_bias")
+        self._check_token_ids(list(sampling.stop_token_ids), "stop_token_ids")
+
+    def _check_token_ids(self, ids: list[int], param: str) -> None:
+        n_vocab = self._model.n_vocab
+        bad = [t for t in ids if not 0 <= t < n_vocab]
+        if bad:
+            raise InvalidRequest(f"token id {bad[0]} is outside the vocabulary (0..{n_vocab - 1})", param=param)
+
+    async def abort(self, request_id: str) -> None:
+        if self._engine is not None:
+            for internal_id in self._inflight.get(request_id, ()):
+                self._engine.abort(internal_id)
+
+    async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        return self._model.tokenize(text, add_special=add_special, parse_special=True)
+
+    async def detokenize(self, token_ids: list[int]) -> str:
+        self._check_token_ids(token_ids, "tokens")
+        return self._model.detokenize(token_ids)
+
+    def stats(self) -> BackendStats:
+        return self._engine.stats() if self._engine is not None else BackendStats()
+
+    def healthy(self) -> bool:
+        return self._engine is not None and self._engine.failed is None
+
+    async def shutdown(self, drain_timeout: float = 0.0) -> None:
+        if self._engine is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_timeout
+        while self._inflight and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        engine, self._engine = self._engine, None
+        await asyncio.to_thread(engine.stop)

@@ -1,0 +1,42 @@
+"""Settings of the llama.cpp CPU engine, as a model entry of the YAML config spells them.
+
+Pure pydantic, no llama_cpp import: the server validates a config file without loading an engine.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+
+def default_threads() -> int:
+    """Physical-ish cores: all CPUs this process may run on (decode is memory-bound beyond that)."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+class LlamaCppConfig(BaseModel):
+    """One GGUF model on the in-process continuous-batching engine."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: Literal["llamacpp"] = "llamacpp"
+    gguf: Path = Field(description="Path of the GGUF file.")
+    n_ctx: PositiveInt | None = Field(
+        default=None,
+        description="KV-cache cells shared by all sequences, and the longest prompt + output of one "
+        "sequence. Default: the model's trained context, capped at 4096.",
+    )
+    max_seqs: PositiveInt = Field(default=8, le=256, description="Sequences decoded together at most.")
+    n_batch: PositiveInt = Field(default=512, ge=16, description="Token budget of one engine step.")
+    n_ubatch: PositiveInt = Field(default=512, ge=16, description="Tokens per compute micro-batch.")
+    n_threads: PositiveInt = Field(default_factory=default_threads, description="Threads for decoding.")
+    n_threads_batch: PositiveInt | None = Field(
+        default=None, description="Threads for prompt processing (default: n_threads)."
+    )
+    flash_attn: Literal["auto", "on", "off"] = "auto"
+    check_integrity: bool = Field(
+        default=False, description="Check the KV book-keeping after every step (tests, debugging)."
+    )

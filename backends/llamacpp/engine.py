@@ -1,0 +1,208 @@
+"""The engine loop: one thread running ``step()`` = schedule → run → postprocess.
+
+Requests and aborts arrive from the event loop through a thread-safe inbox and are applied between
+steps. Each step's new deltas are handed, one call per request, to the request's ``sink`` (the
+backend makes it hop back to the event loop). The thread sleeps while there is nothing to do.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from lmgate.backends.llamacpp.kv_cache import KVCacheManager, KVIntegrityError
+from lmgate.backends.llamacpp.llama_model import LlamaModel
+from lmgate.backends.llamacpp.runner import Runner, Sampled
+from lmgate.backends.llamacpp.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
+from lmgate.backends.llamacpp.sequence import Sequence, SequenceStatus
+from lmgate.backends.types import BackendStats, FinishReason, TokenDelta, Usage
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[list[TokenDelta] | BaseException], None]
+"""Receives a request's deltas of one step, or the error that ended it. Called on the engine thread."""
+
+
+@dataclass(eq=False)
+class _Request:
+    sink: Sink
+    seqs: list[Sequence]
+    unfinished: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.unfinished = len(self.seqs)
+
+
+@dataclass(frozen=True, slots=True)
+class _Add:
+    request_id: str
+    seqs: list[Sequence]
+    sink: Sink
+
+
+@dataclass(frozen=True, slots=True)
+class _Abort:
+    request_id: str
+
+
+_STOP = object()
+
+
+class Engine:
+    """Continuous batching over one ``LlamaModel``. ``add``/``abort``/``stats`` are thread-safe."""
+
+    def __init__(self, model: LlamaModel, *, max_seqs: int, check_integrity: bool = False) -> None:
+        self.model = model
+        self.runner = Runner(model)
+        self.scheduler = Scheduler(SchedulerConfig(max_seqs, model.n_batch), KVCacheManager(model.n_ctx, max_seqs))
+        self._check = check_integrity
+        self._inbox: queue.SimpleQueue[_Add | _Abort | object] = queue.SimpleQueue()
+        self._requests: dict[str, _Request] = {}
+        self._stats = BackendStats(kv_cells_total=model.n_ctx)
+        self._steps = 0
+        self._generated = 0
+        self._thread = threading.Thread(target=self._run, name="lmgate-llamacpp-engine", daemon=True)
+        self.failed: BaseException | None = None
+
+    # --- any thread ---
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def add(self, request_id: str, seqs: list[Sequence], sink: Sink) -> None:
+        self._inbox.put(_Add(request_id, seqs, sink))
+
+    def abort(self, request_id: str) -> None:
+        self._inbox.put(_Abort(request_id))
+
+    def stats(self) -> BackendStats:
+        return self._stats
+
+    def stop(self) -> None:
+        """Abort everything, end the thread and free llama.cpp's objects."""
+        if self._thread.is_alive():
+            self._inbox.put(_STOP)
+            self._thread.join()
+        self.runner.close()
+        self.model.close()
+
+    # --- engine thread ---
+
+    def _run(self) -> None:
+        try:
+            while self._apply_inbox(block=not self.scheduler.has_work):
+                if self.scheduler.has_work:
+                    self.step()
+                self._after_step()
+        except BaseException as exc:  # the engine is dead: tell every waiting request why
+            log.exception("llama.cpp engine failed")
+            self.failed = exc
+            for request in self._requests.values():
+                request.sink(exc)
+            self._requests.clear()
+        finally:
+            for request_id in list(self._requests):
+                self._abort(request_id)
+
+    def step(self) -> None:
+        output = self.scheduler.schedule()
+        sampled = self.runner.execute(output)
+        self._postprocess(output, sampled)
+
+    def _postprocess(self, output: SchedulerOutput, sampled: list[Sampled]) -> None:
+        self.scheduler.update(output)
+        deltas: dict[str, list[TokenDelta]] = {}
+        for s in sampled:
+            s.seq.append(s.token_id)
+            deltas.setdefault(s.seq.request_id, []).append(self._advance(s))
+        self._generated += len(sampled)
+        self._steps += 1
+        for request_id, batch in deltas.items():
+            request = self._requests[request_id]
+            request.sink(batch)
+            if request.unfinished == 0:
+                del self._requests[request_id]
+
+    def _advance(self, s: Sampled) -> TokenDelta:
+        """Apply one sampled token to its sequence: text, stop rules, limits."""
+        seq, token = s.seq, s.token_id
+        finish: FinishReason | None = None
+        text = ""
+        if token in seq.sampling.stop_token_ids or token in self.model.eog_ids:
+            finish = FinishReason.STOP
+        else:
+            text = seq.output.append(self.model.pieces[token])
+            if seq.output.stopped:
+                finish = FinishReason.STOP
+        if finish is None and (seq.num_output_tokens >= seq.max_tokens or seq.num_tokens >= self.model.n_ctx):
+            finish = FinishReason.LENGTH
+        usage = None
+        if finish is not None:
+            text += seq.output.finish()
+            usage = self._finish(seq, finish)
+        logprobs = (s.logprob,) if s.logprob is not None else ()
+        return TokenDelta(seq.index, text, (token,), logprobs, finish, usage)
+
+    def _finish(self, seq: Sequence, reason: FinishReason) -> Usage:
+        self.scheduler.finish(seq)
+        self.runner.release(seq)
+        seq.finish_reason = reason
+        self._requests[seq.request_id].unfinished -= 1
+        return Usage(prompt_tokens=seq.num_prompt_tokens, completion_tokens=seq.num_output_tokens)
+
+    def _apply_inbox(self, *, block: bool) -> bool:
+        """Apply queued commands (waiting for one if ``block``); False once asked to stop."""
+        while True:
+            try:
+                command = self._inbox.get(block=block)
+            except queue.Empty:
+                return True
+            block = False
+            if command is _STOP:
+                return False
+            if isinstance(command, _Add):
+                self._requests[command.request_id] = _Request(command.sink, command.seqs)
+                for seq in command.seqs:
+                    self.scheduler.add(seq)
+            elif isinstance(command, _Abort):
+                self._abort(command.request_id)
+
+    def _abort(self, request_id: str) -> None:
+        request = self._requests.pop(request_id, None)
+        if request is None:
+            return  # finished already, or never seen
+        deltas = []
+        for seq in request.seqs:
+            if seq.status is not SequenceStatus.FINISHED:
+                self.scheduler.finish(seq)
+                self.runner.release(seq)
+                seq.finish_reason = FinishReason.ABORT
+                usage = Usage(seq.num_prompt_tokens, seq.num_output_tokens)
+                deltas.append(TokenDelta(seq.index, "", finish_reason=FinishReason.ABORT, usage=usage))
+        request.sink(deltas)
+
+    def _after_step(self) -> None:
+        self.runner.clear_slots(self.scheduler.kv.take_slots_to_clear())
+        if self._check:
+            self.check_integrity()
+        sched, kv = self.scheduler, self.scheduler.kv
+        self._stats = BackendStats(
+            running=len(sched.running),
+            waiting=len(sched.waiting),
+            kv_cells_used=kv.used_cells,
+            kv_cells_total=kv.total_cells,
+            preemptions=sched.num_preemptions,
+            steps=self._steps,
+            generated_tokens=self._generated,
+        )
+
+    def check_integrity(self) -> None:
+        """The book-keeping agrees with itself and with what llama.cpp holds, slot by slot."""
+        self.scheduler.check_integrity()
+        held = {slot: self.runner.cached_tokens(slot) for slot in range(self.scheduler.kv.num_slots)}
+        expected = dict.fromkeys(held, 0) | {s.slot: s.num_computed_tokens for s in self.scheduler.running}
+        if held != expected:
+            raise KVIntegrityError(f"llama.cpp holds {held} tokens per slot, the scheduler expects {expected}")

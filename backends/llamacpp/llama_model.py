@@ -1,0 +1,147 @@
+"""A loaded GGUF model and its llama.cpp context: tokenizer, vocabulary facts, lifetime.
+
+Together with runner.py and sampler.py, the only modules that import ``llama_cpp``. The context is
+created with a unified KV cache (``kv_unified``) of ``n_ctx`` cells shared by ``max_seqs`` sequence
+ids. ``tokenize`` and ``piece`` read only the immutable vocabulary and may be called from any
+thread; everything touching the context belongs to the engine thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from pathlib import Path
+
+import gguf
+import llama_cpp
+
+from lmgate.backends.errors import BackendUnavailable
+from lmgate.backends.llamacpp.config import LlamaCppConfig
+
+log = logging.getLogger("lmgate.llama_cpp")
+
+# llama.cpp talks a lot at INFO; its messages go to Python logging, one level down.
+_LOG_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.ERROR, 4: logging.DEBUG}
+
+
+@llama_cpp.llama_log_callback
+def _log_callback(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+    message = text.decode("utf-8", errors="replace").rstrip()
+    if message:
+        log.log(_LOG_LEVELS.get(level, logging.DEBUG), "%s", message)
+
+
+_FLASH_ATTN = {
+    "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+}
+_DEFAULT_MAX_CTX = 4096
+
+
+class LlamaModel:
+    """Owns the ``llama_model`` and ``llama_context`` handles; ``close()`` frees them."""
+
+    def __init__(self, config: LlamaCppConfig) -> None:
+        path = Path(config.gguf)
+        if not path.is_file():
+            raise BackendUnavailable(f"GGUF file not found: {path} (check the model's `gguf` setting)")
+        llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        llama_cpp.llama_backend_init()
+        model_params = llama_cpp.llama_model_default_params()
+        self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params)
+        if not self.model:
+            raise BackendUnavailable(f"llama.cpp could not load {path}: not a GGUF model it supports")
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self.model)
+        self.ctx = llama_cpp.llama_init_from_model(self.model, self._context_params(config))
+        if not self.ctx:
+            llama_cpp.llama_model_free(self.model)
+            raise BackendUnavailable(f"llama.cpp could not create a context for {path} (out of memory?)")
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
+        self.n_batch = llama_cpp.llama_n_batch(self.ctx)
+        self.pieces = [self._token_to_piece(t) for t in range(self.n_vocab)]
+        self.eog_ids = frozenset(t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t))
+        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+
+    def _context_params(self, config: LlamaCppConfig) -> llama_cpp.llama_context_params:
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = config.n_ctx or min(self.n_ctx_train, _DEFAULT_MAX_CTX)
+        params.n_batch = config.n_batch
+        params.n_ubatch = min(config.n_ubatch, config.n_batch)
+        params.n_seq_max = config.max_seqs
+        params.n_threads = config.n_threads
+        params.n_threads_batch = config.n_threads_batch or config.n_threads
+        params.flash_attn_type = _FLASH_ATTN[config.flash_attn]
+        params.kv_unified = True
+        params.no_perf = True
+        return params
+
+    def close(self) -> None:
+        if self.ctx:
+            llama_cpp.llama_free(self.ctx)
+            self.ctx = None
+        if self.model:
+            llama_cpp.llama_model_free(self.model)
+            self.model = None
+
+    # --- vocabulary (thread-safe: read-only) ---
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        buf = (llama_cpp.llama_token * capacity)()
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, parse_special)
+        if n < 0:  # more tokens than bytes can only happen with many added specials
+            capacity = -n
+            buf = (llama_cpp.llama_token * capacity)()
+            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, parse_special)
+        return list(buf[:n])
+
+    def _token_to_piece(self, token_id: int) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token_id, buf, len(buf), 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token_id, buf, len(buf), 0, False)
+        return buf.raw[:n]
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        """Text of the tokens, special tokens rendered as nothing (as in generated output)."""
+        return b"".join(self.pieces[t] for t in token_ids).decode("utf-8", errors="replace")
+
+    def token_text(self, token_id: int) -> str:
+        """The vocabulary's own text of a token, special tokens included (for logprobs)."""
+        return llama_cpp.llama_vocab_get_text(self.vocab, token_id).decode("utf-8", errors="replace")
+
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(1 << 16)
+        n = llama_cpp.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        if n < 0:
+            return None
+        if n >= len(buf):
+            buf = ctypes.create_string_buffer(n + 1)
+            llama_cpp.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", errors="replace")
+
+    @property
+    def chat_template(self) -> str | None:
+        return self.meta("tokenizer.chat_template")
+
+    @property
+    def bos_text(self) -> str:
+        return self.token_text(llama_cpp.llama_vocab_bos(self.vocab))
+
+    @property
+    def eos_text(self) -> str:
+        return self.token_text(llama_cpp.llama_vocab_eos(self.vocab))
+
+    @property
+    def quantization(self) -> str | None:
+        try:
+            name = gguf.LlamaFileType(llama_cpp.llama_model_ftype(self.model)).name
+        except ValueError:
+            return None
+        return name.removeprefix("MOSTLY_").removeprefix("ALL_")

@@ -1,0 +1,130 @@
+"""Executes a ``SchedulerOutput`` on llama.cpp: one multi-sequence batch, one ``llama_decode``.
+
+Every scheduled chunk goes into the same ``llama_batch`` under its slot's sequence id; logits are
+requested only for a chunk's last token when that token is the sequence's last. Each such
+sequence then samples from its own chain at its batch index. Log-probabilities are those of the
+raw model distribution (before penalties, temperature and truncation), as vLLM and OpenAI report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import llama_cpp
+import numpy as np
+
+from lmgate.backends.llamacpp.llama_model import LlamaModel
+from lmgate.backends.llamacpp.sampler import SamplerChain, sequence_seed
+from lmgate.backends.llamacpp.scheduler import SchedulerOutput
+from lmgate.backends.llamacpp.sequence import Sequence
+from lmgate.backends.types import TokenLogprob, TopLogprob
+
+
+class DecodeError(RuntimeError):
+    """llama_decode failed; the sequences of that batch cannot continue."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sampled:
+    seq: Sequence
+    token_id: int
+    logprob: TokenLogprob | None
+
+
+class Runner:
+    """Owned by the engine thread."""
+
+    def __init__(self, model: LlamaModel) -> None:
+        self.model = model
+        n = model.n_batch
+        self._batch = llama_cpp.llama_batch_init(n, 0, 1)
+        self._tokens = np.ctypeslib.as_array(self._batch.token, shape=(n,))
+        self._pos = np.ctypeslib.as_array(self._batch.pos, shape=(n,))
+        self._n_seq_id = np.ctypeslib.as_array(self._batch.n_seq_id, shape=(n,))
+        self._logits = np.ctypeslib.as_array(self._batch.logits, shape=(n,))
+        self._n_seq_id[:] = 1
+        self._samplers: dict[tuple[str, int], SamplerChain] = {}
+
+    def close(self) -> None:
+        for chain in self._samplers.values():
+            chain.close()
+        self._samplers.clear()
+        llama_cpp.llama_batch_free(self._batch)
+
+    def clear_slots(self, slots: tuple[int, ...]) -> None:
+        """Drop every cell of these sequence ids from llama.cpp's cache."""
+        for slot in slots:
+            llama_cpp.llama_memory_seq_rm(self.model.memory, slot, -1, -1)
+
+    def execute(self, output: SchedulerOutput) -> list[Sampled]:
+        """Decode the scheduled chunks; sample for the chunks that end their sequence."""
+        self.clear_slots(output.slots_to_clear)
+        if not output.chunks:
+            return []
+        to_sample = self._fill_batch(output)
+        rc = llama_cpp.llama_decode(self.model.ctx, self._batch)
+        if rc != 0:
+            raise DecodeError(f"llama_decode returned {rc} for {output.num_tokens} tokens")
+        return [self._sample(seq, index) for seq, index in to_sample]
+
+    def release(self, seq: Sequence) -> None:
+        """The sequence is done: free its sampler chain."""
+        chain = self._samplers.pop(seq.key, None)
+        if chain is not None:
+            chain.close()
+
+    def cached_tokens(self, slot: int) -> int:
+        """Tokens llama.cpp holds for ``slot`` (its highest position + 1)."""
+        return llama_cpp.llama_memory_seq_pos_max(self.model.memory, slot) + 1
+
+    def _fill_batch(self, output: SchedulerOutput) -> list[tuple[Sequence, int]]:
+        batch, i = self._batch, 0
+        to_sample: list[tuple[Sequence, int]] = []
+        for chunk in output.chunks:
+            seq, end = chunk.seq, chunk.start + chunk.length
+            assert seq.slot is not None
+            self._tokens[i : i + chunk.length] = seq.token_ids[chunk.start : end]
+            self._pos[i : i + chunk.length] = np.arange(chunk.start, end)
+            self._logits[i : i + chunk.length] = 0
+            for j in range(i, i + chunk.length):
+                batch.seq_id[j][0] = seq.slot
+            i += chunk.length
+            if chunk.samples:
+                self._logits[i - 1] = 1
+                to_sample.append((seq, i - 1))
+        batch.n_tokens = i
+        return to_sample
+
+    def _sample(self, seq: Sequence, batch_index: int) -> Sampled:
+        chain = self._samplers.get(seq.key)
+        if chain is None:
+            chain = self._samplers[seq.key] = SamplerChain(
+                seq.sampling,
+                n_vocab=self.model.n_vocab,
+                seed=sequence_seed(seq.sampling, seq.index),
+                prompt=seq.token_ids[: seq.num_prompt_tokens],
+                banned=self.model.eog_ids if seq.sampling.ignore_eos else frozenset(),
+            )
+        token_id = chain.sample(self.model.ctx, batch_index)
+        logprob = None
+        if seq.sampling.logprobs is not None:
+            logprob = self._logprobs(batch_index, token_id, seq.sampling.logprobs)
+        return Sampled(seq, token_id, logprob)
+
+    def _logprobs(self, batch_index: int, token_id: int, top_n: int) -> TokenLogprob:
+        ptr = llama_cpp.llama_get_logits_ith(self.model.ctx, batch_index)
+        logits = np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).astype(np.float64)
+        peak = logits.max()
+        logprobs = logits - (peak + np.log(np.exp(logits - peak).sum()))
+        top: tuple[TopLogprob, ...] = ()
+        if top_n > 0:
+            best = np.argpartition(-logprobs, top_n - 1)[:top_n]
+            best = best[np.argsort(-logprobs[best], kind="stable")]
+            top = tuple(self._top(int(t), float(logprobs[t])) for t in best)
+        chosen = self._top(token_id, float(logprobs[token_id]))
+        return TokenLogprob(chosen.token_id, chosen.token, chosen.logprob, chosen.bytes, top)
+
+    def _top(self, token_id: int, logprob: float) -> TopLogprob:
+        piece = self.model.pieces[token_id]
+        text = piece.decode("utf-8", errors="replace") if piece else self.model.token_text(token_id)
+        return TopLogprob(token_id, text, logprob, piece)

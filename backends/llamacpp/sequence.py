@@ -1,0 +1,71 @@
+"""A sequence: one choice of one request, as the scheduler and runner see it.
+
+``token_ids`` holds the prompt and every token sampled so far; ``num_computed_tokens`` counts the
+ones whose KV is in the cache. Prefill, chunked prefill and recompute after preemption are the
+same thing: ``num_computed_tokens`` catching up to ``num_tokens`` (the vLLM v1 shape). The last
+sampled token is never computed until the next step decodes it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from lmgate.backends.llamacpp.output import OutputText
+from lmgate.backends.types import FinishReason, SamplingParams
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = enum.auto()  # in the queue, holds no slot and no KV
+    RUNNING = enum.auto()  # holds a slot and the KV of its computed tokens
+    FINISHED = enum.auto()  # done; slot and KV released
+
+
+@dataclass(eq=False)
+class Sequence:
+    """Mutable state of one choice. Owned by the engine thread; nothing else touches it."""
+
+    request_id: str
+    index: int
+    token_ids: list[int]
+    sampling: SamplingParams
+    max_tokens: int
+    arrival: int
+    output: OutputText
+    num_prompt_tokens: int = 0
+    num_computed_tokens: int = 0
+    status: SequenceStatus = SequenceStatus.WAITING
+    slot: int | None = None
+    finish_reason: FinishReason | None = None
+
+    def __post_init__(self) -> None:
+        self.num_prompt_tokens = len(self.token_ids)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.request_id, self.index)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def num_uncomputed(self) -> int:
+        return len(self.token_ids) - self.num_computed_tokens
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens :]
+
+    def append(self, token_id: int) -> None:
+        self.token_ids.append(token_id)
+
+    def reset_for_recompute(self) -> None:
+        """Preempted: forget the KV, keep every token; it will be recomputed from scratch."""
+        self.status = SequenceStatus.WAITING
+        self.slot = None
+        self.num_computed_tokens = 0
