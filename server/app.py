@@ -1,0 +1,103 @@
+"""The HTTP application: OpenAI routes, health probes, and OpenAI-shaped errors for everything.
+
+``create_app(settings)`` builds a fresh app with its own model registry (no module state). Models
+load in the background after start-up: GET /health answers at once, GET /ready is 503 until every
+model is loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from lmgate.server import openai_chat, openai_completions, openai_models
+from lmgate.server.errors import InvalidRequestError, LmgateError
+from lmgate.server.http_common import ClientDisconnected
+from lmgate.server.model_registry import ModelRegistry
+from lmgate.server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    registry = ModelRegistry(settings.models)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(registry.start())
+        try:
+            yield
+        finally:
+            loading.cancel()
+            await asyncio.gather(loading, return_exceptions=True)
+            await registry.shutdown(settings.server.drain_timeout_s)
+
+    app = FastAPI(title="lmgate", summary="OpenAI-compatible LLM serving gateway", lifespan=lifespan)
+    app.state.models = registry
+    app.state.settings = settings
+    app.include_router(openai_chat.router)
+    app.include_router(openai_completions.router)
+    app.include_router(openai_models.router)
+    _add_probes(app, registry)
+    _add_error_handlers(app)
+    return app
+
+
+def _add_probes(app: FastAPI, registry: ModelRegistry) -> None:
+    @app.get("/health", tags=["probes"])
+    async def health() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/ready", tags=["probes"])
+    async def ready() -> JSONResponse:
+        """Readiness: 200 once every configured model is loaded, else 503 with each model's state."""
+        models = {name: state.value for name, state in registry.states.items()}
+        return JSONResponse({"ready": registry.ready, "models": models}, status_code=200 if registry.ready else 503)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(LmgateError)
+    async def lmgate_error(_: Request, exc: LmgateError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.http_status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(validation_to_error(exc).body(), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error = LmgateError(str(exc.detail), code=str(exc.status_code))
+        body = error.body()
+        body["error"]["type"] = "invalid_request_error" if exc.status_code < 500 else "internal_error"
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(ClientDisconnected)
+    async def client_gone(_: Request, exc: ClientDisconnected) -> JSONResponse:
+        return JSONResponse({"error": {"message": "client disconnected"}}, status_code=499)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return JSONResponse(LmgateError("internal server error").body(), status_code=500)
+
+
+def validation_to_error(exc: RequestValidationError) -> InvalidRequestError:
+    """Pydantic's first complaint as an OpenAI 400 naming the field, the value and the rule."""
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
+    if first["type"] == "json_invalid":
+        return InvalidRequestError(f"The request body is not valid JSON: {first.get('ctx', {}).get('error', '')}")
+    loc = [str(p) for p in first["loc"] if p != "body"]
+    # Unions report each branch ("stop.str", "stop.list[str]"); the field is what the client wrote.
+    param = ".".join(p for p in loc if not any(c in p for c in "[]") and p not in {"str", "int"}) or None
+    got = "" if first["type"] == "missing" else f" (got {first.get('input')!r})"
+    more = f" ({len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    return InvalidRequestError(f"{param or 'body'}: {first['msg']}{got}{more}", param=param)

@@ -1,0 +1,87 @@
+"""The ``lmgate`` command.
+
+    lmgate serve --model models/tiny-chat.gguf            # one GGUF, no config file
+    lmgate serve --config lmgate.yaml [--host H] [--port P]
+
+Flags override the config file's ``server`` section; ``--model`` builds a one-model config whose
+name is taken from the file (and which answers to ``default`` as well).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from lmgate.server.settings import (
+    ConfigError,
+    Settings,
+    model_name_from_path,
+    read_config_file,
+    validate_settings,
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="lmgate", description="LLM serving gateway")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve models over the OpenAI HTTP API")
+    source = serve.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", type=Path, help="YAML config file (see docs/configuration.md)")
+    source.add_argument("--model", type=Path, help="serve one GGUF file with default settings")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="HTTP port (default 8000)")
+    serve.add_argument("--threads", type=int, help="with --model: llama.cpp threads")
+    serve.add_argument("--n-ctx", type=int, help="with --model: KV-cache cells / context length")
+    serve.add_argument("--max-seqs", type=int, help="with --model: sequences decoded together")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    args = parser.parse_args(argv)
+
+    try:
+        settings = settings_from_args(args)
+    except ConfigError as exc:
+        sys.exit(f"lmgate: {exc}")
+    serve_forever(settings)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    if args.config is not None:
+        raw = read_config_file(args.config)
+    else:
+        model: dict[str, object] = {
+            "name": model_name_from_path(args.model),
+            "aliases": ["default"],
+            "backend": "llamacpp",
+            "gguf": str(args.model),
+        }
+        for flag, key in (("threads", "n_threads"), ("n_ctx", "n_ctx"), ("max_seqs", "max_seqs")):
+            if getattr(args, flag) is not None:
+                model[key] = getattr(args, flag)
+        raw = {"models": [model]}
+    server = raw.setdefault("server", {})
+    for flag, key in (("host", "host"), ("port", "http_port"), ("log_level", "log_level")):
+        if getattr(args, flag) is not None:
+            server[key] = getattr(args, flag)
+    return validate_settings(raw, source=str(args.config or "command line"))
+
+
+def serve_forever(settings: Settings) -> None:
+    from lmgate.server.app import create_app
+
+    level = settings.server.log_level
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.server.host,
+        port=settings.server.http_port,
+        log_level=level,
+        timeout_graceful_shutdown=int(settings.server.drain_timeout_s) or None,
+    )
+    uvicorn.Server(config).run()
+
+
+if __name__ == "__main__":
+    main()

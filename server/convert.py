@@ -1,0 +1,144 @@
+"""OpenAI request models → the internal ``GenerateRequest``; internal deltas → OpenAI output parts.
+
+The one conversion of each HTTP request into the backend contract (DESIGN §2 step 2), and the
+pieces the routes assemble responses and stream chunks from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lmgate.backends.types import (
+    ChatMessage,
+    GenerateRequest,
+    Role,
+    SamplingParams,
+    TokenDelta,
+    TokenLogprob,
+    Usage,
+)
+from lmgate.server.protocol import (
+    ChatCompletionRequest,
+    ChatLogprobs,
+    CompletionLogprobs,
+    CompletionRequest,
+    PromptTokensDetails,
+    TokenLogprobOut,
+    TopLogprobOut,
+    UsageOut,
+    _Request,
+)
+
+
+def sampling_params(body: _Request, *, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+    """OpenAI defaults: temperature 1, top_p 1; vLLM extensions default to off."""
+    return SamplingParams(
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        top_k=max(0, body.top_k or 0),
+        min_p=body.min_p or 0.0,
+        repetition_penalty=body.repetition_penalty or 1.0,
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        seed=body.seed,
+        logit_bias=tuple((int(k), v) for k, v in (body.logit_bias or {}).items()),
+        max_tokens=max_tokens,
+        stop=body.stop_list,
+        stop_token_ids=tuple(body.stop_token_ids or ()),
+        ignore_eos=body.ignore_eos,
+        logprobs=logprobs,
+        n=body.n,
+    )
+
+
+def chat_request(body: ChatCompletionRequest, request_id: str) -> GenerateRequest:
+    logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    return GenerateRequest(
+        request_id=request_id,
+        model=body.model,
+        sampling=sampling_params(body, max_tokens=body.output_limit, logprobs=logprobs),
+        messages=tuple(ChatMessage(Role(m.role), m.text) for m in body.messages),
+    )
+
+
+def completion_requests(body: CompletionRequest, request_id: str) -> list[GenerateRequest]:
+    """One request per prompt of the batch; choice indexes are offset by the caller."""
+    sampling = sampling_params(body, max_tokens=body.max_tokens or 16, logprobs=body.logprobs)
+    requests = []
+    for i, prompt in enumerate(body.prompts):
+        rid = request_id if i == 0 else f"{request_id}-{i}"
+        if isinstance(prompt, str):
+            requests.append(GenerateRequest(rid, body.model, sampling, prompt=prompt))
+        else:
+            requests.append(GenerateRequest(rid, body.model, sampling, prompt_token_ids=tuple(prompt)))
+    return requests
+
+
+def usage_out(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> UsageOut:
+    return UsageOut(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens),
+    )
+
+
+def chat_logprobs(items: tuple[TokenLogprob, ...] | list[TokenLogprob]) -> ChatLogprobs:
+    return ChatLogprobs(
+        content=[
+            TokenLogprobOut(
+                token=lp.token,
+                logprob=lp.logprob,
+                bytes=list(lp.bytes),
+                top_logprobs=[TopLogprobOut(token=t.token, logprob=t.logprob, bytes=list(t.bytes)) for t in lp.top],
+            )
+            for lp in items
+        ]
+    )
+
+
+def completion_logprobs(items: list[TokenLogprob], text_offset: int) -> CompletionLogprobs:
+    """The legacy completions shape; ``text_offset`` is where the first token's text starts."""
+    out = CompletionLogprobs()
+    for lp in items:
+        out.tokens.append(lp.token)
+        out.token_logprobs.append(lp.logprob)
+        out.top_logprobs.append({t.token: t.logprob for t in lp.top} if lp.top else None)
+        out.text_offset.append(text_offset)
+        text_offset += len(lp.bytes.decode("utf-8", errors="replace"))
+    return out
+
+
+@dataclass
+class UsageTally:
+    """Sums usage over the choices and prompts of one HTTP request.
+
+    Each prompt's tokens count once, however many choices it has (OpenAI's rule for n > 1).
+    """
+
+    prompt_tokens: dict[int, int] = field(default_factory=dict)
+    cached_tokens: dict[int, int] = field(default_factory=dict)
+    completion_tokens: int = 0
+
+    def add(self, prompt_index: int, usage: Usage) -> None:
+        self.prompt_tokens[prompt_index] = usage.prompt_tokens
+        self.cached_tokens[prompt_index] = usage.cached_tokens
+        self.completion_tokens += usage.completion_tokens
+
+    def out(self) -> UsageOut:
+        return usage_out(sum(self.prompt_tokens.values()), self.completion_tokens, sum(self.cached_tokens.values()))
+
+
+@dataclass
+class ChoiceText:
+    """A non-streamed choice being assembled from its deltas."""
+
+    text: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+
+    def add(self, delta: TokenDelta) -> None:
+        self.text.append(delta.text)
+        self.logprobs.extend(delta.logprobs)
+        if delta.finish_reason is not None:
+            self.finish_reason = delta.finish_reason.value

@@ -1,0 +1,67 @@
+"""The gateway's error tree, and the one place backend errors are translated into it.
+
+    LmgateError                      500 internal_error          INTERNAL
+    ├── InvalidRequestError          400 invalid_request_error   INVALID_ARGUMENT
+    ├── ModelNotFoundError           404 invalid_request_error   NOT_FOUND
+    └── ServiceUnavailableError      503 service_unavailable     UNAVAILABLE
+
+Each class knows its HTTP status, its OpenAI error ``type`` and its gRPC status name; the HTTP
+app renders them as OpenAI-shaped bodies (``{"error": {"message", "type", "param", "code"}}``).
+Messages name the field, the value and the fix.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from lmgate.backends.errors import BackendError, BackendUnavailable, InvalidRequest
+
+
+class LmgateError(Exception):
+    http_status: ClassVar[int] = 500
+    error_type: ClassVar[str] = "internal_error"
+    grpc_status: ClassVar[str] = "INTERNAL"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict[str, Any]:
+        """The OpenAI error body."""
+        return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
+
+
+class InvalidRequestError(LmgateError):
+    http_status = 400
+    error_type = "invalid_request_error"
+    grpc_status = "INVALID_ARGUMENT"
+
+
+class ModelNotFoundError(LmgateError):
+    http_status = 404
+    error_type = "invalid_request_error"
+    grpc_status = "NOT_FOUND"
+
+    def __init__(self, model: str, known: list[str]) -> None:
+        super().__init__(
+            f"The model `{model}` does not exist. Models served here: {', '.join(known) or 'none'}.",
+            param="model",
+            code="model_not_found",
+        )
+
+
+class ServiceUnavailableError(LmgateError):
+    http_status = 503
+    error_type = "service_unavailable"
+    grpc_status = "UNAVAILABLE"
+
+
+def from_backend_error(exc: BackendError) -> LmgateError:
+    """Translate a backend's error into the gateway's tree (the only place this happens)."""
+    if isinstance(exc, InvalidRequest):
+        return InvalidRequestError(exc.message, param=exc.param, code=exc.code)
+    if isinstance(exc, BackendUnavailable):
+        return ServiceUnavailableError(str(exc))
+    return LmgateError(str(exc))

@@ -1,0 +1,99 @@
+"""Running backend streams for a transport: errors up front, several prompts merged, nothing leaked.
+
+``open_stream`` pulls the first delta before the transport commits to a response, so a request
+the backend refuses becomes a clean 400 instead of a broken stream. Every stream handed out here
+closes its backend generator when it is closed, which is what aborts the engine's sequences when
+a client goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from lmgate.backends.base import Backend
+from lmgate.backends.errors import BackendError
+from lmgate.backends.types import GenerateRequest, TokenDelta
+from lmgate.server.errors import from_backend_error
+
+
+async def open_stream(backend: Backend, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
+    """Start ``request``; raises the gateway's error if the backend refuses it before any delta."""
+    stream = backend.generate(request)
+    try:
+        first = await anext(stream)
+    except StopAsyncIteration:
+        return _empty()
+    except BackendError as exc:
+        await stream.aclose()
+        raise from_backend_error(exc) from exc
+    except BaseException:
+        await stream.aclose()
+        raise
+    return _resume(first, stream)
+
+
+async def _empty() -> AsyncIterator[TokenDelta]:
+    return
+    yield
+
+
+async def _resume(first: TokenDelta, stream: AsyncIterator[TokenDelta]) -> AsyncIterator[TokenDelta]:
+    try:
+        yield first
+        async for delta in stream:
+            yield delta
+    except BackendError as exc:
+        raise from_backend_error(exc) from exc
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def open_streams(backend: Backend, requests: list[GenerateRequest]) -> list[AsyncIterator[TokenDelta]]:
+    """``open_stream`` for all requests at once; if one is refused, the others are closed."""
+    results = await asyncio.gather(*(open_stream(backend, r) for r in requests), return_exceptions=True)
+    streams = [r for r in results if not isinstance(r, BaseException)]
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        for stream in streams:
+            await stream.aclose()  # type: ignore[attr-defined]
+        raise errors[0]
+    return streams
+
+
+async def merge(streams: list[AsyncIterator[TokenDelta]]) -> AsyncIterator[tuple[int, TokenDelta]]:
+    """Interleave streams as their deltas arrive, tagged with the stream's position."""
+    if len(streams) == 1:
+        try:
+            async for delta in streams[0]:
+                yield 0, delta
+        finally:
+            await streams[0].aclose()  # type: ignore[attr-defined]
+        return
+    queue: asyncio.Queue[tuple[int, TokenDelta] | BaseException | None] = asyncio.Queue()
+
+    async def pump(i: int, stream: AsyncIterator[TokenDelta]) -> None:
+        try:
+            async for delta in stream:
+                await queue.put((i, delta))
+            await queue.put(None)
+        except Exception as exc:
+            await queue.put(exc)
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            item = await queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,67 @@
+"""Small pieces every OpenAI route uses: request ids, SSE framing, client-disconnect handling."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from fastapi import Request
+from pydantic import BaseModel
+
+from lmgate.server.errors import LmgateError
+
+REQUEST_ID_HEADER = "X-Request-Id"
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+T = TypeVar("T")
+
+
+def base_request_id(request: Request) -> str:
+    """The client's ``X-Request-Id`` when it is a sane token, else a fresh random id."""
+    given = request.headers.get(REQUEST_ID_HEADER)
+    return given if given and _SAFE_ID.match(given) else uuid.uuid4().hex
+
+
+def sse(chunk: BaseModel) -> str:
+    return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
+
+
+def sse_error(exc: LmgateError) -> str:
+    """An error after the stream started: one event with the OpenAI error body (as vLLM does)."""
+    return f"data: {json.dumps(exc.body())}\n\n"
+
+
+SSE_DONE = "data: [DONE]\n\n"
+
+
+class ClientDisconnected(Exception):
+    """The client closed the connection before the response was ready."""
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``, cancelling it if the client disconnects first (non-streamed responses).
+
+    Cancelling ``work`` closes its backend stream, which aborts the engine's sequences.
+    """
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    listener = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, listener}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        raise
+    finally:
+        listener.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    raise ClientDisconnected

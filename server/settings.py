@@ -1,0 +1,128 @@
+"""Typed settings: one YAML file (DESIGN §7) or CLI flags, validated once at start-up.
+
+    server: {host: 127.0.0.1, http_port: 8000}
+    models:
+      - name: tiny-chat
+        aliases: [default]
+        backend: llamacpp
+        gguf: models/tiny-chat.gguf
+        n_ctx: 4096
+        max_seqs: 8
+
+A model entry is its name and aliases plus its backend kind's own settings (the config class the
+backend defines), picked by the ``backend`` field. Errors quote where, the value and the rule.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+
+from lmgate.backends.fake.config import FakeConfig
+from lmgate.backends.llamacpp.config import LlamaCppConfig
+from lmgate.backends.registry import BackendKind
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$"
+_KINDS = {kind.value for kind in BackendKind}
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message says where and how to fix it."""
+
+
+class ServerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field(default="127.0.0.1", description="Address the HTTP server binds.")
+    http_port: int = Field(default=8000, ge=0, le=65535, description="HTTP port (0: any free port).")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    drain_timeout_s: float = Field(default=30.0, ge=0, description="Grace period for in-flight streams on stop.")
+
+
+class _ModelEntry(BaseModel):
+    name: str = Field(pattern=_NAME, description="The name clients put in `model`.")
+    aliases: list[Annotated[str, Field(pattern=_NAME)]] = Field(default_factory=list)
+
+
+class LlamaCppModelSettings(_ModelEntry, LlamaCppConfig):
+    pass
+
+
+class FakeModelSettings(_ModelEntry, FakeConfig):
+    pass
+
+
+def _backend_kind(entry: object) -> str:
+    """The ``backend`` field picks the settings class; a GGUF model need not say ``llamacpp``."""
+    if isinstance(entry, dict):
+        return str(entry.get("backend", "llamacpp"))
+    return str(getattr(entry, "backend", "llamacpp"))
+
+
+ModelSettings = Annotated[
+    Annotated[LlamaCppModelSettings, Tag("llamacpp")] | Annotated[FakeModelSettings, Tag("fake")],
+    Discriminator(_backend_kind),
+]
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    models: list[ModelSettings] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Settings:
+        seen: dict[str, str] = {}
+        for model in self.models:
+            for name in [model.name, *model.aliases]:
+                if name in seen:
+                    raise ValueError(f"the name {name!r} is used by both {seen[name]!r} and {model.name!r}")
+                seen[name] = model.name
+        return self
+
+
+def load_settings(path: Path) -> Settings:
+    """Read and validate a YAML config file; raises ConfigError with every problem found."""
+    return validate_settings(read_config_file(path), source=str(path))
+
+
+def read_config_file(path: Path) -> dict:
+    """The YAML mapping of a config file, not yet validated; raises ConfigError."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with `server` and `models`, got {type(raw).__name__}")
+    return raw
+
+
+def validate_settings(raw: dict, *, source: str = "settings") -> Settings:
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{source}: {exc.error_count()} problem(s):"]
+        for err in exc.errors():
+            where = _location(err["loc"]) or "(top level)"
+            got = f" (got {err['input']!r})" if err["type"] != "missing" else ""
+            lines.append(f"  - {where}: {err['msg']}{got}")
+        raise ConfigError("\n".join(lines)) from exc
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    """``models.0.llamacpp.n_ctx`` → ``models.0.n_ctx``: the union's tag is not a key the user wrote."""
+    parts = [p for i, p in enumerate(loc) if not (i and isinstance(loc[i - 1], int) and p in _KINDS)]
+    return ".".join(str(p) for p in parts)
+
+
+def model_name_from_path(path: Path) -> str:
+    """``models/Tiny Chat.Q8_0.gguf`` → ``tiny-chat.q8_0``: a valid model name taken from the file."""
+    stem = re.sub(r"[^A-Za-z0-9._:-]+", "-", path.stem).strip("-.").lower()
+    return stem or "model"
