@@ -8,9 +8,10 @@ engine thread and streams the deltas back on the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from lmgate.backends.base import Backend
 from lmgate.backends.chat_template import ChatTemplate
@@ -83,7 +84,7 @@ class LlamaCppBackend(Backend):
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue[list[TokenDelta] | BaseException] = asyncio.Queue()
         self._inflight.setdefault(request.request_id, set()).add(internal_id)
-        engine.add(internal_id, seqs, lambda item: loop.call_soon_threadsafe(inbox.put_nowait, item))
+        engine.add(internal_id, seqs, _loop_sink(loop, inbox))
         unfinished = len(seqs)
         try:
             while unfinished:
@@ -184,3 +185,15 @@ class LlamaCppBackend(Backend):
             await asyncio.sleep(0.05)
         engine, self._engine = self._engine, None
         await asyncio.to_thread(engine.stop)
+
+
+def _loop_sink(
+    loop: asyncio.AbstractEventLoop, inbox: asyncio.Queue[list[TokenDelta] | BaseException]
+) -> Callable[[list[TokenDelta] | BaseException], None]:
+    """The engine thread's way into this request's queue on the event loop."""
+
+    def sink(item: list[TokenDelta] | BaseException) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening any more
+            loop.call_soon_threadsafe(inbox.put_nowait, item)
+
+    return sink

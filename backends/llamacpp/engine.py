@@ -61,6 +61,7 @@ class Engine:
         self._check = check_integrity
         self._inbox: queue.SimpleQueue[_Add | _Abort | object] = queue.SimpleQueue()
         self._requests: dict[str, _Request] = {}
+        self._outbox: dict[str, list[TokenDelta]] = {}
         self._stats = BackendStats(kv_cells_total=model.n_ctx)
         self._steps = 0
         self._generated = 0
@@ -97,6 +98,7 @@ class Engine:
                 if self.scheduler.has_work:
                     self.step()
                 self._after_step()
+                self._deliver()
         except BaseException as exc:  # the engine is dead: tell every waiting request why
             log.exception("llama.cpp engine failed")
             self.failed = exc
@@ -106,6 +108,7 @@ class Engine:
         finally:
             for request_id in list(self._requests):
                 self._abort(request_id)
+            self._deliver()
 
     def step(self) -> None:
         output = self.scheduler.schedule()
@@ -114,17 +117,23 @@ class Engine:
 
     def _postprocess(self, output: SchedulerOutput, sampled: list[Sampled]) -> None:
         self.scheduler.update(output)
-        deltas: dict[str, list[TokenDelta]] = {}
         for s in sampled:
             s.seq.append(s.token_id)
-            deltas.setdefault(s.seq.request_id, []).append(self._advance(s))
+            self._outbox.setdefault(s.seq.request_id, []).append(self._advance(s))
         self._generated += len(sampled)
         self._steps += 1
-        for request_id, batch in deltas.items():
-            request = self._requests[request_id]
-            request.sink(batch)
+
+    def _deliver(self) -> None:
+        """Hand each request its deltas of this step, after slots were cleared and stats published,
+        so a client that sees its last delta also sees its KV freed."""
+        for request_id, deltas in self._outbox.items():
+            request = self._requests.get(request_id)
+            if request is None:
+                continue  # failed and told already
+            request.sink(deltas)
             if request.unfinished == 0:
                 del self._requests[request_id]
+        self._outbox.clear()
 
     def _advance(self, s: Sampled) -> TokenDelta:
         """Apply one sampled token to its sequence: text, stop rules, limits."""
@@ -171,18 +180,14 @@ class Engine:
                 self._abort(command.request_id)
 
     def _abort(self, request_id: str) -> None:
-        request = self._requests.pop(request_id, None)
+        request = self._requests.get(request_id)
         if request is None:
             return  # finished already, or never seen
-        deltas = []
+        outbox = self._outbox.setdefault(request_id, [])
         for seq in request.seqs:
             if seq.status is not SequenceStatus.FINISHED:
-                self.scheduler.finish(seq)
-                self.runner.release(seq)
-                seq.finish_reason = FinishReason.ABORT
-                usage = Usage(seq.num_prompt_tokens, seq.num_output_tokens)
-                deltas.append(TokenDelta(seq.index, "", finish_reason=FinishReason.ABORT, usage=usage))
-        request.sink(deltas)
+                usage = self._finish(seq, FinishReason.ABORT)
+                outbox.append(TokenDelta(seq.index, "", finish_reason=FinishReason.ABORT, usage=usage))
 
     def _after_step(self) -> None:
         self.runner.clear_slots(self.scheduler.kv.take_slots_to_clear())

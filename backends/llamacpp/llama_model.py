@@ -20,8 +20,9 @@ from lmgate.backends.llamacpp.config import LlamaCppConfig
 
 log = logging.getLogger("lmgate.llama_cpp")
 
-# llama.cpp talks a lot at INFO; its messages go to Python logging, one level down.
-_LOG_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.ERROR, 4: logging.DEBUG}
+# ggml_log_level: 1 debug, 2 info, 3 warn, 4 error, 5 continuation. llama.cpp is chatty at info
+# (every tensor and buffer on load): that goes to DEBUG here.
+_LOG_LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING, 4: logging.ERROR}
 
 
 @llama_cpp.llama_log_callback
