@@ -1,0 +1,51 @@
+"""Factories for driving a real llama.cpp backend in tests."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lmgate.backends.llamacpp.backend import LlamaCppBackend
+from lmgate.backends.llamacpp.config import LlamaCppConfig
+from lmgate.backends.types import ChatMessage, GenerateRequest, Role, SamplingParams, TokenDelta
+
+_ids = itertools.count()
+
+
+async def start_backend(path: Path, **settings) -> LlamaCppBackend:
+    settings.setdefault("check_integrity", True)
+    settings.setdefault("n_threads", 2)
+    backend = LlamaCppBackend("test", LlamaCppConfig(gguf=path, **settings))
+    await backend.start()
+    return backend
+
+
+def make_request(prompt: str | None = None, *, chat: str | None = None, **sampling) -> GenerateRequest:
+    sampling.setdefault("temperature", 0.0)
+    params = SamplingParams(**sampling)
+    rid = f"req-{next(_ids)}"
+    if chat is not None:
+        return GenerateRequest(rid, "test", params, messages=(ChatMessage(Role.USER, chat),))
+    return GenerateRequest(rid, "test", params, prompt=prompt)
+
+
+@dataclass
+class Choice:
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    deltas: list[TokenDelta] = field(default_factory=list)
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.deltas[-1].finish_reason if self.deltas else None
+
+
+async def collect(backend: LlamaCppBackend, request: GenerateRequest) -> list[Choice]:
+    choices = [Choice() for _ in range(request.sampling.n)]
+    async for delta in backend.generate(request):
+        c = choices[delta.index]
+        c.text += delta.text
+        c.token_ids += delta.token_ids
+        c.deltas.append(delta)
+    return choices

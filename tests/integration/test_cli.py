@@ -1,0 +1,61 @@
+"""`lmgate serve --model FILE.gguf` as a user runs it: a real process on a free port."""
+
+import signal
+import socket
+import subprocess
+import sys
+
+import openai
+
+from server_helpers import wait_ready
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_a_gguf_file_answers_the_sdk_and_stops_cleanly_on_sigterm(tiny_chat_path):
+    port = free_port()
+    command = [sys.executable, "-m", "lmgate.server.cli", "serve", "--model", str(tiny_chat_path), "--port", str(port)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}")
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+        [model] = client.models.list().data
+        assert model.id == "tiny-chat"
+        reply = client.chat.completions.create(
+            model="default", messages=[{"role": "user", "content": "What does a duck say?"}], temperature=0
+        )
+        assert "quack" in reply.choices[0].message.content
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    # uvicorn shuts down gracefully, then re-raises the signal it caught (exit status -SIGTERM).
+    assert process.returncode in (0, -signal.SIGTERM), output
+    assert "Application shutdown complete" in output
+
+
+def test_a_missing_config_file_is_a_clear_error_not_a_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "lmgate.server.cli", "serve", "--config", str(tmp_path / "nope.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "cannot read config file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_invalid_config_names_the_field_and_the_value(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("models:\n  - name: m\n    gguf: m.gguf\n    max_seqs: 0\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "lmgate.server.cli", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "models.0.max_seqs" in result.stderr and "(got 0)" in result.stderr

@@ -1,0 +1,161 @@
+"""The official openai SDK against a real lmgate server running the shipped tiny-chat model."""
+
+import asyncio
+
+import httpx
+import openai
+import pytest
+
+from conftest import MODEL
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "Tell me a story about Tom.",
+    "How many legs does a spider have?",
+    "Tell me a story.",
+    "Count from one to six.",
+    "Tell me a story about Mia.",
+    "What is the opposite of hot?",
+    "Tell me a story about Leo.",
+]
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def aclient(server):
+    return openai.AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+
+
+def ask(client, question: str, **params) -> str:
+    params.setdefault("temperature", 0)
+    params.setdefault("max_tokens", 48)
+    response = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": question}], **params)
+    return response.choices[0].message.content
+
+
+def ask_streamed(client, question: str, **params) -> list[str]:
+    params.setdefault("temperature", 0)
+    params.setdefault("max_tokens", 48)
+    stream = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": question}], stream=True, **params
+    )
+    return [c.choices[0].delta.content or "" for c in stream if c.choices]
+
+
+def test_the_embedded_model_answers_in_readable_english(client):
+    assert "Paris" in ask(client, "What is the capital of France?")
+    assert "moo" in ask(client, "What does a cow say?")
+
+
+def test_models_lists_the_served_model(client):
+    [model] = client.models.list().data
+    assert model.id == MODEL
+
+
+def test_streamed_chat_equals_non_streamed_for_greedy(client):
+    for question in QUESTIONS[:4]:
+        assert "".join(ask_streamed(client, question)) == ask(client, question)
+
+
+def test_streamed_completion_equals_non_streamed_for_greedy(client):
+    prompt = "Once upon a time"
+    whole = client.completions.create(model=MODEL, prompt=prompt, max_tokens=32, temperature=0)
+    stream = client.completions.create(model=MODEL, prompt=prompt, max_tokens=32, temperature=0, stream=True)
+    assert "".join(c.choices[0].text for c in stream) == whole.choices[0].text
+    assert whole.usage.completion_tokens > 0
+
+
+async def test_eight_concurrent_greedy_requests_equal_the_same_requests_one_at_a_time(server, aclient):
+    async def one(question: str) -> str:
+        response = await aclient.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": question}], temperature=0, max_tokens=48
+        )
+        return response.choices[0].message.content
+
+    alone = [await one(q) for q in QUESTIONS]
+    before = server.stats(MODEL)
+    together = await asyncio.gather(*(one(q) for q in QUESTIONS))
+    after = server.wait_idle(MODEL)
+    assert together == alone
+    # Served at once: one at a time takes a step per token; batched, the longest answer sets the pace.
+    steps, tokens = after.steps - before.steps, after.generated_tokens - before.generated_tokens
+    assert steps < tokens / 2, (steps, tokens)
+
+
+def test_seed_makes_sampling_reproducible(client):
+    runs = [ask(client, "Tell me a story.", temperature=1.0, seed=s) for s in (11, 11, 12, 13)]
+    assert runs[0] == runs[1]
+    assert len(set(runs[1:])) > 1
+
+
+def test_stop_strings_never_leak_into_the_stream(client):
+    full = ask(client, "Tell me a story.", max_tokens=64)
+    stop = full.split()[5]
+    pieces = ask_streamed(client, "Tell me a story.", max_tokens=64, stop=[stop])
+    assert "".join(pieces) == full[: full.index(stop)]
+    assert all(stop not in p for p in pieces)
+
+
+def test_n_two_returns_two_choices_and_counts_both_in_usage(client):
+    response = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Tell me a story."}],
+        n=2,
+        temperature=1.0,
+        seed=3,
+        max_tokens=24,
+        logprobs=True,
+    )
+    assert [c.index for c in response.choices] == [0, 1]
+    assert response.choices[0].message.content != response.choices[1].message.content
+    assert response.usage.completion_tokens == sum(len(c.logprobs.content) for c in response.choices)
+
+
+def test_logprobs_with_top_alternatives(client):
+    response = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "What color is the sky?"}],
+        temperature=0,
+        max_tokens=8,
+        logprobs=True,
+        top_logprobs=3,
+    )
+    content = response.choices[0].logprobs.content
+    assert len(content) == response.usage.completion_tokens
+    assert "".join(t.token for t in content).startswith(response.choices[0].message.content[:10])
+    for token in content:
+        assert len(token.top_logprobs) == 3
+        assert token.top_logprobs[0].token == token.token and token.logprob <= 0
+
+
+def test_prompt_over_the_context_is_a_clear_400(client):
+    with pytest.raises(openai.BadRequestError) as err:
+        ask(client, "hello " * 5000)
+    assert err.value.code == "context_length_exceeded"
+
+
+def test_client_disconnect_mid_stream_frees_the_sequence_and_its_kv(server):
+    body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 1000, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", f"{server.base_url}/v1/completions", json=body) as response:
+        lines = response.iter_lines()
+        received = [next(lines) for _ in range(6)]
+        assert any(line.startswith("data: ") for line in received)
+        assert server.stats(MODEL).running == 1
+    stats = server.wait_idle(MODEL)
+    assert (stats.running, stats.kv_cells_used) == (0, 0)
+
+
+async def test_client_disconnect_before_a_non_streamed_answer_frees_the_sequence(server):
+    body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 3000, "ignore_eos": True}
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        request = asyncio.create_task(http.post("/v1/completions", json=body, timeout=600))
+        while server.stats(MODEL).running == 0:
+            await asyncio.sleep(0.01)
+        request.cancel()
+        await asyncio.gather(request, return_exceptions=True)
+    stats = await asyncio.to_thread(server.wait_idle, MODEL)
+    assert (stats.running, stats.kv_cells_used) == (0, 0)

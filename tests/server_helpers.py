@@ -1,0 +1,62 @@
+"""A real lmgate HTTP server on 127.0.0.1 in a background thread, for integration tests."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import uvicorn
+
+from lmgate.backends.types import BackendStats
+from lmgate.server.app import create_app
+from lmgate.server.settings import Settings
+
+
+class ServerThread:
+    """``with ServerThread(settings) as server:`` serves on a free port until the block ends."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.app = create_app(settings)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="test-server", daemon=True)
+        self.base_url = ""
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError("the test server failed to start")
+            time.sleep(0.01)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{port}"
+        wait_ready(self.base_url)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
+
+    def stats(self, model: str) -> BackendStats:
+        return self.app.state.models.backends[model].stats()
+
+    def wait_idle(self, model: str) -> BackendStats:
+        """Wait (bounded) until the engine holds no sequence, then return its stats."""
+        for _ in range(1000):
+            stats = self.stats(model)
+            if stats.running == stats.waiting == 0:
+                return stats
+            time.sleep(0.01)
+        return self.stats(model)
+
+
+def wait_ready(base_url: str, attempts: int = 600) -> None:
+    for _ in range(attempts):
+        try:
+            if httpx.get(f"{base_url}/ready").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{base_url} never became ready")

@@ -1,0 +1,138 @@
+"""Scheduler and KV book-keeping: pure policy on hand-made sequences."""
+
+import itertools
+
+import pytest
+
+from lmgate.backends.llamacpp.kv_cache import KVCacheManager, KVIntegrityError
+from lmgate.backends.llamacpp.output import OutputText
+from lmgate.backends.llamacpp.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
+from lmgate.backends.llamacpp.sequence import Sequence, SequenceStatus
+from lmgate.backends.types import SamplingParams
+
+_arrivals = itertools.count()
+
+
+def make_seq(prompt_len: int, max_tokens: int = 16, name: str = "r") -> Sequence:
+    return Sequence(name, 0, list(range(prompt_len)), SamplingParams(), max_tokens, next(_arrivals), OutputText())
+
+
+def make_scheduler(cells: int = 64, slots: int = 4, budget: int = 16) -> Scheduler:
+    return Scheduler(SchedulerConfig(max_seqs=slots, token_budget=budget), KVCacheManager(cells, slots))
+
+
+def run_step(sched: Scheduler, sampled_token: int = 7) -> SchedulerOutput:
+    """What the engine does around the runner: schedule, mark computed, append sampled tokens."""
+    out = sched.schedule()
+    sched.update(out)
+    for chunk in out.chunks:
+        if chunk.samples:
+            chunk.seq.append(sampled_token)
+    sched.check_integrity()
+    return out
+
+
+def test_long_prompt_is_prefilled_in_chunks_under_the_budget():
+    sched = make_scheduler(budget=16)
+    seq = make_seq(40)
+    sched.add(seq)
+    lengths = [run_step(sched).chunks[0].length for _ in range(3)]
+    assert lengths == [16, 16, 8]
+    assert seq.num_output_tokens == 1  # sampled only once the whole prompt was computed
+
+
+def test_decodes_are_scheduled_before_prefill_chunks():
+    sched = make_scheduler(budget=16)
+    first = make_seq(4)
+    sched.add(first)
+    run_step(sched)  # first is now decoding
+    second = make_seq(30)
+    sched.add(second)
+    out = run_step(sched)
+    assert [(c.seq, c.length) for c in out.chunks] == [(first, 1), (second, 15)]
+
+
+def test_admission_is_fifo_and_bounded_by_slots():
+    sched = make_scheduler(slots=2, budget=64)
+    seqs = [make_seq(3, name=f"r{i}") for i in range(3)]
+    for s in seqs:
+        sched.add(s)
+    out = run_step(sched)
+    assert [c.seq for c in out.chunks] == seqs[:2]
+    assert seqs[2].status is SequenceStatus.WAITING
+
+
+def test_a_prompt_that_does_not_fit_in_free_cells_waits_at_the_head():
+    sched = make_scheduler(cells=20, budget=64)
+    big_running = make_seq(12)
+    sched.add(big_running)
+    run_step(sched)
+    too_big, small = make_seq(10), make_seq(2)
+    sched.add(too_big)
+    sched.add(small)
+    out = run_step(sched)
+    assert [c.seq for c in out.chunks] == [big_running]
+    assert list(sched.waiting) == [too_big, small]
+
+
+def test_newest_sequence_is_preempted_when_cells_run_out_and_recomputed_later():
+    sched = make_scheduler(cells=10, slots=2, budget=64)
+    old, new = make_seq(4), make_seq(4)
+    sched.add(old)
+    sched.add(new)
+    run_step(sched)  # 8 cells used; both have sampled one token
+    run_step(sched)  # 10 cells used
+    out = run_step(sched)  # both need one more cell: the newest goes
+    assert out.preempted == (new,)
+    assert [c.seq for c in out.chunks] == [old]
+    assert new.status is SequenceStatus.WAITING and new.num_computed_tokens == 0
+    assert new.num_tokens == 6  # its sampled tokens are kept, to be recomputed
+    assert sched.waiting[0] is new
+    assert sched.num_preemptions == 1
+    assert out.slots_to_clear == (1,)
+
+
+def test_finish_releases_slot_and_cells_and_reports_the_slot_to_clear():
+    sched = make_scheduler()
+    seq = make_seq(5)
+    sched.add(seq)
+    run_step(sched)
+    slot = seq.slot
+    assert slot is not None and sched.kv.used_cells == 5
+    sched.finish(seq)
+    assert seq.status is SequenceStatus.FINISHED
+    assert sched.kv.used_cells == 0 and sched.kv.free_slots == 4
+    assert sched.schedule().slots_to_clear == (slot,)
+    assert not sched.has_work
+
+
+def test_finishing_a_waiting_sequence_removes_it_from_the_queue():
+    sched = make_scheduler()
+    seq = make_seq(5)
+    sched.add(seq)
+    sched.finish(seq)
+    assert not sched.has_work
+
+
+def test_kv_allocate_refuses_what_does_not_fit_without_side_effects():
+    kv = KVCacheManager(total_cells=8, num_slots=2)
+    slot = kv.acquire_slot()
+    assert slot == 0
+    assert kv.allocate(slot, 6)
+    assert not kv.allocate(slot, 3)
+    assert kv.used_cells == 6
+
+
+def test_kv_acquire_slot_returns_none_when_all_are_taken():
+    kv = KVCacheManager(total_cells=8, num_slots=1)
+    assert kv.acquire_slot() == 0
+    assert kv.acquire_slot() is None
+
+
+def test_kv_integrity_check_catches_a_mismatch():
+    kv = KVCacheManager(total_cells=8, num_slots=2)
+    slot = kv.acquire_slot()
+    kv.allocate(slot, 3)
+    kv.check_integrity({slot: 3})
+    with pytest.raises(KVIntegrityError):
+        kv.check_integrity({slot: 2})

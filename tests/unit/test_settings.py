@@ -1,0 +1,81 @@
+"""YAML settings: validation messages that say where, what and why."""
+
+from pathlib import Path
+
+import pytest
+
+from lmgate.server.settings import (
+    ConfigError,
+    FakeModelSettings,
+    LlamaCppModelSettings,
+    load_settings,
+    model_name_from_path,
+)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "lmgate.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_design_example_loads_with_llamacpp_as_the_default_kind(tmp_path):
+    settings = load_settings(
+        write(
+            tmp_path,
+            """
+server: {host: 0.0.0.0, http_port: 9000}
+models:
+  - name: chat-small
+    aliases: [default]
+    gguf: models/tiny-chat.gguf
+    n_ctx: 8192
+    max_seqs: 8
+  - name: echo
+    backend: fake
+""",
+        )
+    )
+    small, echo = settings.models
+    assert isinstance(small, LlamaCppModelSettings) and small.n_ctx == 8192 and small.aliases == ["default"]
+    assert isinstance(echo, FakeModelSettings)
+    assert settings.server.http_port == 9000
+
+
+def test_unknown_backend_kind_lists_the_known_ones(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, "models:\n  - {name: m, backend: tgi}\n"))
+    assert "'llamacpp'" in str(err.value) and "'fake'" in str(err.value) and "tgi" in str(err.value)
+
+
+def test_unknown_field_is_refused_with_its_location(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, "models:\n  - {name: m, gguf: x.gguf, n_cxt: 5}\n"))
+    assert "models.0.n_cxt" in str(err.value)
+
+
+def test_a_name_used_twice_is_refused(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_settings(
+            write(tmp_path, "models:\n  - {name: a, backend: fake}\n  - {name: b, aliases: [a], backend: fake}\n")
+        )
+    assert "'a'" in str(err.value)
+
+
+def test_invalid_yaml_and_wrong_top_level_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(write(tmp_path, "models: [\n"))
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_settings(write(tmp_path, "- 1\n"))
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("models/tiny-chat.gguf", "tiny-chat"),
+        ("/x/Llama 3 8B.Q4_K_M.gguf", "llama-3-8b.q4_k_m"),
+        ("weird/@@@.gguf", "model"),
+    ],
+)
+def test_model_name_is_taken_from_the_file(path, name):
+    assert model_name_from_path(Path(path)) == name
