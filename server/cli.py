@@ -38,7 +38,17 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--n-ctx", type=int, help="with --model: KV-cache cells / context length")
     serve.add_argument("--max-seqs", type=int, help="with --model: sequences decoded together")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    bench = commands.add_parser("bench", help="measure an OpenAI-compatible server with concurrent streams")
+    bench.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL (without /v1)")
+    bench.add_argument("--model", default="default")
+    bench.add_argument("-c", "--concurrency", type=int, nargs="+", default=[1, 4, 8])
+    bench.add_argument("--requests", type=int, default=0, help="per concurrency level (default 4 x c, at least 8)")
+    bench.add_argument("--max-tokens", type=int, default=64)
+    bench.add_argument("--json", type=Path, help="also write the reports as JSON")
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        run_bench_command(args)
+        return
 
     try:
         settings = settings_from_args(args)
@@ -66,6 +76,21 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         if getattr(args, flag) is not None:
             server[key] = getattr(args, flag)
     return validate_settings(raw, source=str(args.config or "command line"))
+
+
+def run_bench_command(args: argparse.Namespace) -> None:
+    import asyncio
+
+    from lmgate.server.bench import BenchConfig, report_json, report_table, run_bench
+
+    reports = []
+    for c in args.concurrency:
+        requests = args.requests or max(8, 4 * c)
+        config = BenchConfig(args.url, args.model, c, requests, max_tokens=args.max_tokens)
+        reports.append(asyncio.run(run_bench(config)))
+        print(report_table(reports[-1:]).splitlines()[-1] if len(reports) > 1 else report_table(reports), flush=True)
+    if args.json:
+        args.json.write_text(report_json(reports))
 
 
 def serve_forever(settings: Settings) -> None:

@@ -1,0 +1,147 @@
+"""``lmgate bench``: C concurrent streaming clients against any OpenAI-compatible server.
+
+Each client sends streamed /v1/completions requests back to back (fixed prompt, fixed
+``max_tokens``, ``ignore_eos`` so every request produces the same length) until the run's request
+count is reached. Reported: aggregate output tokens/s over the wall time, time to first token,
+inter-token latency and end-to-end latency percentiles. Output tokens come from the server's
+usage when it sends it, otherwise from the number of content chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import httpx
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    url: str
+    model: str
+    concurrency: int
+    requests: int
+    max_tokens: int = 64
+    prompt: str = "Once upon a time, in a land far away, there lived"
+    api_key: str | None = None
+
+
+@dataclass
+class RequestResult:
+    ttft: float | None = None
+    itls: list[float] = field(default_factory=list)
+    e2e: float = 0.0
+    output_tokens: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    concurrency: int
+    requests: int
+    errors: int
+    wall_s: float
+    output_tokens: int
+    output_tokens_per_s: float
+    ttft_ms: dict[str, float]
+    itl_ms: dict[str, float]
+    e2e_ms: dict[str, float]
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    """p50/p90/p99 in milliseconds (empty input gives zeros)."""
+    if not values:
+        return {"p50": 0.0, "p90": 0.0, "p99": 0.0}
+    if len(values) == 1:
+        return dict.fromkeys(("p50", "p90", "p99"), values[0] * 1000)
+    q = statistics.quantiles(values, n=100, method="inclusive")
+    return {"p50": q[49] * 1000, "p90": q[89] * 1000, "p99": q[98] * 1000}
+
+
+async def _one_request(client: httpx.AsyncClient, config: BenchConfig) -> RequestResult:
+    body = {
+        "model": config.model,
+        "prompt": config.prompt,
+        "max_tokens": config.max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    result = RequestResult()
+    start = last = time.perf_counter()
+    chunks = 0
+    try:
+        async with client.stream("POST", "/v1/completions", json=body) as response:
+            if response.status_code != 200:
+                result.error = f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"
+                return result
+            async for line in response.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                event = json.loads(line[6:])
+                if event.get("usage"):
+                    result.output_tokens = event["usage"]["completion_tokens"]
+                if any(choice.get("text") for choice in event.get("choices") or ()):
+                    now = time.perf_counter()
+                    if result.ttft is None:
+                        result.ttft = now - start
+                    else:
+                        result.itls.append(now - last)
+                    last = now
+                    chunks += 1
+    except httpx.HTTPError as exc:
+        result.error = repr(exc)
+    result.e2e = time.perf_counter() - start
+    result.output_tokens = result.output_tokens or chunks
+    return result
+
+
+async def run_bench(config: BenchConfig) -> BenchReport:
+    headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+    limits = httpx.Limits(max_connections=config.concurrency, max_keepalive_connections=config.concurrency)
+    remaining = config.requests
+    results: list[RequestResult] = []
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            results.append(await _one_request(client, config))
+
+    async with httpx.AsyncClient(base_url=config.url, headers=headers, timeout=600, limits=limits) as client:
+        await _one_request(client, config)  # warm-up: connections, caches, first-request costs
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(config.concurrency)))
+        wall = time.perf_counter() - started
+    ok = [r for r in results if r.error is None]
+    tokens = sum(r.output_tokens for r in ok)
+    return BenchReport(
+        concurrency=config.concurrency,
+        requests=len(results),
+        errors=len(results) - len(ok),
+        wall_s=wall,
+        output_tokens=tokens,
+        output_tokens_per_s=tokens / wall if wall else 0.0,
+        ttft_ms=percentiles([r.ttft for r in ok if r.ttft is not None]),
+        itl_ms=percentiles([x for r in ok for x in r.itls]),
+        e2e_ms=percentiles([r.e2e for r in ok]),
+    )
+
+
+def report_json(reports: list[BenchReport]) -> str:
+    return json.dumps([asdict(r) for r in reports], indent=2)
+
+
+def report_table(reports: list[BenchReport]) -> str:
+    lines = ["| c | requests | errors | tok/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in reports:
+        lines.append(
+            f"| {r.concurrency} | {r.requests} | {r.errors} | {r.output_tokens_per_s:.1f} | {r.ttft_ms['p50']:.0f} "
+            f"| {r.ttft_ms['p99']:.0f} | {r.itl_ms['p50']:.1f} | {r.itl_ms['p99']:.1f} |"
+        )
+    return "\n".join(lines)

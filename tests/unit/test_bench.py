@@ -1,0 +1,23 @@
+"""lmgate bench counts what the server streams (checked against the fake backend over real HTTP)."""
+
+from lmgate.server.bench import BenchConfig, percentiles, run_bench
+from lmgate.server.settings import validate_settings
+
+from server_helpers import ServerThread
+
+
+def test_percentiles_of_known_values():
+    assert percentiles([]) == {"p50": 0.0, "p90": 0.0, "p99": 0.0}
+    p = percentiles([i / 1000 for i in range(1, 102)])  # 1..101 ms
+    assert round(p["p50"]) == 51 and round(p["p90"]) == 91 and round(p["p99"]) == 100
+
+
+async def test_bench_counts_every_request_and_token():
+    settings = validate_settings({"models": [{"name": "echo", "backend": "fake"}]})
+    with ServerThread(settings) as server:
+        prompt = "one two three four five"
+        config = BenchConfig(server.base_url, "echo", concurrency=3, requests=7, max_tokens=64, prompt=prompt)
+        report = await run_bench(config)
+    assert (report.requests, report.errors) == (7, 0)
+    assert report.output_tokens == 7 * 5  # the fake backend echoes the five prompt words
+    assert report.output_tokens_per_s > 0 and report.ttft_ms["p50"] > 0
