@@ -157,10 +157,17 @@ class BackendStats:
     running: int = 0
     waiting: int = 0
     kv_cells_used: int = 0
+    """Cells held by requests in flight (cells that only cached prefixes hold are not counted)."""
+    kv_cells_cached: int = 0
+    """Cells holding cached prefixes no request uses: reused on a hit, evicted when needed."""
     kv_cells_total: int = 0
     prefix_queries: int = 0
+    """Prompt tokens looked up in the prefix cache."""
     prefix_hits: int = 0
+    """Of those, tokens found (their KV shared, not recomputed)."""
     preemptions: int = 0
+    prefix_evictions: int = 0
+    """Cached prefixes dropped to make room."""
     steps: int = 0
     generated_tokens: int = 0
 

@@ -64,7 +64,7 @@ class LlamaCppBackend(Backend):
     async def start(self) -> None:
         model = await asyncio.to_thread(LlamaModel, self._config)
         self._template = ChatTemplate(model.chat_template, bos_token=model.bos_text, eos_token=model.eos_text)
-        self._engine = Engine(model, max_seqs=self._config.max_seqs, check_integrity=self._config.check_integrity)
+        self._engine = Engine(model, self._config)
         self._engine.start()
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:

@@ -29,7 +29,16 @@ class LlamaCppConfig(BaseModel):
         description="KV-cache cells shared by all sequences, and the longest prompt + output of one "
         "sequence. Default: the model's trained context, capped at 4096.",
     )
-    max_seqs: PositiveInt = Field(default=8, le=256, description="Sequences decoded together at most.")
+    max_seqs: PositiveInt = Field(default=8, le=128, description="Sequences decoded together at most.")
+    prefix_cache: bool = Field(
+        default=True, description="Share the KV of prompt prefixes already in the cache instead of recomputing."
+    )
+    cache_slots: int | None = Field(
+        default=None,
+        ge=0,
+        le=128,
+        description="Finished sequences kept as cached prefixes (LRU) besides the running ones; default max_seqs.",
+    )
     n_batch: PositiveInt = Field(default=512, ge=16, description="Token budget of one engine step.")
     n_ubatch: PositiveInt = Field(default=512, ge=16, description="Tokens per compute micro-batch.")
     n_threads: PositiveInt = Field(default_factory=default_threads, description="Threads for decoding.")
@@ -37,6 +46,13 @@ class LlamaCppConfig(BaseModel):
         default=None, description="Threads for prompt processing (default: n_threads)."
     )
     flash_attn: Literal["auto", "on", "off"] = "auto"
+
+    @property
+    def num_slots(self) -> int:
+        """llama.cpp sequence ids: running sequences plus cached prefixes."""
+        cached = self.max_seqs if self.cache_slots is None else self.cache_slots
+        return self.max_seqs + (cached if self.prefix_cache else 0)
+
     check_integrity: bool = Field(
         default=False, description="Check the KV book-keeping after every step (tests, debugging)."
     )

@@ -13,7 +13,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from lmgate.backends.llamacpp.kv_cache import KVCacheManager, KVIntegrityError
+from lmgate.backends.llamacpp.config import LlamaCppConfig
+from lmgate.backends.llamacpp.kv_cache import KVCacheManager
 from lmgate.backends.llamacpp.llama_model import LlamaModel
 from lmgate.backends.llamacpp.runner import Runner, Sampled
 from lmgate.backends.llamacpp.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
@@ -54,11 +55,12 @@ _STOP = object()
 class Engine:
     """Continuous batching over one ``LlamaModel``. ``add``/``abort``/``stats`` are thread-safe."""
 
-    def __init__(self, model: LlamaModel, *, max_seqs: int, check_integrity: bool = False) -> None:
+    def __init__(self, model: LlamaModel, config: LlamaCppConfig) -> None:
         self.model = model
         self.runner = Runner(model)
-        self.scheduler = Scheduler(SchedulerConfig(max_seqs, model.n_batch), KVCacheManager(model.n_ctx, max_seqs))
-        self._check = check_integrity
+        kv = KVCacheManager(model.n_ctx, config.num_slots, prefix_caching=config.prefix_cache)
+        self.scheduler = Scheduler(SchedulerConfig(config.max_seqs, model.n_batch), kv)
+        self._check = config.check_integrity
         self._inbox: queue.SimpleQueue[_Add | _Abort | object] = queue.SimpleQueue()
         self._requests: dict[str, _Request] = {}
         self._outbox: dict[str, list[TokenDelta]] = {}
@@ -160,7 +162,7 @@ class Engine:
         self.runner.release(seq)
         seq.finish_reason = reason
         self._requests[seq.request_id].unfinished -= 1
-        return Usage(prompt_tokens=seq.num_prompt_tokens, completion_tokens=seq.num_output_tokens)
+        return Usage(seq.num_prompt_tokens, seq.num_output_tokens, seq.num_cached_tokens)
 
     def _apply_inbox(self, *, block: bool) -> bool:
         """Apply queued commands (waiting for one if ``block``); False once asked to stop."""
@@ -190,24 +192,26 @@ class Engine:
                 outbox.append(TokenDelta(seq.index, "", finish_reason=FinishReason.ABORT, usage=usage))
 
     def _after_step(self) -> None:
-        self.runner.clear_slots(self.scheduler.kv.take_slots_to_clear())
+        kv = self.scheduler.kv
+        self.runner.apply(kv.take_ops())
         if self._check:
             self.check_integrity()
-        sched, kv = self.scheduler, self.scheduler.kv
+        cached = kv.reclaimable_cells
         self._stats = BackendStats(
-            running=len(sched.running),
-            waiting=len(sched.waiting),
-            kv_cells_used=kv.used_cells,
+            running=len(self.scheduler.running),
+            waiting=len(self.scheduler.waiting),
+            kv_cells_used=kv.used_cells - cached,
+            kv_cells_cached=cached,
             kv_cells_total=kv.total_cells,
-            preemptions=sched.num_preemptions,
+            prefix_queries=kv.prefix_queries,
+            prefix_hits=kv.prefix_hits,
+            preemptions=self.scheduler.num_preemptions,
+            prefix_evictions=kv.evictions,
             steps=self._steps,
             generated_tokens=self._generated,
         )
 
     def check_integrity(self) -> None:
         """The book-keeping agrees with itself and with what llama.cpp holds, slot by slot."""
-        self.scheduler.check_integrity()
         held = {slot: self.runner.cached_tokens(slot) for slot in range(self.scheduler.kv.num_slots)}
-        expected = dict.fromkeys(held, 0) | {s.slot: s.num_computed_tokens for s in self.scheduler.running}
-        if held != expected:
-            raise KVIntegrityError(f"llama.cpp holds {held} tokens per slot, the scheduler expects {expected}")
+        self.scheduler.check_integrity(held)

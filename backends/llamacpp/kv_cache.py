@@ -1,86 +1,300 @@
-"""Book-keeping of llama.cpp's unified KV cache: cells, and the sequence-id slots that own them.
+"""Book-keeping of llama.cpp's unified KV cache: cells, slots, and a prefix cache of token blocks.
 
-The context is created with ``kv_unified``: ``total_cells`` cells shared by up to ``num_slots``
-llama.cpp sequence ids, so one long sequence may use what many short ones leave free. This class
-does no I/O: it decides, and the runner tells llama.cpp (a released slot is queued until the
-runner has removed its cells with ``llama_memory_seq_rm``).
+The context is created with ``kv_unified``: ``total_cells`` cells shared by all sequence ids
+("slots"), so one long sequence may use what many short ones leave free, and a cell may belong to
+several slots at once: ``llama_memory_seq_cp`` adds a slot to cells without copying data. That is
+how a prefix hit is shared instead of recomputed.
 
-Running out of cells is a value, not an exception: ``allocate`` returns False and the scheduler
-preempts.
+Accounting is in **blocks** of ``BLOCK_SIZE`` positions. A slot's computed tokens are a chain of
+full blocks plus a tail. Each full block is a physical set of cells, referenced by every slot
+that holds it; its identity for the prefix cache is a hash chained through its parent's hash, so
+equal hashes mean equal prefixes. Cells used = ``BLOCK_SIZE`` × live blocks + every slot's tail.
+
+A finished (or preempted) sequence's slot is kept as a *cached* slot holding its full blocks;
+cached slots are evicted least-recently-used when a slot or cells are needed. Running out of cells
+is a value: ``allocate`` returns False after evicting what it can, and the scheduler preempts.
+
+This class does no I/O: it records ``MemoryOp``s in order, and the runner applies them to
+llama.cpp before the next decode.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+BLOCK_SIZE = 16
 
 
 class KVIntegrityError(AssertionError):
-    """The book-keeping disagrees with itself or with the sequences: a bug, never user input."""
+    """The book-keeping disagrees with itself or with llama.cpp: a bug, never user input."""
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveOp:
+    """Drop ``slot`` from every cell at positions ≥ ``from_pos``."""
+
+    slot: int
+    from_pos: int
+
+
+@dataclass(frozen=True, slots=True)
+class ShareOp:
+    """Add ``dst`` to the cells of ``src`` at positions < ``num_tokens`` (no data is copied)."""
+
+    src: int
+    dst: int
+    num_tokens: int
+
+
+MemoryOp = RemoveOp | ShareOp
+
+
+@dataclass(eq=False, slots=True)
+class Block:
+    """``BLOCK_SIZE`` cells holding one block of a prefix; alive while any slot holds it."""
+
+    hash: bytes
+    holders: set[int] = field(default_factory=set)
+
+
+@dataclass(eq=False, slots=True)
+class _Slot:
+    blocks: list[Block] = field(default_factory=list)
+    tail: int = 0  # cells reserved or computed beyond the full blocks
+    cached: bool = False
+    last_used: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    slot: int
+    cached_tokens: int
 
 
 class KVCacheManager:
-    """Cell accounting per slot. Owned by the engine thread."""
+    """Owned by the engine thread. ``prefix_caching=False`` keeps the accounting and shares nothing."""
 
-    def __init__(self, total_cells: int, num_slots: int) -> None:
+    def __init__(self, total_cells: int, num_slots: int, *, prefix_caching: bool = True) -> None:
         if total_cells <= 0 or num_slots <= 0:
             raise ValueError(f"need cells and slots, got total_cells={total_cells} num_slots={num_slots}")
         self.total_cells = total_cells
         self.num_slots = num_slots
-        self._free_slots = list(range(num_slots - 1, -1, -1))  # pop() hands out 0 first
-        self._cells: dict[int, int] = {}
-        self._used = 0
-        self._to_clear: list[int] = []
+        self.prefix_caching = prefix_caching
+        self._free = list(range(num_slots - 1, -1, -1))  # pop() hands out slot 0 first
+        self._slots: dict[int, _Slot] = {}
+        self._index: dict[bytes, Block] = {}
+        self._live_blocks = 0
+        self._tails = 0
+        self._ops: list[MemoryOp] = []
+        self._clock = itertools.count(1)
+        self.prefix_queries = 0
+        self.prefix_hits = 0
+        self.evictions = 0
+
+    # --- reading ---
 
     @property
     def used_cells(self) -> int:
-        return self._used
+        return BLOCK_SIZE * self._live_blocks + self._tails
 
     @property
     def free_cells(self) -> int:
-        return self.total_cells - self._used
+        return self.total_cells - self.used_cells
 
     @property
     def free_slots(self) -> int:
-        return len(self._free_slots)
+        """Slots neither running nor cached."""
+        return len(self._free)
+
+    @property
+    def reclaimable_cells(self) -> int:
+        """Cells only cached slots hold: free for the taking, kept while nobody needs them."""
+        return self._reclaimable(keep=[])
+
+    @property
+    def cached_slots(self) -> int:
+        return sum(s.cached for s in self._slots.values())
 
     def cells_of(self, slot: int) -> int:
-        return self._cells[slot]
+        """Positions ``slot`` holds (shared blocks included)."""
+        state = self._slots[slot]
+        return BLOCK_SIZE * len(state.blocks) + state.tail
 
-    def acquire_slot(self) -> int | None:
-        """A free sequence id holding no cells, or None when every slot is taken."""
-        if not self._free_slots:
+    # --- admission and growth ---
+
+    def admit(self, hashes: list[bytes], num_tokens: int) -> Admission | None:
+        """A slot for a sequence of ``num_tokens`` whose full blocks hash to ``hashes``.
+
+        The longest cached prefix (leaving at least one token to compute, whose logits are needed)
+        is shared into the slot. None when the uncomputed rest cannot fit in the cells that are
+        free or reclaimable from cached slots, or no slot can be had; nothing changes then.
+        """
+        chain = self._match(hashes, (num_tokens - 1) // BLOCK_SIZE)
+        if self.prefix_caching:
+            self.prefix_queries += num_tokens
+        hit = BLOCK_SIZE * len(chain)
+        if num_tokens - hit > self.free_cells + self._reclaimable(keep=chain):
             return None
-        slot = self._free_slots.pop()
-        self._cells[slot] = 0
-        return slot
+        # With a slot free, share from a running holder and leave cached copies for others;
+        # without one, take a cached holder over: its cells are already ours.
+        source = self._holder(chain[-1], prefer_cached=not self._free) if chain else None
+        if source is not None and self._slots[source].cached:
+            slot = source
+            self._truncate(slot, len(chain))
+        else:
+            slot = self._acquire(exclude=source)
+            if slot is None:
+                return None
+            if source is not None:
+                self._share(source, slot, chain)
+        state = self._slots[slot]
+        state.cached, state.last_used = False, next(self._clock)
+        self.prefix_hits += hit
+        return Admission(slot, hit)
 
     def allocate(self, slot: int, num_cells: int) -> bool:
-        """Reserve ``num_cells`` more cells for ``slot``; False (and nothing reserved) if they don't fit."""
-        if num_cells > self.free_cells:
-            return False
-        self._cells[slot] += num_cells
-        self._used += num_cells
+        """Reserve ``num_cells`` more cells for ``slot``, evicting cached slots if needed.
+
+        False (and nothing reserved) when they cannot be had: the caller preempts.
+        """
+        while num_cells > self.free_cells:
+            if not self._evict_one():
+                return False
+        self._slots[slot].tail += num_cells
+        self._tails += num_cells
         return True
 
-    def release(self, slot: int) -> None:
-        """Give back the slot and all its cells; the runner must clear it before it is decoded into."""
-        self._used -= self._cells.pop(slot)
-        self._free_slots.append(slot)
-        self._to_clear.append(slot)
+    def commit(self, slot: int, hashes: list[bytes]) -> None:
+        """The reserved cells were decoded into; turn every completed block of the tail into a
+        shareable block. ``hashes`` are the chain hashes of the slot's full blocks (at least)."""
+        state = self._slots[slot]
+        while state.tail >= BLOCK_SIZE:
+            block_hash = hashes[len(state.blocks)]
+            block = Block(block_hash, {slot})
+            if self.prefix_caching:
+                self._index.setdefault(block_hash, block)
+            state.blocks.append(block)
+            state.tail -= BLOCK_SIZE
+            self._tails -= BLOCK_SIZE
+            self._live_blocks += 1
 
-    def take_slots_to_clear(self) -> tuple[int, ...]:
-        """Slots released since the last call, whose cells llama.cpp still holds."""
-        slots, self._to_clear = tuple(self._to_clear), []
-        return slots
+    # --- giving back ---
+
+    def release(self, slot: int) -> None:
+        """Give back the slot and every cell only it held."""
+        state = self._slots.pop(slot)
+        self._tails -= state.tail
+        for block in state.blocks:
+            self._drop(block, slot)
+        self._free.append(slot)
+        self._ops.append(RemoveOp(slot, 0))
+
+    def cache(self, slot: int) -> None:
+        """Keep the slot's full blocks for later prefix hits (LRU); drop its tail."""
+        state = self._slots[slot]
+        if not self.prefix_caching or not state.blocks:
+            self.release(slot)
+            return
+        self._tails -= state.tail
+        state.tail = 0
+        state.cached, state.last_used = True, next(self._clock)
+        self._ops.append(RemoveOp(slot, BLOCK_SIZE * len(state.blocks)))
+
+    def take_ops(self) -> tuple[MemoryOp, ...]:
+        """Memory operations recorded since the last call, in the order llama.cpp must apply them."""
+        ops, self._ops = tuple(self._ops), []
+        return ops
+
+    # --- internals ---
+
+    def _match(self, hashes: list[bytes], max_blocks: int) -> list[Block]:
+        chain: list[Block] = []
+        if self.prefix_caching:
+            for block_hash in hashes[:max_blocks]:
+                block = self._index.get(block_hash)
+                if block is None:
+                    break
+                chain.append(block)
+        return chain
+
+    def _holder(self, block: Block, *, prefer_cached: bool) -> int:
+        """A slot holding ``block`` (and so its whole chain)."""
+        return min(block.holders, key=lambda s: (self._slots[s].cached != prefer_cached, s))
+
+    def _acquire(self, exclude: int | None) -> int | None:
+        while not self._free:
+            if not self._evict_one(exclude):
+                return None
+        slot = self._free.pop()
+        self._slots[slot] = _Slot()
+        return slot
+
+    def _share(self, src: int, dst: int, chain: list[Block]) -> None:
+        for block in chain:
+            block.holders.add(dst)
+        self._slots[dst].blocks = list(chain)
+        self._slots[src].last_used = next(self._clock)
+        self._ops.append(ShareOp(src, dst, BLOCK_SIZE * len(chain)))
+
+    def _truncate(self, slot: int, num_blocks: int) -> None:
+        state = self._slots[slot]
+        for block in state.blocks[num_blocks:]:
+            self._drop(block, slot)
+        del state.blocks[num_blocks:]
+        self._ops.append(RemoveOp(slot, BLOCK_SIZE * num_blocks))
+
+    def _drop(self, block: Block, slot: int) -> None:
+        block.holders.discard(slot)
+        if not block.holders:
+            self._live_blocks -= 1
+            if self._index.get(block.hash) is block:
+                del self._index[block.hash]
+
+    def _evict_one(self, exclude: int | None = None) -> bool:
+        """Release the least recently used cached slot (other than ``exclude``)."""
+        candidates = [
+            (state.last_used, slot) for slot, state in self._slots.items() if state.cached and slot != exclude
+        ]
+        if not candidates:
+            return False
+        self.release(min(candidates)[1])
+        self.evictions += 1
+        return True
+
+    def _reclaimable(self, keep: list[Block]) -> int:
+        """Cells that evicting every cached slot (but those holding ``keep``) would free."""
+        kept = {id(b) for b in keep}
+        evictable = {
+            slot for slot, state in self._slots.items() if state.cached and not any(id(b) in kept for b in state.blocks)
+        }
+        blocks = {id(b): b for s in evictable for b in self._slots[s].blocks}
+        return BLOCK_SIZE * sum(b.holders <= evictable for b in blocks.values())
+
+    # --- invariants ---
 
     def check_integrity(self, computed: Mapping[int, int]) -> None:
-        """Check the invariants against ``computed`` (slot → tokens whose KV the runner holds).
+        """Check the accounts; ``computed`` is slot → positions llama.cpp holds, for every slot.
 
         Called between steps, when every reserved cell has been decoded into.
         """
-        if sorted(self._free_slots + list(self._cells)) != list(range(self.num_slots)):
-            raise KVIntegrityError(f"slots lost or doubled: free={self._free_slots} used={sorted(self._cells)}")
-        if self._used != sum(self._cells.values()) or not 0 <= self._used <= self.total_cells:
-            raise KVIntegrityError(f"used={self._used} but slots hold {sum(self._cells.values())}")
-        if dict(computed) != self._cells:
-            raise KVIntegrityError(f"cells per slot {self._cells} != computed tokens {dict(computed)}")
+        if sorted(self._free + list(self._slots)) != list(range(self.num_slots)):
+            raise KVIntegrityError(f"slots lost or doubled: free={self._free} used={sorted(self._slots)}")
+        live = {id(b): b for state in self._slots.values() for b in state.blocks}
+        if len(live) != self._live_blocks or sum(s.tail for s in self._slots.values()) != self._tails:
+            raise KVIntegrityError(f"{len(live)} live blocks vs {self._live_blocks} counted")
+        for slot, state in self._slots.items():
+            if any(slot not in b.holders for b in state.blocks):
+                raise KVIntegrityError(f"slot {slot} holds a block that does not know it")
+        for block in live.values():
+            if any(block not in self._slots[s].blocks for s in block.holders):
+                raise KVIntegrityError(f"block {block.hash.hex()} lists a holder that lost it")
+        if any(b.hash != h or id(b) not in live for h, b in self._index.items()):
+            raise KVIntegrityError("the prefix index points at a dead or renamed block")
+        if not 0 <= self.used_cells <= self.total_cells:
+            raise KVIntegrityError(f"used cells {self.used_cells} outside 0..{self.total_cells}")
+        held = {slot: self.cells_of(slot) for slot in self._slots}
+        expected = {slot: n for slot, n in computed.items() if n}
+        if held != expected:
+            raise KVIntegrityError(f"cells per slot {held} != positions llama.cpp holds {expected}")

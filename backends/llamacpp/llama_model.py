@@ -1,8 +1,8 @@
 """A loaded GGUF model and its llama.cpp context: tokenizer, vocabulary facts, lifetime.
 
 Together with runner.py and sampler.py, the only modules that import ``llama_cpp``. The context is
-created with a unified KV cache (``kv_unified``) of ``n_ctx`` cells shared by ``max_seqs`` sequence
-ids. ``tokenize`` and ``piece`` read only the immutable vocabulary and may be called from any
+created with a unified KV cache (``kv_unified``) of ``n_ctx`` cells shared by ``config.num_slots``
+sequence ids. ``tokenize`` and ``piece`` read only the immutable vocabulary and may be called from any
 thread; everything touching the context belongs to the engine thread.
 """
 
@@ -72,7 +72,7 @@ class LlamaModel:
         params.n_ctx = config.n_ctx or min(self.n_ctx_train, _DEFAULT_MAX_CTX)
         params.n_batch = config.n_batch
         params.n_ubatch = min(config.n_ubatch, config.n_batch)
-        params.n_seq_max = config.max_seqs
+        params.n_seq_max = config.num_slots
         params.n_threads = config.n_threads
         params.n_threads_batch = config.n_threads_batch or config.n_threads
         params.flash_attn_type = _FLASH_ATTN[config.flash_attn]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import llama_cpp
 import numpy as np
 
+from lmgate.backends.llamacpp.kv_cache import MemoryOp, RemoveOp
 from lmgate.backends.llamacpp.llama_model import LlamaModel
 from lmgate.backends.llamacpp.sampler import SamplerChain, sequence_seed
 from lmgate.backends.llamacpp.scheduler import SchedulerOutput
@@ -51,14 +52,18 @@ class Runner:
         self._samplers.clear()
         llama_cpp.llama_batch_free(self._batch)
 
-    def clear_slots(self, slots: tuple[int, ...]) -> None:
-        """Drop every cell of these sequence ids from llama.cpp's cache."""
-        for slot in slots:
-            llama_cpp.llama_memory_seq_rm(self.model.memory, slot, -1, -1)
+    def apply(self, ops: tuple[MemoryOp, ...]) -> None:
+        """Apply the KV manager's removals and shares to llama.cpp's cache, in order."""
+        memory = self.model.memory
+        for op in ops:
+            if isinstance(op, RemoveOp):
+                llama_cpp.llama_memory_seq_rm(memory, op.slot, op.from_pos, -1)
+            else:
+                llama_cpp.llama_memory_seq_cp(memory, op.src, op.dst, 0, op.num_tokens)
 
     def execute(self, output: SchedulerOutput) -> list[Sampled]:
         """Decode the scheduled chunks; sample for the chunks that end their sequence."""
-        self.clear_slots(output.slots_to_clear)
+        self.apply(output.memory_ops)
         if not output.chunks:
             return []
         to_sample = self._fill_batch(output)

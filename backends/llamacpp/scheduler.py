@@ -3,9 +3,11 @@
 Each step has a token budget (the context's ``n_batch``). Running sequences come first, those
 decoding one token before those still prefilling, oldest first; then waiting sequences are
 admitted in arrival order while a slot is free and their whole uncomputed prompt fits in the free
-cells. A prompt longer than the budget is prefilled in chunks over several steps. When a running
-sequence cannot get cells, the newest running sequence is preempted: its KV is dropped and it goes
-back to the front of the queue to be recomputed (its tokens are kept).
+cells (or cells cached slots can give back). An admitted sequence starts from the longest prefix
+the KV cache already holds. A prompt longer than the budget is prefilled in chunks over several
+steps. When a running sequence cannot get cells, the newest running sequence is preempted: its
+slot becomes a cached slot (evicted first when cells are short) and it goes back to the front of
+the queue, to be recomputed (its tokens are kept) from whatever of its prefix is still cached.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from lmgate.backends.llamacpp.kv_cache import KVCacheManager
+from lmgate.backends.llamacpp.kv_cache import KVCacheManager, KVIntegrityError, MemoryOp
 from lmgate.backends.llamacpp.sequence import Sequence, SequenceStatus
 
 
@@ -43,7 +45,8 @@ class ScheduledChunk:
 class SchedulerOutput:
     chunks: tuple[ScheduledChunk, ...]
     preempted: tuple[Sequence, ...]
-    slots_to_clear: tuple[int, ...]
+    memory_ops: tuple[MemoryOp, ...]
+    """KV removals and shares the runner applies, in order, before decoding."""
 
     @property
     def num_tokens(self) -> int:
@@ -82,18 +85,22 @@ class Scheduler:
                 budget -= length
         if not preempted:
             budget = self._admit(budget, chunks)
-        return SchedulerOutput(tuple(chunks), tuple(preempted), self.kv.take_slots_to_clear())
+        return SchedulerOutput(tuple(chunks), tuple(preempted), self.kv.take_ops())
 
     def update(self, output: SchedulerOutput) -> None:
         """The runner decoded ``output``: those tokens' KV is now in the cache."""
         for chunk in output.chunks:
-            chunk.seq.num_computed_tokens += chunk.length
+            seq = chunk.seq
+            seq.num_computed_tokens += chunk.length
+            assert seq.slot is not None
+            self.kv.commit(seq.slot, seq.block_hashes())
 
     def finish(self, seq: Sequence) -> None:
-        """Release a sequence that is done (its finish reason is set by the caller)."""
+        """Retire a sequence that is done (its finish reason is set by the caller); its full
+        blocks stay in the prefix cache."""
         if seq.status is SequenceStatus.RUNNING:
             self.running.remove(seq)
-            self._release_slot(seq)
+            self._cache_slot(seq)
         elif seq.status is SequenceStatus.WAITING:
             self.waiting.remove(seq)
         seq.status = SequenceStatus.FINISHED
@@ -115,7 +122,7 @@ class Scheduler:
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
-        self._release_slot(seq)
+        self._cache_slot(seq)
         seq.reset_for_recompute()
         self.waiting.appendleft(seq)
         self.num_preemptions += 1
@@ -123,25 +130,33 @@ class Scheduler:
     def _admit(self, budget: int, chunks: list[ScheduledChunk]) -> int:
         while self.waiting and budget > 0 and len(self.running) < self.config.max_seqs:
             seq = self.waiting[0]
-            if seq.num_uncomputed > self.kv.free_cells:
+            admission = self.kv.admit(seq.block_hashes(), seq.num_tokens)
+            if admission is None:
                 break  # FIFO: a big prompt at the head waits for room rather than being overtaken
-            slot = self.kv.acquire_slot()
-            if slot is None:
-                break
-            length = min(seq.num_uncomputed, budget)
-            self.kv.allocate(slot, length)
             self.waiting.popleft()
-            seq.slot, seq.status = slot, SequenceStatus.RUNNING
+            seq.slot, seq.status = admission.slot, SequenceStatus.RUNNING
+            seq.num_computed_tokens = admission.cached_tokens
+            if seq.num_preemptions == 0:
+                seq.num_cached_tokens = admission.cached_tokens
             self.running.append(seq)
-            chunks.append(ScheduledChunk(seq, 0, length))
+            length = min(seq.num_uncomputed, budget)
+            if not self.kv.allocate(admission.slot, length):
+                raise AssertionError("admit() promised room for the whole prompt")
+            chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, length))
             budget -= length
         return budget
 
-    def _release_slot(self, seq: Sequence) -> None:
+    def _cache_slot(self, seq: Sequence) -> None:
         assert seq.slot is not None
-        self.kv.release(seq.slot)
+        self.kv.cache(seq.slot)
         seq.slot = None
 
-    def check_integrity(self) -> None:
-        """KV book-keeping agrees with the running sequences (called between steps in tests)."""
-        self.kv.check_integrity({s.slot: s.num_computed_tokens for s in self.running if s.slot is not None})
+    def check_integrity(self, held: dict[int, int]) -> None:
+        """KV accounts agree with the running sequences and with ``held`` (slot → positions
+        llama.cpp holds). Called between steps."""
+        self.kv.check_integrity(held)
+        for seq in self.running:
+            assert seq.slot is not None
+            cells = self.kv.cells_of(seq.slot)
+            if cells != seq.num_computed_tokens:
+                raise KVIntegrityError(f"{seq.key} computed {seq.num_computed_tokens} tokens but holds {cells} cells")

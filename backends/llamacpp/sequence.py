@@ -9,8 +9,11 @@ sampled token is never computed until the next step decodes it.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+import hashlib
+from array import array
+from dataclasses import dataclass, field
 
+from lmgate.backends.llamacpp.kv_cache import BLOCK_SIZE
 from lmgate.backends.llamacpp.output import OutputText
 from lmgate.backends.types import FinishReason, SamplingParams
 
@@ -37,6 +40,10 @@ class Sequence:
     status: SequenceStatus = SequenceStatus.WAITING
     slot: int | None = None
     finish_reason: FinishReason | None = None
+    num_cached_tokens: int = 0
+    """Prompt tokens found in the prefix cache at first admission, reported in usage."""
+    num_preemptions: int = 0
+    _hashes: list[bytes] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         self.num_prompt_tokens = len(self.token_ids)
@@ -61,6 +68,20 @@ class Sequence:
     def output_token_ids(self) -> list[int]:
         return self.token_ids[self.num_prompt_tokens :]
 
+    def block_hashes(self) -> list[bytes]:
+        """Chained hashes of every full block of ``token_ids`` (computed once, extended as it grows).
+
+        Block i's hash covers its tokens and block i-1's hash, so equal hashes mean equal prefixes.
+        BLAKE2b, not Python's ``hash``: a collision would serve one user another's KV.
+        """
+        full = len(self.token_ids) // BLOCK_SIZE
+        while len(self._hashes) < full:
+            i = len(self._hashes)
+            digest = hashlib.blake2b(self._hashes[-1] if self._hashes else b"", digest_size=16)
+            digest.update(array("i", self.token_ids[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE]).tobytes())
+            self._hashes.append(digest.digest())
+        return self._hashes
+
     def append(self, token_id: int) -> None:
         self.token_ids.append(token_id)
 
@@ -69,3 +90,4 @@ class Sequence:
         self.status = SequenceStatus.WAITING
         self.slot = None
         self.num_computed_tokens = 0
+        self.num_preemptions += 1

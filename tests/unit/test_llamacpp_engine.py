@@ -92,13 +92,21 @@ async def test_preemption_by_recompute_keeps_greedy_output_identical(random_mode
         assert_same_up_to_ties(result[0], alone)
 
 
-async def test_seed_makes_sampling_reproducible_and_different_seeds_differ(backend):
-    def request(seed):
-        return make_request("Hello", temperature=1.0, max_tokens=24, seed=seed)
+async def test_seed_makes_sampling_reproducible_and_different_seeds_differ(random_model_path):
+    """A cold cache each time: where a sequence's cells land changes the last bits of the logits,
+    and a random model's near-uniform distribution turns that into another sample."""
 
-    first, again, other = [await collect(backend, request(s)) for s in (7, 7, 8)]
-    assert first[0].token_ids == again[0].token_ids
-    assert first[0].token_ids != other[0].token_ids
+    async def sample(seed: int) -> list[int]:
+        backend = await start_backend(random_model_path, prefix_cache=False)
+        try:
+            [choice] = await collect(backend, make_request("Hello", temperature=1.0, max_tokens=24, seed=seed))
+        finally:
+            await backend.shutdown()
+        return choice.token_ids
+
+    first, again, other = [await sample(s) for s in (7, 7, 8)]
+    assert first == again
+    assert first != other
 
 
 async def test_n_choices_are_independent_sequences_with_their_own_usage(backend):
@@ -173,3 +181,56 @@ async def test_closing_the_stream_early_aborts_and_frees_the_kv(backend):
         await asyncio.sleep(0.01)
     stats = backend.stats()
     assert (stats.running, stats.waiting, stats.kv_cells_used) == (0, 0, 0)
+
+
+LONG = " ".join(PROMPTS * 3)
+
+
+def usage(choice):
+    return choice.deltas[-1].usage
+
+
+async def test_a_repeated_prompt_is_served_from_the_prefix_cache(backend):
+    before = backend.stats()
+    [cold] = await collect(backend, make_request(LONG + " first", max_tokens=8, logprobs=2))
+    [warm] = await collect(backend, make_request(LONG + " second", max_tokens=8, logprobs=2))
+    prompt_len = len(await backend.tokenize(LONG))
+    assert usage(cold).cached_tokens < prompt_len // 2  # earlier tests used other prompts
+    assert prompt_len - 16 <= usage(warm).cached_tokens <= prompt_len
+    assert backend.stats().prefix_hits - before.prefix_hits >= usage(warm).cached_tokens
+    [again] = await collect(backend, make_request(LONG + " first", max_tokens=8, logprobs=2))
+    assert_same_up_to_ties(again, cold)
+
+
+async def test_a_prefix_is_shared_from_a_sequence_still_running(random_model_path):
+    shared = await start_backend(random_model_path, max_seqs=4)
+    cold = await start_backend(random_model_path, max_seqs=4, prefix_cache=False)
+    try:
+        runner = shared.generate(make_request(LONG + " A", max_tokens=300, ignore_eos=True))
+        await anext(runner)  # its prompt is computed and its blocks are in the cache
+        [b] = await collect(shared, make_request(LONG + " B", max_tokens=12, logprobs=2))
+        assert shared.stats().running == 1
+        await runner.aclose()
+        [reference] = await collect(cold, make_request(LONG + " B", max_tokens=12, logprobs=2))
+    finally:
+        await shared.shutdown()
+        await cold.shutdown()
+    assert usage(b).cached_tokens >= 48
+    assert usage(reference).cached_tokens == 0
+    assert_same_up_to_ties(b, reference)
+
+
+async def test_cached_prefixes_are_evicted_under_pressure_and_everything_still_completes(random_model_path):
+    tight = await start_backend(random_model_path, n_ctx=256, max_seqs=4, cache_slots=4, n_batch=64, n_ubatch=64)
+    try:
+        prompts = [f"{i} {LONG[: 40 + 7 * i]}" for i in range(12)]
+        for prompt in prompts[:4]:
+            await collect(tight, make_request(prompt, max_tokens=8))
+        results = await asyncio.gather(*(collect(tight, make_request(p, max_tokens=24)) for p in prompts))
+        stats = tight.stats()
+    finally:
+        await tight.shutdown()
+    assert all(len(r[0].token_ids) == 24 or r[0].finish_reason == FinishReason.STOP for r in results)
+    assert stats.prefix_evictions > 0
+    assert stats.kv_cells_used == 0 and stats.kv_cells_cached > 0
+    assert stats.kv_cells_cached <= stats.kv_cells_total

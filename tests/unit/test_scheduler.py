@@ -2,9 +2,7 @@
 
 import itertools
 
-import pytest
-
-from lmgate.backends.llamacpp.kv_cache import KVCacheManager, KVIntegrityError
+from lmgate.backends.llamacpp.kv_cache import KVCacheManager, RemoveOp
 from lmgate.backends.llamacpp.output import OutputText
 from lmgate.backends.llamacpp.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from lmgate.backends.llamacpp.sequence import Sequence, SequenceStatus
@@ -17,8 +15,9 @@ def make_seq(prompt_len: int, max_tokens: int = 16, name: str = "r") -> Sequence
     return Sequence(name, 0, list(range(prompt_len)), SamplingParams(), max_tokens, next(_arrivals), OutputText())
 
 
-def make_scheduler(cells: int = 64, slots: int = 4, budget: int = 16) -> Scheduler:
-    return Scheduler(SchedulerConfig(max_seqs=slots, token_budget=budget), KVCacheManager(cells, slots))
+def make_scheduler(cells: int = 64, slots: int = 4, budget: int = 16, cache_slots: int = 0) -> Scheduler:
+    kv = KVCacheManager(cells, slots + cache_slots, prefix_caching=cache_slots > 0)
+    return Scheduler(SchedulerConfig(max_seqs=slots, token_budget=budget), kv)
 
 
 def run_step(sched: Scheduler, sampled_token: int = 7) -> SchedulerOutput:
@@ -28,7 +27,7 @@ def run_step(sched: Scheduler, sampled_token: int = 7) -> SchedulerOutput:
     for chunk in out.chunks:
         if chunk.samples:
             chunk.seq.append(sampled_token)
-    sched.check_integrity()
+    sched.check_integrity({s.slot: s.num_computed_tokens for s in sched.running if s.slot is not None})
     return out
 
 
@@ -89,7 +88,7 @@ def test_newest_sequence_is_preempted_when_cells_run_out_and_recomputed_later():
     assert new.num_tokens == 6  # its sampled tokens are kept, to be recomputed
     assert sched.waiting[0] is new
     assert sched.num_preemptions == 1
-    assert out.slots_to_clear == (1,)
+    assert RemoveOp(1, 0) in out.memory_ops  # too short for a full block: nothing kept cached
 
 
 def test_finish_releases_slot_and_cells_and_reports_the_slot_to_clear():
@@ -102,7 +101,7 @@ def test_finish_releases_slot_and_cells_and_reports_the_slot_to_clear():
     sched.finish(seq)
     assert seq.status is SequenceStatus.FINISHED
     assert sched.kv.used_cells == 0 and sched.kv.free_slots == 4
-    assert sched.schedule().slots_to_clear == (slot,)
+    assert sched.schedule().memory_ops == (RemoveOp(slot, 0),)
     assert not sched.has_work
 
 
@@ -114,25 +113,15 @@ def test_finishing_a_waiting_sequence_removes_it_from_the_queue():
     assert not sched.has_work
 
 
-def test_kv_allocate_refuses_what_does_not_fit_without_side_effects():
-    kv = KVCacheManager(total_cells=8, num_slots=2)
-    slot = kv.acquire_slot()
-    assert slot == 0
-    assert kv.allocate(slot, 6)
-    assert not kv.allocate(slot, 3)
-    assert kv.used_cells == 6
-
-
-def test_kv_acquire_slot_returns_none_when_all_are_taken():
-    kv = KVCacheManager(total_cells=8, num_slots=1)
-    assert kv.acquire_slot() == 0
-    assert kv.acquire_slot() is None
-
-
-def test_kv_integrity_check_catches_a_mismatch():
-    kv = KVCacheManager(total_cells=8, num_slots=2)
-    slot = kv.acquire_slot()
-    kv.allocate(slot, 3)
-    kv.check_integrity({slot: 3})
-    with pytest.raises(KVIntegrityError):
-        kv.check_integrity({slot: 2})
+def test_a_finished_prompt_is_found_again_and_only_the_rest_is_computed():
+    sched = make_scheduler(cells=256, budget=256, cache_slots=2)
+    first = make_seq(40, max_tokens=1, name="a")
+    sched.add(first)
+    run_step(sched)
+    sched.finish(first)  # 40 prompt tokens + 1 sampled: two full blocks stay cached
+    again = Sequence("b", 0, [*range(40), 99], SamplingParams(), 4, next(_arrivals), OutputText())
+    sched.add(again)
+    out = run_step(sched)
+    assert [(c.start, c.length) for c in out.chunks] == [(32, 9)]
+    assert again.num_cached_tokens == 32
+    assert sched.kv.prefix_hits == 32

@@ -1,0 +1,119 @@
+"""The KV manager's accounts and prefix cache, on plain data (no llama.cpp)."""
+
+import pytest
+
+from lmgate.backends.llamacpp.kv_cache import BLOCK_SIZE, KVCacheManager, KVIntegrityError, RemoveOp, ShareOp
+
+B = BLOCK_SIZE
+
+
+def hashes(*names: str) -> list[bytes]:
+    """Chain hashes stand-ins: block i of a prompt 'ab' is b'a', b'ab'..."""
+    out, chain = [], b""
+    for name in names:
+        chain += name.encode()
+        out.append(chain)
+    return out
+
+
+def fill(kv: KVCacheManager, chain: list[bytes], tokens: int) -> int:
+    """Admit a sequence of ``tokens`` and compute all of it; returns its slot."""
+    admission = kv.admit(chain, tokens)
+    assert admission is not None
+    assert kv.allocate(admission.slot, tokens - admission.cached_tokens)
+    kv.commit(admission.slot, chain)
+    return admission.slot
+
+
+def held(kv: KVCacheManager) -> dict[int, int]:
+    return {slot: kv.cells_of(slot) for slot in kv._slots}
+
+
+def test_allocate_refuses_what_does_not_fit_without_side_effects():
+    kv = KVCacheManager(total_cells=8, num_slots=2)
+    admission = kv.admit([], 4)
+    assert admission is not None and kv.allocate(admission.slot, 6)
+    assert not kv.allocate(admission.slot, 3)
+    assert kv.used_cells == 6
+
+
+def test_full_blocks_of_a_cached_slot_are_taken_over_by_a_matching_prompt():
+    kv = KVCacheManager(total_cells=10 * B, num_slots=2)
+    slot = fill(kv, hashes("a", "b", "c"), 3 * B + 5)
+    kv.cache(slot)
+    assert kv.take_ops()[-1] == RemoveOp(slot, 3 * B)  # the partial tail is dropped
+    assert kv.used_cells == 3 * B and kv.reclaimable_cells == 3 * B
+    admission = kv.admit(hashes("a", "b", "x"), 3 * B + 1)
+    assert admission is not None and (admission.slot, admission.cached_tokens) == (slot, 2 * B)
+    assert kv.take_ops() == (RemoveOp(slot, 2 * B),)  # block "c" did not match: gone
+    assert kv.used_cells == 2 * B and kv.reclaimable_cells == 0
+    kv.check_integrity(held(kv))
+
+
+def test_a_running_holder_shares_its_blocks_into_a_new_slot():
+    kv = KVCacheManager(total_cells=10 * B, num_slots=2)
+    running = fill(kv, hashes("a", "b"), 2 * B)
+    admission = kv.admit(hashes("a", "b", "c"), 3 * B)
+    assert admission is not None and admission.slot != running and admission.cached_tokens == 2 * B
+    assert kv.take_ops() == (ShareOp(running, admission.slot, 2 * B),)
+    assert kv.used_cells == 2 * B  # shared, not copied
+    kv.allocate(admission.slot, B)
+    kv.commit(admission.slot, hashes("a", "b", "c"))
+    assert kv.used_cells == 3 * B
+    kv.release(running)
+    assert kv.used_cells == 3 * B  # the shared blocks live on in the other slot
+    kv.check_integrity(held(kv))
+
+
+def test_at_least_one_token_is_left_to_compute():
+    kv = KVCacheManager(total_cells=10 * B, num_slots=2)
+    kv.cache(fill(kv, hashes("a", "b"), 2 * B))
+    admission = kv.admit(hashes("a", "b"), 2 * B)
+    assert admission is not None and admission.cached_tokens == B
+
+
+def test_least_recently_used_cached_slot_is_evicted_first():
+    kv = KVCacheManager(total_cells=4 * B, num_slots=3)
+    old = fill(kv, hashes("o", "p"), 2 * B)
+    kv.cache(old)
+    new = fill(kv, hashes("n", "m"), 2 * B)
+    kv.cache(new)
+    assert kv.free_cells == 0
+    slot = fill(kv, hashes("x"), B)  # needs one block: the oldest cached slot goes
+    assert kv.take_ops()[-1] == RemoveOp(old, 0)
+    assert kv.admit(hashes("n", "m", "z"), 3 * B) is not None  # the newer one is still a hit
+    kv.release(slot)
+
+
+def test_admit_refuses_a_prompt_that_cannot_fit_even_after_evicting_everything():
+    kv = KVCacheManager(total_cells=4 * B, num_slots=3)
+    fill(kv, hashes("r", "s"), 2 * B)  # running: not evictable
+    kv.cache(fill(kv, hashes("c"), B))
+    assert kv.admit([], 2 * B + 1) is None  # 1 free block + 1 reclaimable block < 2 blocks + 1
+    assert kv.admit([], 2 * B) is not None
+
+
+def test_blocks_shared_with_a_running_sequence_are_not_reclaimable():
+    kv = KVCacheManager(total_cells=10 * B, num_slots=2)
+    first = fill(kv, hashes("a"), B + 1)
+    second = fill(kv, hashes("a", "b"), 2 * B)
+    kv.cache(first)
+    assert kv.reclaimable_cells == 0  # block "a" is also held by the running second slot
+    kv.release(second)
+    assert kv.reclaimable_cells == B
+
+
+def test_without_prefix_caching_nothing_is_matched_or_kept():
+    kv = KVCacheManager(total_cells=10 * B, num_slots=2, prefix_caching=False)
+    slot = fill(kv, hashes("a", "b"), 2 * B + 1)
+    kv.cache(slot)
+    assert kv.used_cells == 0
+    assert kv.admit(hashes("a", "b"), 3 * B).cached_tokens == 0
+
+
+def test_integrity_check_catches_a_mismatch_with_llama_cpp():
+    kv = KVCacheManager(total_cells=10 * B, num_slots=2)
+    slot = fill(kv, hashes("a"), B + 3)
+    kv.check_integrity({slot: B + 3})
+    with pytest.raises(KVIntegrityError):
+        kv.check_integrity({slot: B + 2})
