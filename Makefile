@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # llama-cpp-python compiles llama.cpp on first install (pip caches the wheel afterwards).
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: serve test install install-test model lint format clean
+.PHONY: serve test install install-test model bench lint format clean
 
 serve: install
 	$(BIN)/lmgate serve --model $(MODEL) --host $(HOST) --port $(PORT)
@@ -41,6 +41,11 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 model: install
 	$(BIN)/pip install --quiet 'torch==2.13.0' -e '.[model]'
 	$(BIN)/python -m lmgate.quantize.tinychat.train --out $(MODEL)
+
+# lmgate, llama-server and llama-cpp-python's server on the same GGUF, one run (about 15 minutes
+# the first time: it builds llama-server); writes docs/benchmarks.md.
+bench: install
+	$(BIN)/python -m lmgate.server.bench_suite
 
 lint: install-test
 	$(BIN)/ruff check .

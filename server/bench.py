@@ -26,7 +26,12 @@ class BenchConfig:
     requests: int
     max_tokens: int = 64
     prompt: str = "Once upon a time, in a land far away, there lived"
+    shared_prefix: str = ""
+    """When set, request i sends ``shared_prefix + f"{prompt} ({i})"``: many users, one system prompt."""
     api_key: str | None = None
+
+    def prompt_for(self, i: int) -> str:
+        return f"{self.shared_prefix}{self.prompt} ({i})" if self.shared_prefix else self.prompt
 
 
 @dataclass
@@ -35,6 +40,8 @@ class RequestResult:
     itls: list[float] = field(default_factory=list)
     e2e: float = 0.0
     output_tokens: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
     error: str | None = None
 
 
@@ -49,6 +56,9 @@ class BenchReport:
     ttft_ms: dict[str, float]
     itl_ms: dict[str, float]
     e2e_ms: dict[str, float]
+    prefix_hit_rate: float | None
+    """Cached prompt tokens / prompt tokens, from the usage the server reports (None if it does not)."""
+    first_error: str | None = None
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -61,10 +71,10 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": q[49] * 1000, "p90": q[89] * 1000, "p99": q[98] * 1000}
 
 
-async def _one_request(client: httpx.AsyncClient, config: BenchConfig) -> RequestResult:
+async def _one_request(client: httpx.AsyncClient, config: BenchConfig, i: int = 0) -> RequestResult:
     body = {
         "model": config.model,
-        "prompt": config.prompt,
+        "prompt": config.prompt_for(i),
         "max_tokens": config.max_tokens,
         "temperature": 0,
         "ignore_eos": True,
@@ -83,8 +93,10 @@ async def _one_request(client: httpx.AsyncClient, config: BenchConfig) -> Reques
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
                 event = json.loads(line[6:])
-                if event.get("usage"):
-                    result.output_tokens = event["usage"]["completion_tokens"]
+                if usage := event.get("usage"):
+                    result.output_tokens = usage["completion_tokens"]
+                    result.prompt_tokens = usage.get("prompt_tokens", 0)
+                    result.cached_tokens = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
                 if any(choice.get("text") for choice in event.get("choices") or ()):
                     now = time.perf_counter()
                     if result.ttft is None:
@@ -102,7 +114,9 @@ async def _one_request(client: httpx.AsyncClient, config: BenchConfig) -> Reques
 
 async def run_bench(config: BenchConfig) -> BenchReport:
     headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
-    limits = httpx.Limits(max_connections=config.concurrency, max_keepalive_connections=config.concurrency)
+    # A fresh connection per request: servers close idle keep-alive connections at different
+    # moments, and a request racing that close fails on the client, not on the server.
+    limits = httpx.Limits(max_connections=config.concurrency, max_keepalive_connections=0)
     remaining = config.requests
     results: list[RequestResult] = []
 
@@ -110,15 +124,16 @@ async def run_bench(config: BenchConfig) -> BenchReport:
         nonlocal remaining
         while remaining > 0:
             remaining -= 1
-            results.append(await _one_request(client, config))
+            results.append(await _one_request(client, config, config.requests - remaining))
 
     async with httpx.AsyncClient(base_url=config.url, headers=headers, timeout=600, limits=limits) as client:
-        await _one_request(client, config)  # warm-up: connections, caches, first-request costs
+        await _one_request(client, config, 0)  # warm-up: connections, caches, first-request costs
         started = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(config.concurrency)))
         wall = time.perf_counter() - started
     ok = [r for r in results if r.error is None]
     tokens = sum(r.output_tokens for r in ok)
+    prompt_tokens = sum(r.prompt_tokens for r in ok)
     return BenchReport(
         concurrency=config.concurrency,
         requests=len(results),
@@ -129,6 +144,8 @@ async def run_bench(config: BenchConfig) -> BenchReport:
         ttft_ms=percentiles([r.ttft for r in ok if r.ttft is not None]),
         itl_ms=percentiles([x for r in ok for x in r.itls]),
         e2e_ms=percentiles([r.e2e for r in ok]),
+        prefix_hit_rate=sum(r.cached_tokens for r in ok) / prompt_tokens if prompt_tokens else None,
+        first_error=next((r.error for r in results if r.error), None),
     )
 
 

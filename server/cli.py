@@ -2,6 +2,8 @@
 
     lmgate serve --model models/tiny-chat.gguf            # one GGUF, no config file
     lmgate serve --config lmgate.yaml [--host H] [--port P]
+    lmgate plan --model FILE.gguf --ctx 8192 --seqs 8         # memory estimate before serving
+    lmgate bench --url http://127.0.0.1:8000 -c 1 4 8         # concurrent streaming benchmark
 
 Flags override the config file's ``server`` section; ``--model`` builds a one-model config whose
 name is taken from the file (and which answers to ``default`` as well).
@@ -37,7 +39,12 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--threads", type=int, help="with --model: llama.cpp threads")
     serve.add_argument("--n-ctx", type=int, help="with --model: KV-cache cells / context length")
     serve.add_argument("--max-seqs", type=int, help="with --model: sequences decoded together")
+    serve.add_argument("--no-prefix-cache", action="store_true", help="with --model: recompute every prompt")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    plan = commands.add_parser("plan", help="estimate the memory a GGUF model needs before serving it")
+    plan.add_argument("--model", type=Path, required=True, help="GGUF file")
+    plan.add_argument("--ctx", type=int, default=4096, help="KV-cache cells (context)")
+    plan.add_argument("--seqs", type=int, default=8, help="sequences decoded together")
     bench = commands.add_parser("bench", help="measure an OpenAI-compatible server with concurrent streams")
     bench.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL (without /v1)")
     bench.add_argument("--model", default="default")
@@ -49,6 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "bench":
         run_bench_command(args)
         return
+    if args.command == "plan":
+        sys.exit(run_plan_command(args))
 
     try:
         settings = settings_from_args(args)
@@ -70,12 +79,34 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         for flag, key in (("threads", "n_threads"), ("n_ctx", "n_ctx"), ("max_seqs", "max_seqs")):
             if getattr(args, flag) is not None:
                 model[key] = getattr(args, flag)
+        if args.no_prefix_cache:
+            model["prefix_cache"] = False
         raw = {"models": [model]}
     server = raw.setdefault("server", {})
     for flag, key in (("host", "host"), ("port", "http_port"), ("log_level", "log_level")):
         if getattr(args, flag) is not None:
             server[key] = getattr(args, flag)
     return validate_settings(raw, source=str(args.config or "command line"))
+
+
+def run_plan_command(args: argparse.Namespace) -> int:
+    """Print the estimate; exit status 1 when it does not fit in the memory available now."""
+    from lmgate.backends.llamacpp import memory_plan
+
+    try:
+        estimate = memory_plan.plan(args.model, args.ctx, args.seqs)
+    except (OSError, ValueError) as exc:
+        print(f"lmgate: cannot read {args.model}: {exc}", file=sys.stderr)
+        return 2
+    print(estimate.describe())
+    available = memory_plan.available_bytes()
+    try:
+        memory_plan.check_fits(estimate, available, name=args.model.name)
+    except MemoryError as exc:
+        print(f"does not fit: {exc}")
+        return 1
+    print(f"fits: {available / 2**30:.1f} GiB available")
+    return 0
 
 
 def run_bench_command(args: argparse.Namespace) -> None:

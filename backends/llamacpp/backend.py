@@ -49,7 +49,7 @@ class LlamaCppBackend(Backend):
     @property
     def info(self) -> ModelInfo:
         model = self._model
-        return ModelInfo(self._name, "llamacpp", model.n_ctx, model.quantization)
+        return ModelInfo(self._name, "llamacpp", model.max_model_len, model.quantization)
 
     @property
     def capabilities(self) -> Capabilities:
@@ -127,7 +127,7 @@ class LlamaCppBackend(Backend):
 
     def _check_fits(self, request: GenerateRequest, prompt_len: int) -> int:
         """The output budget of each choice; raises when prompt + max_tokens exceed the context."""
-        n_ctx = self._model.n_ctx
+        n_ctx = self._model.max_model_len
         wanted = request.sampling.max_tokens
         if prompt_len + (wanted or 1) > n_ctx:
             where = "messages" if request.messages is not None else "prompt"

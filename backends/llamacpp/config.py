@@ -26,8 +26,21 @@ class LlamaCppConfig(BaseModel):
     gguf: Path = Field(description="Path of the GGUF file.")
     n_ctx: PositiveInt | None = Field(
         default=None,
-        description="KV-cache cells shared by all sequences, and the longest prompt + output of one "
-        "sequence. Default: the model's trained context, capped at 4096.",
+        description="KV-cache cells shared by all sequences (unified cache). "
+        "Default: the model's trained context, capped at 4096.",
+    )
+    max_model_len: PositiveInt | None = Field(
+        default=None,
+        description="Longest prompt + output of one sequence. Default: n_ctx, capped at the trained context "
+        "(times rope_scale when RoPE scaling is set); beyond that only with rope_scaling.",
+    )
+    rope_scaling: Literal["linear", "yarn"] | None = Field(
+        default=None, description="Extend the context beyond training: linear interpolation or YaRN."
+    )
+    rope_scale: float = Field(default=1.0, ge=1.0, le=64.0, description="Context extension factor.")
+    rope_freq_base: float | None = Field(default=None, gt=0, description="Override the model's RoPE base.")
+    yarn_orig_ctx: PositiveInt | None = Field(
+        default=None, description="YaRN: the context the model was trained on (default: from the GGUF)."
     )
     max_seqs: PositiveInt = Field(default=8, le=128, description="Sequences decoded together at most.")
     prefix_cache: bool = Field(

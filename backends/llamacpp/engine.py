@@ -148,7 +148,7 @@ class Engine:
             text = seq.output.append(self.model.pieces[token])
             if seq.output.stopped:
                 finish = FinishReason.STOP
-        if finish is None and (seq.num_output_tokens >= seq.max_tokens or seq.num_tokens >= self.model.n_ctx):
+        if finish is None and (seq.num_output_tokens >= seq.max_tokens or seq.num_tokens >= self.model.max_model_len):
             finish = FinishReason.LENGTH
         usage = None
         if finish is not None:

@@ -16,6 +16,7 @@ import gguf
 import llama_cpp
 
 from lmgate.backends.errors import BackendUnavailable
+from lmgate.backends.llamacpp import memory_plan
 from lmgate.backends.llamacpp.config import LlamaCppConfig
 
 log = logging.getLogger("lmgate.llama_cpp")
@@ -37,7 +38,26 @@ _FLASH_ATTN = {
     "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
     "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
 }
+_ROPE_SCALING = {
+    "linear": llama_cpp.LLAMA_ROPE_SCALING_TYPE_LINEAR,
+    "yarn": llama_cpp.LLAMA_ROPE_SCALING_TYPE_YARN,
+}
 _DEFAULT_MAX_CTX = 4096
+
+
+def _max_model_len(config: LlamaCppConfig, n_ctx: int, trained: int) -> int:
+    """The longest sequence served: n_ctx, within what the model (with its RoPE scaling) handles."""
+    reach = int(trained * (config.rope_scale if config.rope_scaling else 1.0)) if trained else n_ctx
+    wanted = config.max_model_len or min(n_ctx, reach)
+    if wanted > reach:
+        how = "raise rope_scale" if config.rope_scaling else "set rope_scaling (linear or yarn) and rope_scale"
+        raise BackendUnavailable(
+            f"max_model_len={wanted} is beyond what {Path(config.gguf).name} handles ({reach} tokens, trained "
+            f"on {trained}): {how}, or lower max_model_len"
+        )
+    if wanted > n_ctx:
+        raise BackendUnavailable(f"max_model_len={wanted} does not fit in n_ctx={n_ctx} KV cells: raise n_ctx")
+    return wanted
 
 
 class LlamaModel:
@@ -47,6 +67,18 @@ class LlamaModel:
         path = Path(config.gguf)
         if not path.is_file():
             raise BackendUnavailable(f"GGUF file not found: {path} (check the model's `gguf` setting)")
+        try:
+            shape = memory_plan.read_shape(path)
+        except ValueError as exc:
+            raise BackendUnavailable(f"{path} is not a GGUF model lmgate can serve: {exc}") from exc
+        self.requested_ctx = config.n_ctx or min(shape.context_train or _DEFAULT_MAX_CTX, _DEFAULT_MAX_CTX)
+        self._yarn_orig_ctx = config.yarn_orig_ctx or shape.context_train
+        self.max_model_len = _max_model_len(config, self.requested_ctx, shape.context_train)
+        memory = memory_plan.plan(path, self.requested_ctx, config.num_slots, config.n_ubatch)
+        try:
+            memory_plan.check_fits(memory, memory_plan.available_bytes(), name=path.name)
+        except MemoryError as exc:
+            raise BackendUnavailable(str(exc)) from exc
         llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
         llama_cpp.llama_backend_init()
         model_params = llama_cpp.llama_model_default_params()
@@ -69,13 +101,19 @@ class LlamaModel:
 
     def _context_params(self, config: LlamaCppConfig) -> llama_cpp.llama_context_params:
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = config.n_ctx or min(self.n_ctx_train, _DEFAULT_MAX_CTX)
+        params.n_ctx = self.requested_ctx
         params.n_batch = config.n_batch
         params.n_ubatch = min(config.n_ubatch, config.n_batch)
         params.n_seq_max = config.num_slots
         params.n_threads = config.n_threads
         params.n_threads_batch = config.n_threads_batch or config.n_threads
         params.flash_attn_type = _FLASH_ATTN[config.flash_attn]
+        if config.rope_freq_base is not None:
+            params.rope_freq_base = config.rope_freq_base
+        if config.rope_scaling is not None:
+            params.rope_scaling_type = _ROPE_SCALING[config.rope_scaling]
+            params.rope_freq_scale = 1.0 / config.rope_scale
+            params.yarn_orig_ctx = self._yarn_orig_ctx
         params.kv_unified = True
         params.no_perf = True
         return params

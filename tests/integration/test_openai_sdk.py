@@ -132,6 +132,18 @@ def test_logprobs_with_top_alternatives(client):
         assert token.top_logprobs[0].token == token.token and token.logprob <= 0
 
 
+def test_a_repeated_system_prompt_is_reported_as_cached_tokens(client):
+    system = {"role": "system", "content": "You are Gate, a small and helpful model. " * 6}
+    usages = [
+        client.chat.completions.create(
+            model=MODEL, messages=[system, {"role": "user", "content": q}], temperature=0, max_tokens=8
+        ).usage
+        for q in ("What does a cow say?", "What does a dog say?")
+    ]
+    assert usages[0].prompt_tokens_details.cached_tokens < usages[1].prompt_tokens_details.cached_tokens
+    assert usages[1].prompt_tokens_details.cached_tokens >= 32
+
+
 def test_prompt_over_the_context_is_a_clear_400(client):
     with pytest.raises(openai.BadRequestError) as err:
         ask(client, "hello " * 5000)
@@ -150,11 +162,14 @@ def test_client_disconnect_mid_stream_frees_the_sequence_and_its_kv(server):
 
 
 async def test_client_disconnect_before_a_non_streamed_answer_frees_the_sequence(server):
-    body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 3000, "ignore_eos": True}
+    body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 2000, "ignore_eos": True}
     async with httpx.AsyncClient(base_url=server.base_url) as http:
         request = asyncio.create_task(http.post("/v1/completions", json=body, timeout=600))
-        while server.stats(MODEL).running == 0:
+        for _ in range(1000):
+            if server.stats(MODEL).running or request.done():
+                break
             await asyncio.sleep(0.01)
+        assert server.stats(MODEL).running == 1, "the request never started"
         request.cancel()
         await asyncio.gather(request, return_exceptions=True)
     stats = await asyncio.to_thread(server.wait_idle, MODEL)

@@ -1,0 +1,272 @@
+"""The benchmark of record: lmgate and its anchors on the same GGUF, in one run (``make bench``).
+
+Servers, one at a time on this machine, each with the same threads, context and parallel slots:
+- ``lmgate`` (this checkout), and once more with its prefix cache off for the shared-prefix scenario;
+- ``llama-server`` built from the llama.cpp sources vendored in the llama-cpp-python sdist of the
+  installed version (the same llama.cpp as our bindings), cached under ``.cache/bench``;
+- llama-cpp-python's own server, in a venv of its own (``interrupt_requests`` off, so a new
+  request does not cut the stream in progress).
+
+Scenarios: identical short prompts over a concurrency sweep; and shared-prefix (16 users, one
+~512-token system prompt, a unique question each). Writes docs/benchmarks.md and a JSON file.
+Nothing here is downloaded but PyPI packages; the model is the random-weight ``bench-200m``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+import httpx
+
+from lmgate.server.bench import BenchConfig, BenchReport, run_bench
+
+CACHE = Path(".cache/bench")
+SYSTEM_WORDS = "You are a careful assistant of a travel company. Answer briefly, politely and in English. "
+SYSTEM_PROMPT = SYSTEM_WORDS * 6  # 527 tokens with bench-200m's vocabulary
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    command: list[str]
+    env: dict[str, str] | None = None
+
+
+def _run(command: list[str], **kwargs: object) -> None:
+    print("+", " ".join(command), flush=True)
+    subprocess.run(command, check=True, **kwargs)
+
+
+def build_model(path: Path) -> Path:
+    if not path.exists():
+        _run([sys.executable, "-m", "lmgate.quantize.random_model", "--preset", "bench-200m", "--out", str(path)])
+    return path
+
+
+def build_llama_server() -> Path:
+    """llama-server from the sdist of the installed llama-cpp-python (same llama.cpp as our bindings)."""
+    v = version("llama-cpp-python")
+    root = CACHE / f"llama-cpp-python-{v}"
+    binary = root / "vendor/llama.cpp/build/bin/llama-server"
+    if binary.exists():
+        return binary
+    CACHE.mkdir(parents=True, exist_ok=True)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            f"llama-cpp-python=={v}",
+            "-d",
+            str(CACHE),
+        ]
+    )
+    with tarfile.open(CACHE / f"llama_cpp_python-{v}.tar.gz") as sdist:
+        sdist.extractall(CACHE, filter="data")
+    (CACHE / f"llama_cpp_python-{v}").rename(root)
+    source = root / "vendor/llama.cpp"
+    _run(
+        [
+            "cmake",
+            "-S",
+            str(source),
+            "-B",
+            str(source / "build"),
+            "-DCMAKE_BUILD_TYPE=Release",
+            "-DLLAMA_CURL=OFF",
+            "-DBUILD_SHARED_LIBS=OFF",
+            "-DLLAMA_OPENSSL=OFF",
+            "-DLLAMA_BUILD_TESTS=OFF",
+        ]
+    )
+    _run(["cmake", "--build", str(source / "build"), "--target", "llama-server", "-j", str(os.cpu_count() or 2)])
+    return binary
+
+
+def llama_cpp_python_server() -> Path:
+    """A venv with llama-cpp-python[server] of the installed version (pip reuses the cached wheel)."""
+    venv = CACHE / "llama-cpp-python-server"
+    python = venv / "bin/python"
+    if not python.exists():
+        _run([sys.executable, "-m", "venv", str(venv)])
+        _run(
+            [str(python), "-m", "pip", "install", "--quiet", f"llama-cpp-python[server]=={version('llama-cpp-python')}"]
+        )
+    return python
+
+
+@contextlib.contextmanager
+def serving(server: Server, port: int) -> Iterator[str]:
+    url = f"http://127.0.0.1:{port}"
+    log = (CACHE / f"{server.name}.log").open("w")
+    env = {**os.environ, **(server.env or {})}
+    process = subprocess.Popen(server.command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        for _ in range(600):
+            if process.poll() is not None:
+                raise RuntimeError(f"{server.name} exited with {process.returncode}; see {log.name}")
+            with contextlib.suppress(httpx.HTTPError):  # ready = answers a one-token completion
+                body = {"model": "default", "prompt": "Hi", "max_tokens": 1}
+                if httpx.post(f"{url}/v1/completions", json=body, timeout=30).status_code == 200:
+                    break
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+        log.close()
+
+
+def sweep(url: str, model: str, levels: list[int], max_tokens: int, shared_prefix: str = "") -> list[BenchReport]:
+    reports = []
+    for c in levels:
+        requests = max(32, 8 * c)
+        config = BenchConfig(url, model, c, requests, max_tokens=max_tokens, shared_prefix=shared_prefix)
+        reports.append(asyncio.run(run_bench(config)))
+        r = reports[-1]
+        print(f"  c={c}: {r.output_tokens_per_s:.1f} tok/s, TTFT p50 {r.ttft_ms['p50']:.0f} ms, errors {r.errors}")
+        if r.first_error:
+            print(f"    first error: {r.first_error}")
+    return reports
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--slots", type=int, default=16, help="parallel sequences of every server")
+    parser.add_argument("--ctx", type=int, default=16384)
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
+    args = parser.parse_args(argv)
+
+    model = build_model(CACHE / "bench-200m.q8_0.gguf")
+    llama_server = build_llama_server()
+    lcp_python = llama_cpp_python_server()
+    t, c, np_ = str(args.threads), str(args.ctx), str(args.slots)
+    lmgate = [
+        sys.executable,
+        "-m",
+        "lmgate.server.cli",
+        "serve",
+        "--model",
+        str(model),
+        "--threads",
+        t,
+        "--n-ctx",
+        c,
+        "--max-seqs",
+        np_,
+        "--log-level",
+        "warning",
+    ]
+    servers = {
+        "lmgate": Server("lmgate", [*lmgate, "--port", "8201"]),
+        "llama-server": Server(
+            "llama-server",
+            [str(llama_server), "-m", str(model), "-t", t, "-c", c, "-np", np_, "--port", "8202"],
+            env={"LD_LIBRARY_PATH": str(llama_server.parent)},  # for a build with shared libraries
+        ),
+        "llama-cpp-python": Server(
+            "llama-cpp-python",
+            [
+                str(lcp_python),
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                str(model),
+                "--n_threads",
+                t,
+                "--n_ctx",
+                c,
+                "--interrupt_requests",
+                "False",
+                "--port",
+                "8203",
+            ],
+        ),
+    }
+    results: dict[str, dict[str, list[BenchReport]]] = {}
+    for port, (name, server) in enumerate(servers.items(), start=8201):
+        print(f"{name}:", flush=True)
+        with serving(server, port) as url:
+            results[name] = {"sweep": sweep(url, "default", args.levels, args.max_tokens)}
+            if name != "llama-cpp-python":  # it serialises requests: the scenario says nothing new
+                results[name]["shared"] = sweep(url, "default", [16], args.max_tokens, SYSTEM_PROMPT)
+    no_cache = Server("lmgate-no-prefix-cache", [*lmgate, "--no-prefix-cache", "--port", "8204"])
+    print("lmgate, prefix cache off:", flush=True)
+    with serving(no_cache, 8204) as url:
+        results["lmgate (prefix cache off)"] = {"shared": sweep(url, "default", [16], args.max_tokens, SYSTEM_PROMPT)}
+
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {args.threads} threads"
+    args.out.write_text(render(results, args, machine))
+    args.out.with_suffix(".json").write_text(
+        json.dumps({k: {s: [asdict(r) for r in v] for s, v in d.items()} for k, d in results.items()}, indent=2)
+    )
+    print(f"wrote {args.out}")
+
+
+def render(results: dict[str, dict[str, list[BenchReport]]], args: argparse.Namespace, machine: str) -> str:
+    ours, anchor = results["lmgate"]["sweep"], results["llama-server"]["sweep"]
+    lcp = results["llama-cpp-python"]["sweep"]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Written by `make bench` (`server/bench_suite.py`) on {time.strftime('%Y-%m-%d')}: {machine}. Model: the "
+        f"random-weight `bench-200m` (hidden 1024, 12 layers, GQA 16/4, ffn 2816, vocab 32000), Q8_0, 214 MB. "
+        f"Every server: {args.threads} threads, {args.ctx} context cells, {args.slots} parallel sequences; "
+        f"streamed `/v1/completions`, {args.max_tokens} output tokens per request (`ignore_eos`), the same "
+        "short prompt for every request. Ratios are what we compare; absolute numbers move with the machine.",
+        "",
+        "## Aggregate output tokens/s by concurrency",
+        "",
+        "| c | lmgate | llama-server | llama-cpp-python server | lmgate / llama-server | lmgate / llama-cpp-python "
+        "| TTFT p50 ms lmgate / llama-server | ITL p50 ms lmgate / llama-server |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for a, b, p in zip(ours, anchor, lcp, strict=True):
+        lines.append(
+            f"| {a.concurrency} | {a.output_tokens_per_s:.1f} | {b.output_tokens_per_s:.1f} | "
+            f"{p.output_tokens_per_s:.1f} | {a.output_tokens_per_s / b.output_tokens_per_s:.2f}× | "
+            f"{a.output_tokens_per_s / p.output_tokens_per_s:.2f}× | {a.ttft_ms['p50']:.0f} / {b.ttft_ms['p50']:.0f} "
+            f"| {a.itl_ms['p50']:.1f} / {b.itl_ms['p50']:.1f} |"
+        )
+    lines += [
+        "",
+        "## Shared prefix: 16 users, one ~512-token system prompt, a unique question each",
+        "",
+        "| server | tok/s | TTFT p50 ms | TTFT p99 ms | prefix hit rate | errors |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, runs in results.items():
+        for r in runs.get("shared", []):
+            rate = "n/a" if r.prefix_hit_rate is None else f"{r.prefix_hit_rate:.0%}"
+            lines.append(
+                f"| {name} | {r.output_tokens_per_s:.1f} | {r.ttft_ms['p50']:.0f} | {r.ttft_ms['p99']:.0f} "
+                f"| {rate} | {r.errors} |"
+            )
+    errors = {name: sum(r.errors for rs in runs.values() for r in rs) for name, runs in results.items()}
+    lines += ["", f"Failed requests per server over the whole run: {errors}.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
