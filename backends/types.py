@@ -60,10 +60,19 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None
     n: int = 1
+    use_beam_search: bool = False
+    best_of: int | None = None
+    """Beam width with ``use_beam_search`` (default ``n``); the ``n`` best beams are returned."""
+    length_penalty: float = 1.0
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def beam_width(self) -> int:
+        """Beams searched (0 without beam search)."""
+        return max(self.n, self.best_of or self.n) if self.use_beam_search else 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -234,7 +234,8 @@ def render(results: dict[str, dict[str, list[BenchReport]]], args: argparse.Name
         f"random-weight `bench-200m` (hidden 1024, 12 layers, GQA 16/4, ffn 2816, vocab 32000), Q8_0, 214 MB. "
         f"Every server: {args.threads} threads, {args.ctx} context cells, {args.slots} parallel sequences; "
         f"streamed `/v1/completions`, {args.max_tokens} output tokens per request (`ignore_eos`), the same "
-        "short prompt for every request. Ratios are what we compare; absolute numbers move with the machine.",
+        "short prompt for every request. Ratios are what we compare; absolute numbers move with the machine. "
+        "Profiles and the targets: [performance.md](performance.md).",
         "",
         "## Aggregate output tokens/s by concurrency",
         "",

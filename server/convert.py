@@ -48,6 +48,9 @@ def sampling_params(body: _Request, *, max_tokens: int | None, logprobs: int | N
         ignore_eos=body.ignore_eos,
         logprobs=logprobs,
         n=body.n,
+        use_beam_search=body.use_beam_search,
+        best_of=body.best_of,
+        length_penalty=body.length_penalty,
     )
 
 

@@ -46,6 +46,9 @@ class _Request(BaseModel):
     logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
     ignore_eos: bool = False
     stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
+    use_beam_search: bool = Field(default=False, description="vLLM extension: beam search instead of sampling.")
+    best_of: int | None = Field(default=None, ge=1, le=MAX_N, description="Beam width (with use_beam_search).")
+    length_penalty: float = Field(default=1.0, ge=-10.0, le=10.0, description="Beam score = logprob / len**this.")
     user: str | None = None
 
     @field_validator("stop")
@@ -70,6 +73,10 @@ class _Request(BaseModel):
     def _check_stream_options(self) -> _Request:
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed when stream is true")
+        if self.best_of is not None and self.best_of < self.n:
+            raise ValueError(f"best_of ({self.best_of}) must be at least n ({self.n})")
+        if self.best_of not in (None, self.n) and not self.use_beam_search:
+            raise ValueError("best_of different from n is only supported with use_beam_search")
         return self
 
     @property
@@ -124,7 +131,6 @@ class CompletionRequest(_Request):
     logprobs: int | None = Field(default=None, ge=0, le=20)
     echo: bool = False
     suffix: str | None = None
-    best_of: int | None = Field(default=None, ge=1)
 
     @field_validator("prompt")
     @classmethod
@@ -139,8 +145,6 @@ class CompletionRequest(_Request):
     def _check_completion(self) -> CompletionRequest:
         if self.suffix:
             raise ValueError("suffix (fill-in-the-middle) is not supported by lmgate yet")
-        if self.best_of is not None and self.best_of != self.n:
-            raise ValueError("best_of different from n is not supported by lmgate yet")
         if self.echo and self.logprobs is not None:
             raise ValueError("echo together with logprobs (prompt logprobs) is not supported by lmgate yet")
         return self

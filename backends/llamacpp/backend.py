@@ -33,6 +33,7 @@ from lmgate.backends.types import (
 SAMPLING_PARAMS = frozenset({
     "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty",
     "seed", "logit_bias", "max_tokens", "stop", "stop_token_ids", "ignore_eos", "logprobs", "n",
+    "use_beam_search", "best_of", "length_penalty",
 })  # fmt: skip
 MAX_LOGPROBS = 20
 
@@ -75,17 +76,19 @@ class LlamaCppBackend(Backend):
 
         internal_id = f"{request.request_id}/{uuid.uuid4().hex[:8]}"
         arrival = next(self._arrivals)
+        # A beam search starts from one sequence and forks its beams; sampling runs one per choice.
+        count = 1 if request.sampling.use_beam_search else request.sampling.n
         seqs = [
             Sequence(
                 internal_id, i, list(prompt), request.sampling, max_tokens, arrival, OutputText(request.sampling.stop)
             )
-            for i in range(request.sampling.n)
+            for i in range(count)
         ]
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue[list[TokenDelta] | BaseException] = asyncio.Queue()
         self._inflight.setdefault(request.request_id, set()).add(internal_id)
         engine.add(internal_id, seqs, _loop_sink(loop, inbox))
-        unfinished = len(seqs)
+        unfinished = request.sampling.n
         try:
             while unfinished:
                 item = await inbox.get()
@@ -147,6 +150,17 @@ class LlamaCppBackend(Backend):
             raise InvalidRequest(
                 f"n={sampling.n} is more than this model decodes at once (max_seqs={self._config.max_seqs})", param="n"
             )
+        if sampling.use_beam_search:
+            if sampling.beam_width > self._config.max_seqs:
+                raise InvalidRequest(
+                    f"beam width {sampling.beam_width} is more than this model decodes at once "
+                    f"(max_seqs={self._config.max_seqs})",
+                    param="best_of",
+                )
+            if sampling.logprobs is not None:
+                raise InvalidRequest("logprobs are not returned with beam search", param="logprobs")
+        elif sampling.best_of is not None and sampling.best_of != sampling.n:
+            raise InvalidRequest("best_of different from n needs use_beam_search", param="best_of")
         if sampling.logprobs is not None and sampling.logprobs > MAX_LOGPROBS:
             raise InvalidRequest(f"at most {MAX_LOGPROBS} top logprobs, got {sampling.logprobs}", param="logprobs")
         self._check_token_ids([t for t, _ in sampling.logit_bias], "logit_bias")

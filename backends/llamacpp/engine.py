@@ -13,6 +13,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from lmgate.backends.llamacpp import beams
+from lmgate.backends.llamacpp.beam_search import BeamSearch
 from lmgate.backends.llamacpp.config import LlamaCppConfig
 from lmgate.backends.llamacpp.kv_cache import KVCacheManager
 from lmgate.backends.llamacpp.llama_model import LlamaModel
@@ -32,9 +34,11 @@ class _Request:
     sink: Sink
     seqs: list[Sequence]
     unfinished: int = field(init=False)
+    """Choices not yet finished (a beam search's n choices all finish together)."""
 
     def __post_init__(self) -> None:
-        self.unfinished = len(self.seqs)
+        beam = self.seqs[0].beam
+        self.unfinished = beam.n if beam is not None else len(self.seqs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,11 +123,30 @@ class Engine:
 
     def _postprocess(self, output: SchedulerOutput, sampled: list[Sampled]) -> None:
         self.scheduler.update(output)
+        for seq in output.starved:
+            self._end_search(seq.beam)  # type: ignore[arg-type]
+        searches: dict[int, list[Sampled]] = {}
         for s in sampled:
+            if s.seq.beam is not None:
+                searches.setdefault(id(s.seq.beam), []).append(s)
+                continue
             s.seq.append(s.token_id)
             self._outbox.setdefault(s.seq.request_id, []).append(self._advance(s))
+        for group in searches.values():
+            search = group[0].seq.beam
+            assert search is not None
+            if not search.closed and beams.advance(search, group, self.scheduler, self.runner):
+                self._end_search(search)
         self._generated += len(sampled)
         self._steps += 1
+
+    def _end_search(self, search: BeamSearch) -> None:
+        if search.closed:
+            return
+        request_id = search.root.request_id  # type: ignore[attr-defined]
+        deltas = beams.finish(search, self.model, self.scheduler, self.runner)
+        self._requests[request_id].unfinished -= len(deltas)
+        self._outbox.setdefault(request_id, []).extend(deltas)
 
     def _deliver(self) -> None:
         """Hand each request its deltas of this step, after slots were cleared and stats published,
@@ -175,6 +198,8 @@ class Engine:
             if command is _STOP:
                 return False
             if isinstance(command, _Add):
+                if command.seqs[0].sampling.use_beam_search:
+                    beams.start_search(command.seqs[0], self.model)
                 self._requests[command.request_id] = _Request(command.sink, command.seqs)
                 for seq in command.seqs:
                     self.scheduler.add(seq)
@@ -186,6 +211,13 @@ class Engine:
         if request is None:
             return  # finished already, or never seen
         outbox = self._outbox.setdefault(request_id, [])
+        search = request.seqs[0].beam
+        if search is not None and not search.closed:
+            beams.close(search, self.scheduler, self.runner)
+            usage = Usage(search.root.num_prompt_tokens, 0)  # type: ignore[attr-defined]
+            outbox.extend(TokenDelta(i, "", finish_reason=FinishReason.ABORT, usage=usage) for i in range(search.n))
+            request.unfinished = 0
+            return
         for seq in request.seqs:
             if seq.status is not SequenceStatus.FINISHED:
                 usage = self._finish(seq, FinishReason.ABORT)

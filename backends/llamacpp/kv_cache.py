@@ -154,6 +154,29 @@ class KVCacheManager:
         self.prefix_hits += hit
         return Admission(slot, hit)
 
+    def fork(self, src: int) -> int | None:
+        """A new slot sharing every position ``src`` holds (beam search). None if no slot or cells.
+
+        The shared full blocks are counted once; the shared tail is counted again for the new slot
+        (cells it partly shares with ``src``): an over-count of under a block per fork, never under.
+        """
+        tail = self._slots[src].tail
+        while tail > self.free_cells:
+            if not self._evict_one():
+                return None
+        slot = self._acquire(exclude=None)
+        if slot is None:
+            return None
+        state = self._slots[slot]
+        state.blocks = list(self._slots[src].blocks)
+        for block in state.blocks:
+            block.holders.add(slot)
+        state.tail = tail
+        self._tails += tail
+        state.last_used = next(self._clock)
+        self._ops.append(ShareOp(src, slot, self.cells_of(src)))
+        return slot
+
     def allocate(self, slot: int, num_cells: int) -> bool:
         """Reserve ``num_cells`` more cells for ``slot``, evicting cached slots if needed.
 

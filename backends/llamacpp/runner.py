@@ -27,9 +27,12 @@ class DecodeError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class Sampled:
+    """The next token of ``seq`` — or, for a beam, its best candidates (``token_id`` is -1)."""
+
     seq: Sequence
     token_id: int
     logprob: TokenLogprob | None
+    candidates: tuple[tuple[int, float], ...] = ()
 
 
 class Runner:
@@ -101,6 +104,8 @@ class Runner:
         return to_sample
 
     def _sample(self, seq: Sequence, batch_index: int) -> Sampled:
+        if seq.beam is not None:
+            return Sampled(seq, -1, None, self._top_logprobs(batch_index, 2 * seq.beam.width))
         chain = self._samplers.get(seq.key)
         if chain is None:
             chain = self._samplers[seq.key] = SamplerChain(
@@ -116,20 +121,29 @@ class Runner:
             logprob = self._logprobs(batch_index, token_id, seq.sampling.logprobs)
         return Sampled(seq, token_id, logprob)
 
-    def _logprobs(self, batch_index: int, token_id: int, top_n: int) -> TokenLogprob:
+    def _log_softmax(self, batch_index: int) -> np.ndarray:
         ptr = llama_cpp.llama_get_logits_ith(self.model.ctx, batch_index)
         logits = np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).astype(np.float64)
         peak = logits.max()
-        logprobs = logits - (peak + np.log(np.exp(logits - peak).sum()))
-        top: tuple[TopLogprob, ...] = ()
-        if top_n > 0:
-            best = np.argpartition(-logprobs, top_n - 1)[:top_n]
-            best = best[np.argsort(-logprobs[best], kind="stable")]
-            top = tuple(self._top(int(t), float(logprobs[t])) for t in best)
-        chosen = self._top(token_id, float(logprobs[token_id]))
+        return logits - (peak + np.log(np.exp(logits - peak).sum()))
+
+    def _top_logprobs(self, batch_index: int, top_n: int) -> tuple[tuple[int, float], ...]:
+        return _best(self._log_softmax(batch_index), top_n)
+
+    def _logprobs(self, batch_index: int, token_id: int, top_n: int) -> TokenLogprob:
+        logprobs = self._log_softmax(batch_index)
+        top = tuple(self._entry(t, lp) for t, lp in _best(logprobs, top_n)) if top_n > 0 else ()
+        chosen = self._entry(token_id, float(logprobs[token_id]))
         return TokenLogprob(chosen.token_id, chosen.token, chosen.logprob, chosen.bytes, top)
 
-    def _top(self, token_id: int, logprob: float) -> TopLogprob:
+    def _entry(self, token_id: int, logprob: float) -> TopLogprob:
         piece = self.model.pieces[token_id]
         text = piece.decode("utf-8", errors="replace") if piece else self.model.token_text(token_id)
         return TopLogprob(token_id, text, logprob, piece)
+
+
+def _best(logprobs: np.ndarray, top_n: int) -> tuple[tuple[int, float], ...]:
+    """The ``top_n`` most likely tokens and their log-probabilities, best first."""
+    best = np.argpartition(-logprobs, top_n - 1)[:top_n]
+    best = best[np.argsort(-logprobs[best], kind="stable")]
+    return tuple((int(t), float(logprobs[t])) for t in best)

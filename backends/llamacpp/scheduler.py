@@ -47,6 +47,9 @@ class SchedulerOutput:
     preempted: tuple[Sequence, ...]
     memory_ops: tuple[MemoryOp, ...]
     """KV removals and shares the runner applies, in order, before decoding."""
+    starved: tuple[Sequence, ...] = ()
+    """Beams that got no cells: beams are never preempted (their search would lose step), so
+    their search has to end here."""
 
     @property
     def num_tokens(self) -> int:
@@ -74,18 +77,21 @@ class Scheduler:
         budget = self.config.token_budget
         chunks: list[ScheduledChunk] = []
         preempted: list[Sequence] = []
+        starved: list[Sequence] = []
         for seq in sorted(self.running, key=lambda s: (s.num_uncomputed > 1, s.arrival)):
             if budget == 0:
                 break
-            if seq.status is not SequenceStatus.RUNNING:
-                continue  # preempted earlier in this loop
+            if seq.status is not SequenceStatus.RUNNING or seq.num_uncomputed == 0:
+                continue  # preempted earlier in this loop, or a beam waiting for its siblings
             length = min(seq.num_uncomputed, budget)
             if self._allocate_or_preempt(seq, length, chunks, preempted):
                 chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, length))
                 budget -= length
+            elif seq.beam is not None:
+                starved.append(seq)
         if not preempted:
             budget = self._admit(budget, chunks)
-        return SchedulerOutput(tuple(chunks), tuple(preempted), self.kv.take_ops())
+        return SchedulerOutput(tuple(chunks), tuple(preempted), self.kv.take_ops(), tuple(starved))
 
     def update(self, output: SchedulerOutput) -> None:
         """The runner decoded ``output``: those tokens' KV is now in the cache."""
@@ -94,6 +100,16 @@ class Scheduler:
             seq.num_computed_tokens += chunk.length
             assert seq.slot is not None
             self.kv.commit(seq.slot, seq.block_hashes())
+
+    def fork(self, parent: Sequence, token_id: int) -> Sequence | None:
+        """A running copy of ``parent`` continuing with ``token_id``, sharing its KV; None if no room."""
+        assert parent.slot is not None
+        slot = self.kv.fork(parent.slot)
+        if slot is None:
+            return None
+        child = parent.fork(token_id, slot)
+        self.running.append(child)
+        return child
 
     def finish(self, seq: Sequence) -> None:
         """Retire a sequence that is done (its finish reason is set by the caller); its full
@@ -112,7 +128,9 @@ class Scheduler:
         assert seq.slot is not None
         scheduled = {id(c.seq) for c in chunks}
         while not self.kv.allocate(seq.slot, length):
-            victims = [s for s in self.running if id(s) not in scheduled]
+            victims = [s for s in self.running if id(s) not in scheduled and s.beam is None]
+            if not victims:
+                return False
             victim = max(victims, key=lambda s: s.arrival)
             self._preempt(victim)
             preempted.append(victim)

@@ -13,6 +13,7 @@ import hashlib
 from array import array
 from dataclasses import dataclass, field
 
+from lmgate.backends.llamacpp.beam_search import BeamSearch
 from lmgate.backends.llamacpp.kv_cache import BLOCK_SIZE
 from lmgate.backends.llamacpp.output import OutputText
 from lmgate.backends.types import FinishReason, SamplingParams
@@ -43,6 +44,8 @@ class Sequence:
     num_cached_tokens: int = 0
     """Prompt tokens found in the prefix cache at first admission, reported in usage."""
     num_preemptions: int = 0
+    beam: BeamSearch | None = None
+    """The beam search this sequence is a beam of; its tokens are chosen by the search, not sampled."""
     _hashes: list[bytes] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
@@ -84,6 +87,19 @@ class Sequence:
 
     def append(self, token_id: int) -> None:
         self.token_ids.append(token_id)
+
+    def fork(self, token_id: int, slot: int) -> Sequence:
+        """A copy continuing with ``token_id`` whose KV (all computed positions) is shared in ``slot``."""
+        child = Sequence(
+            self.request_id, self.index, [*self.token_ids, token_id], self.sampling, self.max_tokens, self.arrival,
+            OutputText(), beam=self.beam,
+        )  # fmt: skip
+        child.num_prompt_tokens = self.num_prompt_tokens
+        child.num_computed_tokens = self.num_computed_tokens
+        child.num_cached_tokens = self.num_cached_tokens
+        child.status, child.slot = SequenceStatus.RUNNING, slot
+        child._hashes = self._hashes[: self.num_computed_tokens // BLOCK_SIZE]
+        return child
 
     def reset_for_recompute(self) -> None:
         """Preempted: forget the KV, keep every token; it will be recomputed from scratch."""

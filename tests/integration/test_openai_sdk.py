@@ -115,6 +115,20 @@ def test_n_two_returns_two_choices_and_counts_both_in_usage(client):
     assert response.usage.completion_tokens == sum(len(c.logprobs.content) for c in response.choices)
 
 
+def test_beam_search_through_the_sdk(client):
+    response = client.completions.create(
+        model=MODEL,
+        prompt="<|im_start|>user\nWhat does a pig say?<|im_end|>\n<|im_start|>assistant\n",
+        max_tokens=16,
+        n=2,
+        best_of=3,
+        extra_body={"use_beam_search": True},
+    )
+    assert [c.index for c in response.choices] == [0, 1]
+    assert "oink" in response.choices[0].text
+    assert response.choices[0].text != response.choices[1].text
+
+
 def test_logprobs_with_top_alternatives(client):
     response = client.chat.completions.create(
         model=MODEL,

@@ -167,6 +167,7 @@ def test_invalid_chat_values_are_400s_naming_the_field(client, overrides, param)
         ({"model": "echo", "prompt": "x", "logprobs": 21}, "logprobs"),
         ({"model": "echo", "prompt": "x", "suffix": "y"}, None),
         ({"model": "echo", "prompt": "x", "best_of": 3}, None),
+        ({"model": "echo", "prompt": "x", "best_of": 1, "n": 2, "use_beam_search": True}, None),
     ],
 )
 def test_invalid_completion_values_are_400s(client, body, param):

@@ -234,3 +234,48 @@ async def test_cached_prefixes_are_evicted_under_pressure_and_everything_still_c
     assert stats.prefix_evictions > 0
     assert stats.kv_cells_used == 0 and stats.kv_cells_cached > 0
     assert stats.kv_cells_cached <= stats.kv_cells_total
+
+
+async def test_beam_search_returns_the_n_best_distinct_beams(tiny_chat_path):
+    backend = await start_backend(tiny_chat_path, max_seqs=4)
+    try:
+        request = make_request(chat="What does a cow say?", max_tokens=24, n=2, best_of=4, use_beam_search=True)
+        choices = await collect(backend, request)
+        stats = backend.stats()
+    finally:
+        await backend.shutdown()
+    assert [len(c.deltas) for c in choices] == [1, 1]  # a beam search answers at the end
+    assert "moo" in choices[0].text
+    assert choices[0].token_ids != choices[1].token_ids
+    assert all(c.finish_reason in (FinishReason.STOP, FinishReason.LENGTH) for c in choices)
+    assert (stats.running, stats.kv_cells_used) == (0, 0)
+
+
+async def test_beam_search_wider_than_the_batch_is_refused(backend):
+    with pytest.raises(InvalidRequest) as err:
+        await collect(backend, make_request("Hello", n=1, best_of=64, use_beam_search=True))
+    assert err.value.param == "best_of"
+
+
+async def test_beam_search_forks_under_load_and_abort_frees_every_beam(random_model_path):
+    backend = await start_backend(random_model_path, max_seqs=8)
+    try:
+        others = [asyncio.create_task(collect(backend, make_request(p, max_tokens=40))) for p in PROMPTS[:3]]
+        stream = backend.generate(make_request(LONG, max_tokens=200, best_of=4, use_beam_search=True, ignore_eos=True))
+        task = asyncio.ensure_future(anext(stream))
+        for _ in range(500):
+            if backend.stats().running >= 4 or task.done():
+                break
+            await asyncio.sleep(0.01)
+        assert backend.stats().running >= 4  # the beams were forked
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await stream.aclose()
+        await asyncio.gather(*others)
+        for _ in range(200):
+            if backend.stats().running == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert (backend.stats().running, backend.stats().kv_cells_used) == (0, 0)
+    finally:
+        await backend.shutdown()

@@ -1,0 +1,90 @@
+"""Driving a ``BeamSearch`` on the engine: forking beams' KV, retiring dead beams, final outputs.
+
+A beam search starts as one sequence (the prompt). Each step every live beam is decoded in the
+shared batch; the runner returns its best candidates instead of sampling; ``advance`` lets the
+policy choose, then forks sequences for extra continuations (``Scheduler.fork`` shares the
+parent's KV with ``llama_memory_seq_cp``), appends tokens to the continuing ones and retires the
+beams that lost. Owned by the engine thread.
+"""
+
+from __future__ import annotations
+
+from lmgate.backends.llamacpp.beam_search import BeamSearch
+from lmgate.backends.llamacpp.llama_model import LlamaModel
+from lmgate.backends.llamacpp.output import OutputText
+from lmgate.backends.llamacpp.runner import Runner, Sampled
+from lmgate.backends.llamacpp.scheduler import Scheduler
+from lmgate.backends.llamacpp.sequence import Sequence
+from lmgate.backends.types import FinishReason, TokenDelta, Usage
+
+
+def start_search(seq: Sequence, model: LlamaModel) -> BeamSearch:
+    """Attach a beam search to ``seq`` (the prompt) and return it."""
+    params = seq.sampling
+    search = BeamSearch(
+        width=params.beam_width,
+        n=params.n,
+        max_tokens=seq.max_tokens,
+        end_tokens=frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else model.eog_ids),
+        length_penalty=params.length_penalty,
+    )
+    search.live[0].key = search.root = seq
+    seq.beam = search
+    return search
+
+
+def advance(search: BeamSearch, sampled: list[Sampled], scheduler: Scheduler, runner: Runner) -> bool:
+    """Collect this step's candidates; once every live beam has some, take one search step.
+
+    True when the search is over. A beam decoded before its siblings (the token budget cut the
+    step short) waits with nothing to compute, so the scheduler passes it by.
+    """
+    by_seq = {id(s.seq): s.candidates for s in sampled}
+    search.pending |= {id(beam): by_seq[id(beam.key)] for beam in search.live if id(beam.key) in by_seq}
+    if len(search.pending) < len(search.live):
+        return False
+    old = [beam.key for beam in search.live]
+    candidates, search.pending = search.pending, {}
+    continuations = search.step(candidates)
+    # Forks copy their parent's tokens, so they go before the parents append theirs.
+    pairs = list(zip(search.live, continuations, strict=True))
+    for beam, c in pairs:
+        if beam.key is None:
+            beam.key = scheduler.fork(c.parent.key, c.token)  # type: ignore[arg-type]
+    pairs = [(beam, c) for beam, c in pairs if beam.key is not None]  # no room for a fork: dropped
+    search.live = [beam for beam, _ in pairs]
+    for beam, c in pairs:
+        if beam.key is c.parent.key:
+            beam.key.append(c.token)  # type: ignore[union-attr]
+    alive = {id(beam.key) for beam in search.live}
+    for seq in old:
+        if id(seq) not in alive:
+            _retire(seq, scheduler, runner)  # type: ignore[arg-type]
+    return search.done
+
+
+def close(search: BeamSearch, scheduler: Scheduler, runner: Runner) -> None:
+    """Retire every live beam; the search takes no more steps."""
+    for beam in search.live:
+        _retire(beam.key, scheduler, runner)  # type: ignore[arg-type]
+    search.live, search.closed = [], True
+
+
+def finish(search: BeamSearch, model: LlamaModel, scheduler: Scheduler, runner: Runner) -> list[TokenDelta]:
+    """End the search (whatever its state) and return the n best hypotheses as final deltas."""
+    prompt: Sequence = search.root  # type: ignore[assignment]
+    best = search.best()
+    close(search, scheduler, runner)
+    deltas = []
+    for index, hypothesis in enumerate(best):
+        text = OutputText(prompt.sampling.stop)
+        pieces = "".join(text.append(model.pieces[t]) for t in hypothesis.output) + text.finish()
+        reason = FinishReason.STOP if text.stopped else hypothesis.finish_reason
+        usage = Usage(prompt.num_prompt_tokens, len(hypothesis.output), prompt.num_cached_tokens)
+        deltas.append(TokenDelta(index, pieces, hypothesis.output, finish_reason=reason, usage=usage))
+    return deltas
+
+
+def _retire(seq: Sequence, scheduler: Scheduler, runner: Runner) -> None:
+    scheduler.finish(seq)
+    runner.release(seq)
