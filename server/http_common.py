@@ -6,10 +6,11 @@ import asyncio
 import json
 import re
 import uuid
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
-from fastapi import Request
+from fastapi import Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from lmgate.server.errors import LmgateError
@@ -35,6 +36,32 @@ def sse_error(exc: LmgateError) -> str:
 
 
 SSE_DONE = "data: [DONE]\n\n"
+
+
+async def sse_stream(events: AsyncIterator[str], source: AsyncIterator[object]) -> AsyncIterator[str]:
+    """``events``, then ``[DONE]``; an error mid-stream becomes one error event, and ``source``
+    (the backend stream) is closed however the stream ends, the client leaving included."""
+    try:
+        async for event in events:
+            yield event
+    except LmgateError as exc:
+        yield sse_error(exc)
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+        await source.aclose()  # type: ignore[attr-defined]
+    yield SSE_DONE
+
+
+def streamed(events: AsyncIterator[str], source: AsyncIterator[object], request_id: str) -> StreamingResponse:
+    return StreamingResponse(
+        sse_stream(events, source), media_type="text/event-stream", headers={REQUEST_ID_HEADER: request_id}
+    )
+
+
+async def answered(request: Request, work: Awaitable[BaseModel], request_id: str) -> Response:
+    """The JSON response ``work`` builds, unless the client disconnects first."""
+    body = await until_disconnect(request, work)
+    return Response(body.model_dump_json(), media_type="application/json", headers={REQUEST_ID_HEADER: request_id})
 
 
 class ClientDisconnected(Exception):

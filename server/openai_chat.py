@@ -6,20 +6,11 @@ import time
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import StreamingResponse
 
 from lmgate.backends.types import TokenDelta
 from lmgate.server.convert import ChoiceText, UsageTally, chat_logprobs, chat_request
-from lmgate.server.errors import LmgateError
 from lmgate.server.generation import open_stream
-from lmgate.server.http_common import (
-    REQUEST_ID_HEADER,
-    SSE_DONE,
-    base_request_id,
-    sse,
-    sse_error,
-    until_disconnect,
-)
+from lmgate.server.http_common import answered, base_request_id, sse, streamed
 from lmgate.server.model_registry import ModelRegistry
 from lmgate.server.protocol import (
     ChatChoice,
@@ -42,13 +33,9 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     generate = chat_request(body, base_id)
     stream = await open_stream(backend, generate)
     response_id, model = f"chatcmpl-{base_id}", backend.info.name
-    headers = {REQUEST_ID_HEADER: base_id}
     if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        events = _events(stream, response_id, model, body.n, include_usage=include_usage)
-        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
-    completion = await until_disconnect(request, _collect(stream, response_id, model, body.n, body.logprobs))
-    return Response(completion.model_dump_json(), media_type="application/json", headers=headers)
+        return streamed(_events(stream, response_id, model, body.n, include_usage=body.include_usage), stream, base_id)
+    return await answered(request, _collect(stream, response_id, model, body.n, body.logprobs), base_id)
 
 
 async def _collect(
@@ -85,25 +72,19 @@ async def _events(
         return sse(ChatCompletionChunk(id=response_id, created=created, model=model, choices=[choice]))
 
     usage = UsageTally()
-    try:
-        for i in range(n):
-            yield chunk(ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content="")))
-        async for delta in stream:
-            if delta.usage is not None:
-                usage.add(0, delta.usage)
-            if delta.text or delta.logprobs or delta.finish_reason is not None:
-                yield chunk(
-                    ChatChunkChoice(
-                        index=delta.index,
-                        delta=ChatDelta(content=delta.text or None),
-                        logprobs=chat_logprobs(delta.logprobs) if delta.logprobs else None,
-                        finish_reason=delta.finish_reason.value if delta.finish_reason else None,
-                    )
+    for i in range(n):
+        yield chunk(ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content="")))
+    async for delta in stream:
+        if delta.usage is not None:
+            usage.add(0, delta.usage)
+        if delta.text or delta.logprobs or delta.finish_reason is not None:
+            yield chunk(
+                ChatChunkChoice(
+                    index=delta.index,
+                    delta=ChatDelta(content=delta.text or None),
+                    logprobs=chat_logprobs(delta.logprobs) if delta.logprobs else None,
+                    finish_reason=delta.finish_reason.value if delta.finish_reason else None,
                 )
-        if include_usage:
-            yield sse(ChatCompletionChunk(id=response_id, created=created, model=model, choices=[], usage=usage.out()))
-    except LmgateError as exc:
-        yield sse_error(exc)
-    finally:
-        await stream.aclose()  # type: ignore[attr-defined]
-    yield SSE_DONE
+            )
+    if include_usage:
+        yield sse(ChatCompletionChunk(id=response_id, created=created, model=model, choices=[], usage=usage.out()))

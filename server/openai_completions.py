@@ -9,21 +9,12 @@ import time
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import StreamingResponse
 
 from lmgate.backends.base import Backend
 from lmgate.backends.types import TokenDelta
 from lmgate.server.convert import ChoiceText, UsageTally, completion_logprobs, completion_requests
-from lmgate.server.errors import LmgateError
 from lmgate.server.generation import merge, open_streams
-from lmgate.server.http_common import (
-    REQUEST_ID_HEADER,
-    SSE_DONE,
-    base_request_id,
-    sse,
-    sse_error,
-    until_disconnect,
-)
+from lmgate.server.http_common import answered, base_request_id, sse, streamed
 from lmgate.server.model_registry import ModelRegistry
 from lmgate.server.protocol import Completion, CompletionChoice, CompletionRequest
 
@@ -39,13 +30,10 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     streams = await open_streams(backend, completion_requests(body, base_id))
     deltas = merge(streams)
     response_id, model = f"cmpl-{base_id}", backend.info.name
-    headers = {REQUEST_ID_HEADER: base_id}
     if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        events = _events(deltas, response_id, model, body.n, echoes, include_usage=include_usage)
-        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
-    completion = await until_disconnect(request, _collect(deltas, response_id, model, body, echoes))
-    return Response(completion.model_dump_json(), media_type="application/json", headers=headers)
+        events = _events(deltas, response_id, model, body.n, echoes, include_usage=body.include_usage)
+        return streamed(events, deltas, base_id)
+    return await answered(request, _collect(deltas, response_id, model, body, echoes), base_id)
 
 
 async def _echo_texts(backend: Backend, body: CompletionRequest) -> list[str]:
@@ -92,26 +80,20 @@ async def _events(
 
     usage = UsageTally()
     offsets: dict[int, int] = {}
-    try:
-        for prompt_index, text in enumerate(echoes or []):
-            for j in range(n):
-                offsets[prompt_index * n + j] = len(text)
-                yield chunk(CompletionChoice(index=prompt_index * n + j, text=text))
-        async for prompt_index, delta in deltas:
-            if delta.usage is not None:
-                usage.add(prompt_index, delta.usage)
-            if not (delta.text or delta.logprobs or delta.finish_reason is not None):
-                continue
-            index = prompt_index * n + delta.index
-            offset = offsets.get(index, 0)
-            logprobs = completion_logprobs(list(delta.logprobs), offset) if delta.logprobs else None
-            offsets[index] = offset + len(delta.text)
-            reason = delta.finish_reason.value if delta.finish_reason else None
-            yield chunk(CompletionChoice(index=index, text=delta.text, logprobs=logprobs, finish_reason=reason))
-        if include_usage:
-            yield sse(Completion(id=response_id, created=created, model=model, choices=[], usage=usage.out()))
-    except LmgateError as exc:
-        yield sse_error(exc)
-    finally:
-        await deltas.aclose()  # type: ignore[attr-defined]
-    yield SSE_DONE
+    for prompt_index, text in enumerate(echoes or []):
+        for j in range(n):
+            offsets[prompt_index * n + j] = len(text)
+            yield chunk(CompletionChoice(index=prompt_index * n + j, text=text))
+    async for prompt_index, delta in deltas:
+        if delta.usage is not None:
+            usage.add(prompt_index, delta.usage)
+        if not (delta.text or delta.logprobs or delta.finish_reason is not None):
+            continue
+        index = prompt_index * n + delta.index
+        offset = offsets.get(index, 0)
+        logprobs = completion_logprobs(list(delta.logprobs), offset) if delta.logprobs else None
+        offsets[index] = offset + len(delta.text)
+        reason = delta.finish_reason.value if delta.finish_reason else None
+        yield chunk(CompletionChoice(index=index, text=delta.text, logprobs=logprobs, finish_reason=reason))
+    if include_usage:
+        yield sse(Completion(id=response_id, created=created, model=model, choices=[], usage=usage.out()))
