@@ -45,6 +45,7 @@ model: install
 # lmgate, llama-server and llama-cpp-python's server on the same GGUF, one run (about 15 minutes
 # the first time: it builds llama-server); writes docs/benchmarks.md.
 bench: install
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m lmgate.server.bench_suite
 
 lint: install-test

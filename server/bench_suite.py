@@ -32,6 +32,7 @@ from pathlib import Path
 import httpx
 
 from lmgate.server.bench import BenchConfig, BenchReport, run_bench
+from lmgate.server.bench_plot import plot_sweeps
 
 CACHE = Path(".cache/bench")
 SYSTEM_WORDS = "You are a careful assistant of a travel company. Answer briefly, politely and in English. "
@@ -218,6 +219,8 @@ def main(argv: list[str] | None = None) -> None:
 
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {args.threads} threads"
     args.out.write_text(render(results, args, machine))
+    sweeps = {name: runs["sweep"] for name, runs in results.items() if "sweep" in runs}
+    plot_sweeps(sweeps, args.out.with_suffix(".png"), title=f"bench-200m Q8_0, {machine}")
     args.out.with_suffix(".json").write_text(
         json.dumps({k: {s: [asdict(r) for r in v] for s, v in d.items()} for k, d in results.items()}, indent=2)
     )
@@ -265,7 +268,7 @@ def render(results: dict[str, dict[str, list[BenchReport]]], args: argparse.Name
                 f"| {rate} | {r.errors} |"
             )
     errors = {name: sum(r.errors for rs in runs.values() for r in rs) for name, runs in results.items()}
-    lines += ["", f"Failed requests per server over the whole run: {errors}.", ""]
+    lines += ["", f"Failed requests per server over the whole run: {errors}.", "", "![sweep](benchmarks.png)", ""]
     return "\n".join(lines)
 
 

@@ -48,10 +48,11 @@ def main(argv: list[str] | None = None) -> None:
     bench = commands.add_parser("bench", help="measure an OpenAI-compatible server with concurrent streams")
     bench.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL (without /v1)")
     bench.add_argument("--model", default="default")
-    bench.add_argument("-c", "--concurrency", type=int, nargs="+", default=[1, 4, 8])
+    bench.add_argument("-c", "--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     bench.add_argument("--requests", type=int, default=0, help="per concurrency level (default 4 x c, at least 8)")
     bench.add_argument("--max-tokens", type=int, default=64)
     bench.add_argument("--json", type=Path, help="also write the reports as JSON")
+    bench.add_argument("--plot", type=Path, help="also write a PNG plot (needs the `bench` extra: matplotlib)")
     args = parser.parse_args(argv)
     if args.command == "bench":
         run_bench_command(args)
@@ -122,6 +123,10 @@ def run_bench_command(args: argparse.Namespace) -> None:
         print(report_table(reports[-1:]).splitlines()[-1] if len(reports) > 1 else report_table(reports), flush=True)
     if args.json:
         args.json.write_text(report_json(reports))
+    if args.plot:
+        from lmgate.server.bench_plot import plot_sweeps
+
+        plot_sweeps({args.url: reports}, args.plot)
 
 
 def serve_forever(settings: Settings) -> None:
