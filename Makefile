@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # llama-cpp-python compiles llama.cpp on first install (pip caches the wheel afterwards).
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: serve test install install-test model bench lint format clean
+.PHONY: serve test install install-test model bench protos lint format clean
 
 serve: install
 	$(BIN)/lmgate serve --model $(MODEL) --host $(HOST) --port $(PORT)
@@ -47,6 +47,10 @@ model: install
 bench: install
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m lmgate.server.bench_suite
+
+# Regenerate protos/lmgate/v1/*_pb2*.py from the .proto files (a test checks they are current).
+protos: install-test
+	$(BIN)/python -m lmgate.protos.codegen
 
 lint: install-test
 	$(BIN)/ruff check .
