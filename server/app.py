@@ -1,4 +1,5 @@
-"""The HTTP application: OpenAI routes, health probes, and OpenAI-shaped errors for everything.
+"""The HTTP application: OpenAI routes, health probes, and OpenAI-shaped errors for everything;
+its lifespan also runs the gRPC server (server/grpc_server.py) on the same event loop.
 
 ``create_app(settings)`` builds a fresh app with its own model registry (no module state). Models
 load in the background after start-up: GET /health answers at once, GET /ready is 503 until every
@@ -18,7 +19,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lmgate.server import openai_chat, openai_completions, openai_models
-from lmgate.server.errors import InvalidRequestError, LmgateError
+from lmgate.server.errors import LmgateError, from_validation_errors
+from lmgate.server.grpc_server import GrpcFrontend
 from lmgate.server.http_common import ClientDisconnected
 from lmgate.server.model_registry import ModelRegistry
 from lmgate.server.settings import Settings
@@ -31,17 +33,30 @@ def create_app(settings: Settings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loading = asyncio.create_task(registry.start())
+        server = settings.server
+        grpc = None
+        if server.grpc_port is not None:
+            grpc = app.state.grpc = await GrpcFrontend.start(registry, server.host, server.grpc_port)
+
+        async def load() -> None:
+            await registry.start()
+            if grpc is not None:
+                await grpc.report(registry)
+
+        loading = asyncio.create_task(load())
         try:
             yield
         finally:
             loading.cancel()
             await asyncio.gather(loading, return_exceptions=True)
-            await registry.shutdown(settings.server.drain_timeout_s)
+            if grpc is not None:
+                await grpc.stop(server.drain_timeout_s)
+            await registry.shutdown(server.drain_timeout_s)
 
     app = FastAPI(title="lmgate", summary="OpenAI-compatible LLM serving gateway", lifespan=lifespan)
     app.state.models = registry
     app.state.settings = settings
+    app.state.grpc = None
     app.include_router(openai_chat.router)
     app.include_router(openai_completions.router)
     app.include_router(openai_models.router)
@@ -70,7 +85,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(validation_to_error(exc).body(), status_code=400)
+        return JSONResponse(from_validation_errors(exc.errors()).body(), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -87,17 +102,3 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
         return JSONResponse(LmgateError("internal server error").body(), status_code=500)
-
-
-def validation_to_error(exc: RequestValidationError) -> InvalidRequestError:
-    """Pydantic's first complaint as an OpenAI 400 naming the field, the value and the rule."""
-    errors = exc.errors()
-    first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
-    if first["type"] == "json_invalid":
-        return InvalidRequestError(f"The request body is not valid JSON: {first.get('ctx', {}).get('error', '')}")
-    loc = [str(p) for p in first["loc"] if p != "body"]
-    # Unions report each branch ("stop.str", "stop.list[str]"); the field is what the client wrote.
-    param = ".".join(p for p in loc if not any(c in p for c in "[]") and p not in {"str", "int"}) or None
-    got = "" if first["type"] == "missing" else f" (got {first.get('input')!r})"
-    more = f" ({len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-    return InvalidRequestError(f"{param or 'body'}: {first['msg']}{got}{more}", param=param)

@@ -1,7 +1,7 @@
 """The ``lmgate`` command.
 
     lmgate serve --model models/tiny-chat.gguf            # one GGUF, no config file
-    lmgate serve --config lmgate.yaml [--host H] [--port P]
+    lmgate serve --config lmgate.yaml [--host H] [--port P] [--grpc-port G | --no-grpc]
     lmgate plan --model FILE.gguf --ctx 8192 --seqs 8         # memory estimate before serving
     lmgate bench --url http://127.0.0.1:8000 -c 1 4 8         # concurrent streaming benchmark
 
@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> None:
     source.add_argument("--model", type=Path, help="serve one GGUF file with default settings")
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="HTTP port (default 8000)")
+    grpc_flags = serve.add_mutually_exclusive_group()
+    grpc_flags.add_argument("--grpc-port", type=int, help="gRPC port (default 50051; 0: any free port)")
+    grpc_flags.add_argument("--no-grpc", action="store_true", help="do not serve gRPC")
     serve.add_argument("--threads", type=int, help="with --model: llama.cpp threads")
     serve.add_argument("--n-ctx", type=int, help="with --model: KV-cache cells / context length")
     serve.add_argument("--max-seqs", type=int, help="with --model: sequences decoded together")
@@ -84,9 +87,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             model["prefix_cache"] = False
         raw = {"models": [model]}
     server = raw.setdefault("server", {})
-    for flag, key in (("host", "host"), ("port", "http_port"), ("log_level", "log_level")):
+    for flag, key in (("host", "host"), ("port", "http_port"), ("grpc_port", "grpc_port"), ("log_level", "log_level")):
         if getattr(args, flag) is not None:
             server[key] = getattr(args, flag)
+    if args.no_grpc:
+        server["grpc_port"] = None
     return validate_settings(raw, source=str(args.config or "command line"))
 
 

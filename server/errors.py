@@ -12,6 +12,7 @@ Messages name the field, the value and the fix.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from lmgate.backends.errors import BackendError, BackendUnavailable, InvalidRequest
@@ -65,3 +66,19 @@ def from_backend_error(exc: BackendError) -> LmgateError:
     if isinstance(exc, BackendUnavailable):
         return ServiceUnavailableError(str(exc))
     return LmgateError(str(exc))
+
+
+def from_validation_errors(errors: Sequence[Any]) -> InvalidRequestError:
+    """Pydantic's first complaint as a 400 / INVALID_ARGUMENT naming the field, the value and the rule.
+
+    Shared by both transports: HTTP bodies and gRPC requests are validated by the same models.
+    """
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
+    if first["type"] == "json_invalid":
+        return InvalidRequestError(f"The request body is not valid JSON: {first.get('ctx', {}).get('error', '')}")
+    loc = [str(p) for p in first["loc"] if p != "body"]
+    # Unions report each branch ("stop.str", "stop.list[str]"); the field is what the client wrote.
+    param = ".".join(p for p in loc if not any(c in p for c in "[]") and p not in {"str", "int"}) or None
+    got = "" if first["type"] == "missing" else f" (got {first.get('input')!r})"
+    more = f" ({len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    return InvalidRequestError(f"{param or 'body'}: {first['msg']}{got}{more}", param=param)

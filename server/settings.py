@@ -1,6 +1,6 @@
 """Typed settings: one YAML file (DESIGN §7) or CLI flags, validated once at start-up.
 
-    server: {host: 127.0.0.1, http_port: 8000}
+    server: {host: 127.0.0.1, http_port: 8000, grpc_port: 50051}
     models:
       - name: tiny-chat
         aliases: [default]
@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from lmgate.backends.fake.config import FakeConfig
+from lmgate.backends.grpc.config import GrpcConfig
 from lmgate.backends.llamacpp.config import LlamaCppConfig
 from lmgate.backends.registry import BackendKind
 
@@ -39,6 +40,9 @@ class ServerSettings(BaseModel):
 
     host: str = Field(default="127.0.0.1", description="Address the HTTP server binds.")
     http_port: int = Field(default=8000, ge=0, le=65535, description="HTTP port (0: any free port).")
+    grpc_port: int | None = Field(
+        default=50051, ge=0, le=65535, description="gRPC port on the same host (0: any free port; null: off)."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     drain_timeout_s: float = Field(default=30.0, ge=0, description="Grace period for in-flight streams on stop.")
 
@@ -49,6 +53,10 @@ class _ModelEntry(BaseModel):
 
 
 class LlamaCppModelSettings(_ModelEntry, LlamaCppConfig):
+    pass
+
+
+class GrpcModelSettings(_ModelEntry, GrpcConfig):
     pass
 
 
@@ -64,7 +72,9 @@ def _backend_kind(entry: object) -> str:
 
 
 ModelSettings = Annotated[
-    Annotated[LlamaCppModelSettings, Tag("llamacpp")] | Annotated[FakeModelSettings, Tag("fake")],
+    Annotated[LlamaCppModelSettings, Tag("llamacpp")]
+    | Annotated[GrpcModelSettings, Tag("grpc")]
+    | Annotated[FakeModelSettings, Tag("fake")],
     Discriminator(_backend_kind),
 ]
 

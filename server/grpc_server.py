@@ -1,0 +1,167 @@
+"""The public gRPC API (``lmgate.v1.Inference``), health and reflection, on the HTTP server's loop.
+
+A thin servicer: each request is validated by the HTTP API's own models (server/grpc_convert.py),
+run through the same backend streams, and errors leave as the status code their class names
+(server/errors.py) — mapped in one place, ``_rpc_errors``. A cancelled call or a passed deadline
+cancels the handler, which closes the backend stream and so aborts the sequences.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from lmgate.backends.base import Backend
+from lmgate.backends.errors import BackendError
+from lmgate.backends.types import TokenDelta
+from lmgate.server import convert, grpc_convert
+from lmgate.server.convert import UsageTally
+from lmgate.server.errors import LmgateError, from_backend_error
+from lmgate.server.generation import open_stream
+from lmgate.server.model_registry import ModelRegistry, ModelState
+from lmgate.v1 import inference_pb2 as pb
+from lmgate.v1 import inference_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE = pb.DESCRIPTOR.services_by_name["Inference"].full_name
+REQUEST_ID_KEY = "x-request-id"
+
+
+@contextlib.asynccontextmanager
+async def _rpc_errors(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    """The one place errors become gRPC status codes."""
+    try:
+        yield
+    except LmgateError as exc:
+        await context.abort(grpc.StatusCode[exc.grpc_status], exc.message)
+    except BackendError as exc:
+        error = from_backend_error(exc)
+        await context.abort(grpc.StatusCode[error.grpc_status], error.message)
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= 128:
+            return value
+    return uuid.uuid4().hex
+
+
+class InferenceServicer(pb_grpc.InferenceServicer):
+    def __init__(self, registry: ModelRegistry) -> None:
+        self._registry = registry
+
+    async def Chat(self, request: pb.ChatRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ChatResponse]:
+        async with _rpc_errors(context):
+            body = grpc_convert.chat_request(request)
+            backend = self._registry.get(body.model)
+            request_id = _request_id(context)
+            stream = await open_stream(backend, convert.chat_request(body, request_id))
+            await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
+            async for fields in _responses(stream, request_id, backend):
+                yield pb.ChatResponse(**fields)
+
+    async def Complete(
+        self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.CompleteResponse]:
+        async with _rpc_errors(context):
+            body = grpc_convert.complete_request(request)
+            backend = self._registry.get(body.model)
+            request_id = _request_id(context)
+            [generate] = convert.completion_requests(body, request_id)
+            stream = await open_stream(backend, generate)
+            await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
+            async for fields in _responses(stream, request_id, backend):
+                yield pb.CompleteResponse(**fields)
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        registry = self._registry
+        models = []
+        for name, backend in registry.backends.items():
+            ready = registry.states[name] is ModelState.READY
+            model = pb.Model(name=name, aliases=registry.aliases(name), backend=registry.settings[name].backend,
+                             ready=ready)  # fmt: skip
+            if ready:
+                info = backend.info
+                model.context_length = info.context_length
+                model.quantization = info.quantization or ""
+                model.supported_params.extend(sorted(backend.capabilities.sampling_params))
+            models.append(model)
+        return pb.ListModelsResponse(models=models)
+
+    async def Tokenize(self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext) -> pb.TokenizeResponse:
+        async with _rpc_errors(context):
+            backend = self._registry.get(request.model)
+            add_special = request.add_special if request.HasField("add_special") else True
+            return pb.TokenizeResponse(token_ids=await backend.tokenize(request.text, add_special=add_special))
+        raise AssertionError("unreachable: _rpc_errors aborts")
+
+    async def Detokenize(
+        self, request: pb.DetokenizeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DetokenizeResponse:
+        async with _rpc_errors(context):
+            backend = self._registry.get(request.model)
+            return pb.DetokenizeResponse(text=await backend.detokenize(list(request.token_ids)))
+        raise AssertionError("unreachable: _rpc_errors aborts")
+
+
+async def _responses(
+    stream: AsyncIterator[TokenDelta], request_id: str, backend: Backend
+) -> AsyncIterator[dict[str, Any]]:
+    """Fields of each stream message: one per delta with news, then the usage."""
+    model = backend.info.name
+    usage = UsageTally()
+    try:
+        async for delta in stream:
+            if delta.usage is not None:
+                usage.add(0, delta.usage)
+            if delta.text or delta.logprobs or delta.finish_reason is not None:
+                yield {"id": request_id, "model": model, **grpc_convert.delta_fields(delta)}
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+    yield {"id": request_id, "model": model, "usage": grpc_convert.usage_pb(usage.out())}
+
+
+class GrpcFrontend:
+    """The grpc.aio server with Inference, health and reflection; started in the app's lifespan."""
+
+    def __init__(self, server: grpc.aio.Server, health_servicer: health.aio.HealthServicer, port: int) -> None:
+        self.server = server
+        self.health = health_servicer
+        self.port = port
+
+    @classmethod
+    async def start(cls, registry: ModelRegistry, host: str, port: int) -> GrpcFrontend:
+        server = grpc.aio.server()
+        pb_grpc.add_InferenceServicer_to_server(InferenceServicer(registry), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        bound = server.add_insecure_port(f"{host}:{port}")
+        await server.start()
+        frontend = cls(server, health_servicer, bound)
+        await frontend.report(registry)
+        log.info("gRPC serving %s on %s:%d", SERVICE, host, bound)
+        return frontend
+
+    async def report(self, registry: ModelRegistry) -> None:
+        """Health: overall and the service SERVING once every model is loaded; each model by name."""
+        serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+        overall = serving if registry.ready else not_serving
+        for service in ("", SERVICE):
+            await self.health.set(service, overall)
+        for name, state in registry.states.items():
+            await self.health.set(name, serving if state is ModelState.READY else not_serving)
+
+    async def stop(self, grace: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
