@@ -17,11 +17,13 @@ if TYPE_CHECKING:
 
 class BackendKind(enum.StrEnum):
     LLAMACPP = "llamacpp"
+    GRPC = "grpc"
     FAKE = "fake"
 
 
 _BACKENDS: dict[BackendKind, str] = {
     BackendKind.LLAMACPP: "lmgate.backends.llamacpp.backend:LlamaCppBackend",
+    BackendKind.GRPC: "lmgate.backends.grpc.backend:GrpcBackend",
     BackendKind.FAKE: "lmgate.backends.fake.backend:FakeBackend",
 }
 

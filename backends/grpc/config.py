@@ -1,0 +1,16 @@
+"""Settings of the ``grpc`` backend: another lmgate (a worker) reached over its public gRPC API."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
+
+
+class GrpcConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: Literal["grpc"] = "grpc"
+    target: str = Field(description="host:port of the worker's gRPC server.", min_length=3)
+    remote_model: str | None = Field(default=None, description="The model's name on the worker (default: this name).")
+    connect_timeout_s: PositiveFloat = Field(default=60.0, description="How long start() waits for the worker.")
