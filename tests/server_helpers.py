@@ -38,6 +38,10 @@ class ServerThread:
         self.server.should_exit = True
         self.thread.join(timeout=60)
 
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.app.state.grpc.port}"
+
     def stats(self, model: str) -> BackendStats:
         return self.app.state.models.backends[model].stats()
 

@@ -18,7 +18,18 @@ def free_port() -> int:
 
 def test_serve_a_gguf_file_answers_the_sdk_and_stops_cleanly_on_sigterm(tiny_chat_path):
     port = free_port()
-    command = [sys.executable, "-m", "lmgate.server.cli", "serve", "--model", str(tiny_chat_path), "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "lmgate.server.cli",
+        "serve",
+        "--model",
+        str(tiny_chat_path),
+        "--port",
+        str(port),
+        "--grpc-port",
+        "0",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_ready(f"http://127.0.0.1:{port}")

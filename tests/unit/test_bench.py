@@ -13,7 +13,7 @@ def test_percentiles_of_known_values():
 
 
 async def test_bench_counts_every_request_and_token():
-    settings = validate_settings({"models": [{"name": "echo", "backend": "fake"}]})
+    settings = validate_settings({"server": {"grpc_port": 0}, "models": [{"name": "echo", "backend": "fake"}]})
     with ServerThread(settings) as server:
         prompt = "one two three four five"
         config = BenchConfig(server.base_url, "echo", concurrency=3, requests=7, max_tokens=64, prompt=prompt)

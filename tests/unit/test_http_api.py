@@ -16,7 +16,9 @@ COMPLETIONS = "/v1/completions"
 
 @pytest.fixture(scope="module")
 def client():
-    config = validate_settings({"models": [{"name": "echo", "aliases": ["default"], "backend": "fake"}]})
+    config = validate_settings(
+        {"server": {"grpc_port": 0}, "models": [{"name": "echo", "aliases": ["default"], "backend": "fake"}]}
+    )
     with TestClient(create_app(config)) as client:
         yield client
 
