@@ -113,10 +113,6 @@ class KVCacheManager:
         """Cells only cached slots hold: free for the taking, kept while nobody needs them."""
         return self._reclaimable(keep=[])
 
-    @property
-    def cached_slots(self) -> int:
-        return sum(s.cached for s in self._slots.values())
-
     def cells_of(self, slot: int) -> int:
         """Positions ``slot`` holds (shared blocks included)."""
         state = self._slots[slot]

@@ -87,7 +87,6 @@ class LlamaModel:
             raise BackendUnavailable(f"llama.cpp could not load {path}: not a GGUF model it supports")
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
-        self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self.model)
         self.ctx = llama_cpp.llama_init_from_model(self.model, self._context_params(config))
         if not self.ctx:
             llama_cpp.llama_model_free(self.model)
