@@ -15,7 +15,6 @@ from lmgate.backends.types import (
     SamplingParams,
     TokenDelta,
     TokenLogprob,
-    Usage,
 )
 from lmgate.server.protocol import (
     ChatCompletionRequest,
@@ -114,18 +113,25 @@ def completion_logprobs(items: list[TokenLogprob], text_offset: int) -> Completi
 
 @dataclass
 class UsageTally:
-    """Sums usage over the choices and prompts of one HTTP request.
+    """Sums usage over the choices and prompts of one request.
 
-    Each prompt's tokens count once, however many choices it has (OpenAI's rule for n > 1).
+    Choice ``i`` belongs to prompt ``i // n``; each prompt's tokens count once, however many
+    choices it has (OpenAI's rule for n > 1).
     """
 
+    n: int = 1
     prompt_tokens: dict[int, int] = field(default_factory=dict)
     cached_tokens: dict[int, int] = field(default_factory=dict)
     completion_tokens: int = 0
 
-    def add(self, prompt_index: int, usage: Usage) -> None:
-        self.prompt_tokens[prompt_index] = usage.prompt_tokens
-        self.cached_tokens[prompt_index] = usage.cached_tokens
+    def add(self, delta: TokenDelta) -> None:
+        """Count ``delta``'s usage, if it carries one (a choice's last delta)."""
+        usage = delta.usage
+        if usage is None:
+            return
+        prompt = delta.index // self.n
+        self.prompt_tokens[prompt] = usage.prompt_tokens
+        self.cached_tokens[prompt] = usage.cached_tokens
         self.completion_tokens += usage.completion_tokens
 
     def out(self) -> UsageOut:

@@ -9,6 +9,7 @@ a client goes away.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 
 from lmgate.backends.base import Backend
@@ -61,21 +62,22 @@ async def open_streams(backend: Backend, requests: list[GenerateRequest]) -> lis
     return streams
 
 
-async def merge(streams: list[AsyncIterator[TokenDelta]]) -> AsyncIterator[tuple[int, TokenDelta]]:
-    """Interleave streams as their deltas arrive, tagged with the stream's position."""
+async def merge(streams: list[AsyncIterator[TokenDelta]], n: int) -> AsyncIterator[TokenDelta]:
+    """Interleave the streams of a batch of prompts as their deltas arrive; choice ``j`` of prompt
+    ``i`` becomes choice ``i * n + j`` (OpenAI's numbering)."""
     if len(streams) == 1:
         try:
             async for delta in streams[0]:
-                yield 0, delta
+                yield delta
         finally:
             await streams[0].aclose()  # type: ignore[attr-defined]
         return
-    queue: asyncio.Queue[tuple[int, TokenDelta] | BaseException | None] = asyncio.Queue()
+    queue: asyncio.Queue[TokenDelta | BaseException | None] = asyncio.Queue()
 
     async def pump(i: int, stream: AsyncIterator[TokenDelta]) -> None:
         try:
             async for delta in stream:
-                await queue.put((i, delta))
+                await queue.put(dataclasses.replace(delta, index=i * n + delta.index))
             await queue.put(None)
         except Exception as exc:
             await queue.put(exc)

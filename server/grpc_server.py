@@ -65,7 +65,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             request_id = _request_id(context)
             stream = await open_stream(backend, convert.chat_request(body, request_id))
             await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
-            async for fields in _responses(stream, request_id, backend):
+            async for fields in _responses(stream, request_id, backend, body.n):
                 yield pb.ChatResponse(**fields)
 
     async def Complete(
@@ -78,7 +78,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             [generate] = convert.completion_requests(body, request_id)
             stream = await open_stream(backend, generate)
             await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
-            async for fields in _responses(stream, request_id, backend):
+            async for fields in _responses(stream, request_id, backend, body.n):
                 yield pb.CompleteResponse(**fields)
 
     async def ListModels(
@@ -115,15 +115,14 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
 
 async def _responses(
-    stream: AsyncIterator[TokenDelta], request_id: str, backend: Backend
+    stream: AsyncIterator[TokenDelta], request_id: str, backend: Backend, n: int
 ) -> AsyncIterator[dict[str, Any]]:
     """Fields of each stream message: one per delta with news, then the usage."""
     model = backend.info.name
-    usage = UsageTally()
+    usage = UsageTally(n)
     try:
         async for delta in stream:
-            if delta.usage is not None:
-                usage.add(0, delta.usage)
+            usage.add(delta)
             if delta.text or delta.logprobs or delta.finish_reason is not None:
                 yield {"id": request_id, "model": model, **grpc_convert.delta_fields(delta)}
     finally:

@@ -42,11 +42,10 @@ async def _collect(
     stream: AsyncIterator[TokenDelta], response_id: str, model: str, n: int, logprobs: bool
 ) -> ChatCompletion:
     choices = [ChoiceText() for _ in range(n)]
-    usage = UsageTally()
+    usage = UsageTally(n)
     async for delta in stream:
         choices[delta.index].add(delta)
-        if delta.usage is not None:
-            usage.add(0, delta.usage)
+        usage.add(delta)
     return ChatCompletion(
         id=response_id,
         model=model,
@@ -71,12 +70,11 @@ async def _events(
     def chunk(choice: ChatChunkChoice) -> str:
         return sse(ChatCompletionChunk(id=response_id, created=created, model=model, choices=[choice]))
 
-    usage = UsageTally()
+    usage = UsageTally(n)
     for i in range(n):
         yield chunk(ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content="")))
     async for delta in stream:
-        if delta.usage is not None:
-            usage.add(0, delta.usage)
+        usage.add(delta)
         if delta.text or delta.logprobs or delta.finish_reason is not None:
             yield chunk(
                 ChatChunkChoice(

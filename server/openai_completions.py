@@ -28,7 +28,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     base_id = base_request_id(request)
     echoes = await _echo_texts(backend, body) if body.echo else None
     streams = await open_streams(backend, completion_requests(body, base_id))
-    deltas = merge(streams)
+    deltas = merge(streams, body.n)
     response_id, model = f"cmpl-{base_id}", backend.info.name
     if body.stream:
         events = _events(deltas, response_id, model, body.n, echoes, include_usage=body.include_usage)
@@ -41,7 +41,7 @@ async def _echo_texts(backend: Backend, body: CompletionRequest) -> list[str]:
 
 
 async def _collect(
-    deltas: AsyncIterator[tuple[int, TokenDelta]],
+    deltas: AsyncIterator[TokenDelta],
     response_id: str,
     model: str,
     body: CompletionRequest,
@@ -49,11 +49,10 @@ async def _collect(
 ) -> Completion:
     n = body.n
     choices = [ChoiceText() for _ in range(n * len(body.prompts))]
-    usage = UsageTally()
-    async for prompt_index, delta in deltas:
-        choices[prompt_index * n + delta.index].add(delta)
-        if delta.usage is not None:
-            usage.add(prompt_index, delta.usage)
+    usage = UsageTally(n)
+    async for delta in deltas:
+        choices[delta.index].add(delta)
+        usage.add(delta)
     out = []
     for i, c in enumerate(choices):
         prefix = echoes[i // n] if echoes else ""
@@ -65,7 +64,7 @@ async def _collect(
 
 
 async def _events(
-    deltas: AsyncIterator[tuple[int, TokenDelta]],
+    deltas: AsyncIterator[TokenDelta],
     response_id: str,
     model: str,
     n: int,
@@ -78,18 +77,17 @@ async def _events(
     def chunk(choice: CompletionChoice) -> str:
         return sse(Completion(id=response_id, created=created, model=model, choices=[choice]))
 
-    usage = UsageTally()
+    usage = UsageTally(n)
     offsets: dict[int, int] = {}
     for prompt_index, text in enumerate(echoes or []):
         for j in range(n):
             offsets[prompt_index * n + j] = len(text)
             yield chunk(CompletionChoice(index=prompt_index * n + j, text=text))
-    async for prompt_index, delta in deltas:
-        if delta.usage is not None:
-            usage.add(prompt_index, delta.usage)
+    async for delta in deltas:
+        usage.add(delta)
         if not (delta.text or delta.logprobs or delta.finish_reason is not None):
             continue
-        index = prompt_index * n + delta.index
+        index = delta.index
         offset = offsets.get(index, 0)
         logprobs = completion_logprobs(list(delta.logprobs), offset) if delta.logprobs else None
         offsets[index] = offset + len(delta.text)
