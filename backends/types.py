@@ -120,6 +120,8 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    queue_time_s: float | None = None
+    """Seconds the request waited before its first engine step (None when the backend cannot tell)."""
 
 
 @dataclass(frozen=True, slots=True)

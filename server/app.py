@@ -13,7 +13,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -22,6 +22,7 @@ from lmgate.server import openai_chat, openai_completions, openai_models
 from lmgate.server.errors import LmgateError, from_validation_errors
 from lmgate.server.grpc_server import GrpcFrontend
 from lmgate.server.http_common import ClientDisconnected
+from lmgate.server.metrics import CONTENT_TYPE, Metrics, start_http_server
 from lmgate.server.model_registry import ModelRegistry
 from lmgate.server.settings import Settings
 
@@ -30,13 +31,17 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings) -> FastAPI:
     registry = ModelRegistry(settings.models)
+    metrics = Metrics(registry, log_prompts=settings.server.log_prompts)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         server = settings.server
         grpc = None
         if server.grpc_port is not None:
-            grpc = app.state.grpc = await GrpcFrontend.start(registry, server.host, server.grpc_port)
+            grpc = app.state.grpc = await GrpcFrontend.start(registry, metrics, server.host, server.grpc_port)
+        metrics_server = None
+        if server.metrics_port is not None:
+            metrics_server, _ = start_http_server(server.metrics_port, server.host, registry=metrics.registry)
 
         async def load() -> None:
             await registry.start()
@@ -52,24 +57,32 @@ def create_app(settings: Settings) -> FastAPI:
             if grpc is not None:
                 await grpc.stop(server.drain_timeout_s)
             await registry.shutdown(server.drain_timeout_s)
+            if metrics_server is not None:
+                metrics_server.shutdown()
 
     app = FastAPI(title="lmgate", summary="OpenAI-compatible LLM serving gateway", lifespan=lifespan)
     app.state.models = registry
     app.state.settings = settings
     app.state.grpc = None
+    app.state.metrics = metrics
     app.include_router(openai_chat.router)
     app.include_router(openai_completions.router)
     app.include_router(openai_models.router)
-    _add_probes(app, registry)
-    _add_error_handlers(app)
+    _add_probes(app, registry, metrics)
+    _add_error_handlers(app, metrics)
     return app
 
 
-def _add_probes(app: FastAPI, registry: ModelRegistry) -> None:
+def _add_probes(app: FastAPI, registry: ModelRegistry, metrics: Metrics) -> None:
     @app.get("/health", tags=["probes"])
     async def health() -> dict[str, str]:
         """Liveness: the process answers."""
         return {"status": "ok"}
+
+    @app.get("/metrics", tags=["probes"])
+    async def prometheus() -> Response:
+        """Prometheus metrics (server/metrics.py)."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/ready", tags=["probes"])
     async def ready() -> JSONResponse:
@@ -78,14 +91,16 @@ def _add_probes(app: FastAPI, registry: ModelRegistry) -> None:
         return JSONResponse({"ready": registry.ready, "models": models}, status_code=200 if registry.ready else 503)
 
 
-def _add_error_handlers(app: FastAPI) -> None:
+def _add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     @app.exception_handler(LmgateError)
     async def lmgate_error(_: Request, exc: LmgateError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.http_status)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(from_validation_errors(exc.errors()).body(), status_code=400)
+        error = from_validation_errors(exc.errors())
+        metrics.rejected("http", error)  # refused before any route: nobody else counts it
+        return JSONResponse(error.body(), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

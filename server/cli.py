@@ -139,11 +139,18 @@ def serve_forever(settings: Settings) -> None:
 
     level = settings.server.log_level
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One JSON line per request on stdout (server/metrics.py), instead of uvicorn's access log.
+    access = logging.getLogger("lmgate.access")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access.addHandler(handler)
+    access.propagate = False
     config = uvicorn.Config(
         create_app(settings),
         host=settings.server.host,
         port=settings.server.http_port,
         log_level=level,
+        access_log=False,
         timeout_graceful_shutdown=int(settings.server.drain_timeout_s) or None,
     )
     uvicorn.Server(config).run()

@@ -25,6 +25,7 @@ from lmgate.server import convert, grpc_convert
 from lmgate.server.convert import UsageTally
 from lmgate.server.errors import LmgateError, from_backend_error
 from lmgate.server.generation import open_stream
+from lmgate.server.metrics import Metrics
 from lmgate.server.model_registry import ModelRegistry, ModelState
 from lmgate.v1 import inference_pb2 as pb
 from lmgate.v1 import inference_pb2_grpc as pb_grpc
@@ -55,31 +56,34 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
 
 
 class InferenceServicer(pb_grpc.InferenceServicer):
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, metrics: Metrics) -> None:
         self._registry = registry
+        self._metrics = metrics
 
     async def Chat(self, request: pb.ChatRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ChatResponse]:
+        request_id = _request_id(context)
         async with _rpc_errors(context):
-            body = grpc_convert.chat_request(request)
-            backend = self._registry.get(body.model)
-            request_id = _request_id(context)
-            stream = await open_stream(backend, convert.chat_request(body, request_id))
-            await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
-            async for fields in _responses(stream, request_id, backend, body.n):
-                yield pb.ChatResponse(**fields)
+            with self._metrics.request("grpc", request.model, request_id) as tracker:
+                body = grpc_convert.chat_request(request)
+                backend = self._registry.get(body.model)
+                stream = tracker.watch(await open_stream(backend, convert.chat_request(body, request_id)), body.n)
+                await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
+                async for fields in _responses(stream, request_id, backend, body.n):
+                    yield pb.ChatResponse(**fields)
 
     async def Complete(
         self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.CompleteResponse]:
+        request_id = _request_id(context)
         async with _rpc_errors(context):
-            body = grpc_convert.complete_request(request)
-            backend = self._registry.get(body.model)
-            request_id = _request_id(context)
-            [generate] = convert.completion_requests(body, request_id)
-            stream = await open_stream(backend, generate)
-            await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
-            async for fields in _responses(stream, request_id, backend, body.n):
-                yield pb.CompleteResponse(**fields)
+            with self._metrics.request("grpc", request.model, request_id) as tracker:
+                body = grpc_convert.complete_request(request)
+                backend = self._registry.get(body.model)
+                [generate] = convert.completion_requests(body, request_id)
+                stream = tracker.watch(await open_stream(backend, generate), body.n)
+                await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
+                async for fields in _responses(stream, request_id, backend, body.n):
+                    yield pb.CompleteResponse(**fields)
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
@@ -139,9 +143,9 @@ class GrpcFrontend:
         self.port = port
 
     @classmethod
-    async def start(cls, registry: ModelRegistry, host: str, port: int) -> GrpcFrontend:
+    async def start(cls, registry: ModelRegistry, metrics: Metrics, host: str, port: int) -> GrpcFrontend:
         server = grpc.aio.server()
-        pb_grpc.add_InferenceServicer_to_server(InferenceServicer(registry), server)
+        pb_grpc.add_InferenceServicer_to_server(InferenceServicer(registry, metrics), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

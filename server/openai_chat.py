@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 
@@ -11,6 +12,7 @@ from lmgate.backends.types import TokenDelta
 from lmgate.server.convert import ChoiceText, UsageTally, chat_logprobs, chat_request
 from lmgate.server.generation import open_stream
 from lmgate.server.http_common import answered, base_request_id, sse, streamed
+from lmgate.server.metrics import Metrics
 from lmgate.server.model_registry import ModelRegistry
 from lmgate.server.protocol import (
     ChatChoice,
@@ -28,10 +30,13 @@ router = APIRouter()
 @router.post("/v1/chat/completions", response_model=ChatCompletion)
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     registry: ModelRegistry = request.app.state.models
-    backend = registry.get(body.model)
+    metrics: Metrics = request.app.state.metrics
     base_id = base_request_id(request)
-    generate = chat_request(body, base_id)
-    stream = await open_stream(backend, generate)
+    with metrics.request("http", body.model, base_id) as tracker:
+        if metrics.log_prompts:
+            tracker.prompt = json.dumps([m.model_dump(exclude_none=True) for m in body.messages])
+        backend = registry.get(body.model)
+        stream = tracker.watch(await open_stream(backend, chat_request(body, base_id)), body.n)
     response_id, model = f"chatcmpl-{base_id}", backend.info.name
     if body.stream:
         return streamed(_events(stream, response_id, model, body.n, include_usage=body.include_usage), stream, base_id)

@@ -5,6 +5,7 @@ Choice ``index`` is ``prompt_index * n + choice``, as OpenAI numbers the choices
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 
@@ -15,6 +16,7 @@ from lmgate.backends.types import TokenDelta
 from lmgate.server.convert import ChoiceText, UsageTally, completion_logprobs, completion_requests
 from lmgate.server.generation import merge, open_streams
 from lmgate.server.http_common import answered, base_request_id, sse, streamed
+from lmgate.server.metrics import Metrics
 from lmgate.server.model_registry import ModelRegistry
 from lmgate.server.protocol import Completion, CompletionChoice, CompletionRequest
 
@@ -24,11 +26,15 @@ router = APIRouter()
 @router.post("/v1/completions", response_model=Completion)
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
     registry: ModelRegistry = request.app.state.models
-    backend = registry.get(body.model)
+    metrics: Metrics = request.app.state.metrics
     base_id = base_request_id(request)
-    echoes = await _echo_texts(backend, body) if body.echo else None
-    streams = await open_streams(backend, completion_requests(body, base_id))
-    deltas = merge(streams, body.n)
+    with metrics.request("http", body.model, base_id) as tracker:
+        if metrics.log_prompts:
+            tracker.prompt = json.dumps(body.prompt)
+        backend = registry.get(body.model)
+        echoes = await _echo_texts(backend, body) if body.echo else None
+        streams = await open_streams(backend, completion_requests(body, base_id))
+        deltas = tracker.watch(merge(streams, body.n), body.n)
     response_id, model = f"cmpl-{base_id}", backend.info.name
     if body.stream:
         events = _events(deltas, response_id, model, body.n, echoes, include_usage=body.include_usage)

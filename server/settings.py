@@ -44,6 +44,12 @@ class ServerSettings(BaseModel):
         default=50051, ge=0, le=65535, description="gRPC port on the same host (0: any free port; null: off)."
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_prompts: bool = Field(
+        default=False, description="Put prompts in the per-request log lines (off: no user text)."
+    )
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="Also serve /metrics on this port (it is always on the HTTP port)."
+    )
     drain_timeout_s: float = Field(default=30.0, ge=0, description="Grace period for in-flight streams on stop.")
 
 

@@ -80,7 +80,7 @@ def finish(search: BeamSearch, model: LlamaModel, scheduler: Scheduler, runner: 
         text = OutputText(prompt.sampling.stop)
         pieces = "".join(text.append(model.pieces[t]) for t in hypothesis.output) + text.finish()
         reason = FinishReason.STOP if text.stopped else hypothesis.finish_reason
-        usage = Usage(prompt.num_prompt_tokens, len(hypothesis.output), prompt.num_cached_tokens)
+        usage = Usage(prompt.num_prompt_tokens, len(hypothesis.output), prompt.num_cached_tokens, prompt.queue_time)
         deltas.append(TokenDelta(index, pieces, hypothesis.output, finish_reason=reason, usage=usage))
     return deltas
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -118,8 +119,16 @@ class Engine:
 
     def step(self) -> None:
         output = self.scheduler.schedule()
+        self._mark_started(output)
         sampled = self.runner.execute(output)
         self._postprocess(output, sampled)
+
+    @staticmethod
+    def _mark_started(output: SchedulerOutput) -> None:
+        now = time.monotonic()
+        for chunk in output.chunks:
+            if chunk.seq.started_at is None:
+                chunk.seq.started_at = now
 
     def _postprocess(self, output: SchedulerOutput, sampled: list[Sampled]) -> None:
         self.scheduler.update(output)
@@ -185,7 +194,7 @@ class Engine:
         self.runner.release(seq)
         seq.finish_reason = reason
         self._requests[seq.request_id].unfinished -= 1
-        return Usage(seq.num_prompt_tokens, seq.num_output_tokens, seq.num_cached_tokens)
+        return Usage(seq.num_prompt_tokens, seq.num_output_tokens, seq.num_cached_tokens, seq.queue_time)
 
     def _apply_inbox(self, *, block: bool) -> bool:
         """Apply queued commands (waiting for one if ``block``); False once asked to stop."""

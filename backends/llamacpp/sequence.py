@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import time
 from array import array
 from dataclasses import dataclass, field
 
@@ -44,12 +45,19 @@ class Sequence:
     num_cached_tokens: int = 0
     """Prompt tokens found in the prefix cache at first admission, reported in usage."""
     num_preemptions: int = 0
+    queued_at: float = field(default_factory=time.monotonic)
+    started_at: float | None = None
+    """When its first chunk was scheduled (set by the engine)."""
     beam: BeamSearch | None = None
     """The beam search this sequence is a beam of; its tokens are chosen by the search, not sampled."""
     _hashes: list[bytes] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         self.num_prompt_tokens = len(self.token_ids)
+
+    @property
+    def queue_time(self) -> float | None:
+        return None if self.started_at is None else self.started_at - self.queued_at
 
     @property
     def key(self) -> tuple[str, int]:

@@ -1,0 +1,266 @@
+"""Prometheus metrics and the per-request log line: the only importer of prometheus_client.
+
+Every request, whatever its transport and backend, is measured here from its stream of deltas
+(``RequestTracker``), so every backend reports the same names (DESIGN §8). What only an engine
+knows (running and waiting sequences, KV usage, prefix-cache hits, preemptions) is read from each
+backend's ``stats()`` at scrape time. One ``Metrics`` per app, on its own ``CollectorRegistry``.
+
+    lmgate_requests_total{model,backend,transport,status}       counter
+    lmgate_time_to_first_token_seconds{model,backend,transport} histogram
+    lmgate_inter_token_latency_seconds{...}                     histogram
+    lmgate_e2e_request_latency_seconds{...}                     histogram
+    lmgate_request_queue_time_seconds{...}                      histogram (backends that know it)
+    lmgate_prompt_tokens_total{model,backend}                   counter
+    lmgate_generation_tokens_total{model,backend}               counter
+    lmgate_generation_tokens_per_second{model,backend}          gauge, over the last 10 s
+    lmgate_requests_running / _waiting{model,backend}           gauges, from the engine
+    lmgate_kv_cache_usage_ratio{model,backend}                  gauge, cells held by requests
+    lmgate_prefix_cache_hits_total / _queries_total{...}        counters, in prompt tokens
+    lmgate_preemptions_total{model,backend}                     counter
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from lmgate.backends.types import FinishReason, TokenDelta
+from lmgate.server.errors import LmgateError, ModelNotFoundError
+from lmgate.server.model_registry import ModelRegistry, ModelState
+
+access_log = logging.getLogger("lmgate.access")
+__all__ = ["CONTENT_TYPE", "Metrics", "RequestTracker", "TokenRate", "start_http_server"]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+# From a millisecond to minutes: a cached short prompt answers in ms, a long queue in minutes.
+TTFT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+                10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0)  # fmt: skip
+# Sub-millisecond (a small model batched on a GPU) to seconds (a big one on a busy CPU).
+ITL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1,
+               0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0)  # fmt: skip
+E2E_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 120.0, 240.0, 480.0,
+               960.0, 1920.0)  # fmt: skip
+RATE_WINDOW_S = 10
+UNKNOWN = "unknown"
+
+
+class TokenRate:
+    """Tokens per second over the last ``window`` whole seconds (per-second buckets)."""
+
+    def __init__(self, window: int = RATE_WINDOW_S, clock: object = time.monotonic) -> None:
+        self._window = window
+        self._clock = clock
+        self._buckets: deque[list[int]] = deque()  # [second, tokens]
+
+    def add(self, tokens: int) -> None:
+        second = int(self._clock())  # type: ignore[operator]
+        if self._buckets and self._buckets[-1][0] == second:
+            self._buckets[-1][1] += tokens
+        else:
+            self._buckets.append([second, tokens])
+            self._trim(second)
+
+    def rate(self) -> float:
+        now = int(self._clock())  # type: ignore[operator]
+        self._trim(now)
+        return sum(tokens for second, tokens in self._buckets if second < now) / self._window
+
+    def _trim(self, now: int) -> None:
+        while self._buckets and self._buckets[0][0] < now - self._window:
+            self._buckets.popleft()
+
+
+class Metrics:
+    def __init__(self, models: ModelRegistry, *, log_prompts: bool = False) -> None:
+        self.models = models
+        self.log_prompts = log_prompts
+        self.registry = CollectorRegistry()
+        request_labels = ["model", "backend", "transport"]
+        model_labels = ["model", "backend"]
+        self.requests = Counter("lmgate_requests", "Requests by outcome.", [*request_labels, "status"],
+                                registry=self.registry)  # fmt: skip
+        self.ttft = Histogram("lmgate_time_to_first_token_seconds", "Time to the first token.", request_labels,
+                              buckets=TTFT_BUCKETS, registry=self.registry)  # fmt: skip
+        self.itl = Histogram("lmgate_inter_token_latency_seconds", "Time between two tokens of a choice.",
+                             request_labels, buckets=ITL_BUCKETS, registry=self.registry)  # fmt: skip
+        self.e2e = Histogram("lmgate_e2e_request_latency_seconds", "Time from arrival to the last token.",
+                             request_labels, buckets=E2E_BUCKETS, registry=self.registry)  # fmt: skip
+        self.queue = Histogram("lmgate_request_queue_time_seconds", "Time waiting before the first engine step.",
+                               request_labels, buckets=E2E_BUCKETS, registry=self.registry)  # fmt: skip
+        self.prompt_tokens = Counter("lmgate_prompt_tokens", "Prompt tokens processed.", model_labels,
+                                     registry=self.registry)  # fmt: skip
+        self.generation_tokens = Counter("lmgate_generation_tokens", "Tokens generated.", model_labels,
+                                         registry=self.registry)  # fmt: skip
+        self.tokens_per_second = Gauge("lmgate_generation_tokens_per_second",
+                                       f"Tokens generated per second over the last {RATE_WINDOW_S} s.",
+                                       model_labels, registry=self.registry)  # fmt: skip
+        self._rates: dict[tuple[str, str], TokenRate] = {}
+        self.registry.register(_EngineCollector(models))
+
+    def labels_for(self, model: str) -> tuple[str, str]:
+        """(canonical name, backend kind) of a requested model; ("unknown", "unknown") if not served."""
+        try:
+            name = self.models.resolve(model)
+        except ModelNotFoundError:
+            return UNKNOWN, UNKNOWN
+        return name, self.models.settings[name].backend
+
+    def rate(self, model: str, backend: str) -> TokenRate:
+        key = (model, backend)
+        if key not in self._rates:
+            self._rates[key] = rate = TokenRate()
+            self.tokens_per_second.labels(model, backend).set_function(rate.rate)
+        return self._rates[key]
+
+    def rejected(self, transport: str, error: LmgateError, model: str = UNKNOWN) -> None:
+        """A request refused before it reached a backend (validation, unknown model, ...)."""
+        name, backend = self.labels_for(model) if model != UNKNOWN else (UNKNOWN, UNKNOWN)
+        self.requests.labels(name, backend, transport, error.error_type).inc()
+
+    @contextlib.contextmanager
+    def request(self, transport: str, model: str, request_id: str) -> Iterator[RequestTracker]:
+        """Track one request; an error raised inside is counted (then re-raised)."""
+        tracker = RequestTracker(self, transport, model, request_id)
+        try:
+            yield tracker
+        except LmgateError as exc:
+            tracker.finish(exc.error_type)
+            raise
+        except Exception:
+            tracker.finish("internal_error")
+            raise
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class RequestTracker:
+    """Measures one request from its deltas; ``finish`` records it exactly once."""
+
+    def __init__(self, metrics: Metrics, transport: str, model: str, request_id: str) -> None:
+        self.metrics = metrics
+        self.model, self.backend = metrics.labels_for(model)
+        self.transport = transport
+        self.request_id = request_id
+        self.prompt: str | None = None
+        self._labels = (self.model, self.backend, transport)
+        # Children exist from the first request on, so every series is there even at zero.
+        self._ttft = metrics.ttft.labels(*self._labels)
+        self._itl = metrics.itl.labels(*self._labels)
+        self._e2e = metrics.e2e.labels(*self._labels)
+        self._queue_histogram = metrics.queue.labels(*self._labels)
+        self._rate = metrics.rate(self.model, self.backend)
+        self._started = time.monotonic()
+        self._first: float | None = None
+        self._last: dict[int, float] = {}
+        self._prompt_tokens: dict[int, int] = {}
+        self._cached_tokens = 0
+        self._completion_tokens = 0
+        self._queue: float | None = None
+        self._aborted = False
+        self._done = False
+
+    async def watch(self, stream: AsyncIterator[TokenDelta], n: int) -> AsyncIterator[TokenDelta]:
+        """``stream``, measured; choice i belongs to prompt i // n. Records the outcome at its end."""
+        status = "aborted"  # unless it runs to its end: a client that leaves closes it early
+        try:
+            async for delta in stream:
+                self._observe(delta, n)
+                yield delta
+            status = "aborted" if self._aborted else "ok"
+        except LmgateError as exc:
+            status = exc.error_type
+            raise
+        finally:
+            self.finish(status)
+
+    def _observe(self, delta: TokenDelta, n: int) -> None:
+        now = time.monotonic()
+        if delta.token_ids:
+            if self._first is None:
+                self._first = now
+                self._ttft.observe(now - self._started)
+            previous = self._last.get(delta.index)
+            if previous is not None:
+                self._itl.observe(now - previous)
+            self._last[delta.index] = now
+            self._rate.add(len(delta.token_ids))
+        if delta.finish_reason is FinishReason.ABORT:
+            self._aborted = True
+        if delta.usage is not None:
+            usage = delta.usage
+            self._prompt_tokens[delta.index // n] = usage.prompt_tokens
+            self._cached_tokens = max(self._cached_tokens, usage.cached_tokens)
+            self._completion_tokens += usage.completion_tokens
+            if usage.queue_time_s is not None and self._queue is None:
+                self._queue = usage.queue_time_s
+
+    def finish(self, status: str) -> None:
+        if self._done:
+            return
+        self._done = True
+        m, duration = self.metrics, time.monotonic() - self._started
+        m.requests.labels(*self._labels, status).inc()
+        prompt_tokens = sum(self._prompt_tokens.values())
+        if status == "ok":
+            self._e2e.observe(duration)
+        if self._queue is not None:
+            self._queue_histogram.observe(self._queue)
+        m.prompt_tokens.labels(self.model, self.backend).inc(prompt_tokens)
+        m.generation_tokens.labels(self.model, self.backend).inc(self._completion_tokens)
+        line = {
+            "event": "request", "request_id": self.request_id, "model": self.model, "backend": self.backend,
+            "transport": self.transport, "status": status, "prompt_tokens": prompt_tokens,
+            "cached_tokens": self._cached_tokens, "completion_tokens": self._completion_tokens,
+            "ttft_s": None if self._first is None else round(self._first - self._started, 6),
+            "duration_s": round(duration, 6),
+        }  # fmt: skip
+        if m.log_prompts and self.prompt is not None:
+            line["prompt"] = self.prompt
+        access_log.info(json.dumps(line))
+
+
+class _EngineCollector(Collector):
+    """What the engines know, read from each loaded backend's stats() at scrape time."""
+
+    def __init__(self, models: ModelRegistry) -> None:
+        self._models = models
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        labels = ["model", "backend"]
+        running = GaugeMetricFamily("lmgate_requests_running", "Sequences being decoded.", labels=labels)
+        waiting = GaugeMetricFamily("lmgate_requests_waiting", "Sequences waiting for the engine.", labels=labels)
+        kv = GaugeMetricFamily("lmgate_kv_cache_usage_ratio", "KV cells held by requests / all cells.", labels=labels)
+        hits = CounterMetricFamily("lmgate_prefix_cache_hits", "Prompt tokens found in the prefix cache.",
+                                   labels=labels)  # fmt: skip
+        queries = CounterMetricFamily("lmgate_prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
+                                      labels=labels)  # fmt: skip
+        preemptions = CounterMetricFamily("lmgate_preemptions", "Sequences preempted for KV space.", labels=labels)
+        for name, backend in self._models.backends.items():
+            if self._models.states[name] is not ModelState.READY:
+                continue
+            stats = backend.stats()
+            values = [name, self._models.settings[name].backend]
+            running.add_metric(values, stats.running)
+            waiting.add_metric(values, stats.waiting)
+            kv.add_metric(values, stats.kv_usage)
+            hits.add_metric(values, stats.prefix_hits)
+            queries.add_metric(values, stats.prefix_queries)
+            preemptions.add_metric(values, stats.preemptions)
+        yield from (running, waiting, kv, hits, queries, preemptions)
