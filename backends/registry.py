@@ -18,12 +18,14 @@ if TYPE_CHECKING:
 class BackendKind(enum.StrEnum):
     LLAMACPP = "llamacpp"
     GRPC = "grpc"
+    OPENAI = "openai"
     FAKE = "fake"
 
 
 _BACKENDS: dict[BackendKind, str] = {
     BackendKind.LLAMACPP: "lmgate.backends.llamacpp.backend:LlamaCppBackend",
     BackendKind.GRPC: "lmgate.backends.grpc.backend:GrpcBackend",
+    BackendKind.OPENAI: "lmgate.backends.openai.backend:OpenAIBackend",
     BackendKind.FAKE: "lmgate.backends.fake.backend:FakeBackend",
 }
 

@@ -19,7 +19,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lmgate.server import openai_chat, openai_completions, openai_models
-from lmgate.server.errors import LmgateError, from_validation_errors
+from lmgate.server.auth import ApiKeyInterceptor, ApiKeys
+from lmgate.server.dispatch import Dispatcher
+from lmgate.server.errors import LmgateError, RateLimitError, from_validation_errors
+from lmgate.server.gate_middleware import GatewayMiddleware
 from lmgate.server.grpc_server import GrpcFrontend
 from lmgate.server.http_common import ClientDisconnected
 from lmgate.server.metrics import CONTENT_TYPE, Metrics, start_http_server
@@ -30,15 +33,21 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings) -> FastAPI:
+    """The app; ConfigError when the configured API keys cannot be read."""
     registry = ModelRegistry(settings.models)
+    dispatcher = Dispatcher(registry)
     metrics = Metrics(registry, log_prompts=settings.server.log_prompts)
+    keys = ApiKeys.from_settings(settings.server)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         server = settings.server
         grpc = None
         if server.grpc_port is not None:
-            grpc = app.state.grpc = await GrpcFrontend.start(registry, metrics, server.host, server.grpc_port)
+            interceptors = (ApiKeyInterceptor(keys),) if keys is not None else ()
+            grpc = app.state.grpc = await GrpcFrontend.start(
+                registry, dispatcher, metrics, server.host, server.grpc_port, interceptors
+            )
         metrics_server = None
         if server.metrics_port is not None:
             metrics_server, _ = start_http_server(server.metrics_port, server.host, registry=metrics.registry)
@@ -62,6 +71,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="lmgate", summary="OpenAI-compatible LLM serving gateway", lifespan=lifespan)
     app.state.models = registry
+    app.state.dispatcher = dispatcher
     app.state.settings = settings
     app.state.grpc = None
     app.state.metrics = metrics
@@ -70,6 +80,14 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(openai_models.router)
     _add_probes(app, registry, metrics)
     _add_error_handlers(app, metrics)
+    open_paths = {"/health", "/ready"} | ({"/metrics"} if not settings.server.metrics_auth else set())
+    app.add_middleware(
+        GatewayMiddleware,
+        keys=keys,
+        open_paths=frozenset(open_paths),
+        max_body_bytes=settings.server.max_body_bytes,
+        metrics=metrics,
+    )
     return app
 
 
@@ -86,7 +104,8 @@ def _add_probes(app: FastAPI, registry: ModelRegistry, metrics: Metrics) -> None
 
     @app.get("/ready", tags=["probes"])
     async def ready() -> JSONResponse:
-        """Readiness: 200 once every configured model is loaded, else 503 with each model's state."""
+        """Readiness: 200 once every eager model is loaded (lazy ones load on demand), else 503;
+        the body gives each model's state."""
         models = {name: state.value for name, state in registry.states.items()}
         return JSONResponse({"ready": registry.ready, "models": models}, status_code=200 if registry.ready else 503)
 
@@ -94,7 +113,8 @@ def _add_probes(app: FastAPI, registry: ModelRegistry, metrics: Metrics) -> None
 def _add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     @app.exception_handler(LmgateError)
     async def lmgate_error(_: Request, exc: LmgateError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.http_status)
+        headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, RateLimitError) else None
+        return JSONResponse(exc.body(), status_code=exc.http_status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

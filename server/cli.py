@@ -2,6 +2,7 @@
 
     lmgate serve --model models/tiny-chat.gguf            # one GGUF, no config file
     lmgate serve --config lmgate.yaml [--host H] [--port P] [--grpc-port G | --no-grpc]
+    lmgate check-config lmgate.yaml                           # validate a config file
     lmgate plan --model FILE.gguf --ctx 8192 --seqs 8         # memory estimate before serving
     lmgate bench --url http://127.0.0.1:8000 -c 1 4 8         # concurrent streaming benchmark
 
@@ -21,6 +22,7 @@ import uvicorn
 from lmgate.server.settings import (
     ConfigError,
     Settings,
+    load_settings,
     model_name_from_path,
     read_config_file,
     validate_settings,
@@ -44,6 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--max-seqs", type=int, help="with --model: sequences decoded together")
     serve.add_argument("--no-prefix-cache", action="store_true", help="with --model: recompute every prompt")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    check = commands.add_parser("check-config", help="validate a YAML config file and summarise it")
+    check.add_argument("file", type=Path)
     plan = commands.add_parser("plan", help="estimate the memory a GGUF model needs before serving it")
     plan.add_argument("--model", type=Path, required=True, help="GGUF file")
     plan.add_argument("--ctx", type=int, default=4096, help="KV-cache cells (context)")
@@ -62,12 +66,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.command == "plan":
         sys.exit(run_plan_command(args))
+    if args.command == "check-config":
+        sys.exit(run_check_config(args.file))
 
     try:
-        settings = settings_from_args(args)
+        serve_forever(settings_from_args(args))
     except ConfigError as exc:
         sys.exit(f"lmgate: {exc}")
-    serve_forever(settings)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -93,6 +98,25 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if args.no_grpc:
         server["grpc_port"] = None
     return validate_settings(raw, source=str(args.config or "command line"))
+
+
+def run_check_config(path: Path) -> int:
+    """Exit status 0 and a summary for a valid file; 1 and a one-line error naming the field otherwise."""
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        print(f"lmgate: {exc}", file=sys.stderr)
+        return 1
+    s = settings.server
+    grpc = "off" if s.grpc_port is None else s.grpc_port
+    print(f"{path}: valid. HTTP {s.host}:{s.http_port}, gRPC {grpc}, auth {'on' if s.auth_enabled else 'off'}")
+    for m in settings.models:
+        extra = [f"aliases {', '.join(m.aliases)}"] if m.aliases else []
+        extra += [f"fallback {m.fallback}"] if m.fallback else []
+        extra += ["lazy"] if m.lazy else []
+        print(f"  {m.name}: {m.backend} x{m.replicas}, {m.routing.value}, max_running {m.max_running}"
+              + "".join(f", {e}" for e in extra))  # fmt: skip
+    return 0
 
 
 def run_plan_command(args: argparse.Namespace) -> int:

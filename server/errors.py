@@ -2,8 +2,12 @@
 
     LmgateError                      500 internal_error          INTERNAL
     ├── InvalidRequestError          400 invalid_request_error   INVALID_ARGUMENT
+    ├── AuthenticationError          401 invalid_request_error   UNAUTHENTICATED
     ├── ModelNotFoundError           404 invalid_request_error   NOT_FOUND
-    └── ServiceUnavailableError      503 service_unavailable     UNAVAILABLE
+    ├── PayloadTooLargeError         413 invalid_request_error   INVALID_ARGUMENT
+    ├── RateLimitError               429 rate_limit_error        RESOURCE_EXHAUSTED  (+ Retry-After)
+    ├── ServiceUnavailableError      503 service_unavailable     UNAVAILABLE
+    └── RequestTimeoutError          504 timeout                 DEADLINE_EXCEEDED
 
 Each class knows its HTTP status, its OpenAI error ``type`` and its gRPC status name; the HTTP
 app renders them as OpenAI-shaped bodies (``{"error": {"message", "type", "param", "code"}}``).
@@ -51,6 +55,39 @@ class ModelNotFoundError(LmgateError):
             param="model",
             code="model_not_found",
         )
+
+
+class AuthenticationError(LmgateError):
+    http_status = 401
+    error_type = "invalid_request_error"
+    grpc_status = "UNAUTHENTICATED"
+
+    def __init__(self, message: str = "Missing or invalid API key: send `Authorization: Bearer <key>`.") -> None:
+        super().__init__(message, code="invalid_api_key")
+
+
+class PayloadTooLargeError(LmgateError):
+    http_status = 413
+    error_type = "invalid_request_error"
+    grpc_status = "INVALID_ARGUMENT"
+
+
+class RateLimitError(LmgateError):
+    """The model's running and waiting limits are full; retry after ``retry_after_s``."""
+
+    http_status = 429
+    error_type = "rate_limit_error"
+    grpc_status = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message, code="rate_limit_exceeded")
+        self.retry_after_s = retry_after_s
+
+
+class RequestTimeoutError(LmgateError):
+    http_status = 504
+    error_type = "timeout"
+    grpc_status = "DEADLINE_EXCEEDED"
 
 
 class ServiceUnavailableError(LmgateError):

@@ -18,15 +18,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from lmgate.backends.base import Backend
 from lmgate.backends.errors import BackendError
 from lmgate.backends.types import TokenDelta
 from lmgate.server import convert, grpc_convert
 from lmgate.server.convert import UsageTally
-from lmgate.server.errors import LmgateError, from_backend_error
-from lmgate.server.generation import open_stream
+from lmgate.server.dispatch import Dispatcher
+from lmgate.server.errors import LmgateError, RateLimitError, from_backend_error
 from lmgate.server.metrics import Metrics
-from lmgate.server.model_registry import ModelRegistry, ModelState
+from lmgate.server.model_registry import ModelRegistry
 from lmgate.v1 import inference_pb2 as pb
 from lmgate.v1 import inference_pb2_grpc as pb_grpc
 
@@ -34,6 +33,7 @@ log = logging.getLogger(__name__)
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Inference"].full_name
 REQUEST_ID_KEY = "x-request-id"
+IGNORED_PARAMS_KEY = "x-lmgate-ignored-params"
 
 
 @contextlib.asynccontextmanager
@@ -42,6 +42,8 @@ async def _rpc_errors(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
     try:
         yield
     except LmgateError as exc:
+        if isinstance(exc, RateLimitError):
+            context.set_trailing_metadata((("retry-after", str(exc.retry_after_s)),))
         await context.abort(grpc.StatusCode[exc.grpc_status], exc.message)
     except BackendError as exc:
         error = from_backend_error(exc)
@@ -56,8 +58,9 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
 
 
 class InferenceServicer(pb_grpc.InferenceServicer):
-    def __init__(self, registry: ModelRegistry, metrics: Metrics) -> None:
+    def __init__(self, registry: ModelRegistry, dispatcher: Dispatcher, metrics: Metrics) -> None:
         self._registry = registry
+        self._dispatcher = dispatcher
         self._metrics = metrics
 
     async def Chat(self, request: pb.ChatRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ChatResponse]:
@@ -65,10 +68,10 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         async with _rpc_errors(context):
             with self._metrics.request("grpc", request.model, request_id) as tracker:
                 body = grpc_convert.chat_request(request)
-                backend = self._registry.get(body.model)
-                stream = tracker.watch(await open_stream(backend, convert.chat_request(body, request_id)), body.n)
-                await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
-                async for fields in _responses(stream, request_id, backend, body.n):
+                dispatched = await self._dispatcher.open(body.model, [convert.chat_request(body, request_id)])
+                stream = tracker.watch(dispatched.streams[0], body.n)
+                await context.send_initial_metadata(_metadata(request_id, dispatched.ignored_params))
+                async for fields in _responses(stream, request_id, dispatched.pool.name, body.n):
                     yield pb.ChatResponse(**fields)
 
     async def Complete(
@@ -78,33 +81,29 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         async with _rpc_errors(context):
             with self._metrics.request("grpc", request.model, request_id) as tracker:
                 body = grpc_convert.complete_request(request)
-                backend = self._registry.get(body.model)
-                [generate] = convert.completion_requests(body, request_id)
-                stream = tracker.watch(await open_stream(backend, generate), body.n)
-                await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
-                async for fields in _responses(stream, request_id, backend, body.n):
+                dispatched = await self._dispatcher.open(body.model, convert.completion_requests(body, request_id))
+                stream = tracker.watch(dispatched.streams[0], body.n)
+                await context.send_initial_metadata(_metadata(request_id, dispatched.ignored_params))
+                async for fields in _responses(stream, request_id, dispatched.pool.name, body.n):
                     yield pb.CompleteResponse(**fields)
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
-        registry = self._registry
         models = []
-        for name, backend in registry.backends.items():
-            ready = registry.states[name] is ModelState.READY
-            model = pb.Model(name=name, aliases=registry.aliases(name), backend=registry.settings[name].backend,
-                             ready=ready)  # fmt: skip
-            if ready:
-                info = backend.info
+        for name, pool in self._registry.pools.items():
+            model = pb.Model(name=name, aliases=pool.settings.aliases, backend=pool.backend_kind, ready=pool.healthy())
+            if pool.healthy():
+                info, capabilities = pool.primary.info, pool.primary.capabilities
                 model.context_length = info.context_length
                 model.quantization = info.quantization or ""
-                model.supported_params.extend(sorted(backend.capabilities.sampling_params))
+                model.supported_params.extend(sorted(capabilities.sampling_params))
             models.append(model)
         return pb.ListModelsResponse(models=models)
 
     async def Tokenize(self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext) -> pb.TokenizeResponse:
         async with _rpc_errors(context):
-            backend = self._registry.get(request.model)
+            backend = (await self._registry.loaded(request.model)).primary
             add_special = request.add_special if request.HasField("add_special") else True
             return pb.TokenizeResponse(token_ids=await backend.tokenize(request.text, add_special=add_special))
         raise AssertionError("unreachable: _rpc_errors aborts")
@@ -113,16 +112,21 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self, request: pb.DetokenizeRequest, context: grpc.aio.ServicerContext
     ) -> pb.DetokenizeResponse:
         async with _rpc_errors(context):
-            backend = self._registry.get(request.model)
+            backend = (await self._registry.loaded(request.model)).primary
             return pb.DetokenizeResponse(text=await backend.detokenize(list(request.token_ids)))
         raise AssertionError("unreachable: _rpc_errors aborts")
 
 
+def _metadata(request_id: str, ignored_params: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    if ignored_params:
+        return ((REQUEST_ID_KEY, request_id), (IGNORED_PARAMS_KEY, ",".join(ignored_params)))
+    return ((REQUEST_ID_KEY, request_id),)
+
+
 async def _responses(
-    stream: AsyncIterator[TokenDelta], request_id: str, backend: Backend, n: int
+    stream: AsyncIterator[TokenDelta], request_id: str, model: str, n: int
 ) -> AsyncIterator[dict[str, Any]]:
     """Fields of each stream message: one per delta with news, then the usage."""
-    model = backend.info.name
     usage = UsageTally(n)
     try:
         async for delta in stream:
@@ -143,9 +147,12 @@ class GrpcFrontend:
         self.port = port
 
     @classmethod
-    async def start(cls, registry: ModelRegistry, metrics: Metrics, host: str, port: int) -> GrpcFrontend:
-        server = grpc.aio.server()
-        pb_grpc.add_InferenceServicer_to_server(InferenceServicer(registry, metrics), server)
+    async def start(
+        cls, registry: ModelRegistry, dispatcher: Dispatcher, metrics: Metrics, host: str, port: int,
+        interceptors: tuple[grpc.aio.ServerInterceptor, ...] = (),
+    ) -> GrpcFrontend:  # fmt: skip
+        server = grpc.aio.server(interceptors=interceptors)
+        pb_grpc.add_InferenceServicer_to_server(InferenceServicer(registry, dispatcher, metrics), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -162,8 +169,8 @@ class GrpcFrontend:
         overall = serving if registry.ready else not_serving
         for service in ("", SERVICE):
             await self.health.set(service, overall)
-        for name, state in registry.states.items():
-            await self.health.set(name, serving if state is ModelState.READY else not_serving)
+        for name, pool in registry.pools.items():
+            await self.health.set(name, serving if pool.healthy() else not_serving)
 
     async def stop(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()

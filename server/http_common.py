@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from lmgate.server.errors import LmgateError
 
 REQUEST_ID_HEADER = "X-Request-Id"
+IGNORED_PARAMS_HEADER = "X-Lmgate-Ignored-Params"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 T = TypeVar("T")
 
@@ -52,16 +53,22 @@ async def sse_stream(events: AsyncIterator[str], source: AsyncIterator[object]) 
     yield SSE_DONE
 
 
-def streamed(events: AsyncIterator[str], source: AsyncIterator[object], request_id: str) -> StreamingResponse:
-    return StreamingResponse(
-        sse_stream(events, source), media_type="text/event-stream", headers={REQUEST_ID_HEADER: request_id}
-    )
+def response_headers(request_id: str, ignored_params: tuple[str, ...] = ()) -> dict[str, str]:
+    """The request id, and the parameters a lenient model did not honour."""
+    headers = {REQUEST_ID_HEADER: request_id}
+    if ignored_params:
+        headers[IGNORED_PARAMS_HEADER] = ",".join(ignored_params)
+    return headers
 
 
-async def answered(request: Request, work: Awaitable[BaseModel], request_id: str) -> Response:
+def streamed(events: AsyncIterator[str], source: AsyncIterator[object], headers: dict[str, str]) -> StreamingResponse:
+    return StreamingResponse(sse_stream(events, source), media_type="text/event-stream", headers=headers)
+
+
+async def answered(request: Request, work: Awaitable[BaseModel], headers: dict[str, str]) -> Response:
     """The JSON response ``work`` builds, unless the client disconnects first."""
     body = await until_disconnect(request, work)
-    return Response(body.model_dump_json(), media_type="application/json", headers={REQUEST_ID_HEADER: request_id})
+    return Response(body.model_dump_json(), media_type="application/json", headers=headers)
 
 
 class ClientDisconnected(Exception):

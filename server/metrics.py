@@ -119,7 +119,7 @@ class Metrics:
             name = self.models.resolve(model)
         except ModelNotFoundError:
             return UNKNOWN, UNKNOWN
-        return name, self.models.settings[name].backend
+        return name, self.models.pools[name].backend_kind
 
     def rate(self, model: str, backend: str) -> TokenRate:
         key = (model, backend)
@@ -192,7 +192,8 @@ class RequestTracker:
 
     def _observe(self, delta: TokenDelta, n: int) -> None:
         now = time.monotonic()
-        if delta.token_ids:
+        tokens = len(delta.token_ids) or bool(delta.text)  # upstreams that send text without ids
+        if tokens:
             if self._first is None:
                 self._first = now
                 self._ttft.observe(now - self._started)
@@ -200,7 +201,7 @@ class RequestTracker:
             if previous is not None:
                 self._itl.observe(now - previous)
             self._last[delta.index] = now
-            self._rate.add(len(delta.token_ids))
+            self._rate.add(tokens)
         if delta.finish_reason is FinishReason.ABORT:
             self._aborted = True
         if delta.usage is not None:
@@ -252,11 +253,11 @@ class _EngineCollector(Collector):
         queries = CounterMetricFamily("lmgate_prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
                                       labels=labels)  # fmt: skip
         preemptions = CounterMetricFamily("lmgate_preemptions", "Sequences preempted for KV space.", labels=labels)
-        for name, backend in self._models.backends.items():
-            if self._models.states[name] is not ModelState.READY:
+        for name, pool in self._models.pools.items():
+            if pool.state is not ModelState.READY:
                 continue
-            stats = backend.stats()
-            values = [name, self._models.settings[name].backend]
+            stats = pool.stats()
+            values = [name, pool.backend_kind]
             running.add_metric(values, stats.running)
             waiting.add_metric(values, stats.waiting)
             kv.add_metric(values, stats.kv_usage)

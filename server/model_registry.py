@@ -1,57 +1,147 @@
-"""The served models: one backend per configured model, found by name or alias.
+"""The served models: one pool of replicas per configured model, found by name or alias.
 
-Backends are created from the settings at start-up and loaded concurrently in the background, so
-/health answers at once while /ready says 503 until every model is loaded.
+Each pool holds its replicas (backends built from the same settings, or one per gRPC target), its
+router (server/router.py), its admission gate and its load state. Eager pools load concurrently in
+the background at start-up, so /health answers at once while /ready says 503 until they are
+loaded; a ``lazy`` pool loads at its first request, and one with ``idle_unload_s`` unloads after
+that long without requests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
+from dataclasses import replace
 
 from lmgate.backends.base import Backend
 from lmgate.backends.registry import create_backend
+from lmgate.backends.types import BackendStats
+from lmgate.server.admission import AdmissionGate
 from lmgate.server.errors import ModelNotFoundError, ServiceUnavailableError
+from lmgate.server.router import Router, RouterConfig
 from lmgate.server.settings import ModelSettings
 
 log = logging.getLogger(__name__)
 
 
 class ModelState(enum.StrEnum):
+    UNLOADED = "unloaded"
     LOADING = "loading"
     READY = "ready"
     FAILED = "failed"
 
 
+class ModelPool:
+    """One model: its replicas and how requests are spread over them. Owned by the event loop."""
+
+    def __init__(self, settings: ModelSettings) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.replicas: list[Backend] = [create_backend(self.name, c) for c in _replica_configs(settings)]
+        self.router = Router.of(len(self.replicas), RouterConfig(policy=settings.routing))
+        self.gate = AdmissionGate(self.name, settings.max_running, settings.max_waiting)
+        self.state = ModelState.UNLOADED if settings.lazy else ModelState.LOADING
+        self.loaded = [False] * len(self.replicas)
+        self.created = int(time.time())
+        self.last_used = time.monotonic()
+        self._loading: asyncio.Task[None] | None = None
+
+    @property
+    def backend_kind(self) -> str:
+        return self.settings.backend
+
+    @property
+    def primary(self) -> Backend:
+        """A replica to ask about the model (info, tokenizer): the first loaded, healthy one."""
+        return next((r for r, ok in zip(self.replicas, self.loaded, strict=True) if ok and r.healthy()),
+                    self.replicas[0])  # fmt: skip
+
+    @property
+    def unusable(self) -> frozenset[int]:
+        """Replicas that did not load or report themselves unhealthy: never routed to."""
+        return frozenset(i for i, r in enumerate(self.replicas) if not self.loaded[i] or not r.healthy())
+
+    def healthy(self) -> bool:
+        return self.state is ModelState.READY and len(self.unusable) < len(self.replicas)
+
+    def routable(self, now: float) -> bool:
+        """Some replica is loaded, healthy and not ejected by the router."""
+        return self.healthy() and any(r.index not in self.unusable for r in self.router.available(now))
+
+    async def ensure_loaded(self) -> None:
+        """Load the replicas if they are not (once, whoever asks first); ServiceUnavailable if that fails."""
+        if self.state is not ModelState.READY:
+            if self._loading is None or (self._loading.done() and self.state is ModelState.UNLOADED):
+                self._loading = asyncio.ensure_future(self._load())
+            await asyncio.shield(self._loading)
+        if self.state is not ModelState.READY:
+            raise ServiceUnavailableError(f"model `{self.name}` failed to load; see the server log", param="model")
+
+    async def _load(self) -> None:
+        self.state = ModelState.LOADING
+        results = await asyncio.gather(*(r.start() for r in self.replicas), return_exceptions=True)
+        self.loaded = [not isinstance(r, BaseException) for r in results]
+        failures = [r for r in results if isinstance(r, BaseException)]
+        for failure in failures:
+            log.error("model %s: a replica failed to load: %s", self.name, failure)
+        # A pool serves with the replicas that loaded; it fails only when none did.
+        self.state = ModelState.FAILED if len(failures) == len(self.replicas) else ModelState.READY
+        if self.state is ModelState.READY:
+            log.info("model %s ready: %d replica(s), %s", self.name, len(self.replicas) - len(failures),
+                     self.primary.info)  # fmt: skip
+
+    async def unload(self, drain_timeout: float) -> None:
+        await asyncio.gather(*(r.shutdown(drain_timeout) for r in self.replicas), return_exceptions=True)
+        self.state = ModelState.UNLOADED
+        self.loaded = [False] * len(self.replicas)
+        self._loading = None
+
+    def stats(self) -> BackendStats:
+        """The replicas' stats summed."""
+        if self.state is not ModelState.READY:
+            return BackendStats()
+        total = BackendStats()
+        for replica, ok in zip(self.replicas, self.loaded, strict=True):
+            if not ok:
+                continue
+            s = replica.stats()
+            total = replace(
+                total,
+                **{f: getattr(total, f) + getattr(s, f) for f in BackendStats.__dataclass_fields__},  # type: ignore[arg-type]
+            )
+        return total
+
+
 class ModelRegistry:
-    """Owned by the server's event loop."""
+    """Every configured model's pool. Owned by the server's event loop."""
 
     def __init__(self, models: list[ModelSettings]) -> None:
-        self.settings = {m.name: m for m in models}
-        self.backends: dict[str, Backend] = {m.name: create_backend(m.name, m) for m in models}
-        self.states = dict.fromkeys(self.backends, ModelState.LOADING)
-        self.created = dict.fromkeys(self.backends, int(time.time()))
+        self.pools = {m.name: ModelPool(m) for m in models}
         self._names = {alias: m.name for m in models for alias in [m.name, *m.aliases]}
+        self._reaper: asyncio.Task[None] | None = None
+
+    @property
+    def settings(self) -> dict[str, ModelSettings]:
+        return {name: pool.settings for name, pool in self.pools.items()}
+
+    @property
+    def states(self) -> dict[str, ModelState]:
+        return {name: pool.state for name, pool in self.pools.items()}
 
     async def start(self) -> None:
-        """Load every model concurrently; a model that fails is logged and marked FAILED."""
-        await asyncio.gather(*(self._start(name, backend) for name, backend in self.backends.items()))
-
-    async def _start(self, name: str, backend: Backend) -> None:
-        try:
-            await backend.start()
-        except Exception:
-            log.exception("model %s failed to load", name)
-            self.states[name] = ModelState.FAILED
-        else:
-            log.info("model %s ready: %s", name, backend.info)
-            self.states[name] = ModelState.READY
+        """Load every eager model concurrently; watch idle ones to unload them."""
+        if any(p.settings.idle_unload_s for p in self.pools.values()):
+            self._reaper = asyncio.create_task(self._unload_idle())
+        eager = [p for p in self.pools.values() if not p.settings.lazy]
+        await asyncio.gather(*(p.ensure_loaded() for p in eager), return_exceptions=True)
 
     @property
     def ready(self) -> bool:
-        return all(s is ModelState.READY for s in self.states.values())
+        """Every eager model is loaded (lazy ones load on demand)."""
+        return all(p.state is ModelState.READY for p in self.pools.values() if not p.settings.lazy)
 
     def resolve(self, model: str) -> str:
         """The canonical name of ``model`` (a name or an alias); raises ModelNotFoundError."""
@@ -60,16 +150,48 @@ class ModelRegistry:
         except KeyError:
             raise ModelNotFoundError(model, sorted(self._names)) from None
 
+    def pool(self, model: str) -> ModelPool:
+        return self.pools[self.resolve(model)]
+
+    async def loaded(self, model: str) -> ModelPool:
+        """The pool serving ``model``, loaded (lazy models load now): 404 unknown, 503 failed."""
+        pool = self.pool(model)
+        await pool.ensure_loaded()
+        pool.last_used = time.monotonic()
+        return pool
+
     def get(self, model: str) -> Backend:
-        """The loaded backend serving ``model``; raises 404 for an unknown name, 503 while not loaded."""
-        name = self.resolve(model)
-        state = self.states[name]
-        if state is not ModelState.READY or not self.backends[name].healthy():
-            raise ServiceUnavailableError(f"model `{name}` is {state.value}; retry shortly", param="model")
-        return self.backends[name]
+        """A loaded replica of ``model`` (tokenizer, model info); 404 unknown, 503 while not loaded."""
+        pool = self.pool(model)
+        if not pool.healthy():
+            raise ServiceUnavailableError(f"model `{pool.name}` is {pool.state.value}; retry shortly", param="model")
+        return pool.primary
 
     def aliases(self, name: str) -> list[str]:
-        return list(self.settings[name].aliases)
+        return list(self.pools[name].settings.aliases)
+
+    async def _unload_idle(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for pool in self.pools.values():
+                idle_s = pool.settings.idle_unload_s
+                busy = pool.gate.running or pool.gate.waiting
+                if idle_s and pool.state is ModelState.READY and not busy and now - pool.last_used > idle_s:
+                    log.info("model %s idle for %.0f s: unloading", pool.name, now - pool.last_used)
+                    await pool.unload(0.0)
 
     async def shutdown(self, drain_timeout: float) -> None:
-        await asyncio.gather(*(b.shutdown(drain_timeout) for b in self.backends.values()), return_exceptions=True)
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        await asyncio.gather(*(p.unload(drain_timeout) for p in self.pools.values()), return_exceptions=True)
+
+
+def _replica_configs(settings: ModelSettings) -> list[ModelSettings]:
+    """One config per replica: a gRPC model lists its workers as targets, others repeat themselves."""
+    targets = getattr(settings, "target", None)
+    if isinstance(targets, list):
+        return [settings.model_copy(update={"target": t}) for t in targets]
+    return [settings] * settings.replicas

@@ -10,10 +10,9 @@ from fastapi import APIRouter, Request, Response
 
 from lmgate.backends.types import TokenDelta
 from lmgate.server.convert import ChoiceText, UsageTally, chat_logprobs, chat_request
-from lmgate.server.generation import open_stream
-from lmgate.server.http_common import answered, base_request_id, sse, streamed
+from lmgate.server.dispatch import Dispatcher
+from lmgate.server.http_common import answered, base_request_id, response_headers, sse, streamed
 from lmgate.server.metrics import Metrics
-from lmgate.server.model_registry import ModelRegistry
 from lmgate.server.protocol import (
     ChatChoice,
     ChatChunkChoice,
@@ -29,18 +28,19 @@ router = APIRouter()
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion)
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
-    registry: ModelRegistry = request.app.state.models
+    dispatcher: Dispatcher = request.app.state.dispatcher
     metrics: Metrics = request.app.state.metrics
     base_id = base_request_id(request)
     with metrics.request("http", body.model, base_id) as tracker:
         if metrics.log_prompts:
             tracker.prompt = json.dumps([m.model_dump(exclude_none=True) for m in body.messages])
-        backend = registry.get(body.model)
-        stream = tracker.watch(await open_stream(backend, chat_request(body, base_id)), body.n)
-    response_id, model = f"chatcmpl-{base_id}", backend.info.name
+        dispatched = await dispatcher.open(body.model, [chat_request(body, base_id)])
+        stream = tracker.watch(dispatched.streams[0], body.n)
+    response_id, model = f"chatcmpl-{base_id}", dispatched.pool.name
+    headers = response_headers(base_id, dispatched.ignored_params)
     if body.stream:
-        return streamed(_events(stream, response_id, model, body.n, include_usage=body.include_usage), stream, base_id)
-    return await answered(request, _collect(stream, response_id, model, body.n, body.logprobs), base_id)
+        return streamed(_events(stream, response_id, model, body.n, include_usage=body.include_usage), stream, headers)
+    return await answered(request, _collect(stream, response_id, model, body.n, body.logprobs), headers)
 
 
 async def _collect(

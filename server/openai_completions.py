@@ -14,10 +14,10 @@ from fastapi import APIRouter, Request, Response
 from lmgate.backends.base import Backend
 from lmgate.backends.types import TokenDelta
 from lmgate.server.convert import ChoiceText, UsageTally, completion_logprobs, completion_requests
-from lmgate.server.generation import merge, open_streams
-from lmgate.server.http_common import answered, base_request_id, sse, streamed
+from lmgate.server.dispatch import Dispatcher
+from lmgate.server.generation import merge
+from lmgate.server.http_common import answered, base_request_id, response_headers, sse, streamed
 from lmgate.server.metrics import Metrics
-from lmgate.server.model_registry import ModelRegistry
 from lmgate.server.protocol import Completion, CompletionChoice, CompletionRequest
 
 router = APIRouter()
@@ -25,21 +25,25 @@ router = APIRouter()
 
 @router.post("/v1/completions", response_model=Completion)
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
-    registry: ModelRegistry = request.app.state.models
+    dispatcher: Dispatcher = request.app.state.dispatcher
     metrics: Metrics = request.app.state.metrics
     base_id = base_request_id(request)
     with metrics.request("http", body.model, base_id) as tracker:
         if metrics.log_prompts:
             tracker.prompt = json.dumps(body.prompt)
-        backend = registry.get(body.model)
-        echoes = await _echo_texts(backend, body) if body.echo else None
-        streams = await open_streams(backend, completion_requests(body, base_id))
-        deltas = tracker.watch(merge(streams, body.n), body.n)
-    response_id, model = f"cmpl-{base_id}", backend.info.name
+        dispatched = await dispatcher.open(body.model, completion_requests(body, base_id))
+        deltas = tracker.watch(merge(dispatched.streams, body.n), body.n)
+        try:
+            echoes = await _echo_texts(dispatched.backend, body) if body.echo else None
+        except BaseException:
+            await deltas.aclose()  # type: ignore[attr-defined]
+            raise
+    response_id, model = f"cmpl-{base_id}", dispatched.pool.name
+    headers = response_headers(base_id, dispatched.ignored_params)
     if body.stream:
         events = _events(deltas, response_id, model, body.n, echoes, include_usage=body.include_usage)
-        return streamed(events, deltas, base_id)
-    return await answered(request, _collect(deltas, response_id, model, body, echoes), base_id)
+        return streamed(events, deltas, headers)
+    return await answered(request, _collect(deltas, response_id, model, body, echoes), headers)
 
 
 async def _echo_texts(backend: Backend, body: CompletionRequest) -> list[str]:

@@ -4,32 +4,34 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from lmgate.server.model_registry import ModelRegistry, ModelState
+from lmgate.server.model_registry import ModelPool, ModelRegistry, ModelState
 from lmgate.server.protocol import ModelCard, ModelList
 
 router = APIRouter()
 
 
-def _card(registry: ModelRegistry, name: str) -> ModelCard:
-    info = registry.backends[name].info
-    return ModelCard(
-        id=name,
-        created=registry.created[name],
-        backend=info.backend,
-        context_length=info.context_length,
-        quantization=info.quantization,
-        aliases=registry.aliases(name),
-    )
+def _card(pool: ModelPool) -> ModelCard:
+    card = ModelCard(
+        id=pool.name, created=pool.created, backend=pool.backend_kind, aliases=list(pool.settings.aliases),
+        ready=pool.healthy(), replicas=len(pool.replicas),
+    )  # fmt: skip
+    if pool.healthy():
+        info, capabilities = pool.primary.info, pool.primary.capabilities
+        card.context_length = info.context_length
+        card.quantization = info.quantization
+        card.supported_params = sorted(capabilities.sampling_params)
+    return card
 
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> ModelList:
+    """Models that serve now, and lazy ones that load at their first request."""
     registry: ModelRegistry = request.app.state.models
-    return ModelList(data=[_card(registry, n) for n, s in registry.states.items() if s is ModelState.READY])
+    listed = [p for p in registry.pools.values() if p.healthy() or p.state is ModelState.UNLOADED]
+    return ModelList(data=[_card(p) for p in listed])
 
 
 @router.get("/v1/models/{model:path}")
 async def retrieve_model(model: str, request: Request) -> ModelCard:
     registry: ModelRegistry = request.app.state.models
-    registry.get(model)
-    return _card(registry, registry.resolve(model))
+    return _card(registry.pool(model))

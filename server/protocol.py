@@ -263,9 +263,12 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str = "lmgate"
     backend: str
-    context_length: int
+    ready: bool = True
+    context_length: int | None = None
     quantization: str | None = None
     aliases: list[str] = Field(default_factory=list)
+    replicas: int = 1
+    supported_params: list[str] = Field(default_factory=list)
 
 
 class ModelList(BaseModel):

@@ -25,7 +25,9 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 from lmgate.backends.fake.config import FakeConfig
 from lmgate.backends.grpc.config import GrpcConfig
 from lmgate.backends.llamacpp.config import LlamaCppConfig
+from lmgate.backends.openai.config import OpenAIConfig
 from lmgate.backends.registry import BackendKind
+from lmgate.server.router import Policy
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$"
 _KINDS = {kind.value for kind in BackendKind}
@@ -51,11 +53,39 @@ class ServerSettings(BaseModel):
         default=None, ge=0, le=65535, description="Also serve /metrics on this port (it is always on the HTTP port)."
     )
     drain_timeout_s: float = Field(default=30.0, ge=0, description="Grace period for in-flight streams on stop.")
+    api_keys_env: str | None = Field(
+        default=None, description="Name of an environment variable holding API keys, comma-separated."
+    )
+    api_keys_file: Path | None = Field(default=None, description="A file of API keys, one per line.")
+    metrics_auth: bool = Field(default=False, description="Require an API key for /metrics too.")
+    max_body_bytes: int = Field(default=8 * 2**20, ge=1024, description="Largest request body accepted (413 beyond).")
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.api_keys_env is not None or self.api_keys_file is not None
 
 
 class _ModelEntry(BaseModel):
+    """What every model entry has, whatever its backend: names, the pool, limits, lifecycle."""
+
     name: str = Field(pattern=_NAME, description="The name clients put in `model`.")
     aliases: list[Annotated[str, Field(pattern=_NAME)]] = Field(default_factory=list)
+    replicas: int = Field(default=1, ge=1, le=64, description="Copies of this backend in the pool.")
+    routing: Policy = Field(default=Policy.PREFIX_AFFINITY, description="How a replica is chosen.")
+    fallback: str | None = Field(
+        default=None, description="Another model that serves when this pool is unavailable or saturated."
+    )
+    max_running: int = Field(default=64, ge=1, description="Requests served at once by the pool.")
+    max_waiting: int = Field(default=256, ge=0, description="Requests queued beyond max_running (429 beyond).")
+    max_tokens_cap: int | None = Field(default=None, ge=1, description="Largest max_tokens a request may ask.")
+    request_timeout_s: float | None = Field(default=600.0, gt=0, description="A request is cut off after this.")
+    params: Literal["strict", "lenient"] = Field(
+        default="lenient",
+        description="A sampling parameter the backend cannot honour: 400 (strict), or served and listed in "
+        "the X-Lmgate-Ignored-Params header (lenient).",
+    )
+    lazy: bool = Field(default=False, description="Load at the first request instead of at start.")
+    idle_unload_s: float | None = Field(default=None, gt=0, description="Unload after this long without requests.")
 
 
 class LlamaCppModelSettings(_ModelEntry, LlamaCppConfig):
@@ -63,6 +93,10 @@ class LlamaCppModelSettings(_ModelEntry, LlamaCppConfig):
 
 
 class GrpcModelSettings(_ModelEntry, GrpcConfig):
+    pass
+
+
+class OpenAIModelSettings(_ModelEntry, OpenAIConfig):
     pass
 
 
@@ -80,6 +114,7 @@ def _backend_kind(entry: object) -> str:
 ModelSettings = Annotated[
     Annotated[LlamaCppModelSettings, Tag("llamacpp")]
     | Annotated[GrpcModelSettings, Tag("grpc")]
+    | Annotated[OpenAIModelSettings, Tag("openai")]
     | Annotated[FakeModelSettings, Tag("fake")],
     Discriminator(_backend_kind),
 ]
@@ -92,13 +127,22 @@ class Settings(BaseModel):
     models: list[ModelSettings] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _unique_names(self) -> Settings:
+    def _names_and_fallbacks(self) -> Settings:
         seen: dict[str, str] = {}
         for model in self.models:
             for name in [model.name, *model.aliases]:
                 if name in seen:
                     raise ValueError(f"the name {name!r} is used by both {seen[name]!r} and {model.name!r}")
                 seen[name] = model.name
+        for model in self.models:
+            chain, current = [model.name], model.fallback
+            while current is not None:
+                if current not in seen:
+                    raise ValueError(f"model {model.name!r}: fallback {current!r} is not a configured model")
+                if seen[current] in chain:
+                    raise ValueError(f"model {model.name!r}: fallbacks loop ({' -> '.join([*chain, current])})")
+                chain.append(seen[current])
+                current = next(m.fallback for m in self.models if m.name == seen[current])
         return self
 
 
@@ -124,12 +168,12 @@ def validate_settings(raw: dict, *, source: str = "settings") -> Settings:
     try:
         return Settings.model_validate(raw)
     except ValidationError as exc:
-        lines = [f"{source}: {exc.error_count()} problem(s):"]
+        problems = []
         for err in exc.errors():
             where = _location(err["loc"]) or "(top level)"
-            got = f" (got {err['input']!r})" if err["type"] != "missing" else ""
-            lines.append(f"  - {where}: {err['msg']}{got}")
-        raise ConfigError("\n".join(lines)) from exc
+            got = f" (got {err['input']!r})" if err["type"] not in ("missing", "value_error") else ""
+            problems.append(f"{where}: {err['msg']}{got}")
+        raise ConfigError(f"{source}: {'; '.join(problems)}") from exc
 
 
 def _location(loc: tuple[int | str, ...]) -> str:

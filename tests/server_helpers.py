@@ -43,7 +43,7 @@ class ServerThread:
         return f"127.0.0.1:{self.app.state.grpc.port}"
 
     def stats(self, model: str) -> BackendStats:
-        return self.app.state.models.backends[model].stats()
+        return self.app.state.models.pools[model].stats()
 
     def wait_idle(self, model: str) -> BackendStats:
         """Wait (bounded) until the engine holds no sequence, then return its stats."""

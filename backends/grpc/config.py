@@ -11,6 +11,8 @@ class GrpcConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     backend: Literal["grpc"] = "grpc"
-    target: str = Field(description="host:port of the worker's gRPC server.", min_length=3)
+    target: str | list[str] = Field(
+        description="host:port of the worker's gRPC server; a list makes one replica per worker.", min_length=1
+    )
     remote_model: str | None = Field(default=None, description="The model's name on the worker (default: this name).")
     connect_timeout_s: PositiveFloat = Field(default=60.0, description="How long start() waits for the worker.")

@@ -70,3 +70,17 @@ def test_an_invalid_config_names_the_field_and_the_value(tmp_path):
     )
     assert result.returncode != 0
     assert "models.0.max_seqs" in result.stderr and "(got 0)" in result.stderr
+    assert result.stderr.strip().count("\n") == 0  # one line
+
+
+def test_check_config_names_the_field_in_one_line_or_summarises(tmp_path):
+    config = tmp_path / "fleet.yaml"
+    config.write_text("models:\n  - {name: a, backend: fake, fallback: b, replicas: 2}\n  - {name: b, backend: fake}\n")
+    ok = subprocess.run([sys.executable, "-m", "lmgate.server.cli", "check-config", str(config)],
+                        capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert ok.returncode == 0 and "a: fake x2" in ok.stdout and "fallback b" in ok.stdout
+    config.write_text("models:\n  - {name: a, backend: fake, max_running: -1}\n")
+    bad = subprocess.run([sys.executable, "-m", "lmgate.server.cli", "check-config", str(config)],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0
+    assert "models.0.max_running" in bad.stderr and "(got -1)" in bad.stderr

@@ -1,0 +1,189 @@
+"""The ``openai`` backend: a model on any OpenAI-compatible server, streamed through.
+
+Chat requests go to /chat/completions, prompts to /completions, always streamed with
+``stream_options.include_usage``; parameters beyond OpenAI's own are sent as body extensions
+(vLLM, llama-server and lmgate read them). The upstream's usage arrives once, after every choice;
+each choice's last delta waits for it. Closing the stream closes the HTTP response, which is how
+such servers learn that the client went away. Uses the official ``openai`` SDK.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import openai
+
+from lmgate.backends.base import Backend
+from lmgate.backends.errors import BackendError, BackendUnavailable, InvalidRequest
+from lmgate.backends.openai.config import OPENAI_PARAMS, OpenAIConfig
+from lmgate.backends.types import (
+    BackendStats,
+    Capabilities,
+    FinishReason,
+    GenerateRequest,
+    ModelInfo,
+    SamplingParams,
+    TokenDelta,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
+
+_FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": FinishReason.ABORT}
+
+
+class OpenAIBackend(Backend):
+    def __init__(self, name: str, config: OpenAIConfig) -> None:
+        self._name = name
+        self._config = config
+        self._remote = config.remote_model or name
+        self._client: openai.AsyncOpenAI | None = None
+        self._info: ModelInfo | None = None
+        self._open = 0
+
+    @property
+    def info(self) -> ModelInfo:
+        if self._info is None:
+            raise BackendUnavailable(f"model {self._name!r} is not connected")
+        return self._info
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(frozenset(self._config.supported_params), max_n=128)
+
+    async def start(self) -> None:
+        key = os.environ.get(self._config.api_key_env, "") if self._config.api_key_env else ""
+        self._client = openai.AsyncOpenAI(
+            base_url=self._config.base_url, api_key=key or "unused", max_retries=0, timeout=self._config.timeout_s
+        )
+        try:
+            models = await self._client.models.list()
+        except openai.OpenAIError as exc:
+            raise BackendUnavailable(f"{self._config.base_url} does not answer /models: {exc}") from exc
+        card = next((m for m in models.data if m.id == self._remote), None)
+        if card is None:
+            raise BackendUnavailable(f"{self._config.base_url} does not serve model {self._remote!r}")
+        extra = card.model_extra or {}
+        length = extra.get("context_length") or extra.get("max_model_len") or self._config.context_length
+        self._info = ModelInfo(self._name, "openai", int(length or 0), extra.get("quantization"))
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
+        client = self._require_client()
+        params = self._params(request.sampling)
+        try:
+            if request.messages is not None:
+                messages = [{"role": m.role.value, "content": m.content} for m in request.messages]
+                stream = await client.chat.completions.create(model=self._remote, messages=messages, **params)
+            else:
+                prompt: Any = request.prompt if request.prompt is not None else list(request.prompt_token_ids or ())
+                stream = await client.completions.create(model=self._remote, prompt=prompt, **params)
+        except openai.OpenAIError as exc:
+            raise _error(exc, self._config.base_url) from exc
+        self._open += 1
+        counts: dict[int, int] = {}
+        held: list[TokenDelta] = []
+        usage = None
+        try:
+            async for chunk in stream:
+                usage = chunk.usage or usage
+                for choice in chunk.choices:
+                    delta = _delta(choice, chat=request.messages is not None)
+                    counts[delta.index] = counts.get(delta.index, 0) + bool(delta.text)
+                    if delta.finish_reason is None:
+                        yield delta
+                    else:
+                        held.append(delta)
+            for delta in held:
+                yield _with_usage(delta, usage, counts.get(delta.index, 0), request.sampling.n)
+        except openai.OpenAIError as exc:
+            raise _error(exc, self._config.base_url) from exc
+        finally:
+            self._open -= 1
+            await stream.close()
+
+    def _params(self, sampling: SamplingParams) -> dict[str, Any]:
+        supported = set(self._config.supported_params)
+        params: dict[str, Any] = {
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "n": sampling.n,
+        }
+        optional = {
+            "max_tokens": sampling.max_tokens,
+            "stop": list(sampling.stop) or None,
+            "seed": sampling.seed,
+            "presence_penalty": sampling.presence_penalty or None,
+            "frequency_penalty": sampling.frequency_penalty or None,
+            "logit_bias": {str(t): b for t, b in sampling.logit_bias} or None,
+        }
+        params |= {k: v for k, v in optional.items() if v is not None and k in supported}
+        extensions = {
+            "top_k": sampling.top_k or None,
+            "min_p": sampling.min_p or None,
+            "repetition_penalty": sampling.repetition_penalty if sampling.repetition_penalty != 1.0 else None,
+            "ignore_eos": sampling.ignore_eos or None,
+            "stop_token_ids": list(sampling.stop_token_ids) or None,
+        }
+        extra = {k: v for k, v in extensions.items() if v is not None and k in supported and k not in OPENAI_PARAMS}
+        if extra:
+            params["extra_body"] = extra
+        return params
+
+    def _require_client(self) -> openai.AsyncOpenAI:
+        if self._client is None:
+            raise BackendUnavailable(f"model {self._name!r} is not connected")
+        return self._client
+
+    async def abort(self, request_id: str) -> None:
+        return None  # closing the stream (the gateway does) closes the upstream request
+
+    async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        raise InvalidRequest("tokenize is not available for a model on an OpenAI-compatible upstream")
+
+    async def detokenize(self, token_ids: list[int]) -> str:
+        raise InvalidRequest("token-id prompts cannot be echoed for a model on an OpenAI-compatible upstream")
+
+    def stats(self) -> BackendStats:
+        return BackendStats(running=self._open)
+
+    def healthy(self) -> bool:
+        return self._client is not None
+
+    async def shutdown(self, drain_timeout: float = 0.0) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
+def _delta(choice: Any, *, chat: bool) -> TokenDelta:
+    text = (choice.delta.content or "") if chat else (choice.text or "")
+    logprobs: tuple[TokenLogprob, ...] = ()
+    content = getattr(choice.logprobs, "content", None) if chat and choice.logprobs else None
+    if content:
+        logprobs = tuple(
+            TokenLogprob(-1, lp.token, lp.logprob, bytes(lp.bytes or b""),
+                         tuple(TopLogprob(-1, t.token, t.logprob, bytes(t.bytes or b"")) for t in lp.top_logprobs))
+            for lp in content
+        )  # fmt: skip
+    return TokenDelta(choice.index, text, (), logprobs, _FINISH.get(choice.finish_reason or ""))
+
+
+def _with_usage(delta: TokenDelta, usage: Any, chunks: int, n: int) -> TokenDelta:
+    """The upstream reports usage for the whole request: with one choice it is that choice's; with
+    several, each gets the prompt and the number of its content chunks (a token each, as servers stream)."""
+    prompt = usage.prompt_tokens if usage else 0
+    details = getattr(usage, "prompt_tokens_details", None) if usage else None
+    cached = getattr(details, "cached_tokens", 0) or 0
+    own = Usage(prompt, usage.completion_tokens if usage and n == 1 else chunks, cached)
+    return TokenDelta(delta.index, delta.text, delta.token_ids, delta.logprobs, delta.finish_reason, own)
+
+
+def _error(exc: openai.OpenAIError, base_url: str) -> BackendError:
+    if isinstance(exc, openai.BadRequestError):
+        body = exc.body if isinstance(exc.body, dict) else {}
+        return InvalidRequest(str(body.get("message") or exc.message), param=body.get("param"), code=body.get("code"))
+    return BackendUnavailable(f"upstream {base_url}: {exc}")

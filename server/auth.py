@@ -1,0 +1,100 @@
+"""API keys: HTTP ``Authorization: Bearer <key>`` and gRPC ``authorization`` metadata.
+
+Keys come from an environment variable (comma-separated) and/or a file (one per line, ``#``
+comments), read once at start. Every key is compared in constant time (``hmac.compare_digest``),
+all of them for every request, so timing tells nothing about which prefix matched.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import grpc
+
+from lmgate.server.settings import ConfigError, ServerSettings
+
+
+class ApiKeys:
+    def __init__(self, keys: list[str]) -> None:
+        self._keys = [k.encode() for k in keys]
+
+    @classmethod
+    def from_settings(cls, server: ServerSettings) -> ApiKeys | None:
+        """The configured keys, or None when auth is off; ConfigError when it is on but has no key."""
+        if not server.auth_enabled:
+            return None
+        keys: list[str] = []
+        if server.api_keys_env is not None:
+            keys += [k.strip() for k in os.environ.get(server.api_keys_env, "").split(",") if k.strip()]
+        if server.api_keys_file is not None:
+            keys += _read_key_file(server.api_keys_file)
+        if not keys:
+            raise ConfigError(
+                f"server.api_keys_env={server.api_keys_env!r} / api_keys_file={server.api_keys_file} give no API key: "
+                "set the variable or fill the file, or remove both to serve without auth"
+            )
+        return cls(keys)
+
+    def allows(self, authorization: str | None) -> bool:
+        """``authorization`` is the header / metadata value: ``Bearer <key>``."""
+        if not authorization or not authorization.startswith("Bearer "):
+            return False
+        given = authorization.removeprefix("Bearer ").strip().encode()
+        matched = False
+        for key in self._keys:
+            matched |= hmac.compare_digest(given, key)
+        return matched
+
+
+def _read_key_file(path: Path) -> list[str]:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"server.api_keys_file: cannot read {path}: {exc.strerror}") from exc
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
+    """gRPC: ``authorization: Bearer <key>`` metadata on every method but the health checks."""
+
+    def __init__(self, keys: ApiKeys, open_prefixes: tuple[str, ...] = ("/grpc.health.v1.Health/",)) -> None:
+        self._keys = keys
+        self._open = open_prefixes
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(self._open):
+            return handler
+        metadata = dict(details.invocation_metadata or ())
+        if self._keys.allows(metadata.get("authorization")):
+            return handler
+        return _denied(handler)
+
+
+_DENIED = "Missing or invalid API key: send metadata `authorization: Bearer <key>`."
+
+
+def _denied(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as ``handler`` that answers UNAUTHENTICATED."""
+
+    async def deny(request: object, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, _DENIED)
+
+    async def deny_stream(request: object, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, _DENIED)
+        yield  # pragma: no cover - abort raises
+
+    serializers = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(deny_stream, **serializers)
+    return grpc.unary_unary_rpc_method_handler(deny, **serializers)

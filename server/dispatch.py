@@ -1,0 +1,214 @@
+"""From a request to a running stream on one replica: pool, capabilities, admission, replica, retry.
+
+1. The pool: the requested model's, or the next of its ``fallback`` chain when it is unavailable
+   (not loaded, every replica ejected) or saturated (no room to run now); if every usable pool's
+   queue is full too, 429.
+2. The capability contract: a sampling parameter the backend cannot honour is refused (``strict``)
+   or served and reported (``lenient``); ``n`` and ``max_tokens`` caps are checked.
+3. Admission: a running slot of the pool's gate (or a place in its queue).
+4. A replica, chosen by the pool's router (prefix affinity or least outstanding tokens). A replica
+   that fails before anything was streamed is marked failed and the next one is tried; once a
+   token went out, a failure ends the stream with an error instead (no duplicated output).
+5. The stream is guarded: the per-request timeout, and on its end the gate, the router's
+   accounting and the backend stream are released, whatever the ending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from lmgate.backends.base import Backend
+from lmgate.backends.types import GenerateRequest, SamplingParams, TokenDelta
+from lmgate.server.errors import (
+    InvalidRequestError,
+    RateLimitError,
+    RequestTimeoutError,
+    ServiceUnavailableError,
+)
+from lmgate.server.generation import open_stream, open_streams
+from lmgate.server.model_registry import ModelPool, ModelRegistry
+
+AFFINITY_BYTES = 512
+_DEFAULTS = SamplingParams()
+_PARAMS = tuple(f.name for f in dataclasses.fields(SamplingParams) if f.name != "penalty_last_n")
+
+
+@dataclass
+class Dispatched:
+    """The streams of one request, opened on one replica of ``pool``."""
+
+    streams: list[AsyncIterator[TokenDelta]]
+    pool: ModelPool
+    backend: Backend
+    ignored_params: tuple[str, ...]
+
+
+def affinity_key(request: GenerateRequest) -> bytes:
+    """The first bytes of what the prompt starts with: requests sharing it share a KV prefix."""
+    if request.messages is not None:
+        text = "".join(f"<{m.role.value}>{m.content}" for m in request.messages)
+    elif request.prompt is not None:
+        text = request.prompt
+    else:
+        return b"".join(t.to_bytes(4, "little") for t in (request.prompt_token_ids or ())[: AFFINITY_BYTES // 4])
+    return text.encode()[:AFFINITY_BYTES]
+
+
+def used_params(sampling: SamplingParams) -> list[str]:
+    """The sampling parameters a request sets to something other than their defaults."""
+    return [name for name in _PARAMS if getattr(sampling, name) != getattr(_DEFAULTS, name)]
+
+
+class Dispatcher:
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+
+    async def open(self, model: str, requests: list[GenerateRequest]) -> Dispatched:
+        """Open ``requests`` (the prompts of one client request) on one replica of the chosen pool."""
+        pool = await self._choose_pool(model)
+        sampling = requests[0].sampling
+        ignored = self._check_capabilities(pool, sampling)
+        await pool.gate.acquire()
+        try:
+            backend, index, streams, cost = await self._open_on_replica(pool, requests)
+        except BaseException:
+            pool.gate.release()
+            raise
+        deadline = None
+        if pool.settings.request_timeout_s is not None:
+            deadline = asyncio.get_running_loop().time() + pool.settings.request_timeout_s
+        released = _Release(pool, index, cost, len(streams))
+        guarded = [_guarded(s, pool, index, deadline, released) for s in streams]
+        return Dispatched(guarded, pool, backend, ignored)
+
+    async def _choose_pool(self, model: str) -> ModelPool:
+        pool = self.registry.pool(model)
+        usable: list[ModelPool] = []
+        now = time.monotonic()
+        for candidate in self._chain(pool):
+            with contextlib.suppress(ServiceUnavailableError):
+                await candidate.ensure_loaded()
+            if not candidate.routable(now):
+                continue
+            candidate.last_used = now
+            if candidate.gate.has_room:
+                return candidate
+            usable.append(candidate)
+        for candidate in usable:
+            if not candidate.gate.full:
+                return candidate
+        if usable:
+            raise RateLimitError(
+                f"model `{pool.name}` and its fallbacks are at capacity; retry shortly", retry_after_s=1
+            )
+        raise ServiceUnavailableError(f"model `{pool.name}` has no replica that can serve now; retry shortly",
+                                      param="model")  # fmt: skip
+
+    def _chain(self, pool: ModelPool) -> list[ModelPool]:
+        chain = [pool]
+        while chain[-1].settings.fallback is not None:
+            chain.append(self.registry.pool(chain[-1].settings.fallback))
+        return chain
+
+    def _check_capabilities(self, pool: ModelPool, sampling: SamplingParams) -> tuple[str, ...]:
+        capabilities = pool.primary.capabilities
+        if sampling.n > capabilities.max_n:
+            raise InvalidRequestError(f"n={sampling.n} is more than model `{pool.name}` serves ({capabilities.max_n})",
+                                      param="n")  # fmt: skip
+        cap = pool.settings.max_tokens_cap
+        if cap is not None and sampling.max_tokens is not None and sampling.max_tokens > cap:
+            raise InvalidRequestError(f"max_tokens={sampling.max_tokens} is above this model's cap of {cap}",
+                                      param="max_tokens")  # fmt: skip
+        unsupported = tuple(p for p in used_params(sampling) if p not in capabilities.sampling_params)
+        if unsupported and pool.settings.params == "strict":
+            raise InvalidRequestError(
+                f"model `{pool.name}` ({pool.backend_kind}) does not honour {', '.join(unsupported)}; "
+                f"it supports {', '.join(sorted(capabilities.sampling_params))}",
+                param=unsupported[0],
+            )
+        return unsupported
+
+    async def _open_on_replica(
+        self, pool: ModelPool, requests: list[GenerateRequest]
+    ) -> tuple[Backend, int, list[AsyncIterator[TokenDelta]], int]:
+        key = affinity_key(requests[0])
+        cost = sum(_cost(r) for r in requests)
+        tried: set[int] = set()
+        while True:
+            now = time.monotonic()
+            index = pool.router.pick(now, key, exclude=pool.unusable | tried)
+            if index is None:
+                raise ServiceUnavailableError(f"no replica of model `{pool.name}` could serve the request",
+                                              param="model")  # fmt: skip
+            backend = pool.replicas[index]
+            pool.router.started(index, cost)
+            try:
+                if len(requests) == 1:
+                    streams = [await open_stream(backend, requests[0])]
+                else:
+                    streams = await open_streams(backend, requests)
+            except ServiceUnavailableError:
+                pool.router.ended(index, cost)
+                pool.router.failed(index, time.monotonic())
+                tried.add(index)
+                continue  # nothing was streamed yet: another replica may serve it
+            except BaseException:
+                pool.router.ended(index, cost)
+                raise
+            pool.router.succeeded(index)
+            return backend, index, streams, cost
+
+
+@dataclass
+class _Release:
+    """Gives back the gate slot and the router's accounting once every stream of a request ended."""
+
+    pool: ModelPool
+    index: int
+    cost: int
+    open_streams: int
+
+    def stream_ended(self) -> None:
+        self.open_streams -= 1
+        if self.open_streams == 0:
+            self.pool.router.ended(self.index, self.cost)
+            self.pool.gate.release()
+
+
+async def _guarded(
+    stream: AsyncIterator[TokenDelta], pool: ModelPool, index: int, deadline: float | None, release: _Release
+) -> AsyncIterator[TokenDelta]:
+    try:
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    delta = await anext(stream)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise RequestTimeoutError(
+                    f"the request took longer than model `{pool.name}`'s request_timeout_s "
+                    f"({pool.settings.request_timeout_s} s)"
+                ) from None
+            except ServiceUnavailableError:
+                pool.router.failed(index, time.monotonic())
+                raise
+            yield delta
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+        release.stream_ended()
+
+
+def _cost(request: GenerateRequest) -> int:
+    """Tokens the request will hold: a prompt estimate (4 bytes a token) plus what it may generate."""
+    if request.prompt_token_ids is not None:
+        prompt = len(request.prompt_token_ids)
+    else:
+        text = request.prompt if request.prompt is not None else "".join(m.content for m in request.messages or ())
+        prompt = len(text) // 4 + 1
+    return (prompt + (request.sampling.max_tokens or 256)) * request.sampling.n

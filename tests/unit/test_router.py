@@ -1,0 +1,60 @@
+"""The router's policies on plain data."""
+
+from collections import Counter
+
+from lmgate.server.router import Policy, Router, RouterConfig
+
+
+def test_least_outstanding_tokens_picks_the_lightest_replica():
+    router = Router.of(3, RouterConfig(policy=Policy.LEAST_OUTSTANDING))
+    router.started(0, 500)
+    router.started(1, 100)
+    router.started(2, 300)
+    assert router.pick(now=0) == 1
+    router.ended(1, 100)
+    router.started(1, 900)
+    assert router.pick(now=0) == 2
+
+
+def test_the_same_prefix_goes_to_the_same_replica():
+    router = Router.of(4)
+    key = b"You are a helpful assistant. Answer briefly."
+    assert len({router.pick(now=0, affinity_key=key) for _ in range(20)}) == 1
+
+
+def test_different_prefixes_spread_over_the_replicas():
+    router = Router.of(4)
+    picks = Counter(router.pick(now=0, affinity_key=f"system prompt {i}".encode()) for i in range(400))
+    assert set(picks) == {0, 1, 2, 3}
+    assert min(picks.values()) > 40  # consistent hashing with virtual nodes is roughly even
+
+
+def test_a_hot_prefix_spills_over_once_its_replica_is_over_the_load_bound():
+    router = Router.of(2, RouterConfig(epsilon=0.0))
+    key = b"the same system prompt for everyone"
+    home = router.pick(now=0, affinity_key=key)
+    placed = []
+    for _ in range(6):
+        index = router.pick(now=0, affinity_key=key)
+        router.started(index, 10)
+        placed.append(index)
+    assert Counter(placed) == {home: 3, 1 - home: 3}  # with epsilon 0 each takes at most its share
+
+
+def test_failures_eject_a_replica_for_a_while_then_it_is_tried_again():
+    router = Router.of(2, RouterConfig(policy=Policy.LEAST_OUTSTANDING, failures_to_eject=2, eject_s=10))
+    router.failed(0, now=100)
+    assert router.pick(now=100) == 0  # one failure is not enough
+    router.failed(0, now=100)
+    assert router.pick(now=105) == 1
+    assert router.pick(now=105, exclude=frozenset({1})) is None
+    assert router.pick(now=111) == 0  # back after eject_s
+    router.failed(0, now=111)
+    assert router.pick(now=112) == 1  # and out again at its first failure
+    router.succeeded(0)
+    assert router.replicas[0].consecutive_failures == 0
+
+
+def test_excluded_replicas_are_skipped():
+    router = Router.of(3, RouterConfig(policy=Policy.LEAST_OUTSTANDING))
+    assert router.pick(now=0, exclude=frozenset({0})) == 1
