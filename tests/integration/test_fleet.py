@@ -1,0 +1,123 @@
+"""A front lmgate routing to worker lmgates over gRPC, all real processes on loopback."""
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from server_helpers import wait_ready
+
+SYSTEM = "You are Gate, a small and helpful model. Answer in short sentences. " * 3
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Process:
+    """`lmgate serve` in a subprocess, on free HTTP and gRPC ports."""
+
+    def __init__(self, config: Path) -> None:
+        self.http, self.grpc = free_port(), free_port()
+        command = [sys.executable, "-m", "lmgate.server.cli", "serve", "--config", str(config),
+                   "--port", str(self.http), "--grpc-port", str(self.grpc), "--log-level", "warning"]  # fmt: skip
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.url = f"http://127.0.0.1:{self.http}"
+        self.target = f"127.0.0.1:{self.grpc}"
+
+    def metric(self, name: str, **labels: str) -> float:
+        text = httpx.get(f"{self.url}/metrics").text
+        return sum(
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        )
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=60)
+
+
+def config(tmp: Path, name: str, models: list[dict]) -> Path:
+    path = tmp / f"{name}.yaml"
+    path.write_text(json.dumps({"models": models}))  # JSON is YAML
+    return path
+
+
+@pytest.fixture(scope="module")
+def fleet(tiny_chat_path, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fleet")
+    chat_worker = config(tmp, "worker", [{"name": "tiny-chat", "gguf": str(tiny_chat_path), "check_integrity": True}])
+    workers = [
+        Process(chat_worker),
+        Process(chat_worker),
+        Process(config(tmp, "echo", [{"name": "echo", "backend": "fake"}])),
+    ]
+    for w in workers:
+        wait_ready(w.url)
+    front = Process(config(tmp, "front", [
+        {"name": "chat", "aliases": ["default"], "backend": "grpc", "remote_model": "tiny-chat",
+         "target": [workers[0].target, workers[1].target]},
+        {"name": "echo", "backend": "grpc", "target": workers[2].target},
+    ]))  # fmt: skip
+    wait_ready(front.url)
+    yield front, workers
+    for p in (front, *workers):
+        p.stop()
+
+
+def chat(front, content: str, **params) -> str:
+    client = openai.OpenAI(base_url=f"{front.url}/v1", api_key="unused", max_retries=0)
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": content}]
+    reply = client.chat.completions.create(model="chat", messages=messages, temperature=0, max_tokens=32, **params)
+    return reply.choices[0].message.content
+
+
+def test_requests_for_two_models_land_on_their_workers(fleet):
+    front, (w1, w2, w3) = fleet
+    before = [w.metric("lmgate_requests_total", status="ok") for w in (w1, w2, w3)]
+    client = openai.OpenAI(base_url=f"{front.url}/v1", api_key="unused", max_retries=0)
+    echoed = client.completions.create(model="echo", prompt="one two three")
+    assert echoed.choices[0].text == "one two three"
+    assert "moo" in chat(front, "What does a cow say?")
+    after = [w.metric("lmgate_requests_total", status="ok") for w in (w1, w2, w3)]
+    assert after[2] - before[2] == 1  # the echo worker got the echo request
+    assert (after[0] - before[0]) + (after[1] - before[1]) == 1  # one chat worker got the chat request
+
+
+def test_the_same_prefix_lands_on_the_same_replica_and_hits_its_prefix_cache(fleet):
+    front, (w1, w2, _) = fleet
+    before = [w.metric("lmgate_prefix_cache_hits_total") for w in (w1, w2)]
+    for question in ("What does a dog say?", "What does a pig say?", "What does a hen say?", "What is two plus two?"):
+        chat(front, question)
+    gained = [w.metric("lmgate_prefix_cache_hits_total") - b for w, b in zip((w1, w2), before, strict=True)]
+    assert sorted(g > 0 for g in gained) == [False, True]  # all on one worker, whose cache hit
+    assert max(gained) >= 3 * 32  # three repeats of a system prompt of several blocks
+
+
+def test_a_worker_killed_mid_stream_ends_that_stream_with_an_error_and_the_survivor_serves(fleet):
+    front, (w1, w2, _) = fleet
+    body = {"model": "chat", "prompt": "Once upon a time", "max_tokens": 1500, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", f"{front.url}/v1/completions", json=body, timeout=60) as response:
+        lines = response.iter_lines()
+        assert next(lines).startswith("data: ")
+        busy = next(w for w in (w1, w2) if w.metric("lmgate_requests_running") >= 1)
+        busy.stop(signal.SIGKILL)
+        rest = list(lines)  # ends: no hang
+    events = [line.removeprefix("data: ") for line in rest if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    errors = [json.loads(e)["error"] for e in events[:-1] if '"error"' in e]
+    assert errors and errors[0]["type"] == "service_unavailable"
+    for question in ("What does a cow say?", "What does a duck say?", "What does a cat say?"):
+        assert chat(front, question)  # the survivor serves them all
