@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lmgate.server import openai_chat, openai_completions, openai_models
 from lmgate.server.auth import ApiKeyInterceptor, ApiKeys
 from lmgate.server.dispatch import Dispatcher
+from lmgate.server.drain import Drain
 from lmgate.server.errors import LmgateError, RateLimitError, from_validation_errors
 from lmgate.server.gate_middleware import GatewayMiddleware
 from lmgate.server.grpc_server import GrpcFrontend
@@ -35,7 +36,8 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings) -> FastAPI:
     """The app; ConfigError when the configured API keys cannot be read."""
     registry = ModelRegistry(settings.models)
-    dispatcher = Dispatcher(registry)
+    drain = Drain(registry, settings.server.drain_timeout_s)
+    dispatcher = Dispatcher(registry, drain)
     metrics = Metrics(registry, log_prompts=settings.server.log_prompts)
     keys = ApiKeys.from_settings(settings.server)
 
@@ -48,6 +50,7 @@ def create_app(settings: Settings) -> FastAPI:
             grpc = app.state.grpc = await GrpcFrontend.start(
                 registry, dispatcher, metrics, server.host, server.grpc_port, interceptors
             )
+            drain.on_begin.append(grpc.health.enter_graceful_shutdown)
         metrics_server = None
         if server.metrics_port is not None:
             metrics_server, _ = start_http_server(server.metrics_port, server.host, registry=metrics.registry)
@@ -72,13 +75,14 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="lmgate", summary="OpenAI-compatible LLM serving gateway", lifespan=lifespan)
     app.state.models = registry
     app.state.dispatcher = dispatcher
+    app.state.drain = drain
     app.state.settings = settings
     app.state.grpc = None
     app.state.metrics = metrics
     app.include_router(openai_chat.router)
     app.include_router(openai_completions.router)
     app.include_router(openai_models.router)
-    _add_probes(app, registry, metrics)
+    _add_probes(app, registry, metrics, drain)
     _add_error_handlers(app, metrics)
     open_paths = {"/health", "/ready"} | ({"/metrics"} if not settings.server.metrics_auth else set())
     app.add_middleware(
@@ -91,7 +95,7 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-def _add_probes(app: FastAPI, registry: ModelRegistry, metrics: Metrics) -> None:
+def _add_probes(app: FastAPI, registry: ModelRegistry, metrics: Metrics, drain: Drain) -> None:
     @app.get("/health", tags=["probes"])
     async def health() -> dict[str, str]:
         """Liveness: the process answers."""
@@ -104,10 +108,12 @@ def _add_probes(app: FastAPI, registry: ModelRegistry, metrics: Metrics) -> None
 
     @app.get("/ready", tags=["probes"])
     async def ready() -> JSONResponse:
-        """Readiness: 200 once every eager model is loaded (lazy ones load on demand), else 503;
-        the body gives each model's state."""
+        """Readiness: 200 once every eager model is loaded (lazy ones load on demand) and the server
+        is not draining, else 503; the body gives each model's state."""
         models = {name: state.value for name, state in registry.states.items()}
-        return JSONResponse({"ready": registry.ready, "models": models}, status_code=200 if registry.ready else 503)
+        ready = registry.ready and not drain.draining
+        body = {"ready": ready, "draining": drain.draining, "models": models}
+        return JSONResponse(body, status_code=200 if ready else 503)
 
 
 def _add_error_handlers(app: FastAPI, metrics: Metrics) -> None:

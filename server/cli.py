@@ -13,12 +13,16 @@ name is taken from the file (and which answers to ``default`` as well).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import socket
 import sys
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 
+from lmgate.server.drain import Drain
 from lmgate.server.settings import (
     ConfigError,
     Settings,
@@ -169,15 +173,43 @@ def serve_forever(settings: Settings) -> None:
     handler.setFormatter(logging.Formatter("%(message)s"))
     access.addHandler(handler)
     access.propagate = False
+    app = create_app(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.server.host,
         port=settings.server.http_port,
         log_level=level,
         access_log=False,
         timeout_graceful_shutdown=int(settings.server.drain_timeout_s) or None,
     )
-    uvicorn.Server(config).run()
+    DrainingServer(config, app.state.drain).run()
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, but the first SIGTERM / SIGINT drains (server/drain.py) before exiting; a second
+    one exits at once."""
+
+    def __init__(self, config: uvicorn.Config, drain: Drain) -> None:
+        super().__init__(config)
+        self._drain = drain
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._draining or self._loop is None:
+            super().handle_exit(sig, frame)
+            return
+        self._draining = True
+        self._captured_signals.append(sig)  # re-raised after shutdown, as uvicorn does
+        self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain_then_exit()))
+
+    async def _drain_then_exit(self) -> None:
+        await self._drain.run()
+        self.should_exit = True
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from lmgate.backends.base import Backend
 from lmgate.backends.types import GenerateRequest, SamplingParams, TokenDelta
+from lmgate.server.drain import Drain
 from lmgate.server.errors import (
     InvalidRequestError,
     RateLimitError,
@@ -65,11 +66,14 @@ def used_params(sampling: SamplingParams) -> list[str]:
 
 
 class Dispatcher:
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, drain: Drain) -> None:
         self.registry = registry
+        self.drain = drain
 
     async def open(self, model: str, requests: list[GenerateRequest]) -> Dispatched:
         """Open ``requests`` (the prompts of one client request) on one replica of the chosen pool."""
+        if self.drain.draining:
+            raise ServiceUnavailableError("the server is shutting down; retry on another replica")
         pool = await self._choose_pool(model)
         sampling = requests[0].sampling
         ignored = self._check_capabilities(pool, sampling)

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 
 from lmgate.backends.types import BackendStats
 from lmgate.server.app import create_app
@@ -64,3 +71,41 @@ def wait_ready(base_url: str, attempts: int = 600) -> None:
             pass
         time.sleep(0.05)
     raise RuntimeError(f"{base_url} never became ready")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Process:
+    """`lmgate serve` in a subprocess, on free HTTP and gRPC ports."""
+
+    def __init__(self, config: Path) -> None:
+        self.http, self.grpc = free_port(), free_port()
+        command = [sys.executable, "-m", "lmgate.server.cli", "serve", "--config", str(config),
+                   "--port", str(self.http), "--grpc-port", str(self.grpc), "--log-level", "warning"]  # fmt: skip
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.url = f"http://127.0.0.1:{self.http}"
+        self.target = f"127.0.0.1:{self.grpc}"
+
+    def metric(self, name: str, **labels: str) -> float:
+        text = httpx.get(f"{self.url}/metrics").text
+        return sum(
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        )
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=60)
+
+
+def config(tmp: Path, name: str, models: list[dict]) -> Path:
+    path = tmp / f"{name}.yaml"
+    path.write_text(json.dumps({"models": models}))  # JSON is YAML
+    return path
