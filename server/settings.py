@@ -27,6 +27,7 @@ from lmgate.backends.grpc.config import GrpcConfig
 from lmgate.backends.llamacpp.config import LlamaCppConfig
 from lmgate.backends.openai.config import OpenAIConfig
 from lmgate.backends.registry import BackendKind
+from lmgate.backends.vllm.config import VllmConfig
 from lmgate.server.router import Policy
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$"
@@ -100,6 +101,10 @@ class OpenAIModelSettings(_ModelEntry, OpenAIConfig):
     pass
 
 
+class VllmModelSettings(_ModelEntry, VllmConfig):
+    pass
+
+
 class FakeModelSettings(_ModelEntry, FakeConfig):
     pass
 
@@ -115,6 +120,7 @@ ModelSettings = Annotated[
     Annotated[LlamaCppModelSettings, Tag("llamacpp")]
     | Annotated[GrpcModelSettings, Tag("grpc")]
     | Annotated[OpenAIModelSettings, Tag("openai")]
+    | Annotated[VllmModelSettings, Tag("vllm")]
     | Annotated[FakeModelSettings, Tag("fake")],
     Discriminator(_backend_kind),
 ]

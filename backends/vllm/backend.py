@@ -1,0 +1,273 @@
+"""The ``vllm`` backend: vLLM's in-process ``AsyncLLM`` (v1 engine) behind lmgate's contract.
+
+vLLM is imported in ``start()`` only, so a CPU deployment never imports it. Chat messages are
+rendered with the checkpoint's template and tokenized here with the same BOS rule as the llama.cpp
+backend (a template that writes BOS itself gets none added), so both engines see the same tokens.
+Sampling parameters map 1:1 onto vLLM's, outputs stream as deltas (``RequestOutputKind.DELTA``),
+and a closed stream aborts the request. vLLM's scheduler stats (running, waiting, KV usage,
+prefix-cache hits, preemptions) arrive through a stat logger and come out of ``stats()``.
+Beam search lives in vLLM's serving layer, not in AsyncLLM: it is declared unsupported.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from lmgate.backends.base import Backend
+from lmgate.backends.chat_template import ChatTemplate
+from lmgate.backends.errors import BackendUnavailable, InvalidRequest
+from lmgate.backends.types import (
+    BackendStats,
+    Capabilities,
+    FinishReason,
+    GenerateRequest,
+    ModelInfo,
+    SamplingParams,
+    TokenDelta,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
+from lmgate.backends.vllm.config import VllmConfig
+
+SAMPLING_PARAMS = frozenset({
+    "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty",
+    "seed", "logit_bias", "max_tokens", "stop", "stop_token_ids", "ignore_eos", "logprobs", "n",
+})  # fmt: skip
+_FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": FinishReason.ABORT}
+
+
+@dataclass
+class _Stats:
+    """Filled by vLLM's engine through ``_StatLogger``; read by ``stats()``."""
+
+    snapshot: BackendStats = field(default_factory=BackendStats)
+
+    def record(self, scheduler: Any, iteration: Any, total_cells: int) -> None:
+        s = self.snapshot
+        if scheduler is not None:
+            prefix = scheduler.prefix_cache_stats
+            s = replace(
+                s,
+                running=scheduler.num_running_reqs,
+                waiting=scheduler.num_waiting_reqs,
+                kv_cells_used=round(scheduler.kv_cache_usage * total_cells),
+                kv_cells_total=total_cells,
+                prefix_queries=s.prefix_queries + prefix.queries,
+                prefix_hits=s.prefix_hits + prefix.hits,
+            )
+        if iteration is not None:
+            s = replace(s, preemptions=s.preemptions + iteration.num_preempted_reqs, steps=s.steps + 1,
+                        generated_tokens=s.generated_tokens + iteration.num_generation_tokens)  # fmt: skip
+        self.snapshot = s
+
+
+class VllmBackend(Backend):
+    def __init__(self, name: str, config: VllmConfig) -> None:
+        self._name = name
+        self._config = config
+        self._engine: Any = None
+        self._tokenizer: Any = None
+        self._template: ChatTemplate | None = None
+        self._max_model_len = 0
+        self._stats = _Stats()
+        self._ids = itertools.count()
+        self._inflight: dict[str, set[str]] = {}
+
+    @property
+    def info(self) -> ModelInfo:
+        if self._engine is None:
+            raise BackendUnavailable(f"model {self._name!r} is not loaded")
+        return ModelInfo(self._name, "vllm", self._max_model_len, self._config.quantization)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(SAMPLING_PARAMS, max_logprobs=20, max_n=256)
+
+    async def start(self) -> None:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        c = self._config
+        optional = {
+            "tokenizer": c.tokenizer, "max_model_len": c.max_model_len,
+            "gpu_memory_utilization": c.gpu_memory_utilization, "kv_cache_memory_bytes": c.kv_cache_memory_bytes,
+            "quantization": c.quantization, "max_num_seqs": c.max_num_seqs, "seed": c.seed,
+            "hf_overrides": c.hf_overrides,
+        }  # fmt: skip
+        args = AsyncEngineArgs(
+            model=c.model,
+            dtype=c.dtype,
+            tensor_parallel_size=c.tensor_parallel_size,
+            enable_prefix_caching=c.enable_prefix_caching,
+            kv_cache_dtype=c.kv_cache_dtype,
+            enforce_eager=c.enforce_eager,
+            load_format=c.load_format,
+            **{k: v for k, v in optional.items() if v is not None},
+        )
+        try:
+            self._engine = AsyncLLM.from_engine_args(args, stat_loggers=[_logger_factory(self._stats)])
+        except Exception as exc:  # vLLM raises many kinds; the pool only needs to know it failed
+            raise BackendUnavailable(f"vLLM could not start {c.model}: {exc}") from exc
+        self._tokenizer = self._engine.get_tokenizer()
+        self._max_model_len = self._engine.model_config.max_model_len
+        tok = self._tokenizer
+        self._template = ChatTemplate(getattr(tok, "chat_template", None), bos_token=tok.bos_token or "",
+                                      eos_token=tok.eos_token or "")  # fmt: skip
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
+        engine = self._require_engine()
+        prompt = self._prompt_ids(request)
+        params = self._sampling(request, len(prompt))
+        internal = f"{request.request_id}-{next(self._ids)}"
+        self._inflight.setdefault(request.request_id, set()).add(internal)
+        counts: dict[int, int] = {}
+        unfinished = request.sampling.n
+        try:
+            async for output in engine.generate({"prompt_token_ids": prompt}, params, internal):
+                for completion in output.outputs:
+                    delta = self._delta(completion, output, counts, len(prompt))
+                    unfinished -= delta.finish_reason is not None
+                    yield delta
+        except ValueError as exc:  # vLLM's own validation: a client error
+            raise InvalidRequest(str(exc)) from exc
+        finally:
+            if unfinished:
+                await engine.abort(internal)
+            ids = self._inflight.get(request.request_id, set())
+            ids.discard(internal)
+            if not ids:
+                self._inflight.pop(request.request_id, None)
+
+    def _delta(self, completion: Any, output: Any, counts: dict[int, int], prompt_len: int) -> TokenDelta:
+        index = completion.index
+        counts[index] = counts.get(index, 0) + len(completion.token_ids)
+        finish = _FINISH.get(completion.finish_reason) if completion.finish_reason else None
+        usage = None
+        if finish is not None:
+            usage = Usage(prompt_len, counts[index], output.num_cached_tokens or 0)
+        logprobs = _logprobs(completion) if completion.logprobs else ()
+        return TokenDelta(index, completion.text, tuple(completion.token_ids), logprobs, finish, usage)
+
+    def _prompt_ids(self, request: GenerateRequest) -> list[int]:
+        tok = self._tokenizer
+        if request.prompt_token_ids is not None:
+            ids = list(request.prompt_token_ids)
+            if any(not 0 <= t < len(tok) for t in ids):
+                raise InvalidRequest(f"token ids must be within 0..{len(tok) - 1}", param="prompt")
+        elif request.messages is not None:
+            assert self._template is not None
+            text = self._template.render(request.messages)
+            add_special = not (tok.bos_token and text.startswith(tok.bos_token))
+            ids = tok.encode(text, add_special_tokens=add_special)
+        else:
+            ids = tok.encode(request.prompt or "", add_special_tokens=True)
+        if not ids:
+            raise InvalidRequest("the prompt is empty", param="prompt" if request.messages is None else "messages")
+        return ids
+
+    def _sampling(self, request: GenerateRequest, prompt_len: int) -> Any:
+        from vllm import SamplingParams as VllmSamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        s: SamplingParams = request.sampling
+        wanted = s.max_tokens
+        if prompt_len + (wanted or 1) > self._max_model_len:
+            where = "messages" if request.messages is not None else "prompt"
+            raise InvalidRequest(
+                f"This model's maximum context length is {self._max_model_len} tokens. However, you requested "
+                f"{prompt_len + (wanted or 0)} tokens ({prompt_len} in the {where}, {wanted or 0} in the completion).",
+                param="max_tokens" if wanted is not None and prompt_len < self._max_model_len else where,
+                code="context_length_exceeded",
+            )
+        if s.use_beam_search:
+            raise InvalidRequest("beam search is not available on the vllm backend", param="use_beam_search")
+        return VllmSamplingParams(
+            n=s.n,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k or -1,
+            min_p=s.min_p,
+            presence_penalty=s.presence_penalty,
+            frequency_penalty=s.frequency_penalty,
+            repetition_penalty=s.repetition_penalty,
+            seed=s.seed,
+            stop=list(s.stop) or None,
+            stop_token_ids=list(s.stop_token_ids) or None,
+            ignore_eos=s.ignore_eos,
+            max_tokens=wanted if wanted is not None else self._max_model_len - prompt_len,
+            logprobs=s.logprobs,
+            logit_bias=dict(s.logit_bias) or None,
+            output_kind=RequestOutputKind.DELTA,
+        )
+
+    def _require_engine(self) -> Any:
+        if self._engine is None or self._engine.errored:
+            raise BackendUnavailable(f"model {self._name!r} is not serving")
+        return self._engine
+
+    async def abort(self, request_id: str) -> None:
+        for internal in self._inflight.get(request_id, ()):
+            await self._require_engine().abort(internal)
+
+    async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        self._require_engine()
+        return list(self._tokenizer.encode(text, add_special_tokens=add_special))
+
+    async def detokenize(self, token_ids: list[int]) -> str:
+        self._require_engine()
+        if any(not 0 <= t < len(self._tokenizer) for t in token_ids):
+            raise InvalidRequest(f"token ids must be within 0..{len(self._tokenizer) - 1}", param="tokens")
+        return self._tokenizer.decode(token_ids, skip_special_tokens=True)
+
+    def stats(self) -> BackendStats:
+        snapshot = self._stats.snapshot
+        if self._engine is not None and self._engine.get_num_unfinished_requests() == 0:
+            # The stat logger hears from the engine only when it steps: an idle engine holds nothing.
+            snapshot = replace(snapshot, running=0, waiting=0, kv_cells_used=0)
+        return snapshot
+
+    def healthy(self) -> bool:
+        return self._engine is not None and not self._engine.errored
+
+    async def shutdown(self, drain_timeout: float = 0.0) -> None:
+        if self._engine is not None:
+            engine, self._engine = self._engine, None
+            engine.shutdown()
+
+
+def _logprobs(completion: Any) -> tuple[TokenLogprob, ...]:
+    out = []
+    for token_id, entries in zip(completion.token_ids, completion.logprobs, strict=False):
+        ranked = sorted(entries.items(), key=lambda e: e[1].rank or 0)
+        top = tuple(
+            TopLogprob(t, lp.decoded_token or "", lp.logprob, (lp.decoded_token or "").encode())
+            for t, lp in ranked
+            if lp.rank is not None and lp.rank >= 1
+        )
+        chosen = entries[token_id]
+        text = chosen.decoded_token or ""
+        out.append(TokenLogprob(token_id, text, chosen.logprob, text.encode(), top))
+    return tuple(out)
+
+
+def _logger_factory(stats: _Stats) -> Any:
+    """A vLLM stat-logger factory feeding ``stats`` (the interface is vLLM's, marked unstable)."""
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class _StatLogger(StatLoggerBase):
+        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+            cache = vllm_config.cache_config
+            self._cells = (cache.num_gpu_blocks or 0) * cache.block_size
+
+        def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None,
+                   engine_idx: int = 0) -> None:  # fmt: skip
+            stats.record(scheduler_stats, iteration_stats, self._cells)
+
+        def log_engine_initialized(self) -> None:
+            return None
+
+    return _StatLogger

@@ -1,0 +1,99 @@
+"""The vllm backend behind lmgate's HTTP and gRPC APIs, on vLLM's CPU build."""
+
+import grpc
+import httpx
+import openai
+import pytest
+
+from lmgate.v1 import inference_pb2 as pb
+from lmgate.v1 import inference_pb2_grpc as pb_grpc
+
+QUESTIONS = ["What is the capital of France?", "What does a cow say?", "Tell me a story about Ben.",
+             "Count from one to five."]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+
+
+def ask(client, model: str, question: str, **params) -> str:
+    params.setdefault("temperature", 0)
+    params.setdefault("max_tokens", 64)
+    reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}], **params)
+    return reply.choices[0].message.content
+
+
+def test_vllm_answers_like_the_same_weights_on_llama_cpp(client):
+    for question in QUESTIONS:
+        assert ask(client, "tiny-vllm", question) == ask(client, "tiny-llamacpp", question)
+    assert "Paris" in ask(client, "tiny-vllm", QUESTIONS[0])
+
+
+def test_streamed_chat_and_completion_equal_non_streamed(client):
+    question = QUESTIONS[2]
+    stream = client.chat.completions.create(model="tiny-vllm", messages=[{"role": "user", "content": question}],
+                                            temperature=0, max_tokens=64, stream=True,
+                                            stream_options={"include_usage": True})  # fmt: skip
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ask(client, "tiny-vllm", question)
+    assert chunks[-1].usage.completion_tokens > 0
+    whole = client.completions.create(model="tiny-vllm", prompt="Once upon a time", max_tokens=24, temperature=0)
+    streamed = client.completions.create(model="tiny-vllm", prompt="Once upon a time", max_tokens=24, temperature=0,
+                                         stream=True)  # fmt: skip
+    assert "".join(c.choices[0].text for c in streamed) == whole.choices[0].text
+
+
+def test_sampling_parameters_map_onto_vllm(client):
+    seeded = [ask(client, "tiny-vllm", "Tell me a story.", temperature=1.0, seed=5) for _ in range(2)]
+    assert seeded[0] == seeded[1]
+    reply = client.chat.completions.create(
+        model="tiny-vllm", messages=[{"role": "user", "content": "Tell me a story."}], n=2, temperature=1.0,
+        seed=7, max_tokens=32, logprobs=True, top_logprobs=2,
+    )  # fmt: skip
+    assert [c.index for c in reply.choices] == [0, 1]
+    for choice in reply.choices:
+        assert len(choice.logprobs.content) > 0 and all(len(t.top_logprobs) >= 1 for t in choice.logprobs.content)
+    full = ask(client, "tiny-vllm", "Tell me a story about Ben.")
+    stop = full.split()[4]
+    assert (
+        ask(client, "tiny-vllm", "Tell me a story about Ben.", stop=[stop]) == full[: full.index(stop)].rstrip(" ")
+        or ask(client, "tiny-vllm", "Tell me a story about Ben.", stop=[stop]) == full[: full.index(stop)]
+    )
+
+
+def test_beam_search_is_declared_unsupported_and_refused_in_strict_mode(client):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model="tiny-vllm", prompt="Hi", max_tokens=4, n=1,
+                                  extra_body={"use_beam_search": True, "best_of": 2})  # fmt: skip
+    assert err.value.body["param"] == "use_beam_search"
+    [card] = [m for m in client.models.list().data if m.id == "tiny-vllm"]
+    assert card.backend == "vllm" and card.context_length == 512 and "use_beam_search" not in card.supported_params
+
+
+def test_grpc_chat_streams_through_vllm(server):
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        request = pb.ChatRequest(model="tiny-vllm", messages=[pb.ChatMessage(role=pb.ROLE_USER, content=QUESTIONS[1])],
+                                 sampling=pb.SamplingParams(temperature=0, max_tokens=32))  # fmt: skip
+        responses = list(pb_grpc.InferenceStub(channel).Chat(request))
+    assert "moo" in "".join(r.text for r in responses)
+    assert responses[-1].usage.completion_tokens == sum(len(r.token_ids) for r in responses[:-1])
+
+
+def test_a_client_that_disconnects_aborts_the_vllm_request(server):
+    body = {"model": "tiny-vllm", "prompt": "Once upon a time", "max_tokens": 400, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", f"{server.base_url}/v1/completions", json=body, timeout=120) as response:
+        lines = response.iter_lines()
+        assert next(lines).startswith("data: ")
+    stats = server.wait_idle("tiny-vllm")
+    assert (stats.running, stats.waiting) == (0, 0)
+
+
+def test_engine_stats_reach_lmgate_metrics(server, client):
+    long_prompt = "You are a kind and helpful model. " * 30 + "What does a dog say?"  # > vLLM's CPU block size
+    for _ in range(2):
+        ask(client, "tiny-vllm", long_prompt, max_tokens=16)
+    stats = server.stats("tiny-vllm")
+    assert stats.prefix_queries > 0 and stats.prefix_hits > 0 and stats.kv_cells_total > 0
+    text = httpx.get(f"{server.base_url}/metrics").text
+    assert 'lmgate_prefix_cache_hits_total{backend="vllm",model="tiny-vllm"}' in text
