@@ -10,6 +10,7 @@ which aborts the worker's sequences.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import grpc
@@ -60,7 +61,10 @@ class GrpcBackend(Backend):
         return self._capabilities
 
     async def start(self) -> None:
-        self._channel = grpc.aio.insecure_channel(self._config.target)
+        service_config = json.dumps({"loadBalancingConfig": [{self._config.load_balancing: {}}]})
+        self._channel = grpc.aio.insecure_channel(
+            self._config.target, options=[("grpc.service_config", service_config)]
+        )
         self._stub = pb_grpc.InferenceStub(self._channel)
         listing = await self._stub.ListModels(
             pb.ListModelsRequest(), timeout=self._config.connect_timeout_s, wait_for_ready=True

@@ -16,3 +16,8 @@ class GrpcConfig(BaseModel):
     )
     remote_model: str | None = Field(default=None, description="The model's name on the worker (default: this name).")
     connect_timeout_s: PositiveFloat = Field(default=60.0, description="How long start() waits for the worker.")
+    load_balancing: Literal["pick_first", "round_robin"] = Field(
+        default="pick_first",
+        description="gRPC's own balancing over the addresses a target resolves to: with a Kubernetes headless "
+        "Service (`dns:///workers:50051`) and round_robin, calls spread over every worker pod as it comes and goes.",
+    )

