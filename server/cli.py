@@ -5,6 +5,8 @@
     lmgate check-config lmgate.yaml                           # validate a config file
     lmgate plan --model FILE.gguf --ctx 8192 --seqs 8         # memory estimate before serving
     lmgate bench --url http://127.0.0.1:8000 -c 1 4 8         # concurrent streaming benchmark
+    lmgate quantize gguf --from HF_DIR --type q4_k_m --out m.gguf
+    lmgate eval --model m-f16.gguf --model m-q4_k_m.gguf --text held-out.txt --max-ppl-increase 5%
 
 Flags override the config file's ``server`` section; ``--model`` builds a one-model config whose
 name is taken from the file (and which answers to ``default`` as well).
@@ -50,6 +52,22 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--max-seqs", type=int, help="with --model: sequences decoded together")
     serve.add_argument("--no-prefix-cache", action="store_true", help="with --model: recompute every prompt")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    quantize = commands.add_parser("quantize", help="convert and quantize models")
+    formats = quantize.add_subparsers(dest="format", required=True)
+    to_gguf = formats.add_parser("gguf", help="an HF checkpoint (Llama, Mistral) to a GGUF file")
+    to_gguf.add_argument("--from", dest="source", type=Path, required=True, help="HF checkpoint directory")
+    to_gguf.add_argument("--type", default="q8_0", choices=["f32", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m"])
+    to_gguf.add_argument("--out", type=Path, required=True)
+    evaluate = commands.add_parser("eval", help="perplexity, KL, top-1 agreement, size and speed of GGUF models")
+    evaluate.add_argument(
+        "--model", type=Path, action="append", required=True, help="repeat; the first is the reference"
+    )
+    evaluate.add_argument("--text", type=Path, required=True, help="held-out text to measure on")
+    evaluate.add_argument("--max-tokens", type=int, default=4096)
+    evaluate.add_argument("--max-ppl-increase", help="fail when a model's perplexity is more than this over the "
+                          "reference's, e.g. 5%%")  # fmt: skip
+    evaluate.add_argument("--markdown", type=Path, help="also write the table here")
+    evaluate.add_argument("--plot", type=Path, help="also write a PNG (needs the bench extra: matplotlib)")
     check = commands.add_parser("check-config", help="validate a YAML config file and summarise it")
     check.add_argument("file", type=Path)
     plan = commands.add_parser("plan", help="estimate the memory a GGUF model needs before serving it")
@@ -72,6 +90,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(run_plan_command(args))
     if args.command == "check-config":
         sys.exit(run_check_config(args.file))
+    if args.command == "quantize":
+        sys.exit(run_quantize(args))
+    if args.command == "eval":
+        sys.exit(run_eval(args))
 
     try:
         serve_forever(settings_from_args(args))
@@ -102,6 +124,37 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if args.no_grpc:
         server["grpc_port"] = None
     return validate_settings(raw, source=str(args.config or "command line"))
+
+
+def run_quantize(args: argparse.Namespace) -> int:
+    from lmgate.quantize.hf_to_gguf import QuantType, UnsupportedModel, convert
+
+    try:
+        out = convert(args.source, args.out, QuantType(args.type))
+    except (UnsupportedModel, FileNotFoundError) as exc:
+        print(f"lmgate: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {args.type})")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """The table; exit status 1 when --max-ppl-increase is given and a model goes over it."""
+    from lmgate.quantize.evaluate import evaluate, gate, markdown, plot
+
+    reports = evaluate(args.model, args.text.read_text(), max_tokens=args.max_tokens)
+    table = markdown(reports)
+    print(table)
+    if args.markdown:
+        args.markdown.write_text(table + "\n")
+    if args.plot:
+        plot(reports, args.plot)
+    if args.max_ppl_increase is None:
+        return 0
+    failures = gate(reports, float(args.max_ppl_increase.rstrip("%")) / 100)
+    for failure in failures:
+        print(f"FAIL {failure}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 def run_check_config(path: Path) -> int:
