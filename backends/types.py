@@ -141,6 +141,15 @@ class TokenDelta:
     usage: Usage | None = None
 
 
+STANDARD_SAMPLING_PARAMS = frozenset({
+    "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty",
+    "seed", "logit_bias", "max_tokens", "stop", "stop_token_ids", "ignore_eos", "logprobs", "n",
+})  # fmt: skip
+"""What the engines (llama.cpp, vLLM) honour; beam search (use_beam_search, best_of, length_penalty)
+comes on top where an engine has it."""
+BEAM_SEARCH_PARAMS = frozenset({"use_beam_search", "best_of", "length_penalty"})
+
+
 @dataclass(frozen=True, slots=True)
 class Capabilities:
     """What a backend honours; the router checks requests against it."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -19,7 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from lmgate.backends.errors import BackendError
-from lmgate.backends.types import TokenDelta
+from lmgate.backends.types import GenerateRequest, TokenDelta
 from lmgate.server import convert, grpc_convert
 from lmgate.server.convert import UsageTally
 from lmgate.server.dispatch import Dispatcher
@@ -64,28 +64,31 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self._metrics = metrics
 
     async def Chat(self, request: pb.ChatRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ChatResponse]:
-        request_id = _request_id(context)
-        async with _rpc_errors(context):
-            with self._metrics.request("grpc", request.model, request_id) as tracker:
-                body = grpc_convert.chat_request(request)
-                dispatched = await self._dispatcher.open(body.model, [convert.chat_request(body, request_id)])
-                stream = tracker.watch(dispatched.streams[0], body.n)
-                await context.send_initial_metadata(_metadata(request_id, dispatched.ignored_params))
-                async for fields in _responses(stream, request_id, dispatched.pool.name, body.n):
-                    yield pb.ChatResponse(**fields)
+        async for fields in self._generate(request, context, _chat_requests):
+            yield pb.ChatResponse(**fields)
 
     async def Complete(
         self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.CompleteResponse]:
+        async for fields in self._generate(request, context, _complete_requests):
+            yield pb.CompleteResponse(**fields)
+
+    async def _generate(
+        self,
+        request: pb.ChatRequest | pb.CompleteRequest,
+        context: grpc.aio.ServicerContext,
+        to_internal: Callable[[Any, str], tuple[int, list[GenerateRequest]]],
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Both streaming rpcs: validate as HTTP does, dispatch, measure, stream the fields."""
         request_id = _request_id(context)
         async with _rpc_errors(context):
             with self._metrics.request("grpc", request.model, request_id) as tracker:
-                body = grpc_convert.complete_request(request)
-                dispatched = await self._dispatcher.open(body.model, convert.completion_requests(body, request_id))
-                stream = tracker.watch(dispatched.streams[0], body.n)
+                n, requests = to_internal(request, request_id)
+                dispatched = await self._dispatcher.open(request.model, requests)
+                stream = tracker.watch(dispatched.streams[0], n)
                 await context.send_initial_metadata(_metadata(request_id, dispatched.ignored_params))
-                async for fields in _responses(stream, request_id, dispatched.pool.name, body.n):
-                    yield pb.CompleteResponse(**fields)
+                async for fields in _responses(stream, request_id, dispatched.pool.name, n):
+                    yield fields
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
@@ -115,6 +118,16 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             backend = (await self._registry.loaded(request.model)).primary
             return pb.DetokenizeResponse(text=await backend.detokenize(list(request.token_ids)))
         raise AssertionError("unreachable: _rpc_errors aborts")
+
+
+def _chat_requests(request: pb.ChatRequest, request_id: str) -> tuple[int, list[GenerateRequest]]:
+    body = grpc_convert.chat_request(request)
+    return body.n, [convert.chat_request(body, request_id)]
+
+
+def _complete_requests(request: pb.CompleteRequest, request_id: str) -> tuple[int, list[GenerateRequest]]:
+    body = grpc_convert.complete_request(request)
+    return body.n, convert.completion_requests(body, request_id)
 
 
 def _metadata(request_id: str, ignored_params: tuple[str, ...]) -> tuple[tuple[str, str], ...]:

@@ -22,6 +22,8 @@ from lmgate.backends.llamacpp.llama_model import LlamaModel
 from lmgate.backends.llamacpp.output import OutputText
 from lmgate.backends.llamacpp.sequence import Sequence
 from lmgate.backends.types import (
+    BEAM_SEARCH_PARAMS,
+    STANDARD_SAMPLING_PARAMS,
     BackendStats,
     Capabilities,
     GenerateRequest,
@@ -30,11 +32,7 @@ from lmgate.backends.types import (
     TokenDelta,
 )
 
-SAMPLING_PARAMS = frozenset({
-    "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty",
-    "seed", "logit_bias", "max_tokens", "stop", "stop_token_ids", "ignore_eos", "logprobs", "n",
-    "use_beam_search", "best_of", "length_penalty",
-})  # fmt: skip
+SAMPLING_PARAMS = STANDARD_SAMPLING_PARAMS | BEAM_SEARCH_PARAMS
 MAX_LOGPROBS = 20
 
 

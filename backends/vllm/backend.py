@@ -20,6 +20,7 @@ from lmgate.backends.base import Backend
 from lmgate.backends.chat_template import ChatTemplate
 from lmgate.backends.errors import BackendUnavailable, InvalidRequest
 from lmgate.backends.types import (
+    STANDARD_SAMPLING_PARAMS,
     BackendStats,
     Capabilities,
     FinishReason,
@@ -33,10 +34,7 @@ from lmgate.backends.types import (
 )
 from lmgate.backends.vllm.config import VllmConfig
 
-SAMPLING_PARAMS = frozenset({
-    "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty",
-    "seed", "logit_bias", "max_tokens", "stop", "stop_token_ids", "ignore_eos", "logprobs", "n",
-})  # fmt: skip
+SAMPLING_PARAMS = STANDARD_SAMPLING_PARAMS
 _FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": FinishReason.ABORT}
 
 
