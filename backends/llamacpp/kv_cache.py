@@ -88,6 +88,9 @@ class KVCacheManager:
         self._live_blocks = 0
         self._tails = 0
         self._ops: list[MemoryOp] = []
+        self._changes = 0
+        self._reclaimable_at = -1
+        self._reclaimable_value = 0
         self._clock = itertools.count(1)
         self.prefix_queries = 0
         self.prefix_hits = 0
@@ -110,8 +113,15 @@ class KVCacheManager:
 
     @property
     def reclaimable_cells(self) -> int:
-        """Cells only cached slots hold: free for the taking, kept while nobody needs them."""
-        return self._reclaimable(keep=[])
+        """Cells only cached slots hold: free for the taking, kept while nobody needs them.
+
+        Recomputed only after a slot changed hands (every such change records a memory op), so
+        reading it after each decode step costs nothing in steady decoding.
+        """
+        if self._reclaimable_at != self._changes:
+            self._reclaimable_value = self._reclaimable(keep=[])
+            self._reclaimable_at = self._changes
+        return self._reclaimable_value
 
     def cells_of(self, slot: int) -> int:
         """Positions ``slot`` holds (shared blocks included)."""
@@ -170,7 +180,7 @@ class KVCacheManager:
         state.tail = tail
         self._tails += tail
         state.last_used = next(self._clock)
-        self._ops.append(ShareOp(src, slot, self.cells_of(src)))
+        self._record(ShareOp(src, slot, self.cells_of(src)))
         return slot
 
     def allocate(self, slot: int, num_cells: int) -> bool:
@@ -208,7 +218,7 @@ class KVCacheManager:
         for block in state.blocks:
             self._drop(block, slot)
         self._free.append(slot)
-        self._ops.append(RemoveOp(slot, 0))
+        self._record(RemoveOp(slot, 0))
 
     def cache(self, slot: int) -> None:
         """Keep the slot's full blocks for later prefix hits (LRU); drop its tail."""
@@ -219,7 +229,11 @@ class KVCacheManager:
         self._tails -= state.tail
         state.tail = 0
         state.cached, state.last_used = True, next(self._clock)
-        self._ops.append(RemoveOp(slot, BLOCK_SIZE * len(state.blocks)))
+        self._record(RemoveOp(slot, BLOCK_SIZE * len(state.blocks)))
+
+    def _record(self, op: MemoryOp) -> None:
+        self._ops.append(op)
+        self._changes += 1
 
     def take_ops(self) -> tuple[MemoryOp, ...]:
         """Memory operations recorded since the last call, in the order llama.cpp must apply them."""
@@ -255,14 +269,14 @@ class KVCacheManager:
             block.holders.add(dst)
         self._slots[dst].blocks = list(chain)
         self._slots[src].last_used = next(self._clock)
-        self._ops.append(ShareOp(src, dst, BLOCK_SIZE * len(chain)))
+        self._record(ShareOp(src, dst, BLOCK_SIZE * len(chain)))
 
     def _truncate(self, slot: int, num_blocks: int) -> None:
         state = self._slots[slot]
         for block in state.blocks[num_blocks:]:
             self._drop(block, slot)
         del state.blocks[num_blocks:]
-        self._ops.append(RemoveOp(slot, BLOCK_SIZE * num_blocks))
+        self._record(RemoveOp(slot, BLOCK_SIZE * num_blocks))
 
     def _drop(self, block: Block, slot: int) -> None:
         block.holders.discard(slot)
@@ -311,6 +325,8 @@ class KVCacheManager:
                 raise KVIntegrityError(f"block {block.hash.hex()} lists a holder that lost it")
         if any(b.hash != h or id(b) not in live for h, b in self._index.items()):
             raise KVIntegrityError("the prefix index points at a dead or renamed block")
+        if self.reclaimable_cells != self._reclaimable(keep=[]):
+            raise KVIntegrityError("the remembered count of reclaimable cells is stale")
         if not 0 <= self.used_cells <= self.total_cells:
             raise KVIntegrityError(f"used cells {self.used_cells} outside 0..{self.total_cells}")
         held = {slot: self.cells_of(slot) for slot in self._slots}
