@@ -35,12 +35,9 @@ class Backend(abc.ABC):
 
         Raises ``InvalidRequest`` before the first delta for a request this model cannot serve
         (the prompt does not fit, a token id is out of range…). Closing the iterator early (the
-        client went away) aborts the request and frees what it held.
+        client went away, a deadline passed) is how a request is aborted: the backend stops it and
+        frees what it held.
         """
-
-    @abc.abstractmethod
-    async def abort(self, request_id: str) -> None:
-        """Stop a request; its stream ends with ``FinishReason.ABORT``. Unknown ids are ignored."""
 
     @abc.abstractmethod
     async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
@@ -59,5 +56,6 @@ class Backend(abc.ABC):
         """False once the engine has failed and cannot serve."""
 
     @abc.abstractmethod
-    async def shutdown(self, drain_timeout: float = 0.0) -> None:
-        """Finish in-flight requests for up to ``drain_timeout`` seconds, abort the rest, free all."""
+    async def shutdown(self) -> None:
+        """Abort what is still running and free everything. (Draining in-flight requests is the
+        server's job, before this: server/drain.py.)"""

@@ -155,9 +155,7 @@ class Capabilities:
     """What a backend honours; the router checks requests against it."""
 
     sampling_params: frozenset[str]
-    max_logprobs: int = 20
     max_n: int = 1
-    chat: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,9 +66,10 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             loading.cancel()
             await asyncio.gather(loading, return_exceptions=True)
+            # Draining happened before (server/drain.py, on SIGTERM): what still runs is cut now.
             if grpc is not None:
-                await grpc.stop(server.drain_timeout_s)
-            await registry.shutdown(server.drain_timeout_s)
+                await grpc.stop(grace=1.0)
+            await registry.shutdown()
             if metrics_server is not None:
                 metrics_server.shutdown()
 

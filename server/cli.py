@@ -233,7 +233,8 @@ def serve_forever(settings: Settings) -> None:
         port=settings.server.http_port,
         log_level=level,
         access_log=False,
-        timeout_graceful_shutdown=int(settings.server.drain_timeout_s) or None,
+        # The drain (DrainingServer) already waited for in-flight requests: don't wait a second time.
+        timeout_graceful_shutdown=1,
     )
     DrainingServer(config, app.state.drain).run()
 

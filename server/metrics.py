@@ -128,10 +128,9 @@ class Metrics:
             self.tokens_per_second.labels(model, backend).set_function(rate.rate)
         return self._rates[key]
 
-    def rejected(self, transport: str, error: LmgateError, model: str = UNKNOWN) -> None:
-        """A request refused before it reached a backend (validation, unknown model, ...)."""
-        name, backend = self.labels_for(model) if model != UNKNOWN else (UNKNOWN, UNKNOWN)
-        self.requests.labels(name, backend, transport, error.error_type).inc()
+    def rejected(self, transport: str, error: LmgateError) -> None:
+        """A request refused before its model was known (a malformed body, a missing API key)."""
+        self.requests.labels(UNKNOWN, UNKNOWN, transport, error.error_type).inc()
 
     @contextlib.contextmanager
     def request(self, transport: str, model: str, request_id: str) -> Iterator[RequestTracker]:

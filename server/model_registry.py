@@ -93,8 +93,8 @@ class ModelPool:
             log.info("model %s ready: %d replica(s), %s", self.name, len(self.replicas) - len(failures),
                      self.primary.info)  # fmt: skip
 
-    async def unload(self, drain_timeout: float) -> None:
-        await asyncio.gather(*(r.shutdown(drain_timeout) for r in self.replicas), return_exceptions=True)
+    async def unload(self) -> None:
+        await asyncio.gather(*(r.shutdown() for r in self.replicas), return_exceptions=True)
         self.state = ModelState.UNLOADED
         self.loaded = [False] * len(self.replicas)
         self._loading = None
@@ -122,10 +122,6 @@ class ModelRegistry:
         self.pools = {m.name: ModelPool(m) for m in models}
         self._names = {alias: m.name for m in models for alias in [m.name, *m.aliases]}
         self._reaper: asyncio.Task[None] | None = None
-
-    @property
-    def settings(self) -> dict[str, ModelSettings]:
-        return {name: pool.settings for name, pool in self.pools.items()}
 
     @property
     def states(self) -> dict[str, ModelState]:
@@ -160,16 +156,6 @@ class ModelRegistry:
         pool.last_used = time.monotonic()
         return pool
 
-    def get(self, model: str) -> Backend:
-        """A loaded replica of ``model`` (tokenizer, model info); 404 unknown, 503 while not loaded."""
-        pool = self.pool(model)
-        if not pool.healthy():
-            raise ServiceUnavailableError(f"model `{pool.name}` is {pool.state.value}; retry shortly", param="model")
-        return pool.primary
-
-    def aliases(self, name: str) -> list[str]:
-        return list(self.pools[name].settings.aliases)
-
     async def _unload_idle(self) -> None:
         while True:
             await asyncio.sleep(1.0)
@@ -179,14 +165,15 @@ class ModelRegistry:
                 busy = pool.gate.running or pool.gate.waiting
                 if idle_s and pool.state is ModelState.READY and not busy and now - pool.last_used > idle_s:
                     log.info("model %s idle for %.0f s: unloading", pool.name, now - pool.last_used)
-                    await pool.unload(0.0)
+                    await pool.unload()
 
-    async def shutdown(self, drain_timeout: float) -> None:
+    async def shutdown(self) -> None:
+        """Unload every model (aborting what still runs: the server drained before, if asked to)."""
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
-        await asyncio.gather(*(p.unload(drain_timeout) for p in self.pools.values()), return_exceptions=True)
+        await asyncio.gather(*(p.unload() for p in self.pools.values()), return_exceptions=True)
 
 
 def _replica_configs(settings: ModelSettings) -> list[ModelSettings]:

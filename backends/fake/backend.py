@@ -29,7 +29,8 @@ class FakeBackend(Backend):
         self._name = name
         self._config = config
         self._words: list[str] = []
-        self._running: dict[str, asyncio.Event] = {}
+        self._open = 0
+        self._stopping = asyncio.Event()
 
     @property
     def info(self) -> ModelInfo:
@@ -40,7 +41,7 @@ class FakeBackend(Backend):
         return Capabilities(frozenset({"max_tokens", "stop", "n", "seed", "temperature"}), max_n=self._config.max_n)
 
     async def start(self) -> None:
-        return None
+        self._stopping.clear()  # loaded again after an unload
 
     def _ids(self, text: str) -> list[int]:
         ids = []
@@ -63,22 +64,22 @@ class FakeBackend(Backend):
             raise InvalidRequest(
                 "prompt + max_tokens exceed the context", param="max_tokens", code="context_length_exceeded"
             )
-        aborted = self._running.setdefault(request.request_id, asyncio.Event())
+        self._open += 1
         try:
             for index in range(request.sampling.n):
-                async for delta in self._choice(index, prompt, limit, request.sampling.stop, aborted):
+                async for delta in self._choice(index, prompt, limit, request.sampling.stop):
                     yield delta
         finally:
-            self._running.pop(request.request_id, None)
+            self._open -= 1
 
     async def _choice(
-        self, index: int, prompt: list[int], limit: int, stop: tuple[str, ...], aborted: asyncio.Event
+        self, index: int, prompt: list[int], limit: int, stop: tuple[str, ...]
     ) -> AsyncIterator[TokenDelta]:
         produced = 0
         for produced, token in enumerate(prompt[:limit], start=1):
             await asyncio.sleep(self._config.token_delay_s)
             word = self._words[token]
-            if aborted.is_set():
+            if self._stopping.is_set():
                 yield TokenDelta(index, "", finish_reason=FinishReason.ABORT, usage=Usage(len(prompt), produced - 1))
                 return
             if word in stop:
@@ -90,10 +91,6 @@ class FakeBackend(Backend):
         reason = FinishReason.LENGTH if produced == limit else FinishReason.STOP
         yield TokenDelta(index, "", finish_reason=reason, usage=Usage(len(prompt), produced))
 
-    async def abort(self, request_id: str) -> None:
-        if request_id in self._running:
-            self._running[request_id].set()
-
     async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         return self._ids(text)
 
@@ -101,11 +98,10 @@ class FakeBackend(Backend):
         return " ".join(self._words[t] for t in token_ids)
 
     def stats(self) -> BackendStats:
-        return BackendStats(running=len(self._running))
+        return BackendStats(running=self._open)
 
     def healthy(self) -> bool:
         return True
 
-    async def shutdown(self, drain_timeout: float = 0.0) -> None:
-        for event in self._running.values():
-            event.set()
+    async def shutdown(self) -> None:
+        self._stopping.set()

@@ -9,7 +9,6 @@ which aborts the worker's sequences.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -28,8 +27,8 @@ from lmgate.backends.types import (
     TokenDelta,
     TokenLogprob,
     TopLogprob,
-    Usage,
 )
+from lmgate.backends.upstream_usage import UsageSplitter
 from lmgate.v1 import inference_pb2 as pb
 from lmgate.v1 import inference_pb2_grpc as pb_grpc
 
@@ -48,7 +47,7 @@ class GrpcBackend(Backend):
         self._stub: pb_grpc.InferenceStub | None = None
         self._info: ModelInfo | None = None
         self._capabilities = Capabilities(frozenset())
-        self._calls: dict[str, set[grpc.aio.Call]] = {}
+        self._open = 0
 
     @property
     def info(self) -> ModelInfo:
@@ -93,38 +92,30 @@ class GrpcBackend(Backend):
                 pb.CompleteRequest(model=self._remote, sampling=_sampling(request.sampling), **prompt),
                 metadata=metadata,
             )
-        calls = self._calls.setdefault(request.request_id, set())
-        calls.add(call)
-        tokens: dict[int, int] = {}
-        held: list[TokenDelta] = []
+        self._open += 1
+        split = UsageSplitter(request.sampling.n)
         try:
             async for message in call:
                 if message.HasField("usage"):
-                    for delta in held:
-                        yield _with_usage(delta, message.usage, tokens.get(delta.index, 0))
+                    u = message.usage
+                    for held in split.release(u.prompt_tokens, u.completion_tokens, u.cached_tokens):
+                        yield held
                     return
                 delta = _delta(message)
-                tokens[delta.index] = tokens.get(delta.index, 0) + len(delta.token_ids)
-                if delta.finish_reason is None:
-                    yield delta
-                else:
-                    held.append(delta)
+                if (now := split.add(delta, len(delta.token_ids))) is not None:
+                    yield now
+            for held in split.release():  # the worker ended without usage: still end every choice
+                yield held
         except grpc.aio.AioRpcError as exc:
             raise _error(exc, self._config.target) from exc
         finally:
-            call.cancel()
-            calls.discard(call)
-            if not calls:
-                self._calls.pop(request.request_id, None)
+            call.cancel()  # closed early: the worker aborts the request
+            self._open -= 1
 
     def _require_stub(self) -> pb_grpc.InferenceStub:
         if self._stub is None:
             raise BackendUnavailable(f"model {self._name!r} is not connected")
         return self._stub
-
-    async def abort(self, request_id: str) -> None:
-        for call in self._calls.get(request_id, ()):
-            call.cancel()
 
     async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         try:
@@ -145,18 +136,14 @@ class GrpcBackend(Backend):
         return response.text
 
     def stats(self) -> BackendStats:
-        return BackendStats(running=sum(len(calls) for calls in self._calls.values()))
+        return BackendStats(running=self._open)
 
     def healthy(self) -> bool:
         if self._channel is None:
             return False
         return self._channel.get_state() is not grpc.ChannelConnectivity.SHUTDOWN
 
-    async def shutdown(self, drain_timeout: float = 0.0) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + drain_timeout
-        while self._calls and loop.time() < deadline:
-            await asyncio.sleep(0.05)
+    async def shutdown(self) -> None:
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
@@ -194,11 +181,6 @@ def _delta(message: pb.ChatResponse | pb.CompleteResponse) -> TokenDelta:
     )  # fmt: skip
     reason = _FINISH.get(message.finish_reason)
     return TokenDelta(message.index, message.text, tuple(message.token_ids), logprobs, reason)
-
-
-def _with_usage(delta: TokenDelta, usage: pb.Usage, completion_tokens: int) -> TokenDelta:
-    own = Usage(usage.prompt_tokens, completion_tokens, usage.cached_tokens)
-    return TokenDelta(delta.index, delta.text, delta.token_ids, delta.logprobs, delta.finish_reason, own)
 
 
 def _error(exc: grpc.aio.AioRpcError, target: str) -> BackendError:

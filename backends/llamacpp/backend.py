@@ -43,7 +43,6 @@ class LlamaCppBackend(Backend):
         self._engine: Engine | None = None
         self._template: ChatTemplate | None = None
         self._arrivals = itertools.count()
-        self._inflight: dict[str, set[str]] = {}
 
     @property
     def info(self) -> ModelInfo:
@@ -52,7 +51,7 @@ class LlamaCppBackend(Backend):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(SAMPLING_PARAMS, max_logprobs=MAX_LOGPROBS, max_n=self._config.max_seqs)
+        return Capabilities(SAMPLING_PARAMS, max_n=self._config.max_seqs)
 
     @property
     def _model(self) -> LlamaModel:
@@ -84,7 +83,6 @@ class LlamaCppBackend(Backend):
         ]
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue[list[TokenDelta] | BaseException] = asyncio.Queue()
-        self._inflight.setdefault(request.request_id, set()).add(internal_id)
         engine.add(internal_id, seqs, _loop_sink(loop, inbox))
         unfinished = request.sampling.n
         try:
@@ -98,10 +96,6 @@ class LlamaCppBackend(Backend):
         finally:
             if unfinished:  # the consumer went away (or the engine failed): free the sequences
                 engine.abort(internal_id)
-            ids = self._inflight.get(request.request_id, set())
-            ids.discard(internal_id)
-            if not ids:
-                self._inflight.pop(request.request_id, None)
 
     def _running_engine(self) -> Engine:
         if self._engine is None or not self.healthy():
@@ -170,11 +164,6 @@ class LlamaCppBackend(Backend):
         if bad:
             raise InvalidRequest(f"token id {bad[0]} is outside the vocabulary (0..{n_vocab - 1})", param=param)
 
-    async def abort(self, request_id: str) -> None:
-        if self._engine is not None:
-            for internal_id in self._inflight.get(request_id, ()):
-                self._engine.abort(internal_id)
-
     async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         return self._model.tokenize(text, add_special=add_special, parse_special=True)
 
@@ -188,15 +177,10 @@ class LlamaCppBackend(Backend):
     def healthy(self) -> bool:
         return self._engine is not None and self._engine.failed is None
 
-    async def shutdown(self, drain_timeout: float = 0.0) -> None:
-        if self._engine is None:
-            return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + drain_timeout
-        while self._inflight and loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        engine, self._engine = self._engine, None
-        await asyncio.to_thread(engine.stop)
+    async def shutdown(self) -> None:
+        if self._engine is not None:
+            engine, self._engine = self._engine, None
+            await asyncio.to_thread(engine.stop)
 
 
 def _loop_sink(

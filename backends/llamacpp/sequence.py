@@ -75,10 +75,6 @@ class Sequence:
     def num_uncomputed(self) -> int:
         return len(self.token_ids) - self.num_computed_tokens
 
-    @property
-    def output_token_ids(self) -> list[int]:
-        return self.token_ids[self.num_prompt_tokens :]
-
     def block_hashes(self) -> list[bytes]:
         """Chained hashes of every full block of ``token_ids`` (computed once, extended as it grows).
 

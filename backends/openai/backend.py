@@ -28,8 +28,8 @@ from lmgate.backends.types import (
     TokenDelta,
     TokenLogprob,
     TopLogprob,
-    Usage,
 )
+from lmgate.backends.upstream_usage import UsageSplitter
 
 _FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": FinishReason.ABORT}
 
@@ -82,21 +82,18 @@ class OpenAIBackend(Backend):
         except openai.OpenAIError as exc:
             raise _error(exc, self._config.base_url) from exc
         self._open += 1
-        counts: dict[int, int] = {}
-        held: list[TokenDelta] = []
+        split = UsageSplitter(request.sampling.n)
         usage = None
         try:
             async for chunk in stream:
                 usage = chunk.usage or usage
                 for choice in chunk.choices:
                     delta = _delta(choice, chat=request.messages is not None)
-                    counts[delta.index] = counts.get(delta.index, 0) + bool(delta.text)
-                    if delta.finish_reason is None:
-                        yield delta
-                    else:
-                        held.append(delta)
-            for delta in held:
-                yield _with_usage(delta, usage, counts.get(delta.index, 0), request.sampling.n)
+                    # Servers stream a token per content chunk; ids are not sent.
+                    if (now := split.add(delta, bool(delta.text))) is not None:
+                        yield now
+            for held in split.release(*_usage_counts(usage)):
+                yield held
         except openai.OpenAIError as exc:
             raise _error(exc, self._config.base_url) from exc
         finally:
@@ -138,9 +135,6 @@ class OpenAIBackend(Backend):
             raise BackendUnavailable(f"model {self._name!r} is not connected")
         return self._client
 
-    async def abort(self, request_id: str) -> None:
-        return None  # closing the stream (the gateway does) closes the upstream request
-
     async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         raise InvalidRequest("tokenize is not available for a model on an OpenAI-compatible upstream")
 
@@ -153,7 +147,7 @@ class OpenAIBackend(Backend):
     def healthy(self) -> bool:
         return self._client is not None
 
-    async def shutdown(self, drain_timeout: float = 0.0) -> None:
+    async def shutdown(self) -> None:
         if self._client is not None:
             await self._client.close()
             self._client = None
@@ -172,14 +166,12 @@ def _delta(choice: Any, *, chat: bool) -> TokenDelta:
     return TokenDelta(choice.index, text, (), logprobs, _FINISH.get(choice.finish_reason or ""))
 
 
-def _with_usage(delta: TokenDelta, usage: Any, chunks: int, n: int) -> TokenDelta:
-    """The upstream reports usage for the whole request: with one choice it is that choice's; with
-    several, each gets the prompt and the number of its content chunks (a token each, as servers stream)."""
-    prompt = usage.prompt_tokens if usage else 0
-    details = getattr(usage, "prompt_tokens_details", None) if usage else None
-    cached = getattr(details, "cached_tokens", 0) or 0
-    own = Usage(prompt, usage.completion_tokens if usage and n == 1 else chunks, cached)
-    return TokenDelta(delta.index, delta.text, delta.token_ids, delta.logprobs, delta.finish_reason, own)
+def _usage_counts(usage: Any) -> tuple[int, int | None, int]:
+    """(prompt, completion, cached) of an OpenAI usage object, or zeros when the server sent none."""
+    if usage is None:
+        return 0, None, 0
+    details = getattr(usage, "prompt_tokens_details", None)
+    return usage.prompt_tokens, usage.completion_tokens, getattr(details, "cached_tokens", 0) or 0
 
 
 def _error(exc: openai.OpenAIError, base_url: str) -> BackendError:

@@ -73,7 +73,6 @@ class VllmBackend(Backend):
         self._max_model_len = 0
         self._stats = _Stats()
         self._ids = itertools.count()
-        self._inflight: dict[str, set[str]] = {}
 
     @property
     def info(self) -> ModelInfo:
@@ -83,7 +82,7 @@ class VllmBackend(Backend):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(SAMPLING_PARAMS, max_logprobs=20, max_n=256)
+        return Capabilities(SAMPLING_PARAMS, max_n=256)
 
     async def start(self) -> None:
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -121,7 +120,6 @@ class VllmBackend(Backend):
         prompt = self._prompt_ids(request)
         params = self._sampling(request, len(prompt))
         internal = f"{request.request_id}-{next(self._ids)}"
-        self._inflight.setdefault(request.request_id, set()).add(internal)
         counts: dict[int, int] = {}
         unfinished = request.sampling.n
         try:
@@ -135,10 +133,6 @@ class VllmBackend(Backend):
         finally:
             if unfinished:
                 await engine.abort(internal)
-            ids = self._inflight.get(request.request_id, set())
-            ids.discard(internal)
-            if not ids:
-                self._inflight.pop(request.request_id, None)
 
     def _delta(self, completion: Any, output: Any, counts: dict[int, int], prompt_len: int) -> TokenDelta:
         index = completion.index
@@ -207,10 +201,6 @@ class VllmBackend(Backend):
             raise BackendUnavailable(f"model {self._name!r} is not serving")
         return self._engine
 
-    async def abort(self, request_id: str) -> None:
-        for internal in self._inflight.get(request_id, ()):
-            await self._require_engine().abort(internal)
-
     async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         self._require_engine()
         return list(self._tokenizer.encode(text, add_special_tokens=add_special))
@@ -231,7 +221,7 @@ class VllmBackend(Backend):
     def healthy(self) -> bool:
         return self._engine is not None and not self._engine.errored
 
-    async def shutdown(self, drain_timeout: float = 0.0) -> None:
+    async def shutdown(self) -> None:
         if self._engine is not None:
             engine, self._engine = self._engine, None
             engine.shutdown()

@@ -48,6 +48,13 @@ def test_streaming_chat_ends_with_usage(stub):
     assert all(r.model == MODEL and r.id == responses[0].id for r in responses)
 
 
+def test_n_choices_count_the_prompt_once(stub):
+    single = list(stub.Chat(chat("Tell me a story.", temperature=1.0, seed=1, max_tokens=8)))[-1].usage
+    double = list(stub.Chat(chat("Tell me a story.", temperature=1.0, seed=1, max_tokens=8, n=2)))[-1].usage
+    assert double.prompt_tokens == single.prompt_tokens
+    assert double.completion_tokens == 2 * single.completion_tokens == 16
+
+
 def test_greedy_grpc_text_equals_greedy_http_text(server, stub):
     client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
     for question in ("Tell me a story about Sam.", "What is the capital of Italy?"):
