@@ -20,6 +20,7 @@ class BackendKind(enum.StrEnum):
     GRPC = "grpc"
     OPENAI = "openai"
     VLLM = "vllm"
+    TRANSFORMERS = "transformers"
     FAKE = "fake"
 
 
@@ -28,6 +29,7 @@ _BACKENDS: dict[BackendKind, str] = {
     BackendKind.GRPC: "lmgate.backends.grpc.backend:GrpcBackend",
     BackendKind.OPENAI: "lmgate.backends.openai.backend:OpenAIBackend",
     BackendKind.VLLM: "lmgate.backends.vllm.backend:VllmBackend",
+    BackendKind.TRANSFORMERS: "lmgate.backends.transformers.backend:TransformersBackend",
     BackendKind.FAKE: "lmgate.backends.fake.backend:FakeBackend",
 }
 

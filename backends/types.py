@@ -8,6 +8,7 @@ values a client sends happens at the edge; these types trust what they are given
 from __future__ import annotations
 
 import enum
+import random
 from dataclasses import dataclass, field
 
 
@@ -68,6 +69,13 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    def choice_seed(self, index: int) -> int:
+        """Choice ``index`` of a seeded request gets seed + index: reproducible, yet n choices differ.
+        Unseeded, a fresh random 32-bit seed."""
+        if self.seed is None:
+            return random.getrandbits(32)
+        return (self.seed + index) & 0xFFFFFFFF
 
     @property
     def beam_width(self) -> int:

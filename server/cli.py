@@ -6,6 +6,7 @@
     lmgate plan --model FILE.gguf --ctx 8192 --seqs 8         # memory estimate before serving
     lmgate bench --url http://127.0.0.1:8000 -c 1 4 8         # concurrent streaming benchmark
     lmgate quantize gguf --from HF_DIR --type q4_k_m --out m.gguf
+    lmgate quantize gptq --from HF_DIR --bits 4 --group-size 128 --calib builtin --out m-gptq/
     lmgate eval --model m-f16.gguf --model m-q4_k_m.gguf --text held-out.txt --max-ppl-increase 5%
 
 Flags override the config file's ``server`` section; ``--model`` builds a one-model config whose
@@ -58,6 +59,17 @@ def main(argv: list[str] | None = None) -> None:
     to_gguf.add_argument("--from", dest="source", type=Path, required=True, help="HF checkpoint directory")
     to_gguf.add_argument("--type", default="q8_0", choices=["f32", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m"])
     to_gguf.add_argument("--out", type=Path, required=True)
+    for method in ("gptq", "awq"):
+        weights = formats.add_parser(method, help=f"an HF checkpoint to a {method.upper()} checkpoint directory")
+        weights.add_argument("--from", dest="source", type=Path, required=True, help="HF checkpoint directory")
+        weights.add_argument("--bits", type=int, default=4, choices=[4, 8])
+        weights.add_argument("--group-size", type=int, default=128)
+        weights.add_argument("--calib", default="builtin", help="text file (a sample per line, or .jsonl with "
+                             "`text`) or `builtin` (lmgate's generated English corpus)")  # fmt: skip
+        weights.add_argument("--max-samples", type=int, help="use at most this many calibration samples")
+        weights.add_argument("--tool", default="gptqmodel", choices=["gptqmodel", "llm-compressor"],
+                             help="gptqmodel: GPTQ/AWQ formats; llm-compressor: compressed-tensors")  # fmt: skip
+        weights.add_argument("--out", type=Path, required=True, help="output directory")
     evaluate = commands.add_parser("eval", help="perplexity, KL, top-1 agreement, size and speed of GGUF models")
     evaluate.add_argument(
         "--model", type=Path, action="append", required=True, help="repeat; the first is the reference"
@@ -127,6 +139,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def run_quantize(args: argparse.Namespace) -> int:
+    if args.format != "gguf":
+        return run_quantize_weights(args)
     from lmgate.quantize.hf_to_gguf import QuantType, UnsupportedModel, convert
 
     try:
@@ -135,6 +149,26 @@ def run_quantize(args: argparse.Namespace) -> int:
         print(f"lmgate: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {args.type})")
+    return 0
+
+
+def run_quantize_weights(args: argparse.Namespace) -> int:
+    """``quantize gptq|awq``: exit status 1 with the tool's reason when it cannot."""
+    try:
+        from lmgate.quantize.calibration import load_calibration
+        from lmgate.quantize.weight_only import Method, QuantizeError, Tool, quantize_weights
+    except ImportError as exc:
+        print(f"lmgate: {exc.name} is missing: pip install 'lmgate[quantize]'", file=sys.stderr)
+        return 1
+    try:
+        calibration = load_calibration(args.calib, max_samples=args.max_samples)
+        out = quantize_weights(args.source, args.out, method=Method(args.format), bits=args.bits,
+                               group_size=args.group_size, calibration=calibration, tool=Tool(args.tool))  # fmt: skip
+    except (ValueError, FileNotFoundError, QuantizeError, ImportError) as exc:
+        print(f"lmgate: {exc}", file=sys.stderr)
+        return 1
+    size = sum(p.stat().st_size for p in out.glob("*.safetensors"))
+    print(f"wrote {out} ({size / 1e6:.1f} MB of weights, {args.format} {args.bits}-bit, group {args.group_size})")
     return 0
 
 

@@ -27,6 +27,7 @@ from lmgate.backends.grpc.config import GrpcConfig
 from lmgate.backends.llamacpp.config import LlamaCppConfig
 from lmgate.backends.openai.config import OpenAIConfig
 from lmgate.backends.registry import BackendKind
+from lmgate.backends.transformers.config import TransformersConfig
 from lmgate.backends.vllm.config import VllmConfig
 from lmgate.server.router import Policy
 
@@ -105,6 +106,10 @@ class VllmModelSettings(_ModelEntry, VllmConfig):
     pass
 
 
+class TransformersModelSettings(_ModelEntry, TransformersConfig):
+    pass
+
+
 class FakeModelSettings(_ModelEntry, FakeConfig):
     pass
 
@@ -121,6 +126,7 @@ ModelSettings = Annotated[
     | Annotated[GrpcModelSettings, Tag("grpc")]
     | Annotated[OpenAIModelSettings, Tag("openai")]
     | Annotated[VllmModelSettings, Tag("vllm")]
+    | Annotated[TransformersModelSettings, Tag("transformers")]
     | Annotated[FakeModelSettings, Tag("fake")],
     Discriminator(_backend_kind),
 ]

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from lmgate.backends.base import Backend
 from lmgate.backends.chat_template import ChatTemplate
 from lmgate.backends.errors import BackendUnavailable, InvalidRequest
+from lmgate.backends.limits import check_token_ids, output_budget
 from lmgate.backends.llamacpp.config import LlamaCppConfig
 from lmgate.backends.llamacpp.engine import Engine
 from lmgate.backends.llamacpp.llama_model import LlamaModel
@@ -68,7 +69,7 @@ class LlamaCppBackend(Backend):
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
         engine = self._running_engine()
         prompt = self._prompt_ids(request)
-        max_tokens = self._check_fits(request, len(prompt))
+        max_tokens = output_budget(request, len(prompt), self._model.max_model_len)
         self._check_sampling(request.sampling)
 
         internal_id = f"{request.request_id}/{uuid.uuid4().hex[:8]}"
@@ -106,7 +107,7 @@ class LlamaCppBackend(Backend):
         model = self._model
         if request.prompt_token_ids is not None:
             ids = list(request.prompt_token_ids)
-            self._check_token_ids(ids, "prompt")
+            check_token_ids(ids, model.n_vocab, "prompt")
         elif request.messages is not None:
             assert self._template is not None
             text = self._template.render(request.messages)
@@ -119,23 +120,6 @@ class LlamaCppBackend(Backend):
         if not ids:
             raise InvalidRequest("the prompt is empty", param="prompt" if request.messages is None else "messages")
         return ids
-
-    def _check_fits(self, request: GenerateRequest, prompt_len: int) -> int:
-        """The output budget of each choice; raises when prompt + max_tokens exceed the context."""
-        n_ctx = self._model.max_model_len
-        wanted = request.sampling.max_tokens
-        if prompt_len + (wanted or 1) > n_ctx:
-            where = "messages" if request.messages is not None else "prompt"
-            asked = (
-                f"{prompt_len + (wanted or 0)} tokens ({prompt_len} in the {where}, {wanted or 0} in the completion)"
-            )
-            raise InvalidRequest(
-                f"This model's maximum context length is {n_ctx} tokens. However, you requested {asked}. "
-                f"Please reduce the length of the {where} or completion.",
-                param=where if wanted is None or prompt_len >= n_ctx else "max_tokens",
-                code="context_length_exceeded",
-            )
-        return wanted if wanted is not None else n_ctx - prompt_len
 
     def _check_sampling(self, sampling: SamplingParams) -> None:
         if sampling.n > self._config.max_seqs:
@@ -155,20 +139,15 @@ class LlamaCppBackend(Backend):
             raise InvalidRequest("best_of different from n needs use_beam_search", param="best_of")
         if sampling.logprobs is not None and sampling.logprobs > MAX_LOGPROBS:
             raise InvalidRequest(f"at most {MAX_LOGPROBS} top logprobs, got {sampling.logprobs}", param="logprobs")
-        self._check_token_ids([t for t, _ in sampling.logit_bias], "logit_bias")
-        self._check_token_ids(list(sampling.stop_token_ids), "stop_token_ids")
-
-    def _check_token_ids(self, ids: list[int], param: str) -> None:
         n_vocab = self._model.n_vocab
-        bad = [t for t in ids if not 0 <= t < n_vocab]
-        if bad:
-            raise InvalidRequest(f"token id {bad[0]} is outside the vocabulary (0..{n_vocab - 1})", param=param)
+        check_token_ids((t for t, _ in sampling.logit_bias), n_vocab, "logit_bias")
+        check_token_ids(sampling.stop_token_ids, n_vocab, "stop_token_ids")
 
     async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         return self._model.tokenize(text, add_special=add_special, parse_special=True)
 
     async def detokenize(self, token_ids: list[int]) -> str:
-        self._check_token_ids(token_ids, "tokens")
+        check_token_ids(token_ids, self._model.n_vocab, "tokens")
         return self._model.detokenize(token_ids)
 
     def stats(self) -> BackendStats:

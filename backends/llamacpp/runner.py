@@ -15,7 +15,7 @@ import numpy as np
 
 from lmgate.backends.llamacpp.kv_cache import MemoryOp, RemoveOp
 from lmgate.backends.llamacpp.llama_model import LlamaModel
-from lmgate.backends.llamacpp.sampler import SamplerChain, sequence_seed
+from lmgate.backends.llamacpp.sampler import SamplerChain
 from lmgate.backends.llamacpp.scheduler import SchedulerOutput
 from lmgate.backends.llamacpp.sequence import Sequence
 from lmgate.backends.types import TokenLogprob, TopLogprob
@@ -111,7 +111,7 @@ class Runner:
             chain = self._samplers[seq.key] = SamplerChain(
                 seq.sampling,
                 n_vocab=self.model.n_vocab,
-                seed=sequence_seed(seq.sampling, seq.index),
+                seed=seq.sampling.choice_seed(seq.index),
                 prompt=seq.token_ids[: seq.num_prompt_tokens],
                 banned=self.model.eog_ids if seq.sampling.ignore_eos else frozenset(),
             )

@@ -8,8 +8,6 @@ prompt is accepted once at creation, as llama-server does, so the repetition pen
 
 from __future__ import annotations
 
-import random
-
 import llama_cpp
 
 from lmgate.backends.types import SamplingParams
@@ -61,13 +59,6 @@ class SamplerChain:
         if self._chain is not None:
             llama_cpp.llama_sampler_free(self._chain)
             self._chain = None
-
-
-def sequence_seed(params: SamplingParams, index: int) -> int:
-    """Choice ``index`` of a seeded request gets seed + index: reproducible, yet n choices differ."""
-    if params.seed is None:
-        return random.getrandbits(32)
-    return (params.seed + index) & 0xFFFFFFFF
 
 
 def _logit_bias(n_vocab: int, bias: dict[int, float]) -> llama_cpp.llama_sampler_p:

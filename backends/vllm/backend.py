@@ -17,8 +17,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lmgate.backends.base import Backend
-from lmgate.backends.chat_template import ChatTemplate
 from lmgate.backends.errors import BackendUnavailable, InvalidRequest
+from lmgate.backends.hf_prompt import HfPrompt
+from lmgate.backends.limits import output_budget
 from lmgate.backends.types import (
     STANDARD_SAMPLING_PARAMS,
     BackendStats,
@@ -68,8 +69,7 @@ class VllmBackend(Backend):
         self._name = name
         self._config = config
         self._engine: Any = None
-        self._tokenizer: Any = None
-        self._template: ChatTemplate | None = None
+        self._prompt: HfPrompt | None = None
         self._max_model_len = 0
         self._stats = _Stats()
         self._ids = itertools.count()
@@ -109,15 +109,12 @@ class VllmBackend(Backend):
             self._engine = AsyncLLM.from_engine_args(args, stat_loggers=[_logger_factory(self._stats)])
         except Exception as exc:  # vLLM raises many kinds; the pool only needs to know it failed
             raise BackendUnavailable(f"vLLM could not start {c.model}: {exc}") from exc
-        self._tokenizer = self._engine.get_tokenizer()
+        self._prompt = HfPrompt(self._engine.get_tokenizer())
         self._max_model_len = self._engine.model_config.max_model_len
-        tok = self._tokenizer
-        self._template = ChatTemplate(getattr(tok, "chat_template", None), bos_token=tok.bos_token or "",
-                                      eos_token=tok.eos_token or "")  # fmt: skip
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
         engine = self._require_engine()
-        prompt = self._prompt_ids(request)
+        prompt = self._require_prompt().ids(request)
         params = self._sampling(request, len(prompt))
         internal = f"{request.request_id}-{next(self._ids)}"
         counts: dict[int, int] = {}
@@ -144,37 +141,12 @@ class VllmBackend(Backend):
         logprobs = _logprobs(completion) if completion.logprobs else ()
         return TokenDelta(index, completion.text, tuple(completion.token_ids), logprobs, finish, usage)
 
-    def _prompt_ids(self, request: GenerateRequest) -> list[int]:
-        tok = self._tokenizer
-        if request.prompt_token_ids is not None:
-            ids = list(request.prompt_token_ids)
-            if any(not 0 <= t < len(tok) for t in ids):
-                raise InvalidRequest(f"token ids must be within 0..{len(tok) - 1}", param="prompt")
-        elif request.messages is not None:
-            assert self._template is not None
-            text = self._template.render(request.messages)
-            add_special = not (tok.bos_token and text.startswith(tok.bos_token))
-            ids = tok.encode(text, add_special_tokens=add_special)
-        else:
-            ids = tok.encode(request.prompt or "", add_special_tokens=True)
-        if not ids:
-            raise InvalidRequest("the prompt is empty", param="prompt" if request.messages is None else "messages")
-        return ids
-
     def _sampling(self, request: GenerateRequest, prompt_len: int) -> Any:
         from vllm import SamplingParams as VllmSamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         s: SamplingParams = request.sampling
-        wanted = s.max_tokens
-        if prompt_len + (wanted or 1) > self._max_model_len:
-            where = "messages" if request.messages is not None else "prompt"
-            raise InvalidRequest(
-                f"This model's maximum context length is {self._max_model_len} tokens. However, you requested "
-                f"{prompt_len + (wanted or 0)} tokens ({prompt_len} in the {where}, {wanted or 0} in the completion).",
-                param="max_tokens" if wanted is not None and prompt_len < self._max_model_len else where,
-                code="context_length_exceeded",
-            )
+        max_tokens = output_budget(request, prompt_len, self._max_model_len)
         if s.use_beam_search:
             raise InvalidRequest("beam search is not available on the vllm backend", param="use_beam_search")
         return VllmSamplingParams(
@@ -190,7 +162,7 @@ class VllmBackend(Backend):
             stop=list(s.stop) or None,
             stop_token_ids=list(s.stop_token_ids) or None,
             ignore_eos=s.ignore_eos,
-            max_tokens=wanted if wanted is not None else self._max_model_len - prompt_len,
+            max_tokens=max_tokens,
             logprobs=s.logprobs,
             logit_bias=dict(s.logit_bias) or None,
             output_kind=RequestOutputKind.DELTA,
@@ -202,14 +174,15 @@ class VllmBackend(Backend):
         return self._engine
 
     async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
-        self._require_engine()
-        return list(self._tokenizer.encode(text, add_special_tokens=add_special))
+        return self._require_prompt().tokenize(text, add_special=add_special)
 
     async def detokenize(self, token_ids: list[int]) -> str:
+        return self._require_prompt().detokenize(token_ids)
+
+    def _require_prompt(self) -> HfPrompt:
         self._require_engine()
-        if any(not 0 <= t < len(self._tokenizer) for t in token_ids):
-            raise InvalidRequest(f"token ids must be within 0..{len(self._tokenizer) - 1}", param="tokens")
-        return self._tokenizer.decode(token_ids, skip_special_tokens=True)
+        assert self._prompt is not None
+        return self._prompt
 
     def stats(self) -> BackendStats:
         snapshot = self._stats.snapshot

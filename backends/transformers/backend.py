@@ -1,0 +1,148 @@
+"""The ``transformers`` backend: HF checkpoints (FP32/FP16/BF16, GPTQ, AWQ) served on CPU.
+
+The path for quantized HF models where there is no GPU (DESIGN §6): transformers loads the
+checkpoint (GPTQModel's CPU kernels for GPTQ and AWQ), lmgate's own loop batches the requests
+(backends/transformers/engine.py) and samples with the same parameters as the other engines.
+torch and transformers are imported in ``start()`` only. Beam search is not offered here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
+
+from lmgate.backends.base import Backend
+from lmgate.backends.errors import BackendUnavailable, InvalidRequest
+from lmgate.backends.hf_prompt import HfPrompt
+from lmgate.backends.limits import check_token_ids, output_budget
+from lmgate.backends.transformers.config import TransformersConfig
+from lmgate.backends.types import (
+    STANDARD_SAMPLING_PARAMS,
+    BackendStats,
+    Capabilities,
+    GenerateRequest,
+    ModelInfo,
+    SamplingParams,
+    TokenDelta,
+)
+
+if TYPE_CHECKING:
+    from lmgate.backends.transformers.engine import Engine
+
+MAX_LOGPROBS = 20
+
+
+class TransformersBackend(Backend):
+    def __init__(self, name: str, config: TransformersConfig) -> None:
+        self._name = name
+        self._config = config
+        self._engine: Engine | None = None
+        self._prompt: HfPrompt | None = None
+
+    @property
+    def info(self) -> ModelInfo:
+        engine = self._loaded()
+        return ModelInfo(self._name, "transformers", engine.model.max_model_len, engine.model.quantization)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(STANDARD_SAMPLING_PARAMS, max_n=self._config.max_seqs)
+
+    async def start(self) -> None:
+        from lmgate.backends.transformers.engine import Engine
+        from lmgate.backends.transformers.hf_model import HfModel
+
+        model = await asyncio.to_thread(HfModel, self._config)
+        try:
+            engine = Engine(model, self._config.max_seqs)
+        except ValueError as exc:
+            raise BackendUnavailable(f"cannot serve {self._config.model}: {exc}") from exc
+        self._prompt = HfPrompt(model.tokenizer)
+        self._engine = engine
+        engine.start()
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
+        from lmgate.backends.transformers.engine import Request
+
+        engine = self._serving()
+        assert self._prompt is not None
+        prompt = self._prompt.ids(request)
+        max_tokens = output_budget(request, len(prompt), engine.model.max_model_len)
+        self._check_sampling(request.sampling)
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue[list[TokenDelta] | BaseException] = asyncio.Queue()
+        internal_id = f"{request.request_id}/{uuid.uuid4().hex[:8]}"
+        engine.add(Request(internal_id, prompt, request.sampling, max_tokens, _loop_sink(loop, inbox)))
+        unfinished = request.sampling.n
+        try:
+            while unfinished:
+                item = await inbox.get()
+                if isinstance(item, BaseException):
+                    raise BackendUnavailable(f"the transformers engine of {self._name!r} failed: {item}") from item
+                for delta in item:
+                    unfinished -= delta.finish_reason is not None
+                    yield delta
+        finally:
+            if unfinished:  # the consumer went away (or the engine failed): free the rows
+                engine.abort(internal_id)
+
+    def _check_sampling(self, sampling: SamplingParams) -> None:
+        if sampling.use_beam_search:
+            raise InvalidRequest("beam search is not available on the transformers backend", param="use_beam_search")
+        if sampling.n > self._config.max_seqs:
+            raise InvalidRequest(
+                f"n={sampling.n} is more than this model decodes at once (max_seqs={self._config.max_seqs})", param="n"
+            )
+        if sampling.best_of is not None and sampling.best_of != sampling.n:
+            raise InvalidRequest("best_of different from n needs use_beam_search", param="best_of")
+        if sampling.logprobs is not None and sampling.logprobs > MAX_LOGPROBS:
+            raise InvalidRequest(f"at most {MAX_LOGPROBS} top logprobs, got {sampling.logprobs}", param="logprobs")
+        assert self._prompt is not None
+        check_token_ids((t for t, _ in sampling.logit_bias), self._prompt.n_vocab, "logit_bias")
+        check_token_ids(sampling.stop_token_ids, self._prompt.n_vocab, "stop_token_ids")
+
+    def _loaded(self) -> Engine:
+        if self._engine is None:
+            raise BackendUnavailable(f"model {self._name!r} is not loaded")
+        return self._engine
+
+    def _serving(self) -> Engine:
+        if self._engine is None or not self.healthy():
+            raise BackendUnavailable(f"model {self._name!r} is not serving")
+        return self._engine
+
+    async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        self._loaded()
+        assert self._prompt is not None
+        return self._prompt.tokenize(text, add_special=add_special)
+
+    async def detokenize(self, token_ids: list[int]) -> str:
+        self._loaded()
+        assert self._prompt is not None
+        return self._prompt.detokenize(token_ids)
+
+    def stats(self) -> BackendStats:
+        return self._engine.stats() if self._engine is not None else BackendStats()
+
+    def healthy(self) -> bool:
+        return self._engine is not None and self._engine.failed is None
+
+    async def shutdown(self) -> None:
+        if self._engine is not None:
+            engine, self._engine = self._engine, None
+            await asyncio.to_thread(engine.stop)
+
+
+def _loop_sink(
+    loop: asyncio.AbstractEventLoop, inbox: asyncio.Queue[list[TokenDelta] | BaseException]
+) -> Callable[[list[TokenDelta] | BaseException], None]:
+    """The engine thread's way into this request's queue on the event loop."""
+
+    def sink(item: list[TokenDelta] | BaseException) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening any more
+            loop.call_soon_threadsafe(inbox.put_nowait, item)
+
+    return sink

@@ -1,0 +1,34 @@
+"""Settings of the ``transformers`` backend: an HF checkpoint (FP32/FP16/BF16, GPTQ, AWQ) on CPU.
+
+Pure pydantic, no torch import: the server validates a config file without loading an engine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+from lmgate.backends.llamacpp.config import default_threads
+
+
+class TransformersConfig(BaseModel):
+    """One HF checkpoint directory on lmgate's batching loop over ``transformers`` models.
+
+    GPTQ and AWQ checkpoints (GPTQModel's, AutoGPTQ's and AutoAWQ's formats) load through
+    transformers' quantizers with GPTQModel's CPU kernels; no setting is needed for them.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    backend: Literal["transformers"] = "transformers"
+    model: Path = Field(description="HF checkpoint directory (config.json, safetensors, tokenizer).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="Weights and activations; auto: the checkpoint's own."
+    )
+    max_model_len: PositiveInt | None = Field(
+        default=None, description="Longest prompt + output of one sequence (default: the model's trained context)."
+    )
+    max_seqs: PositiveInt = Field(default=8, le=64, description="Sequences decoded together at most.")
+    threads: PositiveInt = Field(default_factory=default_threads, description="torch intra-op threads.")
