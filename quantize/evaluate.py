@@ -1,9 +1,12 @@
-"""``lmgate eval``: quality and speed of GGUF models side by side, with an accuracy gate.
+"""``lmgate eval``: quality and speed of models side by side, with an accuracy gate.
 
-For each model: file size, load time, perplexity on a held-out text, and against the reference
-(the first model, normally the F16/F32 one) the mean KL divergence of the next-token
-distributions and top-1 agreement; then greedy generation speed on this machine. Models must share
-the tokenizer (the text is tokenized once per model; differing token ids are an error).
+A model is a GGUF file (run by llama.cpp) or an HF checkpoint directory (run by transformers: FP16/
+BF16, GPTQ, AWQ, compressed-tensors), so every output of ``lmgate quantize`` is measured on the
+same text. For each model: size on disk (the weights), load time, perplexity on a held-out
+text, and against the reference (the first model, normally the F16/F32 one) the mean KL
+divergence of the next-token distributions and top-1 agreement; then greedy generation speed on
+this machine. Models must share the tokenizer (the text is tokenized once per model; differing
+token ids are an error).
 
 ``--max-ppl-increase 5%`` makes the run fail (exit status 1) when a model's perplexity is more
 than that above the reference's: the gate a CI pipeline puts after ``lmgate quantize``.
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,12 +64,20 @@ def evaluate(paths: list[Path], text: str, *, max_tokens: int = 4096, speed_toke
             top1 = float(np.mean(reference.logprobs.argmax(-1) == scores.logprobs.argmax(-1)))
         else:
             reference, reference_ids = scores, ids
-        reports.append(ModelReport(path, path.stat().st_size, load_s, math.exp(float(nll.mean())), kl, top1, tok_s))
+        reports.append(ModelReport(path, _size(path), load_s, math.exp(float(nll.mean())), kl, top1, tok_s))
     return reports
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.glob("*.safetensors"))
+    return path.stat().st_size
 
 
 def _run(path: Path, text: str, max_tokens: int, speed_tokens: int,
          threads: int | None) -> tuple[_Scores, list[int], float, float]:  # fmt: skip
+    if path.is_dir():
+        return _run_hf(path, text, max_tokens, speed_tokens, threads)
     import llama_cpp
 
     started = time.perf_counter()
@@ -74,21 +86,58 @@ def _run(path: Path, text: str, max_tokens: int, speed_tokens: int,
     try:
         ids = llm.tokenize(text.encode(), add_bos=False, special=False)[:max_tokens]
         bos = llm.token_bos()
-        logprobs, targets = [], []
-        for start in range(0, len(ids) - 1, WINDOW - 1):  # each window: BOS + up to WINDOW - 1 tokens
-            chunk = ids[start : start + WINDOW - 1]
-            if len(chunk) < 2:
-                break
+
+        def logits_of(tokens: list[int]) -> np.ndarray:
             llm.reset()
-            llm.eval([bos, *chunk])
-            logits = np.asarray(llm.scores[1 : len(chunk)], dtype=np.float64)  # predicts chunk[1:]
-            peak = logits.max(-1, keepdims=True)
-            logprobs.append(logits - peak - np.log(np.exp(logits - peak).sum(-1, keepdims=True)))
-            targets.append(np.asarray(chunk[1:]))
+            llm.eval(tokens)
+            return np.asarray(llm.scores[: len(tokens)])
+
+        scores = _score(ids, bos, logits_of)
         tok_s = _speed(llm, bos, speed_tokens)
     finally:
         llm.close()
-    return _Scores(np.concatenate(logprobs), np.concatenate(targets)), ids, load_s, tok_s
+    return scores, ids, load_s, tok_s
+
+
+def _run_hf(path: Path, text: str, max_tokens: int, speed_tokens: int,
+            threads: int | None) -> tuple[_Scores, list[int], float, float]:  # fmt: skip
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if threads:
+        torch.set_num_threads(threads)
+    started = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, device_map="cpu").eval()
+    load_s = time.perf_counter() - started
+    ids = tokenizer.encode(text, add_special_tokens=False)[:max_tokens]
+    bos = tokenizer.bos_token_id
+
+    def logits_of(tokens: list[int]) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.tensor([tokens])).logits[0].float().numpy()
+
+    scores = _score(ids, bos, logits_of)
+    with torch.inference_mode():
+        started = time.perf_counter()
+        out = model.generate(torch.tensor([[bos]]), max_new_tokens=speed_tokens, min_new_tokens=speed_tokens,
+                             do_sample=False)  # fmt: skip
+        tok_s = (out.shape[1] - 1) / (time.perf_counter() - started)
+    return scores, ids, load_s, tok_s
+
+
+def _score(ids: list[int], bos: int, logits_of: Callable[[list[int]], np.ndarray]) -> _Scores:
+    """Next-token log-probabilities over ``ids`` in windows of BOS + up to WINDOW - 1 tokens."""
+    logprobs, targets = [], []
+    for start in range(0, len(ids) - 1, WINDOW - 1):
+        chunk = ids[start : start + WINDOW - 1]
+        if len(chunk) < 2:
+            break
+        logits = np.asarray(logits_of([bos, *chunk])[1 : len(chunk)], dtype=np.float64)  # predicts chunk[1:]
+        peak = logits.max(-1, keepdims=True)
+        logprobs.append(logits - peak - np.log(np.exp(logits - peak).sum(-1, keepdims=True)))
+        targets.append(np.asarray(chunk[1:]))
+    return _Scores(np.concatenate(logprobs), np.concatenate(targets))
 
 
 def _speed(llm: object, bos: int, tokens: int) -> float:

@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> None:
         weights.add_argument("--tool", default="gptqmodel", choices=["gptqmodel", "llm-compressor"],
                              help="gptqmodel: GPTQ/AWQ formats; llm-compressor: compressed-tensors")  # fmt: skip
         weights.add_argument("--out", type=Path, required=True, help="output directory")
-    evaluate = commands.add_parser("eval", help="perplexity, KL, top-1 agreement, size and speed of GGUF models")
+    evaluate = commands.add_parser(
+        "eval", help="perplexity, KL, top-1 agreement, size and speed of GGUF files and HF checkpoints"
+    )
     evaluate.add_argument(
         "--model", type=Path, action="append", required=True, help="repeat; the first is the reference"
     )

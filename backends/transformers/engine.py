@@ -67,12 +67,14 @@ class Request:
     max_tokens: int
     sink: Sink
     rows: list[Row] = field(default_factory=list)
+    """One per choice, made at admission (none while waiting)."""
     queued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
+    unfinished: int = field(init=False)
+    """Choices without a finish reason yet."""
 
-    @property
-    def unfinished(self) -> int:
-        return sum(row.finish is None for row in self.rows)
+    def __post_init__(self) -> None:
+        self.unfinished = self.sampling.n
 
 
 _STOP = object()
@@ -171,7 +173,6 @@ class Engine:
         index: list[int] = []
         for i, request in enumerate(group):
             request.started_at = now
-            self._requests[request.request_id] = request
             for row in self._new_rows(request):
                 self._advance(request, row, row.sampler.sample(logits[i], row.tokens))
                 if row.finish is None:
@@ -234,6 +235,7 @@ class Engine:
                 text += row.output.append(row.detokenizer.flush().encode())
             text += row.output.finish()
             row.finish = finish
+            request.unfinished -= 1
             usage = self._usage(request, row)
         logprobs = (self._logprob(choice),) if choice.logprob is not None else ()
         self._outbox.setdefault(request.request_id, []).append(
@@ -288,28 +290,28 @@ class Engine:
             if command is _STOP:
                 return False
             if isinstance(command, Request):
+                self._requests[command.request_id] = command
                 self._waiting.append(command)
             elif isinstance(command, str):
                 self._abort(command)
 
     def _abort(self, request_id: str) -> None:
         """End every unfinished choice of the request (waiting or running) with ``abort``."""
-        waiting = next((r for r in self._waiting if r.request_id == request_id), None)
-        if waiting is not None:
-            self._waiting.remove(waiting)
-            usage = Usage(len(waiting.prompt), 0)
-            waiting.sink([TokenDelta(i, "", finish_reason=FinishReason.ABORT, usage=usage)
-                          for i in range(waiting.sampling.n)])  # fmt: skip
-            return
         request = self._requests.get(request_id)
         if request is None:
             return  # finished already, or never seen
+        if request in self._waiting:
+            self._waiting.remove(request)
         outbox = self._outbox.setdefault(request_id, [])
+        finished = {row.index for row in request.rows if row.finish is not None}
         for row in request.rows:
-            if row.finish is None:
-                row.finish = FinishReason.ABORT
-                outbox.append(TokenDelta(row.index, "", finish_reason=FinishReason.ABORT,
-                                         usage=self._usage(request, row)))  # fmt: skip
+            row.finish = row.finish or FinishReason.ABORT
+        usage = Usage(len(request.prompt), 0)
+        for index in range(request.sampling.n):
+            if index not in finished:
+                row_usage = self._usage(request, request.rows[index]) if request.rows else usage
+                outbox.append(TokenDelta(index, "", finish_reason=FinishReason.ABORT, usage=row_usage))
+        request.unfinished = 0
         self._drop_finished()
 
     def _publish(self) -> None:

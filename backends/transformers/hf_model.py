@@ -8,6 +8,7 @@ a ``transformers`` model is configured (torch is an optional dependency).
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import torch
@@ -17,6 +18,10 @@ from lmgate.backends.errors import BackendUnavailable
 from lmgate.backends.transformers.config import TransformersConfig
 
 log = logging.getLogger(__name__)
+
+_LOADING = threading.Lock()
+"""transformers sets torch's process-wide default dtype while it builds a model: two loads at once
+(an AWQ model in bf16 beside an FP32 one) would give one of them the other's dtype. One at a time."""
 
 _DTYPES: dict[str, Any] = {
     "auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
@@ -30,8 +35,9 @@ class HfModel:
         torch.set_num_threads(config.threads)
         path = str(config.model)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[config.dtype], device_map="cpu")
+            with _LOADING:
+                self.tokenizer = AutoTokenizer.from_pretrained(path)
+                self.model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[config.dtype], device_map="cpu")
         except (OSError, ValueError, ImportError) as exc:
             raise BackendUnavailable(f"transformers could not load {path}: {exc}") from exc
         self.model.eval()

@@ -4,6 +4,9 @@ llama.cpp's K-quants are used as they are on real models)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 pytest.importorskip("torch", reason="the quantize tier runs in its own venv: make test-quantize")
@@ -32,3 +35,39 @@ def held_out(tmp_path_factory):
     path = tmp_path_factory.mktemp("text") / "held-out.txt"
     path.write_text(" ".join(plain_text(seed=987, count=120)))
     return path
+
+
+@pytest.fixture(scope="session")
+def calibration():
+    from lmgate.quantize.calibration import load_calibration
+
+    return load_calibration("builtin", max_samples=64)
+
+
+def _quantized(hf_model, tmp_path_factory, method, tool):
+    """``lmgate quantize METHOD`` in its own process, as a user runs it (GPTQModel and llm-compressor
+    also change torch's process-wide settings, which must not leak into the serving tests)."""
+    out = tmp_path_factory.mktemp("quantized") / f"tiny-chat-{tool}-{method}"
+    cmd = [sys.executable, "-m", "lmgate.server.cli", "quantize", method, "--from", str(hf_model), "--bits", "4",
+           "--group-size", "128", "--calib", "builtin", "--max-samples", "64", "--tool", tool,
+           "--out", str(out)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"wrote {out}" in done.stdout
+    return out
+
+
+@pytest.fixture(scope="session")
+def gptq_model(hf_model, tmp_path_factory):
+    return _quantized(hf_model, tmp_path_factory, "gptq", "gptqmodel")
+
+
+@pytest.fixture(scope="session")
+def awq_model(hf_model, tmp_path_factory):
+    return _quantized(hf_model, tmp_path_factory, "awq", "gptqmodel")
+
+
+@pytest.fixture(scope="session")
+def compressed_model(hf_model, tmp_path_factory):
+    """GPTQ by llm-compressor, saved as compressed-tensors (vLLM's native format)."""
+    return _quantized(hf_model, tmp_path_factory, "gptq", "llm-compressor")

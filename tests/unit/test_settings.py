@@ -8,6 +8,7 @@ from lmgate.server.settings import (
     ConfigError,
     FakeModelSettings,
     LlamaCppModelSettings,
+    TransformersModelSettings,
     load_settings,
     model_name_from_path,
 )
@@ -79,3 +80,15 @@ def test_invalid_yaml_and_wrong_top_level_are_config_errors(tmp_path):
 )
 def test_model_name_is_taken_from_the_file(path, name):
     assert model_name_from_path(Path(path)) == name
+
+
+def test_a_transformers_model_validates_without_importing_torch(tmp_path):
+    import sys
+
+    settings = load_settings(write(tmp_path, "models:\n  - {name: q, backend: transformers, model: m-gptq/}\n"))
+    (model,) = settings.models
+    assert isinstance(model, TransformersModelSettings) and model.max_seqs == 8 and model.dtype == "auto"
+    assert "lmgate.backends.transformers.hf_model" not in sys.modules  # the module that imports torch
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, "models:\n  - {name: q, backend: transformers, model: m, dtype: int4}\n"))
+    assert "dtype" in str(err.value) and "int4" in str(err.value)

@@ -1,0 +1,133 @@
+"""The transformers backend behind lmgate's HTTP API: FP32, GPTQ, AWQ and compressed-tensors checkpoints
+of the shipped model, on CPU, through the official openai SDK."""
+
+import asyncio
+import threading
+
+import httpx
+import openai
+import pytest
+
+from lmgate.server.settings import validate_settings
+
+from server_helpers import ServerThread
+
+QUESTIONS = ["What is the capital of France?", "What does a cow say?", "Tell me a story about Ben.",
+             "Count from one to five.", "What is two plus three?", "What colour is the sky?",
+             "Hello!", "Who are you?"]  # fmt: skip
+MODELS = ["tiny-hf", "tiny-gptq", "tiny-awq", "tiny-compressed"]
+
+
+@pytest.fixture(scope="module")
+def server(hf_model, gptq_model, awq_model, compressed_model):
+    paths = {"tiny-hf": hf_model, "tiny-gptq": gptq_model, "tiny-awq": awq_model, "tiny-compressed": compressed_model}
+    settings = validate_settings({
+        "server": {"grpc_port": None},
+        "models": [{"name": name, "backend": "transformers", "model": str(path), "max_seqs": 8, "max_model_len": 512,
+                    "params": "strict"} for name, path in paths.items()],
+    })  # fmt: skip
+    with ServerThread(settings) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+
+
+def ask(client, model: str, question: str, **params) -> str:
+    params.setdefault("temperature", 0)
+    params.setdefault("max_tokens", 48)
+    reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}], **params)
+    return reply.choices[0].message.content
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_format_loads_and_answers(client, model):
+    listed = {m.id for m in client.models.list().data}
+    assert model in listed
+    assert "Paris" in ask(client, model, QUESTIONS[0])
+
+
+@pytest.mark.parametrize("model", ["tiny-hf", "tiny-gptq"])
+def test_concurrent_requests_are_batched_and_answer_as_one_at_a_time(server, client, model):
+    alone = [ask(client, model, q) for q in QUESTIONS]
+    steps_before = server.stats(model).steps
+    together: list[str | None] = [None] * len(QUESTIONS)
+
+    def run(i: int) -> None:
+        together[i] = ask(client, model, QUESTIONS[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(QUESTIONS))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert together == alone
+    generated = sum(len(a) for a in alone)  # characters: more than tokens, a loose upper bound on steps
+    assert server.stats(model).steps - steps_before < generated  # rows shared steps: it batched
+
+
+def test_sampling_parameters_are_honoured(client):
+    model = "tiny-gptq"
+    seeded = [ask(client, model, "Tell me a story.", temperature=1.0, seed=5) for _ in range(2)]
+    assert seeded[0] == seeded[1]
+    reply = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Tell me a story."}], n=3, temperature=1.5, seed=7,
+        max_tokens=24, logprobs=True, top_logprobs=2,
+    )  # fmt: skip
+    assert [c.index for c in reply.choices] == [0, 1, 2]
+    assert len({c.message.content for c in reply.choices}) > 1
+    for choice in reply.choices:
+        tokens = choice.logprobs.content
+        assert tokens and all(t.logprob <= 0 and len(t.top_logprobs) == 2 for t in tokens)
+        assert all(t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob for t in tokens)
+    full = ask(client, model, "Tell me a story about Ben.")
+    stop = full.split()[4]
+    assert ask(client, model, "Tell me a story about Ben.", stop=[stop]) == full[: full.index(stop)]
+    capped = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Tell me a story."}],
+                                            temperature=0, max_tokens=5)  # fmt: skip
+    assert capped.choices[0].finish_reason == "length" and capped.usage.completion_tokens == 5
+    # A huge bias on one token makes it the only answer, even when sampling.
+    forced = client.completions.create(model=model, prompt="Once upon a time", max_tokens=3, temperature=1.0,
+                                       logit_bias={"300": 100}, logprobs=1)  # fmt: skip
+    tokens = forced.choices[0].logprobs.tokens
+    assert len(tokens) == 3 and len(set(tokens)) == 1
+    # Penalties see the output: a story that repeats its hero's name tells it less under a strong penalty.
+    penalized = ask(client, model, "Tell me a story about Ben.", frequency_penalty=2.0, presence_penalty=2.0,
+                    extra_body={"repetition_penalty": 3.0})  # fmt: skip
+    assert penalized.count("Ben") < full.count("Ben")
+
+
+def test_client_mistakes_are_400s_and_leave_nothing_running(server, client):
+    with pytest.raises(openai.BadRequestError) as err:
+        ask(client, "tiny-hf", "Hi", n=9)
+    assert err.value.param == "n"
+    with pytest.raises(openai.BadRequestError) as err:
+        ask(client, "tiny-hf", "Hi", max_tokens=600)
+    assert err.value.code == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model="tiny-hf", prompt="Hi", max_tokens=4, logit_bias={"5000": 1})
+    assert err.value.param == "logit_bias"
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="tiny-hf", prompt="Hi", max_tokens=4, extra_body={"use_beam_search": True})
+    assert server.wait_idle("tiny-hf").running == 0
+
+
+def test_a_client_that_goes_away_frees_its_rows(server):
+    async def walk_away() -> None:
+        body = {"model": "tiny-awq", "prompt": "Once upon a time", "max_tokens": 400, "stream": True,
+                "ignore_eos": True}  # fmt: skip
+        async with (
+            httpx.AsyncClient(base_url=server.base_url, timeout=60) as http,
+            http.stream("POST", "/v1/completions", json=body) as response,
+        ):
+            assert response.status_code == 200
+            async for line in response.aiter_lines():
+                if line.startswith("data:"):
+                    break  # the first token arrived: leave mid-stream
+
+    asyncio.run(walk_away())
+    stats = server.wait_idle("tiny-awq")
+    assert stats.running == 0 and stats.kv_cells_used == 0
+    assert stats.generated_tokens < 400  # it stopped instead of finishing the 400 tokens
