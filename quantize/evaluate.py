@@ -111,7 +111,7 @@ def _run_hf(path: Path, text: str, max_tokens: int, speed_tokens: int,
     model = AutoModelForCausalLM.from_pretrained(path, device_map="cpu").eval()
     load_s = time.perf_counter() - started
     ids = tokenizer.encode(text, add_special_tokens=False)[:max_tokens]
-    bos = tokenizer.bos_token_id
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id  # as llama.cpp
 
     def logits_of(tokens: list[int]) -> np.ndarray:
         with torch.inference_mode():

@@ -1,10 +1,12 @@
-"""Write a Llama-architecture model to a GGUF file that llama.cpp loads.
+"""Write a Llama-family model to a GGUF file that llama.cpp loads.
 
-One writer for every model the project makes itself: the trained default chat model and the
-random-weight models for tests and benchmarks. Weights arrive as numpy arrays in llama.cpp's
-layout (``(out_features, in_features)``, RoPE in llama.cpp's *normal* pairwise order, so no q/k
-permutation is applied here) and are stored as F32, F16 or Q8_0 through llama.cpp's own ``gguf``
-package.
+One writer for every model the project makes itself: the trained default chat model, the
+random-weight models for tests and benchmarks, and HF checkpoints converted by hf_to_gguf.py.
+Weights arrive as numpy arrays in llama.cpp's layout (``(out_features, in_features)``; for the
+``llama`` architecture RoPE rows already in llama.cpp's pairwise order, so no permutation happens
+here) and are stored as F32, F16 or Q8_0 through llama.cpp's own ``gguf`` package. Two layouts:
+``llama`` (Llama, Mistral) and ``qwen2`` (the same decoder with q/k/v biases, NeoX-style RoPE).
+Two vocabularies: SentencePiece-style (``SpmVocab``) and byte-level BPE (``BpeVocab``).
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class LlamaShape:
     context_length: int = 2048
     rope_theta: float = 10000.0
     rms_eps: float = 1e-5
+    arch: str = "llama"
+    """llama.cpp's architecture name: ``llama`` or ``qwen2`` (which adds q/k/v biases)."""
 
     @property
     def head_dim(self) -> int:
@@ -71,6 +75,9 @@ class LlamaShape:
                 f"blk.{i}.ffn_up.weight": (self.ffn, self.hidden),
                 f"blk.{i}.ffn_down.weight": (self.hidden, self.ffn),
             }
+            if self.arch == "qwen2":
+                shapes |= {f"blk.{i}.attn_q.bias": (self.hidden,), f"blk.{i}.attn_k.bias": (kv,),
+                           f"blk.{i}.attn_v.bias": (kv,)}  # fmt: skip
         return shapes
 
 
@@ -92,11 +99,28 @@ class SpmVocab:
     add_space_prefix: bool = False
 
 
+@dataclass(frozen=True)
+class BpeVocab:
+    """A byte-level BPE vocabulary (GPT-2 style: Llama 3, Qwen2) as llama.cpp's ``gpt2`` tokenizer reads it.
+
+    ``tokens`` are in the byte-to-unicode alphabet; ``merges`` are "a b" strings in rank order;
+    ``pre`` names llama.cpp's pre-tokenizer (its split regex): ``qwen2``, ``llama-bpe``, ``gpt-2``.
+    """
+
+    tokens: list[str]
+    types: list[int]
+    merges: list[str]
+    pre: str
+    bos_id: int
+    eos_id: int
+    add_bos: bool = False
+
+
 def write_llama_gguf(
     path: Path,
     shape: LlamaShape,
     tensors: Mapping[str, np.ndarray],
-    vocab: SpmVocab,
+    vocab: SpmVocab | BpeVocab,
     *,
     name: str,
     weight_type: WeightType = WeightType.Q8_0,
@@ -112,10 +136,11 @@ def write_llama_gguf(
         if got is None or got.shape != tensor_shape:
             found = None if got is None else got.shape
             raise ValueError(f"tensor {tensor_name}: expected shape {tensor_shape}, got {found}")
-    if len(vocab.pieces) != shape.vocab_size:
-        raise ValueError(f"vocab has {len(vocab.pieces)} pieces, the shape says {shape.vocab_size}")
+    size = len(vocab.pieces) if isinstance(vocab, SpmVocab) else len(vocab.tokens)
+    if size != shape.vocab_size:
+        raise ValueError(f"vocab has {size} pieces, the shape says {shape.vocab_size}")
 
-    writer = gguf.GGUFWriter(str(path), arch="llama")
+    writer = gguf.GGUFWriter(str(path), arch=shape.arch)
     _write_hparams(writer, shape, name, weight_type)
     _write_vocab(writer, vocab, chat_template)
     for tensor_name in expected:
@@ -142,7 +167,20 @@ def _write_hparams(writer: gguf.GGUFWriter, shape: LlamaShape, name: str, weight
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
 
-def _write_vocab(writer: gguf.GGUFWriter, vocab: SpmVocab, chat_template: str | None) -> None:
+def _write_vocab(writer: gguf.GGUFWriter, vocab: SpmVocab | BpeVocab, chat_template: str | None) -> None:
+    if chat_template is not None:
+        writer.add_chat_template(chat_template)
+    if isinstance(vocab, BpeVocab):
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre(vocab.pre)
+        writer.add_token_list(vocab.tokens)
+        writer.add_token_types(vocab.types)
+        writer.add_token_merges(vocab.merges)
+        writer.add_bos_token_id(vocab.bos_id)
+        writer.add_eos_token_id(vocab.eos_id)
+        writer.add_add_bos_token(vocab.add_bos)
+        writer.add_add_eos_token(False)
+        return
     writer.add_tokenizer_model("llama")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(vocab.pieces)
@@ -154,8 +192,6 @@ def _write_vocab(writer: gguf.GGUFWriter, vocab: SpmVocab, chat_template: str | 
     writer.add_add_bos_token(vocab.add_bos)
     writer.add_add_eos_token(False)
     writer.add_add_space_prefix(vocab.add_space_prefix)
-    if chat_template is not None:
-        writer.add_chat_template(chat_template)
 
 
 def _add_tensor(writer: gguf.GGUFWriter, name: str, data: np.ndarray, weight_type: WeightType) -> None:

@@ -1,12 +1,15 @@
 """An HF checkpoint of the Llama family to GGUF, then quantized by llama.cpp (``lmgate quantize gguf``).
 
 - Architectures: ``LlamaForCausalLM`` and ``MistralForCausalLM`` (llama.cpp's ``llama``: q/k rows
-  permuted into its pairwise RoPE order, as llama.cpp's own converter does). Others fail with a
-  message naming what is supported.
-- Tokenizers: SentencePiece-style BPE (``▁`` for spaces, byte fallback: Llama 2, Mistral) from
-  tokenizer.json, written as llama.cpp's ``llama`` vocabulary with each merged piece scored by its
-  merge rank (SentencePiece BPE and rank-ordered BPE tokenize alike). Byte-level BPE (GPT-2 style)
-  is refused for now, with a message that says so.
+  permuted into its pairwise RoPE order, as llama.cpp's own converter does) and
+  ``Qwen2ForCausalLM`` (llama.cpp's ``qwen2``: q/k/v biases, NeoX RoPE, no permutation). Others
+  fail with a message naming what is supported.
+- Tokenizers, from tokenizer.json: SentencePiece-style BPE (``▁`` for spaces, byte fallback:
+  Llama 2, Mistral), written as llama.cpp's ``llama`` vocabulary with each merged piece scored by
+  its merge rank (SentencePiece BPE and rank-ordered BPE tokenize alike); and byte-level BPE
+  (GPT-2 style: Llama 3, Qwen2), written as llama.cpp's ``gpt2`` vocabulary with its merges and the
+  pre-tokenizer recognised from the split regex (``qwen2``, ``llama-bpe``, ``gpt-2``). An unknown
+  split regex is refused: llama.cpp would split the text differently and the ids would not match.
 - The chat template comes along (tokenizer_config.json or chat_template.jinja).
 - Weights are written as F32 or F16; every other type is made by ``llama_model_quantize`` from
   the F16 (or F32) file, so K-quants are llama.cpp's own.
@@ -25,9 +28,20 @@ from pathlib import Path
 
 import numpy as np
 
-from lmgate.quantize.gguf_llama import LlamaShape, SpmVocab, WeightType, write_llama_gguf
+from lmgate.quantize.gguf_llama import BpeVocab, LlamaShape, SpmVocab, WeightType, write_llama_gguf
 
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
+ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
+"""HF architecture → llama.cpp architecture."""
+SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURES)
+
+# The split regexes of the byte-level BPE tokenizers llama.cpp knows, as tokenizer.json spells them.
+_LETTERS = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|"
+_REST = r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+PRE_TOKENIZERS = {
+    _LETTERS + r"\p{N}" + _REST: "qwen2",
+    _LETTERS + r"\p{N}{1,3}" + _REST: "llama-bpe",
+}
+"""Split regex → llama.cpp's pre-tokenizer name (a ByteLevel pre-tokenizer with its own regex is ``gpt-2``)."""
 
 
 class QuantType(enum.StrEnum):
@@ -80,7 +94,7 @@ def convert(source: Path, out: Path, quant: QuantType = QuantType.F16) -> Path:
     if arch not in SUPPORTED_ARCHITECTURES:
         supported = ", ".join(SUPPORTED_ARCHITECTURES)
         raise UnsupportedModel(f"{source}: architecture {arch} is not supported; supported: {supported}")
-    shape = _shape(config)
+    shape = _shape(config, ARCHITECTURES[arch])
     tensors = dict(_tensors(source, shape, tie=bool(config.get("tie_word_embeddings", False))))
     vocab, template = _vocab(source, config, shape.vocab_size)
     base = WeightType.F32 if quant is QuantType.F32 else WeightType.F16
@@ -105,7 +119,7 @@ def quantize_gguf(source: Path, out: Path, quant: QuantType) -> None:
         raise RuntimeError(f"llama.cpp could not quantize {source} to {quant.value}")
 
 
-def _shape(config: dict) -> LlamaShape:
+def _shape(config: dict, arch: str) -> LlamaShape:
     heads = config["num_attention_heads"]
     hidden = config["hidden_size"]
     if config.get("head_dim", hidden // heads) != hidden // heads:
@@ -118,8 +132,9 @@ def _shape(config: dict) -> LlamaShape:
         kv_heads=config.get("num_key_value_heads", heads),
         ffn=config["intermediate_size"],
         context_length=config.get("max_position_embeddings", 2048),
-        rope_theta=float(config.get("rope_theta", 10000.0)),
+        rope_theta=float(config.get("rope_theta") or (config.get("rope_parameters") or {}).get("rope_theta", 1e4)),
         rms_eps=float(config.get("rms_norm_eps", 1e-5)),
+        arch=arch,
     )
 
 
@@ -156,28 +171,40 @@ def _rename(name: str, data: np.ndarray, shape: LlamaShape) -> Iterator[tuple[st
         yield "output_norm.weight", data
     elif name.startswith("model.layers."):
         _, _, layer, rest = name.split(".", 3)
-        kind = _HF_NAMES.get(rest.removesuffix(".weight"))
-        if kind is None or not rest.endswith(".weight"):
-            raise UnsupportedModel(f"unexpected tensor {name} for a Llama layout")
-        if kind == "attn_q":
+        module, _, param = rest.rpartition(".")
+        kind = _HF_NAMES.get(module)
+        biased = shape.arch == "qwen2" and kind in ("attn_q", "attn_k", "attn_v")
+        if kind is None or param not in (("weight", "bias") if biased else ("weight",)):
+            raise UnsupportedModel(f"unexpected tensor {name} for a {shape.arch} layout")
+        if shape.arch == "llama" and kind == "attn_q":
             data = permute(data, shape.heads)
-        elif kind == "attn_k":
+        elif shape.arch == "llama" and kind == "attn_k":
             data = permute(data, shape.kv_heads)
-        yield f"blk.{layer}.{kind}.weight", data
+        yield f"blk.{layer}.{kind}.{param}", data
     elif not name.endswith("rotary_emb.inv_freq"):
-        raise UnsupportedModel(f"unexpected tensor {name} for a Llama layout")
+        raise UnsupportedModel(f"unexpected tensor {name} for a {shape.arch} layout")
 
 
-def _vocab(source: Path, config: dict, vocab_size: int) -> tuple[SpmVocab, str | None]:
-    import gguf
-
+def _vocab(source: Path, config: dict, vocab_size: int) -> tuple[SpmVocab | BpeVocab, str | None]:
     tokenizer = json.loads((source / "tokenizer.json").read_text())
     config_path = source / "tokenizer_config.json"
     tok_config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    template = tok_config.get("chat_template")
+    if template is None and (source / "chat_template.jinja").exists():
+        template = (source / "chat_template.jinja").read_text()
     model = tokenizer["model"]
+    if model.get("type") == "BPE" and '"ByteLevel"' in json.dumps(tokenizer.get("pre_tokenizer")):
+        return _byte_level_vocab(tokenizer, tok_config, config, vocab_size), template
     if model.get("type") != "BPE" or not model.get("byte_fallback"):
-        raise UnsupportedModel("only SentencePiece-style BPE tokenizers (byte fallback, ▁ for spaces) convert "
-                               "today; byte-level BPE (GPT-2 style) does not yet")  # fmt: skip
+        raise UnsupportedModel("only BPE tokenizers convert: SentencePiece-style (byte fallback, ▁ for spaces) "
+                               "or byte-level (GPT-2 style)")  # fmt: skip
+    return _spm_vocab(tokenizer, tok_config, config, vocab_size), template
+
+
+def _spm_vocab(tokenizer: dict, tok_config: dict, config: dict, vocab_size: int) -> SpmVocab:
+    import gguf
+
+    model = tokenizer["model"]
     vocab: dict[str, int] = dict(model["vocab"])
     for added in tokenizer.get("added_tokens", []):
         vocab[added["content"]] = added["id"]
@@ -208,22 +235,62 @@ def _vocab(source: Path, config: dict, vocab_size: int) -> tuple[SpmVocab, str |
     normalizers = json.dumps(tokenizer.get("normalizer") or {})
     add_prefix = '"Prepend"' in normalizers
 
-    def token_id(key: str, default: int) -> int:
-        value = tok_config.get(key)
-        content = value.get("content") if isinstance(value, dict) else value
-        return vocab.get(content, default) if content else default
-
     eos = config.get("eos_token_id")
     eos = eos[0] if isinstance(eos, list) else eos
-    spm = SpmVocab(
+    return SpmVocab(
         pieces, scores, [int(t) for t in types],
-        bos_id=token_id("bos_token", config.get("bos_token_id", 1)),
-        eos_id=token_id("eos_token", eos if eos is not None else 2),
+        bos_id=_special_id(tok_config, "bos_token", vocab, config.get("bos_token_id", 1)),
+        eos_id=_special_id(tok_config, "eos_token", vocab, eos if eos is not None else 2),
         unk_id=vocab.get(unk, 0) if unk else 0,
         add_bos=bool(tok_config.get("add_bos_token", True)),
         add_space_prefix=add_prefix,
     )  # fmt: skip
-    template = tok_config.get("chat_template")
-    if template is None and (source / "chat_template.jinja").exists():
-        template = (source / "chat_template.jinja").read_text()
-    return spm, template
+
+
+def _byte_level_vocab(tokenizer: dict, tok_config: dict, config: dict, vocab_size: int) -> BpeVocab:
+    import gguf
+
+    pre = _pre_tokenizer(tokenizer.get("pre_tokenizer") or {})
+    model = tokenizer["model"]
+    vocab: dict[str, int] = dict(model["vocab"])
+    added = tokenizer.get("added_tokens", [])
+    for token in added:
+        vocab[token["content"]] = token["id"]
+    tokens = [f"[PAD{i}]" for i in range(vocab_size)]  # ids past the tokenizer, named as llama.cpp names them
+    types = [int(gguf.TokenType.UNUSED)] * vocab_size
+    for token, i in vocab.items():
+        if i < vocab_size:
+            tokens[i], types[i] = token, int(gguf.TokenType.NORMAL)
+    for token in added:
+        if token["id"] < vocab_size:
+            kind = gguf.TokenType.CONTROL if token.get("special") else gguf.TokenType.USER_DEFINED
+            types[token["id"]] = int(kind)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    eos = config.get("eos_token_id")
+    eos = eos[0] if isinstance(eos, list) else eos
+    eos_id = _special_id(tok_config, "eos_token", vocab, eos if eos is not None else 0)
+    bos_id = _special_id(tok_config, "bos_token", vocab, config.get("bos_token_id") or eos_id)
+    add_bos = bool(tok_config.get("add_bos_token", False)) and tok_config.get("bos_token") is not None
+    return BpeVocab(tokens, types, merges, pre, bos_id=bos_id, eos_id=eos_id, add_bos=add_bos)
+
+
+def _pre_tokenizer(pre: dict) -> str:
+    """llama.cpp's name for the split rule of a byte-level BPE tokenizer, or ``UnsupportedModel``."""
+    steps = pre.get("pretokenizers") or [pre]
+    patterns = [s["pattern"].get("Regex") for s in steps if s.get("type") == "Split" and "pattern" in s]
+    if not patterns:
+        if any(s.get("type") == "ByteLevel" and s.get("use_regex", True) for s in steps):
+            return "gpt-2"
+        raise UnsupportedModel("a byte-level BPE tokenizer without a split regex is not supported")
+    name = PRE_TOKENIZERS.get(patterns[0]) if len(patterns) == 1 else None
+    if name is None:
+        known = ", ".join(PRE_TOKENIZERS.values())
+        raise UnsupportedModel(f"the tokenizer's split regex is not one llama.cpp knows as {known} or gpt-2: "
+                               f"{patterns!r}")  # fmt: skip
+    return name
+
+
+def _special_id(tok_config: dict, key: str, vocab: dict[str, int], default: int) -> int:
+    value = tok_config.get(key)
+    content = value.get("content") if isinstance(value, dict) else value
+    return vocab.get(content, default) if content else default

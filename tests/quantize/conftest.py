@@ -30,6 +30,14 @@ def ggufs(hf_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def qwen2_model(tmp_path_factory):
+    """A random Qwen2 checkpoint with a byte-level BPE tokenizer trained on the project's corpus."""
+    from lmgate.quantize.random_hf import build_random_qwen2
+
+    return build_random_qwen2(tmp_path_factory.mktemp("hf") / "qwen2-tiny")
+
+
+@pytest.fixture(scope="session")
 def held_out(tmp_path_factory):
     """Text of the training distribution the model never saw (another seed of the generator)."""
     path = tmp_path_factory.mktemp("text") / "held-out.txt"

@@ -96,15 +96,15 @@ def test_the_gate_passes_good_quantizations_and_fails_a_broken_model(hf_model, g
 
 
 def test_an_unsupported_architecture_is_a_clear_error(hf_model, tmp_path):
-    other = tmp_path / "qwen"
+    other = tmp_path / "gemma"
     shutil.copytree(hf_model, other)
     config = json.loads((other / "config.json").read_text())
-    (other / "config.json").write_text(json.dumps(config | {"architectures": ["Qwen2ForCausalLM"]}))
+    (other / "config.json").write_text(json.dumps(config | {"architectures": ["GemmaForCausalLM"]}))
     result = subprocess.run([sys.executable, "-m", "lmgate.server.cli", "quantize", "gguf", "--from", str(other),
                              "--type", "q8_0", "--out", str(tmp_path / "x.gguf")],
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode == 1
-    assert "Qwen2ForCausalLM is not supported" in result.stderr and "LlamaForCausalLM" in result.stderr
+    assert "GemmaForCausalLM is not supported" in result.stderr and "Qwen2ForCausalLM" in result.stderr
 
 
 @pytest.mark.parametrize("quant", [QuantType.Q8_0, QuantType.Q4_K_M])
@@ -122,3 +122,40 @@ def test_quantized_files_serve_through_the_engine(ggufs, quant):
         return choice.text
 
     assert "Paris" in asyncio.run(answer())
+
+
+def test_qwen2_with_a_byte_level_bpe_converts_exactly(qwen2_model, tmp_path):
+    """The qwen2 layout (q/k/v biases, NeoX RoPE) and a GPT-2-style tokenizer with Qwen2's split regex."""
+    import llama_cpp
+
+    gguf_path = convert(qwen2_model, tmp_path / "qwen2-f32.gguf", QuantType.F32)
+    tokenizer = AutoTokenizer.from_pretrained(qwen2_model)
+    model = AutoModelForCausalLM.from_pretrained(qwen2_model, dtype=torch.float32)
+    llm = llama_cpp.Llama(str(gguf_path), n_ctx=256, logits_all=True, verbose=False)
+    try:
+        for text in [*TEXTS, "It's 12345 o'clock,   isn't it?\r\n\tTabs!"]:
+            ids = tokenizer(text)["input_ids"]
+            assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids, text
+            assert llm.detokenize(ids).decode() == tokenizer.decode(ids, skip_special_tokens=True), text
+        ids = tokenizer(TEXTS[0])["input_ids"]
+        with torch.no_grad():
+            reference = model(torch.tensor([ids])).logits[0].numpy()
+        llm.eval(ids)
+        got = np.asarray(llm.scores[: len(ids)])
+    finally:
+        llm.close()
+    # float32 weights on both sides; llama.cpp keeps the KV cache in f16: rounding of that order only.
+    assert np.abs(got - reference).max() < 1e-2 * np.abs(reference).max()
+    assert (got.argmax(-1) == reference.argmax(-1)).all()
+    q4 = convert(qwen2_model, tmp_path / "qwen2-q4_k_m.gguf", QuantType.Q4_K_M)
+    assert q4.stat().st_size < gguf_path.stat().st_size / 4
+
+
+def test_an_unknown_split_regex_is_refused(qwen2_model, tmp_path):
+    other = tmp_path / "odd"
+    shutil.copytree(qwen2_model, other)
+    tokenizer = json.loads((other / "tokenizer.json").read_text())
+    tokenizer["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = r"\p{L}+|\s+"
+    (other / "tokenizer.json").write_text(json.dumps(tokenizer))
+    with pytest.raises(ValueError, match=r"split regex is not one llama\.cpp knows"):
+        convert(other, tmp_path / "odd.gguf", QuantType.F16)

@@ -19,8 +19,9 @@ MODELS = ["tiny-hf", "tiny-gptq", "tiny-awq", "tiny-compressed"]
 
 
 @pytest.fixture(scope="module")
-def server(hf_model, gptq_model, awq_model, compressed_model):
-    paths = {"tiny-hf": hf_model, "tiny-gptq": gptq_model, "tiny-awq": awq_model, "tiny-compressed": compressed_model}
+def server(hf_model, gptq_model, awq_model, compressed_model, qwen2_model):
+    paths = {"tiny-hf": hf_model, "tiny-gptq": gptq_model, "tiny-awq": awq_model, "tiny-compressed": compressed_model,
+             "qwen2-random": qwen2_model}  # fmt: skip
     settings = validate_settings({
         "server": {"grpc_port": None},
         "models": [{"name": name, "backend": "transformers", "model": str(path), "max_seqs": 8, "max_model_len": 512,
@@ -49,8 +50,10 @@ def test_every_format_loads_and_answers(client, model):
     assert "Paris" in ask(client, model, QUESTIONS[0])
 
 
-@pytest.mark.parametrize("model", ["tiny-hf", "tiny-gptq"])
+@pytest.mark.parametrize("model", ["tiny-hf", "tiny-gptq", "qwen2-random"])
 def test_concurrent_requests_are_batched_and_answer_as_one_at_a_time(server, client, model):
+    """Rows of different lengths share one left-padded cache; each answers as it would alone (in
+    float32: the trained model, its GPTQ form, and a random Qwen2 with biases and a byte-level BPE)."""
     alone = [ask(client, model, q) for q in QUESTIONS]
     steps_before = server.stats(model).steps
     together: list[str | None] = [None] * len(QUESTIONS)
