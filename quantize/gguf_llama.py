@@ -125,6 +125,7 @@ def write_llama_gguf(
     name: str,
     weight_type: WeightType = WeightType.Q8_0,
     chat_template: str | None = None,
+    progress: bool = False,
 ) -> None:
     """Write ``tensors`` (every name of ``shape.tensor_shapes()``) and ``vocab`` to ``path``.
 
@@ -147,7 +148,7 @@ def write_llama_gguf(
         _add_tensor(writer, tensor_name, tensors[tensor_name], weight_type)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
+    writer.write_tensors_to_file(progress=progress)
     writer.close()
 
 

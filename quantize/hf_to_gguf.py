@@ -87,8 +87,9 @@ def permute(weights: np.ndarray, heads: int) -> np.ndarray:
     )
 
 
-def convert(source: Path, out: Path, quant: QuantType = QuantType.F16) -> Path:
-    """Write ``source`` (an HF directory) as a GGUF of type ``quant`` to ``out``."""
+def convert(source: Path, out: Path, quant: QuantType = QuantType.F16, *, progress: bool = False) -> Path:
+    """Write ``source`` (an HF directory) as a GGUF of type ``quant`` to ``out`` (a progress bar on
+    stderr with ``progress``; llama.cpp's quantizer reports each tensor itself)."""
     config = json.loads((source / "config.json").read_text())
     arch = (config.get("architectures") or ["?"])[0]
     if arch not in SUPPORTED_ARCHITECTURES:
@@ -100,11 +101,15 @@ def convert(source: Path, out: Path, quant: QuantType = QuantType.F16) -> Path:
     base = WeightType.F32 if quant is QuantType.F32 else WeightType.F16
     out.parent.mkdir(parents=True, exist_ok=True)
     if quant in (QuantType.F32, QuantType.F16):
-        write_llama_gguf(out, shape, tensors, vocab, name=source.name, weight_type=base, chat_template=template)
+        write_llama_gguf(
+            out, shape, tensors, vocab, name=source.name, weight_type=base, chat_template=template, progress=progress
+        )
         return out
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         full = Path(tmp) / "f16.gguf"
-        write_llama_gguf(full, shape, tensors, vocab, name=source.name, weight_type=base, chat_template=template)
+        write_llama_gguf(
+            full, shape, tensors, vocab, name=source.name, weight_type=base, chat_template=template, progress=progress
+        )
         quantize_gguf(full, out, quant)
     return out
 

@@ -146,7 +146,7 @@ def run_quantize(args: argparse.Namespace) -> int:
     from lmgate.quantize.hf_to_gguf import QuantType, UnsupportedModel, convert
 
     try:
-        out = convert(args.source, args.out, QuantType(args.type))
+        out = convert(args.source, args.out, QuantType(args.type), progress=True)
     except (UnsupportedModel, FileNotFoundError) as exc:
         print(f"lmgate: {exc}", file=sys.stderr)
         return 1
