@@ -57,7 +57,7 @@ class RowSampler:
             kth = torch.topk(x, p.top_k).values[-1]
             x[x < kth] = float("-inf")
         if p.top_p < 1.0:
-            sorted_x, order = torch.sort(x, descending=True)
+            sorted_x, order = torch.sort(x, descending=True, stable=True)  # ties: lowest id first, as argmax
             probs = torch.softmax(sorted_x, dim=-1)
             before = torch.cumsum(probs, dim=-1) - probs  # mass of the tokens ranked above each one
             drop = before >= p.top_p

@@ -15,17 +15,25 @@ from server_helpers import ServerThread
 QUESTIONS = ["What is the capital of France?", "What does a cow say?", "Tell me a story about Ben.",
              "Count from one to five.", "What is two plus three?", "What colour is the sky?",
              "Hello!", "Who are you?"]  # fmt: skip
-MODELS = ["tiny-hf", "tiny-gptq", "tiny-awq", "tiny-compressed"]
+MODELS = ["tiny-hf", "tiny-hf-bf16", "tiny-gptq", "tiny-awq", "tiny-compressed"]
 
 
 @pytest.fixture(scope="module")
 def server(hf_model, gptq_model, awq_model, compressed_model, qwen2_model):
-    paths = {"tiny-hf": hf_model, "tiny-gptq": gptq_model, "tiny-awq": awq_model, "tiny-compressed": compressed_model,
-             "qwen2-random": qwen2_model}  # fmt: skip
+    # name: (checkpoint, dtype). GPTQModel writes bf16 checkpoints; tiny-gptq runs in float32 so the
+    # batching test below can ask for exact equality (bf16 has exact ties that padding may flip).
+    models = {
+        "tiny-hf": (hf_model, "auto"),
+        "tiny-hf-bf16": (hf_model, "bfloat16"),
+        "tiny-gptq": (gptq_model, "float32"),
+        "tiny-awq": (awq_model, "auto"),
+        "tiny-compressed": (compressed_model, "auto"),
+        "qwen2-random": (qwen2_model, "auto"),
+    }
     settings = validate_settings({
         "server": {"grpc_port": None},
-        "models": [{"name": name, "backend": "transformers", "model": str(path), "max_seqs": 8, "max_model_len": 512,
-                    "params": "strict"} for name, path in paths.items()],
+        "models": [{"name": name, "backend": "transformers", "model": str(path), "dtype": dtype, "max_seqs": 8,
+                    "max_model_len": 512, "params": "strict"} for name, (path, dtype) in models.items()],
     })  # fmt: skip
     with ServerThread(settings) as server:
         yield server
@@ -88,6 +96,14 @@ def test_sampling_parameters_are_honoured(client):
     full = ask(client, model, "Tell me a story about Ben.")
     stop = full.split()[4]
     assert ask(client, model, "Tell me a story about Ben.", stop=[stop]) == full[: full.index(stop)]
+    # Truncation that leaves one candidate is greedy, however hot the temperature (on the float32
+    # model: the 4-bit ones run in bf16, where exact ties between two tokens do happen).
+    greedy = ask(client, "tiny-hf", "Tell me a story about Ben.")
+    for cut in ({"top_k": 1}, {"min_p": 1.0}, {"top_p": 1e-6}):
+        extra = {k: v for k, v in cut.items() if k != "top_p"}
+        top_p = cut.get("top_p", 1.0)
+        hot = ask(client, "tiny-hf", "Tell me a story about Ben.", temperature=1.5, top_p=top_p, extra_body=extra)
+        assert hot == greedy, cut
     capped = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Tell me a story."}],
                                             temperature=0, max_tokens=5)  # fmt: skip
     assert capped.choices[0].finish_reason == "length" and capped.usage.completion_tokens == 5
