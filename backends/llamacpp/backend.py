@@ -20,8 +20,8 @@ from lmgate.backends.limits import check_token_ids, output_budget
 from lmgate.backends.llamacpp.config import LlamaCppConfig
 from lmgate.backends.llamacpp.engine import Engine
 from lmgate.backends.llamacpp.llama_model import LlamaModel
-from lmgate.backends.llamacpp.output import OutputText
 from lmgate.backends.llamacpp.sequence import Sequence
+from lmgate.backends.output_text import OutputText
 from lmgate.backends.types import (
     BEAM_SEARCH_PARAMS,
     STANDARD_SAMPLING_PARAMS,

@@ -9,12 +9,12 @@ beams that lost. Owned by the engine thread.
 
 from __future__ import annotations
 
-from lmgate.backends.llamacpp.beam_search import BeamSearch
+from lmgate.backends.beam_search import BeamSearch
 from lmgate.backends.llamacpp.llama_model import LlamaModel
-from lmgate.backends.llamacpp.output import OutputText
 from lmgate.backends.llamacpp.runner import Runner, Sampled
 from lmgate.backends.llamacpp.scheduler import Scheduler
 from lmgate.backends.llamacpp.sequence import Sequence
+from lmgate.backends.output_text import OutputText
 from lmgate.backends.types import FinishReason, TokenDelta, Usage
 
 

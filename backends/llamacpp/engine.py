@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from lmgate.backends.beam_search import BeamSearch
 from lmgate.backends.llamacpp import beams
-from lmgate.backends.llamacpp.beam_search import BeamSearch
 from lmgate.backends.llamacpp.config import LlamaCppConfig
 from lmgate.backends.llamacpp.kv_cache import KVCacheManager
 from lmgate.backends.llamacpp.llama_model import LlamaModel

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lmgate.backends.llamacpp.output import OutputText
+from lmgate.backends.output_text import OutputText
 from lmgate.backends.transformers.batch_cache import BatchCache, new_cache
 from lmgate.backends.transformers.detokenizer import Detokenizer
 from lmgate.backends.transformers.hf_model import HfModel
