@@ -1,7 +1,7 @@
-"""A request against a model's limits: the context length and the vocabulary.
+"""A request against a model's limits: the context length, the vocabulary, the batch.
 
-Every engine backend asks the same two questions before it queues a request, and answers them
-with the same OpenAI-shaped errors (``context_length_exceeded`` like OpenAI and vLLM).
+Every engine backend asks the same questions before it queues a request, and answers them with
+the same OpenAI-shaped errors (``context_length_exceeded`` like OpenAI and vLLM).
 """
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from lmgate.backends.errors import InvalidRequest
-from lmgate.backends.types import GenerateRequest
+from lmgate.backends.types import GenerateRequest, SamplingParams
+
+MAX_LOGPROBS = 20
 
 
 def output_budget(request: GenerateRequest, prompt_len: int, max_model_len: int) -> int:
@@ -35,3 +37,24 @@ def check_token_ids(ids: Iterable[int], n_vocab: int, param: str) -> None:
     for token in ids:
         if not 0 <= token < n_vocab:
             raise InvalidRequest(f"token id {token} is outside the vocabulary (0..{n_vocab - 1})", param=param)
+
+
+def check_sampling(sampling: SamplingParams, *, max_seqs: int, n_vocab: int) -> None:
+    """What an engine that decodes ``max_seqs`` rows at once over ``n_vocab`` tokens can do with
+    ``sampling``: choices and beams that fit the batch, logprobs within bounds, ids in the vocabulary."""
+    if sampling.n > max_seqs:
+        raise InvalidRequest(f"n={sampling.n} is more than this model decodes at once (max_seqs={max_seqs})", param="n")
+    if sampling.use_beam_search:
+        if sampling.beam_width > max_seqs:
+            raise InvalidRequest(
+                f"beam width {sampling.beam_width} is more than this model decodes at once (max_seqs={max_seqs})",
+                param="best_of",
+            )
+        if sampling.logprobs is not None:
+            raise InvalidRequest("logprobs are not returned with beam search", param="logprobs")
+    elif sampling.best_of is not None and sampling.best_of != sampling.n:
+        raise InvalidRequest("best_of different from n needs use_beam_search", param="best_of")
+    if sampling.logprobs is not None and sampling.logprobs > MAX_LOGPROBS:
+        raise InvalidRequest(f"at most {MAX_LOGPROBS} top logprobs, got {sampling.logprobs}", param="logprobs")
+    check_token_ids((t for t, _ in sampling.logit_bias), n_vocab, "logit_bias")
+    check_token_ids(sampling.stop_token_ids, n_vocab, "stop_token_ids")

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from lmgate.backends.base import Backend
 from lmgate.backends.chat_template import ChatTemplate
 from lmgate.backends.errors import BackendUnavailable, InvalidRequest
-from lmgate.backends.limits import check_token_ids, output_budget
+from lmgate.backends.limits import check_sampling, check_token_ids, output_budget
 from lmgate.backends.llamacpp.config import LlamaCppConfig
 from lmgate.backends.llamacpp.engine import Engine
 from lmgate.backends.llamacpp.llama_model import LlamaModel
@@ -29,12 +29,10 @@ from lmgate.backends.types import (
     Capabilities,
     GenerateRequest,
     ModelInfo,
-    SamplingParams,
     TokenDelta,
 )
 
 SAMPLING_PARAMS = STANDARD_SAMPLING_PARAMS | BEAM_SEARCH_PARAMS
-MAX_LOGPROBS = 20
 
 
 class LlamaCppBackend(Backend):
@@ -70,7 +68,7 @@ class LlamaCppBackend(Backend):
         engine = self._running_engine()
         prompt = self._prompt_ids(request)
         max_tokens = output_budget(request, len(prompt), self._model.max_model_len)
-        self._check_sampling(request.sampling)
+        check_sampling(request.sampling, max_seqs=self._config.max_seqs, n_vocab=self._model.n_vocab)
 
         internal_id = f"{request.request_id}/{uuid.uuid4().hex[:8]}"
         arrival = next(self._arrivals)
@@ -120,28 +118,6 @@ class LlamaCppBackend(Backend):
         if not ids:
             raise InvalidRequest("the prompt is empty", param="prompt" if request.messages is None else "messages")
         return ids
-
-    def _check_sampling(self, sampling: SamplingParams) -> None:
-        if sampling.n > self._config.max_seqs:
-            raise InvalidRequest(
-                f"n={sampling.n} is more than this model decodes at once (max_seqs={self._config.max_seqs})", param="n"
-            )
-        if sampling.use_beam_search:
-            if sampling.beam_width > self._config.max_seqs:
-                raise InvalidRequest(
-                    f"beam width {sampling.beam_width} is more than this model decodes at once "
-                    f"(max_seqs={self._config.max_seqs})",
-                    param="best_of",
-                )
-            if sampling.logprobs is not None:
-                raise InvalidRequest("logprobs are not returned with beam search", param="logprobs")
-        elif sampling.best_of is not None and sampling.best_of != sampling.n:
-            raise InvalidRequest("best_of different from n needs use_beam_search", param="best_of")
-        if sampling.logprobs is not None and sampling.logprobs > MAX_LOGPROBS:
-            raise InvalidRequest(f"at most {MAX_LOGPROBS} top logprobs, got {sampling.logprobs}", param="logprobs")
-        n_vocab = self._model.n_vocab
-        check_token_ids((t for t, _ in sampling.logit_bias), n_vocab, "logit_bias")
-        check_token_ids(sampling.stop_token_ids, n_vocab, "stop_token_ids")
 
     async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         return self._model.tokenize(text, add_special=add_special, parse_special=True)

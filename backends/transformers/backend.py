@@ -3,7 +3,8 @@
 The path for quantized HF models where there is no GPU (DESIGN §6): transformers loads the
 checkpoint (GPTQModel's CPU kernels for GPTQ and AWQ), lmgate's own loop batches the requests
 (backends/transformers/engine.py) and samples with the same parameters as the other engines.
-torch and transformers are imported in ``start()`` only. Beam search is not offered here.
+torch and transformers are imported in ``start()`` only. Beam search runs the same policy as the
+llama.cpp engine's (backends/beam_search.py).
 """
 
 from __future__ import annotations
@@ -15,24 +16,22 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 from lmgate.backends.base import Backend
-from lmgate.backends.errors import BackendUnavailable, InvalidRequest
+from lmgate.backends.errors import BackendUnavailable
 from lmgate.backends.hf_prompt import HfPrompt
-from lmgate.backends.limits import check_token_ids, output_budget
+from lmgate.backends.limits import check_sampling, output_budget
 from lmgate.backends.transformers.config import TransformersConfig
 from lmgate.backends.types import (
+    BEAM_SEARCH_PARAMS,
     STANDARD_SAMPLING_PARAMS,
     BackendStats,
     Capabilities,
     GenerateRequest,
     ModelInfo,
-    SamplingParams,
     TokenDelta,
 )
 
 if TYPE_CHECKING:
     from lmgate.backends.transformers.engine import Engine
-
-MAX_LOGPROBS = 20
 
 
 class TransformersBackend(Backend):
@@ -49,7 +48,7 @@ class TransformersBackend(Backend):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(STANDARD_SAMPLING_PARAMS, max_n=self._config.max_seqs)
+        return Capabilities(STANDARD_SAMPLING_PARAMS | BEAM_SEARCH_PARAMS, max_n=self._config.max_seqs)
 
     async def start(self) -> None:
         from lmgate.backends.transformers.engine import Engine
@@ -65,13 +64,13 @@ class TransformersBackend(Backend):
         engine.start()
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
-        from lmgate.backends.transformers.engine import Request
+        from lmgate.backends.transformers.rows import Request
 
         engine = self._serving()
         assert self._prompt is not None
         prompt = self._prompt.ids(request)
         max_tokens = output_budget(request, len(prompt), engine.model.max_model_len)
-        self._check_sampling(request.sampling)
+        check_sampling(request.sampling, max_seqs=self._config.max_seqs, n_vocab=self._prompt.n_vocab)
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue[list[TokenDelta] | BaseException] = asyncio.Queue()
         internal_id = f"{request.request_id}/{uuid.uuid4().hex[:8]}"
@@ -88,21 +87,6 @@ class TransformersBackend(Backend):
         finally:
             if unfinished:  # the consumer went away (or the engine failed): free the rows
                 engine.abort(internal_id)
-
-    def _check_sampling(self, sampling: SamplingParams) -> None:
-        if sampling.use_beam_search:
-            raise InvalidRequest("beam search is not available on the transformers backend", param="use_beam_search")
-        if sampling.n > self._config.max_seqs:
-            raise InvalidRequest(
-                f"n={sampling.n} is more than this model decodes at once (max_seqs={self._config.max_seqs})", param="n"
-            )
-        if sampling.best_of is not None and sampling.best_of != sampling.n:
-            raise InvalidRequest("best_of different from n needs use_beam_search", param="best_of")
-        if sampling.logprobs is not None and sampling.logprobs > MAX_LOGPROBS:
-            raise InvalidRequest(f"at most {MAX_LOGPROBS} top logprobs, got {sampling.logprobs}", param="logprobs")
-        assert self._prompt is not None
-        check_token_ids((t for t, _ in sampling.logit_bias), self._prompt.n_vocab, "logit_bias")
-        check_token_ids(sampling.stop_token_ids, self._prompt.n_vocab, "stop_token_ids")
 
     def _loaded(self) -> Engine:
         if self._engine is None:

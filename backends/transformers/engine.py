@@ -1,10 +1,12 @@
 """The batching loop over a transformers model: one thread, one step at a time.
 
 A step admits waiting requests while rows are free (their prompts prefilled together, left-padded,
-one row per choice after the prefill), then decodes one token for every running row in a single
-forward pass over the shared ``BatchCache``. Finished and aborted rows leave between steps, so a
-request never waits for another one to end (continuous batching). Requests and aborts arrive
-through a thread-safe inbox; each step's deltas go, one call per request, to the request's sink.
+one row per choice or beam after the prefill), then decodes one token for every running row in a
+single forward pass over the shared ``BatchCache``. Finished and aborted rows leave between steps,
+so a request never waits for another one to end (continuous batching). A beam search's rows are
+re-chosen every step by the shared policy (backends/beam_search.py): a beam that continues several
+ways has its cache row repeated, a beam that lost is dropped. Requests and aborts arrive through a
+thread-safe inbox; each step's deltas go, one call per request, to the request's sink.
 """
 
 from __future__ import annotations
@@ -14,68 +16,19 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 
+from lmgate.backends.beam_search import BeamSearch
 from lmgate.backends.output_text import OutputText
 from lmgate.backends.transformers.batch_cache import BatchCache, new_cache
 from lmgate.backends.transformers.detokenizer import Detokenizer
 from lmgate.backends.transformers.hf_model import HfModel
+from lmgate.backends.transformers.rows import BeamRow, Request, Row
 from lmgate.backends.transformers.sampler import Choice, RowSampler
-from lmgate.backends.types import (
-    BackendStats,
-    FinishReason,
-    SamplingParams,
-    TokenDelta,
-    TokenLogprob,
-    TopLogprob,
-    Usage,
-)
+from lmgate.backends.types import BackendStats, FinishReason, TokenDelta, TokenLogprob, TopLogprob
 
 log = logging.getLogger(__name__)
-
-Sink = Callable[[list[TokenDelta] | BaseException], None]
-"""Receives a request's deltas of one step, or the error that ended it. Called on the engine thread."""
-
-
-@dataclass(eq=False)
-class Row:
-    """One choice of one request. Owned by the engine thread."""
-
-    index: int
-    tokens: list[int]
-    """Prompt and output so far; the last one is fed to the model at the next decode."""
-    num_prompt: int
-    max_tokens: int
-    sampler: RowSampler
-    detokenizer: Detokenizer
-    output: OutputText
-    finish: FinishReason | None = None
-
-    @property
-    def num_output(self) -> int:
-        return len(self.tokens) - self.num_prompt
-
-
-@dataclass(eq=False)
-class Request:
-    request_id: str
-    prompt: list[int]
-    sampling: SamplingParams
-    max_tokens: int
-    sink: Sink
-    rows: list[Row] = field(default_factory=list)
-    """One per choice, made at admission (none while waiting)."""
-    queued_at: float = field(default_factory=time.monotonic)
-    started_at: float | None = None
-    unfinished: int = field(init=False)
-    """Choices without a finish reason yet."""
-
-    def __post_init__(self) -> None:
-        self.unfinished = self.sampling.n
-
 
 _STOP = object()
 
@@ -88,8 +41,8 @@ class Engine:
         self._max_seqs = max_seqs
         new_cache(model.model.config)  # refuse a model whose cache cannot be batched, before serving
         self._batch = BatchCache()
-        self._running: list[Row] = []
-        self._owner: dict[int, Request] = {}
+        self._running: list[Row | BeamRow] = []
+        """In the order of the batch cache's rows."""
         self._waiting: collections.deque[Request] = collections.deque()
         self._requests: dict[str, Request] = {}
         self._inbox: queue.SimpleQueue[Request | str | object] = queue.SimpleQueue()
@@ -153,14 +106,15 @@ class Engine:
     def _admit(self) -> list[Request]:
         admitted: list[Request] = []
         rows = len(self._running)
-        while self._waiting and rows + self._waiting[0].sampling.n <= self._max_seqs:
+        while self._waiting and rows + self._waiting[0].rows_needed <= self._max_seqs:
             request = self._waiting.popleft()
-            rows += request.sampling.n
+            rows += request.rows_needed
             admitted.append(request)
         return admitted
 
     def _prefill(self, group: list[Request]) -> None:
-        """One forward pass over the admitted prompts (left-padded); each row samples its first token."""
+        """One forward pass over the admitted prompts (left-padded); each choice samples its first
+        token, each beam search takes its first step."""
         width = max(len(r.prompt) for r in group)
         ids = torch.zeros((len(group), width), dtype=torch.long)
         mask = torch.zeros((len(group), width), dtype=torch.long)
@@ -168,29 +122,45 @@ class Engine:
             ids[i, width - len(r.prompt) :] = torch.tensor(r.prompt)
             mask[i, width - len(r.prompt) :] = 1
         cache = new_cache(self.model.model.config)
-        now = time.monotonic()
         logits = self._forward(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), cache)
         index: list[int] = []
+        now = time.monotonic()
         for i, request in enumerate(group):
             request.started_at = now
-            for row in self._new_rows(request):
-                self._advance(request, row, row.sampler.sample(logits[i], row.tokens))
-                if row.finish is None:
-                    index.append(i)
-                    self._running.append(row)
-                    self._owner[id(row)] = request
+            rows: list[Row | BeamRow] = []
+            if request.sampling.use_beam_search:
+                request.search = self._new_search(request)
+                root = BeamRow(request, request.search.live[0], list(request.prompt))
+                rows += [beam for _, beam in self._search_step(request, [(i, root)], logits)]
+            else:
+                for row in self._new_rows(request):
+                    if self._advance(row, row.sampler.sample(logits[i], row.tokens)):
+                        rows.append(row)
+            index += [i] * len(rows)
+            self._running += rows
         if index:
             self._batch.extend(cache, mask, index)
 
     def _decode(self) -> None:
-        """One token for every running row, in one forward pass."""
+        """One token for every running row, in one forward pass; then the rows of the next step."""
         ids = torch.tensor([[row.tokens[-1]] for row in self._running], dtype=torch.long)
         positions = self._batch.real_tokens().unsqueeze(1)
         self._batch.grow()
         logits = self._forward(ids, self._batch.mask, positions, self._batch.cache)
+        keep: list[int] = []
+        running: list[Row | BeamRow] = []
+        searches: dict[int, list[tuple[int, BeamRow]]] = {}
         for i, row in enumerate(self._running):
-            self._advance(self._owner[id(row)], row, row.sampler.sample(logits[i], row.tokens))
-        self._drop_finished()
+            if isinstance(row, BeamRow):
+                searches.setdefault(id(row.request), []).append((i, row))
+            elif self._advance(row, row.sampler.sample(logits[i], row.tokens)):
+                keep.append(i)
+                running.append(row)
+        for beams in searches.values():
+            for i, row in self._search_step(beams[0][1].request, beams, logits):
+                keep.append(i)
+                running.append(row)
+        self._reshape(running, keep)
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: object) -> torch.Tensor:
         out = self.model.model(
@@ -199,26 +169,27 @@ class Engine:
         )  # fmt: skip
         return out.logits[:, -1, : self.model.n_vocab].float()
 
+    # --- sampled choices ---
+
     def _new_rows(self, request: Request) -> list[Row]:
         s = request.sampling
         banned = self.model.eos_ids if s.ignore_eos else frozenset()
         tok = self.model.tokenizer
         request.rows = [
             Row(
-                i, list(request.prompt), len(request.prompt), request.max_tokens,
-                RowSampler(s, seed=s.choice_seed(i), banned=banned), Detokenizer(tok, request.prompt),
-                OutputText(s.stop),
+                request, i, list(request.prompt), RowSampler(s, seed=s.choice_seed(i), banned=banned),
+                Detokenizer(tok, request.prompt), OutputText(s.stop),
             )
             for i in range(s.n)
         ]  # fmt: skip
         return request.rows
 
-    def _advance(self, request: Request, row: Row, choice: Choice) -> None:
-        """Apply one sampled token to its row: text, stop rules, limits; queue the delta."""
-        token = choice.token_id
+    def _advance(self, row: Row, choice: Choice) -> bool:
+        """Apply one sampled token to its row (text, stop rules, limits) and queue the delta; True
+        while the row goes on."""
+        request, s, token = row.request, row.request.sampling, choice.token_id
         row.tokens.append(token)
         self._generated += 1
-        s = request.sampling
         finish: FinishReason | None = None
         text = ""
         if token in s.stop_token_ids or (token in self.model.eos_ids and not s.ignore_eos):
@@ -227,7 +198,7 @@ class Engine:
             text = row.output.append(row.detokenizer.add(token).encode())
             if row.output.stopped:
                 finish = FinishReason.STOP
-        if finish is None and (row.num_output >= row.max_tokens or len(row.tokens) >= self.model.max_model_len):
+        if finish is None and (row.num_output >= request.max_tokens or len(row.tokens) >= self.model.max_model_len):
             finish = FinishReason.LENGTH
         usage = None
         if finish is not None:
@@ -236,16 +207,12 @@ class Engine:
             text += row.output.finish()
             row.finish = finish
             request.unfinished -= 1
-            usage = self._usage(request, row)
+            usage = request.usage(row.num_output)
         logprobs = (self._logprob(choice),) if choice.logprob is not None else ()
         self._outbox.setdefault(request.request_id, []).append(
             TokenDelta(row.index, text, (token,), logprobs, finish, usage)
         )
-
-    @staticmethod
-    def _usage(request: Request, row: Row) -> Usage:
-        queued = None if request.started_at is None else request.started_at - request.queued_at
-        return Usage(row.num_prompt, row.num_output, 0, queued)
+        return finish is None
 
     def _logprob(self, choice: Choice) -> TokenLogprob:
         assert choice.logprob is not None
@@ -259,15 +226,60 @@ class Engine:
             text = self._token_text[token_id] = self.model.tokenizer.decode([token_id])
         return text
 
-    def _drop_finished(self) -> None:
-        keep = [i for i, row in enumerate(self._running) if row.finish is None]
-        if len(keep) == len(self._running):
-            return
-        for row in self._running:
-            if row.finish is not None:
-                del self._owner[id(row)]
-        self._running = [self._running[i] for i in keep]
-        self._batch.keep(keep)
+    # --- beam search ---
+
+    def _new_search(self, request: Request) -> BeamSearch:
+        s = request.sampling
+        ends = frozenset(s.stop_token_ids) | (frozenset() if s.ignore_eos else self.model.eos_ids)
+        return BeamSearch(width=s.beam_width, n=s.n, max_tokens=request.max_tokens, end_tokens=ends,
+                          length_penalty=s.length_penalty)  # fmt: skip
+
+    def _search_step(self, request: Request, beams: list[tuple[int, BeamRow]],
+                     logits: torch.Tensor) -> list[tuple[int, BeamRow]]:  # fmt: skip
+        """One policy step over the beams' logits (row i of ``logits`` for a beam at batch row i);
+        returns the next step's beams with the batch row each continues from."""
+        search = request.search
+        assert search is not None
+        width = 2 * search.width  # ends among the candidates still leave `width` continuations
+        candidates, parents = {}, {}
+        for i, row in beams:
+            top = torch.topk(torch.log_softmax(logits[i], dim=-1), min(width, logits.shape[-1]))
+            candidates[id(row.beam)] = list(zip(top.indices.tolist(), top.values.tolist(), strict=True))
+            parents[id(row.beam)] = (i, row)
+        continuations = search.step(candidates)
+        self._generated += len(beams)
+        if search.done:
+            self._finish_search(request)
+            return []
+        nxt = []
+        for beam, c in zip(search.live, continuations, strict=True):
+            i, parent = parents[id(c.parent)]
+            nxt.append((i, BeamRow(request, beam, [*parent.tokens, c.token])))
+        return nxt
+
+    def _finish_search(self, request: Request) -> None:
+        """The n best hypotheses as final deltas; text is made here, once."""
+        search = request.search
+        assert search is not None
+        deltas = []
+        for index, hypothesis in enumerate(search.best()):
+            output = OutputText(request.sampling.stop)
+            text = output.append(self.model.tokenizer.decode(hypothesis.output, skip_special_tokens=True).encode())
+            text += output.finish()
+            reason = FinishReason.STOP if output.stopped else hypothesis.finish_reason
+            deltas.append(TokenDelta(index, text, hypothesis.output, finish_reason=reason,
+                                     usage=request.usage(len(hypothesis.output))))  # fmt: skip
+        search.closed = True
+        request.unfinished = 0
+        self._outbox.setdefault(request.request_id, []).extend(deltas)
+
+    # --- book-keeping ---
+
+    def _reshape(self, running: list[Row | BeamRow], rows: list[int]) -> None:
+        """The running list becomes ``running``, whose cache rows are the current ``rows``."""
+        if rows != list(range(len(self._running))):
+            self._batch.keep(rows)
+        self._running = running
 
     def _deliver(self) -> None:
         for request_id, deltas in self._outbox.items():
@@ -302,22 +314,23 @@ class Engine:
             return  # finished already, or never seen
         if request in self._waiting:
             self._waiting.remove(request)
-        outbox = self._outbox.setdefault(request_id, [])
-        finished = {row.index for row in request.rows if row.finish is not None}
-        for row in request.rows:
-            row.finish = row.finish or FinishReason.ABORT
-        usage = Usage(len(request.prompt), 0)
-        for index in range(request.sampling.n):
-            if index not in finished:
-                row_usage = self._usage(request, request.rows[index]) if request.rows else usage
-                outbox.append(TokenDelta(index, "", finish_reason=FinishReason.ABORT, usage=row_usage))
+        done = {row.index for row in request.rows if row.finish is not None}
+        outputs = {row.index: row.num_output for row in request.rows}
+        self._outbox.setdefault(request_id, []).extend(
+            TokenDelta(i, "", finish_reason=FinishReason.ABORT, usage=request.usage(outputs.get(i, 0)))
+            for i in range(request.sampling.n)
+            if i not in done
+        )
         request.unfinished = 0
-        self._drop_finished()
+        if request.search is not None:
+            request.search.closed = True
+        keep = [i for i, row in enumerate(self._running) if row.request is not request]
+        self._reshape([self._running[i] for i in keep], keep)
 
     def _publish(self) -> None:
         self._stats = BackendStats(
             running=len(self._running),
-            waiting=sum(r.sampling.n for r in self._waiting),
+            waiting=sum(r.rows_needed for r in self._waiting),
             kv_cells_used=int(self._batch.mask.sum()),
             kv_cells_total=self._max_seqs * self.model.max_model_len,
             steps=self._steps,

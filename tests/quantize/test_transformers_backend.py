@@ -19,7 +19,7 @@ MODELS = ["tiny-hf", "tiny-hf-bf16", "tiny-gptq", "tiny-awq", "tiny-compressed"]
 
 
 @pytest.fixture(scope="module")
-def server(hf_model, gptq_model, awq_model, compressed_model, qwen2_model):
+def server(hf_model, gptq_model, awq_model, compressed_model, qwen2_model, tiny_chat_path):
     # name: (checkpoint, dtype). GPTQModel writes bf16 checkpoints; tiny-gptq runs in float32 so the
     # batching test below can ask for exact equality (bf16 has exact ties that padding may flip).
     models = {
@@ -33,7 +33,8 @@ def server(hf_model, gptq_model, awq_model, compressed_model, qwen2_model):
     settings = validate_settings({
         "server": {"grpc_port": None},
         "models": [{"name": name, "backend": "transformers", "model": str(path), "dtype": dtype, "max_seqs": 8,
-                    "max_model_len": 512, "params": "strict"} for name, (path, dtype) in models.items()],
+                    "max_model_len": 512, "params": "strict"} for name, (path, dtype) in models.items()]
+                  + [{"name": "tiny-gguf", "gguf": str(tiny_chat_path)}],  # the same weights on llama.cpp
     })  # fmt: skip
     with ServerThread(settings) as server:
         yield server
@@ -118,6 +119,19 @@ def test_sampling_parameters_are_honoured(client):
     assert penalized.count("Ben") < full.count("Ben")
 
 
+def test_beam_search_finds_what_llama_cpp_finds_on_the_same_weights(client):
+    beams = {"use_beam_search": True, "best_of": 4}
+    for question in QUESTIONS[:4]:
+        ours = client.chat.completions.create(model="tiny-hf", messages=[{"role": "user", "content": question}],
+                                              n=2, max_tokens=24, temperature=0, extra_body=beams)  # fmt: skip
+        reference = client.chat.completions.create(model="tiny-gguf", messages=[{"role": "user", "content": question}],
+                                                   n=2, max_tokens=24, temperature=0, extra_body=beams)  # fmt: skip
+        assert [c.index for c in ours.choices] == [0, 1]
+        assert ours.choices[0].message.content == reference.choices[0].message.content, question
+        assert ours.choices[0].message.content != ours.choices[1].message.content
+        assert ours.usage.completion_tokens > 0
+
+
 def test_client_mistakes_are_400s_and_leave_nothing_running(server, client):
     with pytest.raises(openai.BadRequestError) as err:
         ask(client, "tiny-hf", "Hi", n=9)
@@ -128,8 +142,10 @@ def test_client_mistakes_are_400s_and_leave_nothing_running(server, client):
     with pytest.raises(openai.BadRequestError) as err:
         client.completions.create(model="tiny-hf", prompt="Hi", max_tokens=4, logit_bias={"5000": 1})
     assert err.value.param == "logit_bias"
-    with pytest.raises(openai.BadRequestError):
-        client.completions.create(model="tiny-hf", prompt="Hi", max_tokens=4, extra_body={"use_beam_search": True})
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model="tiny-hf", prompt="Hi", max_tokens=4, logprobs=1,
+                                  extra_body={"use_beam_search": True})  # fmt: skip
+    assert err.value.param == "logprobs"
     assert server.wait_idle("tiny-hf").running == 0
 
 
