@@ -7,13 +7,16 @@ is not copied), turns end tokens into finished hypotheses and reports which beam
 search ends when every beam finished or hit ``max_tokens``, or early, once ``width`` hypotheses
 finished and no live beam can still beat the worst of them (HF's ``early_stopping=True``).
 Hypotheses are ranked by ``cum_logprob / length ** length_penalty`` (HF, vLLM).
+``final_deltas`` turns the best ones into a request's last deltas, the same way for every engine.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from lmgate.backends.types import FinishReason
+from lmgate.backends.output_text import OutputText
+from lmgate.backends.types import FinishReason, TokenDelta, Usage
 
 
 @dataclass(eq=False)
@@ -123,3 +126,17 @@ class BeamSearch:
         self.finished.append(Hypothesis(tuple(output), logprob, self.score(logprob, len(output)), reason))
         self.finished.sort(key=lambda h: h.score, reverse=True)
         del self.finished[self.width :]
+
+
+def final_deltas(best: list[Hypothesis], to_bytes: Callable[[Sequence[int]], bytes], stop: tuple[str, ...],
+                 usage: Callable[[int], Usage]) -> list[TokenDelta]:  # fmt: skip
+    """One final delta per hypothesis (index = rank): its whole text, cut at a stop string (which
+    makes it a ``stop``), and ``usage(completion_tokens)``."""
+    deltas = []
+    for index, hypothesis in enumerate(best):
+        text = OutputText(stop)
+        body = text.append(to_bytes(hypothesis.output)) + text.finish()
+        reason = FinishReason.STOP if text.stopped else hypothesis.finish_reason
+        usage_ = usage(len(hypothesis.output))
+        deltas.append(TokenDelta(index, body, hypothesis.output, finish_reason=reason, usage=usage_))
+    return deltas

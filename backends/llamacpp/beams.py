@@ -9,13 +9,12 @@ beams that lost. Owned by the engine thread.
 
 from __future__ import annotations
 
-from lmgate.backends.beam_search import BeamSearch
+from lmgate.backends.beam_search import BeamSearch, final_deltas
 from lmgate.backends.llamacpp.llama_model import LlamaModel
 from lmgate.backends.llamacpp.runner import Runner, Sampled
 from lmgate.backends.llamacpp.scheduler import Scheduler
 from lmgate.backends.llamacpp.sequence import Sequence
-from lmgate.backends.output_text import OutputText
-from lmgate.backends.types import FinishReason, TokenDelta, Usage
+from lmgate.backends.types import TokenDelta, Usage
 
 
 def start_search(seq: Sequence, model: LlamaModel) -> BeamSearch:
@@ -75,14 +74,10 @@ def finish(search: BeamSearch, model: LlamaModel, scheduler: Scheduler, runner: 
     prompt: Sequence = search.root  # type: ignore[assignment]
     best = search.best()
     close(search, scheduler, runner)
-    deltas = []
-    for index, hypothesis in enumerate(best):
-        text = OutputText(prompt.sampling.stop)
-        pieces = "".join(text.append(model.pieces[t]) for t in hypothesis.output) + text.finish()
-        reason = FinishReason.STOP if text.stopped else hypothesis.finish_reason
-        usage = Usage(prompt.num_prompt_tokens, len(hypothesis.output), prompt.num_cached_tokens, prompt.queue_time)
-        deltas.append(TokenDelta(index, pieces, hypothesis.output, finish_reason=reason, usage=usage))
-    return deltas
+    return final_deltas(
+        best, lambda ids: b"".join(model.pieces[t] for t in ids), prompt.sampling.stop,
+        lambda n: Usage(prompt.num_prompt_tokens, n, prompt.num_cached_tokens, prompt.queue_time),
+    )  # fmt: skip
 
 
 def _retire(seq: Sequence, scheduler: Scheduler, runner: Runner) -> None:

@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from lmgate.backends.beam_search import BeamSearch
+from lmgate.backends.beam_search import BeamSearch, final_deltas
 from lmgate.backends.output_text import OutputText
 from lmgate.backends.transformers.batch_cache import BatchCache, new_cache
 from lmgate.backends.transformers.detokenizer import Detokenizer
@@ -261,14 +261,9 @@ class Engine:
         """The n best hypotheses as final deltas; text is made here, once."""
         search = request.search
         assert search is not None
-        deltas = []
-        for index, hypothesis in enumerate(search.best()):
-            output = OutputText(request.sampling.stop)
-            text = output.append(self.model.tokenizer.decode(hypothesis.output, skip_special_tokens=True).encode())
-            text += output.finish()
-            reason = FinishReason.STOP if output.stopped else hypothesis.finish_reason
-            deltas.append(TokenDelta(index, text, hypothesis.output, finish_reason=reason,
-                                     usage=request.usage(len(hypothesis.output))))  # fmt: skip
+        tokenizer = self.model.tokenizer
+        deltas = final_deltas(search.best(), lambda ids: tokenizer.decode(ids, skip_special_tokens=True).encode(),
+                              request.sampling.stop, request.usage)  # fmt: skip
         search.closed = True
         request.unfinished = 0
         self._outbox.setdefault(request.request_id, []).extend(deltas)

@@ -6,21 +6,27 @@ backend (a template that writes BOS itself gets none added), so both engines see
 Sampling parameters map 1:1 onto vLLM's, outputs stream as deltas (``RequestOutputKind.DELTA``),
 and a closed stream aborts the request. vLLM's scheduler stats (running, waiting, KV usage,
 prefix-cache hits, preemptions) arrive through a stat logger and come out of ``stats()``.
-Beam search lives in vLLM's serving layer, not in AsyncLLM: it is declared unsupported.
+Beam search lives in vLLM's serving layer, not in AsyncLLM; here it runs lmgate's shared policy
+(backends/beam_search.py) the way vLLM's server does: each step asks the engine for one token
+with the top 2 × width log-probabilities of every live beam (vLLM's prefix cache makes the
+repeated prompts cheap), and the policy picks the continuations.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lmgate.backends.base import Backend
+from lmgate.backends.beam_search import BeamSearch, final_deltas
 from lmgate.backends.errors import BackendUnavailable, InvalidRequest
 from lmgate.backends.hf_prompt import HfPrompt
 from lmgate.backends.limits import output_budget
 from lmgate.backends.types import (
+    BEAM_SEARCH_PARAMS,
     STANDARD_SAMPLING_PARAMS,
     BackendStats,
     Capabilities,
@@ -35,7 +41,7 @@ from lmgate.backends.types import (
 )
 from lmgate.backends.vllm.config import VllmConfig
 
-SAMPLING_PARAMS = STANDARD_SAMPLING_PARAMS
+SAMPLING_PARAMS = STANDARD_SAMPLING_PARAMS | BEAM_SEARCH_PARAMS
 _FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": FinishReason.ABORT}
 
 
@@ -115,6 +121,10 @@ class VllmBackend(Backend):
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
         engine = self._require_engine()
         prompt = self._require_prompt().ids(request)
+        if request.sampling.use_beam_search:
+            for delta in await self._beam_search(engine, request, prompt):
+                yield delta
+            return
         params = self._sampling(request, len(prompt))
         internal = f"{request.request_id}-{next(self._ids)}"
         counts: dict[int, int] = {}
@@ -147,8 +157,6 @@ class VllmBackend(Backend):
 
         s: SamplingParams = request.sampling
         max_tokens = output_budget(request, prompt_len, self._max_model_len)
-        if s.use_beam_search:
-            raise InvalidRequest("beam search is not available on the vllm backend", param="use_beam_search")
         return VllmSamplingParams(
             n=s.n,
             temperature=s.temperature,
@@ -167,6 +175,40 @@ class VllmBackend(Backend):
             logit_bias=dict(s.logit_bias) or None,
             output_kind=RequestOutputKind.DELTA,
         )
+
+    async def _beam_search(self, engine: Any, request: GenerateRequest, prompt: list[int]) -> list[TokenDelta]:
+        """The n best beams as final deltas (a beam search streams nothing before it ends)."""
+        from vllm import SamplingParams as VllmSamplingParams
+
+        s, tokenizer = request.sampling, self._require_prompt().tokenizer
+        max_tokens = output_budget(request, len(prompt), self._max_model_len)
+        if s.logprobs is not None:
+            raise InvalidRequest("logprobs are not returned with beam search", param="logprobs")
+        ends = frozenset(s.stop_token_ids) | (frozenset() if s.ignore_eos else {tokenizer.eos_token_id})
+        search = BeamSearch(width=s.beam_width, n=s.n, max_tokens=max_tokens, end_tokens=ends,
+                            length_penalty=s.length_penalty)  # fmt: skip
+        one_step = VllmSamplingParams(max_tokens=1, temperature=0.0, logprobs=2 * s.beam_width, detokenize=False)
+        base = f"{request.request_id}-{next(self._ids)}"
+        for step in itertools.count():
+            if search.done:
+                break
+            tops = await asyncio.gather(*(
+                self._top_logprobs(engine, prompt + beam.output, one_step, f"{base}-{step}-{i}")
+                for i, beam in enumerate(search.live)
+            ))  # fmt: skip
+            search.step({id(beam): top for beam, top in zip(search.live, tops, strict=True)})
+        return final_deltas(search.best(), lambda ids: tokenizer.decode(ids, skip_special_tokens=True).encode(),
+                            s.stop, lambda n: Usage(len(prompt), n))  # fmt: skip
+
+    @staticmethod
+    async def _top_logprobs(engine: Any, ids: list[int], params: Any, request_id: str) -> list[tuple[int, float]]:
+        """The top log-probabilities of the token after ``ids``, best first."""
+        last = None
+        async for output in engine.generate({"prompt_token_ids": ids}, params, request_id):
+            last = output
+        assert last is not None and last.outputs[0].logprobs
+        entries = last.outputs[0].logprobs[0]
+        return sorted(((t, lp.logprob) for t, lp in entries.items()), key=lambda e: e[1], reverse=True)
 
     def _require_engine(self) -> Any:
         if self._engine is None or self._engine.errored:

@@ -62,13 +62,22 @@ def test_sampling_parameters_map_onto_vllm(client):
     )
 
 
-def test_beam_search_is_declared_unsupported_and_refused_in_strict_mode(client):
+def test_beam_search_finds_what_llama_cpp_finds_on_the_same_weights(client):
+    beams = {"use_beam_search": True, "best_of": 4}
+    for question in QUESTIONS:
+        ours = client.chat.completions.create(model="tiny-vllm", messages=[{"role": "user", "content": question}],
+                                              n=2, max_tokens=24, temperature=0, extra_body=beams)  # fmt: skip
+        reference = client.chat.completions.create(model="tiny-llamacpp",
+                                                   messages=[{"role": "user", "content": question}],
+                                                   n=2, max_tokens=24, temperature=0, extra_body=beams)  # fmt: skip
+        assert [c.index for c in ours.choices] == [0, 1]
+        assert ours.choices[0].message.content == reference.choices[0].message.content, question
+        assert ours.choices[0].message.content != ours.choices[1].message.content
     with pytest.raises(openai.BadRequestError) as err:
-        client.completions.create(model="tiny-vllm", prompt="Hi", max_tokens=4, n=1,
-                                  extra_body={"use_beam_search": True, "best_of": 2})  # fmt: skip
-    assert err.value.body["param"] == "use_beam_search"
+        client.completions.create(model="tiny-vllm", prompt="Hi", max_tokens=4, logprobs=1, extra_body=beams)
+    assert err.value.body["param"] == "logprobs"
     [card] = [m for m in client.models.list().data if m.id == "tiny-vllm"]
-    assert card.backend == "vllm" and card.context_length == 512 and "use_beam_search" not in card.supported_params
+    assert card.backend == "vllm" and card.context_length == 512 and "use_beam_search" in card.supported_params
 
 
 def test_grpc_chat_streams_through_vllm(server):
