@@ -9,12 +9,14 @@ Two maintained tools do the fitting (DESIGN §9; auto-gptq and AutoAWQ are aband
   decompresses it on CPU). Its AWQ needs a GPU (it refuses to run on CPU); that is said up front.
 
 Both take the calibration text of ``calibration.py`` and leave ``quantization.json`` (manifest.py)
-next to the weights. GPTQ wants input sizes that are multiples of the group size; AWQ's CPU kernel
-wants output sizes that are multiples of 64: a model that does not fit gets the tool's own message.
+next to the weights (GPTQModel also leaves its per-layer log in ``logs/`` there). GPTQ wants
+input sizes that are multiples of the group size; AWQ's CPU kernel wants output sizes that are
+multiples of 64: a model that does not fit gets the tool's own message.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import importlib.metadata
 import os
@@ -66,14 +68,15 @@ def _with_gptqmodel(source: Path, out: Path, method: Method, bits: int, group_si
     import torch
     from gptqmodel import AWQConfig, GPTQConfig, GPTQModel
 
+    source, out = source.resolve(), out.resolve()
     if method is Method.AWQ:
-        config = AWQConfig(bits=bits, group_size=group_size)
-        model = GPTQModel.load(str(source), config, dtype=torch.bfloat16, device="cpu")
-        model.quantize(samples, batch_size=4, backend="awq_torch")
+        model = GPTQModel.load(str(source), AWQConfig(bits=bits, group_size=group_size), dtype=torch.bfloat16,
+                               device="cpu")  # fmt: skip
     else:
-        config = GPTQConfig(bits=bits, group_size=group_size)
-        model = GPTQModel.load(str(source), config, device="cpu")
-        model.quantize(samples, batch_size=4)
+        model = GPTQModel.load(str(source), GPTQConfig(bits=bits, group_size=group_size), device="cpu")
+    # GPTQModel writes its per-layer log (loss, damping, time per module) to ./logs: keep it with the output.
+    with contextlib.chdir(out):
+        model.quantize(samples, batch_size=4, backend="awq_torch" if method is Method.AWQ else "auto")
     model.save(str(out))
     return "gptq" if method is Method.GPTQ else "awq-gemm"
 
