@@ -11,7 +11,9 @@ that holds it; its identity for the prefix cache is a hash chained through its p
 equal hashes mean equal prefixes. Cells used = ``BLOCK_SIZE`` × live blocks + every slot's tail.
 
 A finished (or preempted) sequence's slot is kept as a *cached* slot holding its full blocks;
-cached slots are evicted least-recently-used when a slot or cells are needed. Running out of cells
+cached slots are evicted least-recently-used when a slot or cells are needed. A hit may also take
+the first tokens of the block after the matched chain, where they equal the prompt's (blocks keep
+their token ids for this): a prompt repeated exactly recomputes one token, as in llama-server. Running out of cells
 is a value: ``allocate`` returns False after evicting what it can, and the scheduler preempts.
 
 This class does no I/O: it records ``MemoryOp``s in order, and the runner applies them to
@@ -21,7 +23,7 @@ llama.cpp before the next decode.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 BLOCK_SIZE = 16
@@ -57,6 +59,8 @@ class Block:
 
     hash: bytes
     holders: set[int] = field(default_factory=set)
+    tokens: tuple[int, ...] = ()
+    """Its token ids (empty when the caller gave none): for partial hits."""
 
 
 @dataclass(eq=False, slots=True)
@@ -130,12 +134,14 @@ class KVCacheManager:
 
     # --- admission and growth ---
 
-    def admit(self, hashes: list[bytes], num_tokens: int) -> Admission | None:
+    def admit(self, hashes: list[bytes], num_tokens: int, tokens: Sequence[int] = ()) -> Admission | None:
         """A slot for a sequence of ``num_tokens`` whose full blocks hash to ``hashes``.
 
         The longest cached prefix (leaving at least one token to compute, whose logits are needed)
-        is shared into the slot. None when the uncomputed rest cannot fit in the cells that are
-        free or reclaimable from cached slots, or no slot can be had; nothing changes then.
+        is shared into the slot: whole blocks, then, given the sequence's ``tokens``, the leading
+        tokens of the source's next block that match. None when the uncomputed rest cannot fit in
+        the cells that are free or reclaimable from cached slots, or no slot can be had; nothing
+        changes then.
         """
         chain = self._match(hashes, (num_tokens - 1) // BLOCK_SIZE)
         if self.prefix_caching:
@@ -146,19 +152,24 @@ class KVCacheManager:
         # With a slot free, share from a running holder and leave cached copies for others;
         # without one, take a cached holder over: its cells are already ours.
         source = self._holder(chain[-1], prefer_cached=not self._free) if chain else None
+        partial = self._partial(source, len(chain), tokens, num_tokens - 1) if source is not None else 0
         if source is not None and self._slots[source].cached:
             slot = source
-            self._truncate(slot, len(chain))
+            self._truncate(slot, len(chain), keep=partial)
         else:
             slot = self._acquire(exclude=source)
             if slot is None:
                 return None
             if source is not None:
-                self._share(source, slot, chain)
+                self._share(source, slot, chain, partial)
         state = self._slots[slot]
+        # The partial block's cells become the slot's tail. Shared with a source that keeps its
+        # block, they are counted twice: an over-count of under a block, never under (as in fork).
+        state.tail += partial
+        self._tails += partial
         state.cached, state.last_used = False, next(self._clock)
-        self.prefix_hits += hit
-        return Admission(slot, hit)
+        self.prefix_hits += hit + partial
+        return Admission(slot, hit + partial)
 
     def fork(self, src: int) -> int | None:
         """A new slot sharing every position ``src`` holds (beam search). None if no slot or cells.
@@ -195,15 +206,16 @@ class KVCacheManager:
         self._tails += num_cells
         return True
 
-    def commit(self, slot: int, hashes: list[bytes]) -> None:
+    def commit(self, slot: int, hashes: list[bytes], tokens: Sequence[int] = ()) -> None:
         """The reserved cells were decoded into; turn every completed block of the tail into a
-        shareable block. ``hashes`` are the chain hashes of the slot's full blocks (at least)."""
+        shareable block. ``hashes`` are the chain hashes of the slot's full blocks (at least);
+        ``tokens``, the sequence's token ids, let later prompts match part of a block."""
         state = self._slots[slot]
         while state.tail >= BLOCK_SIZE:
-            block_hash = hashes[len(state.blocks)]
-            block = Block(block_hash, {slot})
+            i = len(state.blocks)
+            block = Block(hashes[i], {slot}, tuple(tokens[BLOCK_SIZE * i : BLOCK_SIZE * (i + 1)]))
             if self.prefix_caching:
-                self._index.setdefault(block_hash, block)
+                self._index.setdefault(block.hash, block)
             state.blocks.append(block)
             state.tail -= BLOCK_SIZE
             self._tails -= BLOCK_SIZE
@@ -252,6 +264,20 @@ class KVCacheManager:
                 chain.append(block)
         return chain
 
+    def _partial(self, source: int, num_blocks: int, tokens: Sequence[int], limit: int) -> int:
+        """How many leading tokens of ``source``'s block after its first ``num_blocks`` equal
+        ``tokens`` from there on (up to position ``limit``)."""
+        blocks = self._slots[source].blocks
+        if not self.prefix_caching or len(blocks) <= num_blocks:
+            return 0
+        start = BLOCK_SIZE * num_blocks
+        shared = 0
+        for cached, wanted in zip(blocks[num_blocks].tokens, tokens[start:limit], strict=False):
+            if cached != wanted:
+                break
+            shared += 1
+        return shared
+
     def _holder(self, block: Block, *, prefer_cached: bool) -> int:
         """A slot holding ``block`` (and so its whole chain)."""
         return min(block.holders, key=lambda s: (self._slots[s].cached != prefer_cached, s))
@@ -264,19 +290,22 @@ class KVCacheManager:
         self._slots[slot] = _Slot()
         return slot
 
-    def _share(self, src: int, dst: int, chain: list[Block]) -> None:
+    def _share(self, src: int, dst: int, chain: list[Block], extra: int = 0) -> None:
+        """``dst`` gets ``chain`` and the next ``extra`` positions of ``src``."""
         for block in chain:
             block.holders.add(dst)
         self._slots[dst].blocks = list(chain)
         self._slots[src].last_used = next(self._clock)
-        self._record(ShareOp(src, dst, BLOCK_SIZE * len(chain)))
+        self._record(ShareOp(src, dst, BLOCK_SIZE * len(chain) + extra))
 
-    def _truncate(self, slot: int, num_blocks: int) -> None:
+    def _truncate(self, slot: int, num_blocks: int, keep: int = 0) -> None:
+        """Keep the first ``num_blocks`` blocks of ``slot`` in its accounts, and ``keep`` more
+        positions in llama.cpp (the caller counts them as the slot's tail)."""
         state = self._slots[slot]
         for block in state.blocks[num_blocks:]:
             self._drop(block, slot)
         del state.blocks[num_blocks:]
-        self._record(RemoveOp(slot, BLOCK_SIZE * num_blocks))
+        self._record(RemoveOp(slot, BLOCK_SIZE * num_blocks + keep))
 
     def _drop(self, block: Block, slot: int) -> None:
         block.holders.discard(slot)

@@ -99,7 +99,7 @@ class Scheduler:
             seq = chunk.seq
             seq.num_computed_tokens += chunk.length
             assert seq.slot is not None
-            self.kv.commit(seq.slot, seq.block_hashes())
+            self.kv.commit(seq.slot, seq.block_hashes(), seq.token_ids)
 
     def fork(self, parent: Sequence, token_id: int) -> Sequence | None:
         """A running copy of ``parent`` continuing with ``token_id``, sharing its KV; None if no room."""
@@ -148,7 +148,7 @@ class Scheduler:
     def _admit(self, budget: int, chunks: list[ScheduledChunk]) -> int:
         while self.waiting and budget > 0 and len(self.running) < self.config.max_seqs:
             seq = self.waiting[0]
-            admission = self.kv.admit(seq.block_hashes(), seq.num_tokens)
+            admission = self.kv.admit(seq.block_hashes(), seq.num_tokens, seq.token_ids)
             if admission is None:
                 break  # FIFO: a big prompt at the head waits for room rather than being overtaken
             self.waiting.popleft()

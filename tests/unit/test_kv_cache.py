@@ -117,3 +117,45 @@ def test_integrity_check_catches_a_mismatch_with_llama_cpp():
     kv.check_integrity({slot: B + 3})
     with pytest.raises(KVIntegrityError):
         kv.check_integrity({slot: B + 2})
+
+
+def tokens_of(*blocks: int, tail: tuple[int, ...] = ()) -> list[int]:
+    """Token ids: a block per number (its value repeated), then ``tail``."""
+    return [t for b in blocks for t in [b] * B] + list(tail)
+
+
+def test_a_cached_block_after_the_chain_gives_its_matching_head():
+    kv = KVCacheManager(total_cells=10 * B, num_slots=2)
+    old = tokens_of(1, 2, tail=(7,) * B)  # three full blocks, the third all 7s
+    admission = kv.admit(hashes("a", "b", "c"), len(old), old)
+    assert kv.allocate(admission.slot, len(old))
+    kv.commit(admission.slot, hashes("a", "b", "c"), old)
+    kv.cache(admission.slot)
+    kv.take_ops()
+    new = tokens_of(1, 2, tail=(7, 7, 7, 9))  # the same two blocks, then three of the third's tokens
+    admission = kv.admit(hashes("a", "b"), len(new), new)
+    assert admission is not None and admission.cached_tokens == 2 * B + 3
+    assert kv.take_ops() == (RemoveOp(admission.slot, 2 * B + 3),)  # the rest of block "c" goes
+    assert kv.used_cells == 2 * B + 3
+    kv.check_integrity({admission.slot: 2 * B + 3})
+
+
+def test_a_repeated_prompt_leaves_exactly_one_token_to_compute():
+    kv = KVCacheManager(total_cells=10 * B, num_slots=3)
+    prompt = tokens_of(1, 2, 3)
+    running = kv.admit(hashes("a", "b", "c"), len(prompt), prompt)
+    assert kv.allocate(running.slot, len(prompt))
+    kv.commit(running.slot, hashes("a", "b", "c"), prompt)
+    again = kv.admit(hashes("a", "b", "c"), len(prompt), prompt)  # shared from the running holder
+    assert again is not None and again.cached_tokens == len(prompt) - 1
+    assert kv.take_ops()[-1] == ShareOp(running.slot, again.slot, len(prompt) - 1)
+    # The copied head of block "c" is counted for both slots: over, never under.
+    assert kv.used_cells == 3 * B + (B - 1)
+    kv.check_integrity({running.slot: 3 * B, again.slot: len(prompt) - 1})
+
+
+def test_without_token_ids_only_whole_blocks_are_shared():
+    kv = KVCacheManager(total_cells=10 * B, num_slots=2)
+    kv.cache(fill(kv, hashes("a", "b"), 2 * B))
+    admission = kv.admit(hashes("a"), B + 5)
+    assert admission is not None and admission.cached_tokens == B
