@@ -11,10 +11,11 @@ import asyncio
 import contextlib
 import itertools
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 from lmgate.backends.base import Backend
 from lmgate.backends.chat_template import ChatTemplate
+from lmgate.backends.engine_inbox import EngineInbox
 from lmgate.backends.errors import BackendUnavailable, InvalidRequest
 from lmgate.backends.limits import check_sampling, check_token_ids, output_budget
 from lmgate.backends.llamacpp.config import LlamaCppConfig
@@ -80,21 +81,14 @@ class LlamaCppBackend(Backend):
             )
             for i in range(count)
         ]
-        loop = asyncio.get_running_loop()
-        inbox: asyncio.Queue[list[TokenDelta] | BaseException] = asyncio.Queue()
-        engine.add(internal_id, seqs, _loop_sink(loop, inbox))
-        unfinished = request.sampling.n
-        try:
-            while unfinished:
-                item = await inbox.get()
-                if isinstance(item, BaseException):
-                    raise BackendUnavailable(f"the llama.cpp engine of {self._name!r} failed: {item}") from item
-                for delta in item:
-                    unfinished -= delta.finish_reason is not None
-                    yield delta
-        finally:
-            if unfinished:  # the consumer went away (or the engine failed): free the sequences
-                engine.abort(internal_id)
+        inbox = EngineInbox()
+        engine.add(internal_id, seqs, inbox.sink)
+        stream = inbox.stream(
+            request.sampling.n, lambda: engine.abort(internal_id), f"the llama.cpp engine of {self._name!r}"
+        )
+        async with contextlib.aclosing(stream):
+            async for delta in stream:
+                yield delta
 
     def _running_engine(self) -> Engine:
         if self._engine is None or not self.healthy():
@@ -136,15 +130,3 @@ class LlamaCppBackend(Backend):
         if self._engine is not None:
             engine, self._engine = self._engine, None
             await asyncio.to_thread(engine.stop)
-
-
-def _loop_sink(
-    loop: asyncio.AbstractEventLoop, inbox: asyncio.Queue[list[TokenDelta] | BaseException]
-) -> Callable[[list[TokenDelta] | BaseException], None]:
-    """The engine thread's way into this request's queue on the event loop."""
-
-    def sink(item: list[TokenDelta] | BaseException) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening any more
-            loop.call_soon_threadsafe(inbox.put_nowait, item)
-
-    return sink

@@ -11,10 +11,10 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lmgate.backends.beam_search import BeamSearch
+from lmgate.backends.engine_inbox import Sink
 from lmgate.backends.llamacpp import beams
 from lmgate.backends.llamacpp.config import LlamaCppConfig
 from lmgate.backends.llamacpp.kv_cache import KVCacheManager
@@ -25,9 +25,6 @@ from lmgate.backends.llamacpp.sequence import Sequence, SequenceStatus
 from lmgate.backends.types import BackendStats, FinishReason, TokenDelta, Usage
 
 log = logging.getLogger(__name__)
-
-Sink = Callable[[list[TokenDelta] | BaseException], None]
-"""Receives a request's deltas of one step, or the error that ended it. Called on the engine thread."""
 
 
 @dataclass(eq=False)

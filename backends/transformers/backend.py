@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from lmgate.backends.base import Backend
+from lmgate.backends.engine_inbox import EngineInbox
 from lmgate.backends.errors import BackendUnavailable
 from lmgate.backends.hf_prompt import HfPrompt
 from lmgate.backends.limits import check_sampling, output_budget
@@ -71,22 +72,14 @@ class TransformersBackend(Backend):
         prompt = self._prompt.ids(request)
         max_tokens = output_budget(request, len(prompt), engine.model.max_model_len)
         check_sampling(request.sampling, max_seqs=self._config.max_seqs, n_vocab=self._prompt.n_vocab)
-        loop = asyncio.get_running_loop()
-        inbox: asyncio.Queue[list[TokenDelta] | BaseException] = asyncio.Queue()
+        inbox = EngineInbox()
         internal_id = f"{request.request_id}/{uuid.uuid4().hex[:8]}"
-        engine.add(Request(internal_id, prompt, request.sampling, max_tokens, _loop_sink(loop, inbox)))
-        unfinished = request.sampling.n
-        try:
-            while unfinished:
-                item = await inbox.get()
-                if isinstance(item, BaseException):
-                    raise BackendUnavailable(f"the transformers engine of {self._name!r} failed: {item}") from item
-                for delta in item:
-                    unfinished -= delta.finish_reason is not None
-                    yield delta
-        finally:
-            if unfinished:  # the consumer went away (or the engine failed): free the rows
-                engine.abort(internal_id)
+        engine.add(Request(internal_id, prompt, request.sampling, max_tokens, inbox.sink))
+        stream = inbox.stream(request.sampling.n, lambda: engine.abort(internal_id),
+                              f"the transformers engine of {self._name!r}")  # fmt: skip
+        async with contextlib.aclosing(stream):
+            async for delta in stream:
+                yield delta
 
     def _loaded(self) -> Engine:
         if self._engine is None:
@@ -118,15 +111,3 @@ class TransformersBackend(Backend):
         if self._engine is not None:
             engine, self._engine = self._engine, None
             await asyncio.to_thread(engine.stop)
-
-
-def _loop_sink(
-    loop: asyncio.AbstractEventLoop, inbox: asyncio.Queue[list[TokenDelta] | BaseException]
-) -> Callable[[list[TokenDelta] | BaseException], None]:
-    """The engine thread's way into this request's queue on the event loop."""
-
-    def sink(item: list[TokenDelta] | BaseException) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening any more
-            loop.call_soon_threadsafe(inbox.put_nowait, item)
-
-    return sink

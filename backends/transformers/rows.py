@@ -8,17 +8,14 @@ in the engine's running list in the order of the ``BatchCache`` rows. Owned by t
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lmgate.backends.beam_search import Beam, BeamSearch
+from lmgate.backends.engine_inbox import Sink
 from lmgate.backends.output_text import OutputText
 from lmgate.backends.transformers.detokenizer import Detokenizer
 from lmgate.backends.transformers.sampler import RowSampler
-from lmgate.backends.types import FinishReason, SamplingParams, TokenDelta, Usage
-
-Sink = Callable[[list[TokenDelta] | BaseException], None]
-"""Receives a request's deltas of one step, or the error that ended it. Called on the engine thread."""
+from lmgate.backends.types import FinishReason, SamplingParams, Usage
 
 
 @dataclass(eq=False)

