@@ -19,7 +19,7 @@ from lmgate.backends.engine_inbox import EngineInbox
 from lmgate.backends.errors import BackendUnavailable, InvalidRequest
 from lmgate.backends.limits import check_sampling, check_token_ids, output_budget
 from lmgate.backends.llamacpp.config import LlamaCppConfig
-from lmgate.backends.llamacpp.engine import Engine
+from lmgate.backends.llamacpp.engine import Engine, Request
 from lmgate.backends.llamacpp.llama_model import LlamaModel
 from lmgate.backends.llamacpp.sequence import Sequence
 from lmgate.backends.output_text import OutputText
@@ -82,7 +82,7 @@ class LlamaCppBackend(Backend):
             for i in range(count)
         ]
         inbox = EngineInbox()
-        engine.add(internal_id, seqs, inbox.sink)
+        engine.add(Request(internal_id, inbox.sink, seqs))
         stream = inbox.stream(
             request.sampling.n, lambda: engine.abort(internal_id), f"the llama.cpp engine of {self._name!r}"
         )

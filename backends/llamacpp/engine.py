@@ -1,20 +1,17 @@
-"""The engine loop: one thread running ``step()`` = schedule → run → postprocess.
+"""The llama.cpp engine: ``step()`` = schedule → run → postprocess, on its own thread.
 
-Requests and aborts arrive from the event loop through a thread-safe inbox and are applied between
-steps. Each step's new deltas are handed, one call per request, to the request's ``sink`` (the
-backend makes it hop back to the event loop). The thread sleeps while there is nothing to do.
+The thread, its inbox and the hand-over of each step's deltas are ``EngineThread``'s
+(backends/engine_thread.py); this class is what a step does and how requests join and leave.
 """
 
 from __future__ import annotations
 
-import logging
-import queue
-import threading
 import time
 from dataclasses import dataclass, field
 
 from lmgate.backends.beam_search import BeamSearch
 from lmgate.backends.engine_inbox import Sink
+from lmgate.backends.engine_thread import EngineThread
 from lmgate.backends.llamacpp import beams
 from lmgate.backends.llamacpp.config import LlamaCppConfig
 from lmgate.backends.llamacpp.kv_cache import KVCacheManager
@@ -24,95 +21,50 @@ from lmgate.backends.llamacpp.scheduler import Scheduler, SchedulerConfig, Sched
 from lmgate.backends.llamacpp.sequence import Sequence, SequenceStatus
 from lmgate.backends.types import BackendStats, FinishReason, TokenDelta, Usage
 
-log = logging.getLogger(__name__)
-
 
 @dataclass(eq=False)
-class _Request:
+class Request:
+    """One request's sequences on the engine: one per choice, or a beam search's root."""
+
+    request_id: str
     sink: Sink
     seqs: list[Sequence]
     unfinished: int = field(init=False)
     """Choices not yet finished (a beam search's n choices all finish together)."""
 
     def __post_init__(self) -> None:
-        beam = self.seqs[0].beam
-        self.unfinished = beam.n if beam is not None else len(self.seqs)
+        self.unfinished = self.seqs[0].sampling.n
 
 
-@dataclass(frozen=True, slots=True)
-class _Add:
-    request_id: str
-    seqs: list[Sequence]
-    sink: Sink
-
-
-@dataclass(frozen=True, slots=True)
-class _Abort:
-    request_id: str
-
-
-_STOP = object()
-
-
-class Engine:
-    """Continuous batching over one ``LlamaModel``. ``add``/``abort``/``stats`` are thread-safe."""
+class Engine(EngineThread[Request]):
+    """Continuous batching over one ``LlamaModel``."""
 
     def __init__(self, model: LlamaModel, config: LlamaCppConfig) -> None:
+        super().__init__("lmgate-llamacpp-engine")
         self.model = model
         self.runner = Runner(model)
         kv = KVCacheManager(model.n_ctx, config.num_slots, prefix_caching=config.prefix_cache)
         self.scheduler = Scheduler(SchedulerConfig(config.max_seqs, model.n_batch), kv)
         self._check = config.check_integrity
-        self._inbox: queue.SimpleQueue[_Add | _Abort | object] = queue.SimpleQueue()
-        self._requests: dict[str, _Request] = {}
-        self._outbox: dict[str, list[TokenDelta]] = {}
         self._stats = BackendStats(kv_cells_total=model.n_ctx)
         self._steps = 0
         self._generated = 0
-        self._thread = threading.Thread(target=self._run, name="lmgate-llamacpp-engine", daemon=True)
-        self.failed: BaseException | None = None
-
-    # --- any thread ---
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def add(self, request_id: str, seqs: list[Sequence], sink: Sink) -> None:
-        self._inbox.put(_Add(request_id, seqs, sink))
-
-    def abort(self, request_id: str) -> None:
-        self._inbox.put(_Abort(request_id))
-
-    def stats(self) -> BackendStats:
-        return self._stats
 
     def stop(self) -> None:
         """Abort everything, end the thread and free llama.cpp's objects."""
-        if self._thread.is_alive():
-            self._inbox.put(_STOP)
-            self._thread.join()
+        super().stop()
         self.runner.close()
         self.model.close()
 
-    # --- engine thread ---
+    @property
+    def has_work(self) -> bool:
+        return self.scheduler.has_work
 
-    def _run(self) -> None:
-        try:
-            while self._apply_inbox(block=not self.scheduler.has_work):
-                if self.scheduler.has_work:
-                    self.step()
-                self._after_step()
-                self._deliver()
-        except BaseException as exc:  # the engine is dead: tell every waiting request why
-            log.exception("llama.cpp engine failed")
-            self.failed = exc
-            for request in self._requests.values():
-                request.sink(exc)
-            self._requests.clear()
-        finally:
-            for request_id in list(self._requests):
-                self._abort(request_id)
-            self._deliver()
+    def _accept(self, request: Request) -> None:
+        if request.seqs[0].sampling.use_beam_search:
+            beams.start_search(request.seqs[0], self.model)
+        for seq in request.seqs:
+            self.scheduler.add(seq)
 
     def step(self) -> None:
         output = self.scheduler.schedule()
@@ -154,18 +106,6 @@ class Engine:
         self._requests[request_id].unfinished -= len(deltas)
         self._outbox.setdefault(request_id, []).extend(deltas)
 
-    def _deliver(self) -> None:
-        """Hand each request its deltas of this step, after slots were cleared and stats published,
-        so a client that sees its last delta also sees its KV freed."""
-        for request_id, deltas in self._outbox.items():
-            request = self._requests.get(request_id)
-            if request is None:
-                continue  # failed and told already
-            request.sink(deltas)
-            if request.unfinished == 0:
-                del self._requests[request_id]
-        self._outbox.clear()
-
     def _advance(self, s: Sampled) -> TokenDelta:
         """Apply one sampled token to its sequence: text, stop rules, limits."""
         seq, token = s.seq, s.token_id
@@ -192,25 +132,6 @@ class Engine:
         seq.finish_reason = reason
         self._requests[seq.request_id].unfinished -= 1
         return Usage(seq.num_prompt_tokens, seq.num_output_tokens, seq.num_cached_tokens, seq.queue_time)
-
-    def _apply_inbox(self, *, block: bool) -> bool:
-        """Apply queued commands (waiting for one if ``block``); False once asked to stop."""
-        while True:
-            try:
-                command = self._inbox.get(block=block)
-            except queue.Empty:
-                return True
-            block = False
-            if command is _STOP:
-                return False
-            if isinstance(command, _Add):
-                if command.seqs[0].sampling.use_beam_search:
-                    beams.start_search(command.seqs[0], self.model)
-                self._requests[command.request_id] = _Request(command.sink, command.seqs)
-                for seq in command.seqs:
-                    self.scheduler.add(seq)
-            elif isinstance(command, _Abort):
-                self._abort(command.request_id)
 
     def _abort(self, request_id: str) -> None:
         request = self._requests.get(request_id)

@@ -6,20 +6,20 @@ single forward pass over the shared ``BatchCache``. Finished and aborted rows le
 so a request never waits for another one to end (continuous batching). A beam search's rows are
 re-chosen every step by the shared policy (backends/beam_search.py): a beam that continues several
 ways has its cache row repeated, a beam that lost is dropped. Requests and aborts arrive through a
-thread-safe inbox; each step's deltas go, one call per request, to the request's sink.
+thread-safe inbox (backends/engine_thread.py); each step's deltas go, one call per request, to
+the request's sink.
 """
 
 from __future__ import annotations
 
 import collections
-import logging
-import queue
-import threading
+import contextlib
 import time
 
 import torch
 
 from lmgate.backends.beam_search import BeamSearch, final_deltas
+from lmgate.backends.engine_thread import EngineThread
 from lmgate.backends.output_text import OutputText
 from lmgate.backends.transformers.batch_cache import BatchCache, new_cache
 from lmgate.backends.transformers.detokenizer import Detokenizer
@@ -28,15 +28,12 @@ from lmgate.backends.transformers.rows import BeamRow, Request, Row
 from lmgate.backends.transformers.sampler import Choice, RowSampler
 from lmgate.backends.types import BackendStats, FinishReason, TokenDelta, TokenLogprob, TopLogprob
 
-log = logging.getLogger(__name__)
 
-_STOP = object()
-
-
-class Engine:
-    """Continuous batching over one ``HfModel``. ``add``/``abort``/``stats`` are thread-safe."""
+class Engine(EngineThread[Request]):
+    """Continuous batching over one ``HfModel``; the thread and its inbox are ``EngineThread``'s."""
 
     def __init__(self, model: HfModel, max_seqs: int) -> None:
+        super().__init__("lmgate-transformers-engine")
         self.model = model
         self._max_seqs = max_seqs
         new_cache(model.model.config)  # refuse a model whose cache cannot be batched, before serving
@@ -44,55 +41,20 @@ class Engine:
         self._running: list[Row | BeamRow] = []
         """In the order of the batch cache's rows."""
         self._waiting: collections.deque[Request] = collections.deque()
-        self._requests: dict[str, Request] = {}
-        self._inbox: queue.SimpleQueue[Request | str | object] = queue.SimpleQueue()
-        self._outbox: dict[str, list[TokenDelta]] = {}
         self._token_text: dict[int, str] = {}
         self._stats = BackendStats(kv_cells_total=max_seqs * model.max_model_len)
         self._steps = 0
         self._generated = 0
-        self._thread = threading.Thread(target=self._run, name="lmgate-transformers-engine", daemon=True)
-        self.failed: BaseException | None = None
 
-    # --- any thread ---
+    @property
+    def has_work(self) -> bool:
+        return bool(self._running or self._waiting)
 
-    def start(self) -> None:
-        self._thread.start()
+    def _accept(self, request: Request) -> None:
+        self._waiting.append(request)
 
-    def add(self, request: Request) -> None:
-        self._inbox.put(request)
-
-    def abort(self, request_id: str) -> None:
-        self._inbox.put(request_id)
-
-    def stats(self) -> BackendStats:
-        return self._stats
-
-    def stop(self) -> None:
-        """Abort everything and end the thread."""
-        if self._thread.is_alive():
-            self._inbox.put(_STOP)
-            self._thread.join()
-
-    # --- engine thread ---
-
-    def _run(self) -> None:
-        try:
-            with torch.inference_mode():
-                while self._apply_inbox(block=not (self._running or self._waiting)):
-                    self.step()
-                    self._publish()
-                    self._deliver()
-        except BaseException as exc:  # the engine is dead: tell every waiting request why
-            log.exception("transformers engine failed")
-            self.failed = exc
-            for request in self._requests.values():
-                request.sink(exc)
-            self._requests.clear()
-        finally:
-            for request_id in list(self._requests):
-                self._abort(request_id)
-            self._deliver()
+    def _thread_context(self) -> contextlib.AbstractContextManager[object]:
+        return torch.inference_mode()
 
     def step(self) -> None:
         admitted = self._admit()
@@ -276,32 +238,6 @@ class Engine:
             self._batch.keep(rows)
         self._running = running
 
-    def _deliver(self) -> None:
-        for request_id, deltas in self._outbox.items():
-            request = self._requests.get(request_id)
-            if request is None:
-                continue  # failed and told already
-            request.sink(deltas)
-            if request.unfinished == 0:
-                del self._requests[request_id]
-        self._outbox.clear()
-
-    def _apply_inbox(self, *, block: bool) -> bool:
-        """Apply queued commands (waiting for one if ``block``); False once asked to stop."""
-        while True:
-            try:
-                command = self._inbox.get(block=block)
-            except queue.Empty:
-                return True
-            block = False
-            if command is _STOP:
-                return False
-            if isinstance(command, Request):
-                self._requests[command.request_id] = command
-                self._waiting.append(command)
-            elif isinstance(command, str):
-                self._abort(command)
-
     def _abort(self, request_id: str) -> None:
         """End every unfinished choice of the request (waiting or running) with ``abort``."""
         request = self._requests.get(request_id)
@@ -322,7 +258,7 @@ class Engine:
         keep = [i for i, row in enumerate(self._running) if row.request is not request]
         self._reshape([self._running[i] for i in keep], keep)
 
-    def _publish(self) -> None:
+    def _after_step(self) -> None:
         self._stats = BackendStats(
             running=len(self._running),
             waiting=sum(r.rows_needed for r in self._waiting),

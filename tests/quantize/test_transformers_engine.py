@@ -20,7 +20,7 @@ def run(engine: Engine, steps: int) -> None:
         for _ in range(steps):
             engine._apply_inbox(block=False)
             engine.step()
-            engine._publish()
+            engine._after_step()
             engine._deliver()
 
 
