@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import openai
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -109,3 +110,11 @@ def config(tmp: Path, name: str, models: list[dict]) -> Path:
     path = tmp / f"{name}.yaml"
     path.write_text(json.dumps({"models": models}))  # JSON is YAML
     return path
+
+
+def ask(client: openai.OpenAI, model: str, question: str, **params: object) -> str:
+    """One chat question to ``model`` through the official SDK; greedy and 64 tokens unless ``params`` say."""
+    params.setdefault("temperature", 0)
+    params.setdefault("max_tokens", 64)
+    reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}], **params)
+    return reply.choices[0].message.content

@@ -13,8 +13,8 @@ import itertools
 import uuid
 from collections.abc import AsyncIterator
 
-from lmgate.backends.base import Backend
 from lmgate.backends.chat_template import ChatTemplate
+from lmgate.backends.engine_backend import EngineBackend
 from lmgate.backends.engine_inbox import EngineInbox
 from lmgate.backends.errors import BackendUnavailable, InvalidRequest
 from lmgate.backends.limits import check_sampling, check_token_ids, output_budget
@@ -26,7 +26,6 @@ from lmgate.backends.output_text import OutputText
 from lmgate.backends.types import (
     BEAM_SEARCH_PARAMS,
     STANDARD_SAMPLING_PARAMS,
-    BackendStats,
     Capabilities,
     GenerateRequest,
     ModelInfo,
@@ -36,7 +35,7 @@ from lmgate.backends.types import (
 SAMPLING_PARAMS = STANDARD_SAMPLING_PARAMS | BEAM_SEARCH_PARAMS
 
 
-class LlamaCppBackend(Backend):
+class LlamaCppBackend(EngineBackend):
     def __init__(self, name: str, config: LlamaCppConfig) -> None:
         self._name = name
         self._config = config
@@ -119,14 +118,3 @@ class LlamaCppBackend(Backend):
     async def detokenize(self, token_ids: list[int]) -> str:
         check_token_ids(token_ids, self._model.n_vocab, "tokens")
         return self._model.detokenize(token_ids)
-
-    def stats(self) -> BackendStats:
-        return self._engine.stats() if self._engine is not None else BackendStats()
-
-    def healthy(self) -> bool:
-        return self._engine is not None and self._engine.failed is None
-
-    async def shutdown(self) -> None:
-        if self._engine is not None:
-            engine, self._engine = self._engine, None
-            await asyncio.to_thread(engine.stop)

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from lmgate.backends.base import Backend
+from lmgate.backends.engine_backend import EngineBackend
 from lmgate.backends.engine_inbox import EngineInbox
 from lmgate.backends.errors import BackendUnavailable
 from lmgate.backends.hf_prompt import HfPrompt
@@ -24,7 +24,6 @@ from lmgate.backends.transformers.config import TransformersConfig
 from lmgate.backends.types import (
     BEAM_SEARCH_PARAMS,
     STANDARD_SAMPLING_PARAMS,
-    BackendStats,
     Capabilities,
     GenerateRequest,
     ModelInfo,
@@ -35,7 +34,7 @@ if TYPE_CHECKING:
     from lmgate.backends.transformers.engine import Engine
 
 
-class TransformersBackend(Backend):
+class TransformersBackend(EngineBackend):
     def __init__(self, name: str, config: TransformersConfig) -> None:
         self._name = name
         self._config = config
@@ -100,14 +99,3 @@ class TransformersBackend(Backend):
         self._loaded()
         assert self._prompt is not None
         return self._prompt.detokenize(token_ids)
-
-    def stats(self) -> BackendStats:
-        return self._engine.stats() if self._engine is not None else BackendStats()
-
-    def healthy(self) -> bool:
-        return self._engine is not None and self._engine.failed is None
-
-    async def shutdown(self) -> None:
-        if self._engine is not None:
-            engine, self._engine = self._engine, None
-            await asyncio.to_thread(engine.stop)

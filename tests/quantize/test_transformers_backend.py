@@ -10,7 +10,7 @@ import pytest
 
 from lmgate.server.settings import validate_settings
 
-from server_helpers import ServerThread
+from server_helpers import ServerThread, ask
 
 QUESTIONS = ["What is the capital of France?", "What does a cow say?", "Tell me a story about Ben.",
              "Count from one to five.", "What is two plus three?", "What colour is the sky?",
@@ -43,13 +43,6 @@ def server(hf_model, gptq_model, awq_model, compressed_model, qwen2_model, tiny_
 @pytest.fixture(scope="module")
 def client(server):
     return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
-
-
-def ask(client, model: str, question: str, **params) -> str:
-    params.setdefault("temperature", 0)
-    params.setdefault("max_tokens", 48)
-    reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}], **params)
-    return reply.choices[0].message.content
 
 
 @pytest.mark.parametrize("model", MODELS)

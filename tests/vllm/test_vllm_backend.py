@@ -8,6 +8,8 @@ import pytest
 from lmgate.v1 import inference_pb2 as pb
 from lmgate.v1 import inference_pb2_grpc as pb_grpc
 
+from server_helpers import ask
+
 QUESTIONS = ["What is the capital of France?", "What does a cow say?", "Tell me a story about Ben.",
              "Count from one to five."]  # fmt: skip
 
@@ -15,13 +17,6 @@ QUESTIONS = ["What is the capital of France?", "What does a cow say?", "Tell me 
 @pytest.fixture(scope="module")
 def client(server):
     return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
-
-
-def ask(client, model: str, question: str, **params) -> str:
-    params.setdefault("temperature", 0)
-    params.setdefault("max_tokens", 64)
-    reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}], **params)
-    return reply.choices[0].message.content
 
 
 def test_vllm_answers_like_the_same_weights_on_llama_cpp(client):
