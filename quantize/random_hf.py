@@ -13,9 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lmgate.quantize.hf_to_gguf import PRE_TOKENIZERS
 from lmgate.quantize.tinychat.corpus import plain_text
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHATML = (
@@ -24,7 +28,7 @@ CHATML = (
 )
 
 
-def train_byte_level_tokenizer(vocab_size: int, *, seed: int = 0) -> object:
+def train_byte_level_tokenizer(vocab_size: int, *, seed: int = 0) -> Tokenizer:
     """A ``tokenizers.Tokenizer``: Qwen2's split regex, byte-level alphabet, BPE merges from the corpus."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
