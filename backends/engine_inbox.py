@@ -1,42 +1,40 @@
-"""A request's deltas crossing from an engine thread to the event loop.
+"""A request's deltas arriving from its engine process, read back on the event loop.
 
-The in-process engines (llama.cpp, transformers) run on threads of their own. Each request gets
-an ``EngineInbox``: the engine thread calls ``sink`` with a step's deltas (or the error that killed
-the engine), and the backend's ``generate`` reads them back on the loop with ``stream``, which
-aborts the request in the engine when the reader goes away before every choice finished.
+The gateway's connection to an engine process (backends/engine_process.py) gets one message per
+engine step and ``put``s each request's share into that request's ``EngineInbox``; the backend's
+``generate`` reads them with ``stream``, which aborts the request in the engine when the reader
+goes away before every choice finished.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable
 
-from lmgate.backends.errors import BackendUnavailable
+from lmgate.backends.errors import BackendError, BackendUnavailable
 from lmgate.backends.types import TokenDelta
-
-Sink = Callable[[list[TokenDelta] | BaseException], None]
-"""Receives a request's deltas of one step, or the error that ended it. Called on the engine thread."""
 
 
 class EngineInbox:
-    """Made on the event loop, per request; ``sink`` may be called from any thread."""
+    """Made and fed on the event loop, one per request."""
 
     def __init__(self) -> None:
-        self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[list[TokenDelta] | BaseException] = asyncio.Queue()
 
-    def sink(self, item: list[TokenDelta] | BaseException) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening any more
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+    def put(self, item: list[TokenDelta] | BaseException) -> None:
+        """A step's deltas of this request, or the error that ended it."""
+        self._queue.put_nowait(item)
 
     async def stream(self, choices: int, abort: Callable[[], None], engine: str) -> AsyncIterator[TokenDelta]:
-        """The deltas until ``choices`` have finished. An engine error becomes ``BackendUnavailable``
-        naming ``engine``; leaving early (the consumer went away, or that error) calls ``abort``."""
+        """The deltas until ``choices`` have finished. A backend error is raised as it is; anything
+        else becomes ``BackendUnavailable`` naming ``engine``. Leaving early (the consumer went away,
+        or an error) calls ``abort``."""
         unfinished = choices
         try:
             while unfinished:
                 item = await self._queue.get()
+                if isinstance(item, BackendError):
+                    raise item
                 if isinstance(item, BaseException):
                     raise BackendUnavailable(f"{engine} failed: {item}") from item
                 for delta in item:

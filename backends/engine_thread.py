@@ -1,11 +1,12 @@
-"""The thread an in-process engine runs on: one step at a time, commands between steps.
+"""The thread an engine runs on inside its engine process: one step at a time, commands between steps.
 
 The llama.cpp and transformers engines share this shape. Requests and aborts arrive from the
-event loop through a thread-safe inbox and are applied between steps; each step's deltas are
-handed, one call per request, to the request's sink (backends/engine_inbox.py); the thread sleeps
-while there is nothing to do. If a step raises, the engine is dead: every request still known is
-told why, and ``failed`` is set. Subclasses say what a step is and how a request is added and
-aborted.
+engine process's command thread through a thread-safe inbox and are applied between steps; each
+step's deltas, of every request, are handed to ``publish`` in one call (the engine process sends
+them to the gateway as one message: backends/engine_host.py); the thread sleeps while there is
+nothing to do. If a step raises, the engine is dead: ``failed`` is set and ``on_failure`` told (the
+engine process then exits and its supervisor restarts it). Subclasses say what a step is and how a
+request is added and aborted.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import contextlib
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
-from lmgate.backends.engine_inbox import Sink
 from lmgate.backends.types import BackendStats, TokenDelta
 
 log = logging.getLogger(__name__)
@@ -25,9 +26,18 @@ log = logging.getLogger(__name__)
 _STOP = object()
 
 
+StepOutputs = dict[str, list[TokenDelta]]
+"""One step's new deltas, by request id."""
+Publish = Callable[[StepOutputs], None]
+"""Receives each step's deltas (possibly none: stats may have changed). Called on the engine thread."""
+
+
+def _log_failure(exc: BaseException) -> None:
+    log.error("engine failed: %s", exc)
+
+
 class EngineRequest(Protocol):
     request_id: str
-    sink: Sink
     unfinished: int
     """Choices without a finish reason yet; the request is forgotten once it reaches 0."""
 
@@ -38,7 +48,9 @@ R = TypeVar("R", bound=EngineRequest)
 class EngineThread(abc.ABC, Generic[R]):
     """``add``/``abort``/``stats``/``stop`` are thread-safe; everything else runs on the thread."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, publish: Publish, on_failure: Callable[[BaseException], None] | None = None) -> None:
+        self._publish = publish
+        self._on_failure = on_failure or _log_failure
         self._inbox: queue.SimpleQueue[R | str | object] = queue.SimpleQueue()
         self._requests: dict[str, R] = {}
         self._outbox: dict[str, list[TokenDelta]] = {}
@@ -106,28 +118,25 @@ class EngineThread(abc.ABC, Generic[R]):
                         self.step()
                     self._after_step()
                     self._deliver()
-        except BaseException as exc:  # the engine is dead: tell every waiting request why
+        except BaseException as exc:  # the engine is dead: its process ends, the gateway fails its requests
             log.exception("%s failed", self._thread.name)
             self.failed = exc
-            for request in self._requests.values():
-                request.sink(exc)
             self._requests.clear()
-        finally:
-            for request_id in list(self._requests):
-                self._abort(request_id)
-            self._deliver()
+            self._on_failure(exc)
+            return
+        for request_id in list(self._requests):  # asked to stop: abort what is left
+            self._abort(request_id)
+        self._deliver()
 
     def _deliver(self) -> None:
-        """Hand each request its deltas of this step, after the step's book-keeping, so a client
-        that sees its last delta also sees what it held freed."""
-        for request_id, deltas in self._outbox.items():
+        """Publish the step's deltas after its book-keeping, so a client that sees its last delta
+        also sees what it held freed; forget finished requests."""
+        outputs, self._outbox = self._outbox, {}
+        for request_id in outputs:
             request = self._requests.get(request_id)
-            if request is None:
-                continue  # failed and told already
-            request.sink(deltas)
-            if request.unfinished == 0:
+            if request is not None and request.unfinished == 0:
                 del self._requests[request_id]
-        self._outbox.clear()
+        self._publish(outputs)
 
     def _apply_inbox(self, *, block: bool) -> bool:
         """Apply queued commands (waiting for one if ``block``); False once asked to stop."""

@@ -27,3 +27,9 @@ class InvalidRequest(BackendError):
 
 class BackendUnavailable(BackendError):
     """The backend is not loaded, is stopping or has failed; the request may be retried later."""
+
+
+class ModelLoadError(BackendUnavailable):
+    """The model cannot be loaded as configured: its file is missing or corrupt, it does not fit in
+    memory, a setting is out of range for it, or the engine's build is unsafe on this CPU. Retrying
+    will not help until the configuration or the machine changes."""

@@ -196,6 +196,8 @@ class BackendStats:
     """Cached prefixes dropped to make room."""
     steps: int = 0
     generated_tokens: int = 0
+    engine_restarts: int = 0
+    """Times the engine's process died and a new one was started (backends/process_backend.py)."""
 
     @property
     def kv_usage(self) -> float:

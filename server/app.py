@@ -3,7 +3,9 @@ its lifespan also runs the gRPC server (server/grpc_server.py) on the same event
 
 ``create_app(settings)`` builds a fresh app with its own model registry (no module state). Models
 load in the background after start-up: GET /health answers at once, GET /ready is 503 until every
-model is loaded.
+model is loaded and while one cannot serve (its engine process is restarting). When no model can
+ever load (every one failed for a reason retrying cannot fix) ``on_fatal`` is called with the reason:
+the CLI exits non-zero with it rather than idling with /health 200.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -33,7 +35,10 @@ from lmgate.server.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings) -> FastAPI:
+HEALTH_REPORT_INTERVAL_S = 0.5
+
+
+def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None) -> FastAPI:
     """The app; ConfigError when the configured API keys cannot be read."""
     registry = ModelRegistry(settings.models)
     drain = Drain(registry, settings.server.drain_timeout_s)
@@ -57,8 +62,15 @@ def create_app(settings: Settings) -> FastAPI:
 
         async def load() -> None:
             await registry.start()
-            if grpc is not None:
+            reason = registry.cannot_serve()
+            if reason is not None:
+                log.error("no model can be served: %s", reason)
+                if on_fatal is not None:
+                    on_fatal(reason)
+            # gRPC health follows each model as engines die and come back (HTTP /ready reads it live).
+            while grpc is not None:
                 await grpc.report(registry)
+                await asyncio.sleep(HEALTH_REPORT_INTERVAL_S)
 
         loading = asyncio.create_task(load())
         try:
@@ -111,7 +123,7 @@ def _add_probes(app: FastAPI, registry: ModelRegistry, metrics: Metrics, drain: 
     async def ready() -> JSONResponse:
         """Readiness: 200 once every eager model is loaded (lazy ones load on demand) and the server
         is not draining, else 503; the body gives each model's state."""
-        models = {name: state.value for name, state in registry.states.items()}
+        models = registry.states
         ready = registry.ready and not drain.draining
         body = {"ready": ready, "draining": drain.draining, "models": models}
         return JSONResponse(body, status_code=200 if ready else 503)

@@ -262,7 +262,14 @@ def serve_forever(settings: Settings) -> None:
     handler.setFormatter(logging.Formatter("%(message)s"))
     access.addHandler(handler)
     access.propagate = False
-    app = create_app(settings)
+    server: DrainingServer | None = None
+
+    def fatal(reason: str) -> None:  # no model can ever load: stop, and exit non-zero below
+        assert server is not None
+        server.fatal = reason
+        server.should_exit = True
+
+    app = create_app(settings, on_fatal=fatal)
     config = uvicorn.Config(
         app,
         host=settings.server.host,
@@ -272,7 +279,10 @@ def serve_forever(settings: Settings) -> None:
         # The drain (DrainingServer) already waited for in-flight requests: don't wait a second time.
         timeout_graceful_shutdown=1,
     )
-    DrainingServer(config, app.state.drain).run()
+    server = DrainingServer(config, app.state.drain)
+    server.run()
+    if server.fatal is not None:
+        sys.exit(f"lmgate: cannot serve: {server.fatal}")
 
 
 class DrainingServer(uvicorn.Server):
@@ -284,6 +294,8 @@ class DrainingServer(uvicorn.Server):
         self._drain = drain
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
+        self.fatal: str | None = None
+        """Why the server stopped on its own (no model can load), if it did."""
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()

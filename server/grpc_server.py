@@ -158,6 +158,7 @@ class GrpcFrontend:
         self.server = server
         self.health = health_servicer
         self.port = port
+        self._reported: dict[str, int] = {}
 
     @classmethod
     async def start(
@@ -177,13 +178,16 @@ class GrpcFrontend:
         return frontend
 
     async def report(self, registry: ModelRegistry) -> None:
-        """Health: overall and the service SERVING once every model is loaded; each model by name."""
+        """Health: overall and the service SERVING while every model can serve; each model by name.
+        Only changes are sent (Watch streams see each transition once)."""
         serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
         overall = serving if registry.ready else not_serving
-        for service in ("", SERVICE):
-            await self.health.set(service, overall)
-        for name, pool in registry.pools.items():
-            await self.health.set(name, serving if pool.healthy() else not_serving)
+        statuses = {"": overall, SERVICE: overall}
+        statuses |= {name: serving if pool.healthy() else not_serving for name, pool in registry.pools.items()}
+        for service, status in statuses.items():
+            if self._reported.get(service) != status:
+                await self.health.set(service, status)
+                self._reported[service] = status
 
     async def stop(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()

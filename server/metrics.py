@@ -252,6 +252,8 @@ class _EngineCollector(Collector):
         queries = CounterMetricFamily("lmgate_prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
                                       labels=labels)  # fmt: skip
         preemptions = CounterMetricFamily("lmgate_preemptions", "Sequences preempted for KV space.", labels=labels)
+        restarts = CounterMetricFamily("lmgate_engine_restarts", "Engine processes started again after one died.",
+                                       labels=labels)  # fmt: skip
         for name, pool in self._models.pools.items():
             if pool.state is not ModelState.READY:
                 continue
@@ -263,4 +265,5 @@ class _EngineCollector(Collector):
             hits.add_metric(values, stats.prefix_hits)
             queries.add_metric(values, stats.prefix_queries)
             preemptions.add_metric(values, stats.preemptions)
-        yield from (running, waiting, kv, hits, queries, preemptions)
+            restarts.add_metric(values, stats.engine_restarts)
+        yield from (running, waiting, kv, hits, queries, preemptions, restarts)

@@ -4,7 +4,8 @@ Each pool holds its replicas (backends built from the same settings, or one per 
 router (server/router.py), its admission gate and its load state. Eager pools load concurrently in
 the background at start-up, so /health answers at once while /ready says 503 until they are
 loaded; a ``lazy`` pool loads at its first request, and one with ``idle_unload_s`` unloads after
-that long without requests.
+that long without requests. A replica that fails to load is tried again in the background with a
+growing delay (backends/backoff.py) until it loads or the pool unloads.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import logging
 import time
 from dataclasses import replace
 
+from lmgate.backends.backoff import Backoff
 from lmgate.backends.base import Backend
+from lmgate.backends.errors import ModelLoadError
 from lmgate.backends.registry import create_backend
 from lmgate.backends.types import BackendStats
 from lmgate.server.admission import AdmissionGate
@@ -48,6 +51,9 @@ class ModelPool:
         self.created = int(time.time())
         self.last_used = time.monotonic()
         self._loading: asyncio.Task[None] | None = None
+        self._retries: dict[int, asyncio.Task[None]] = {}
+        self.load_errors: list[BaseException] = []
+        """Why replicas failed their last load (empty once all loaded)."""
 
     @property
     def backend_kind(self) -> str:
@@ -67,6 +73,18 @@ class ModelPool:
     def healthy(self) -> bool:
         return self.state is ModelState.READY and len(self.unusable) < len(self.replicas)
 
+    @property
+    def status(self) -> str:
+        """The state as /ready shows it: ``restarting`` for a loaded pool none of whose replicas can serve."""
+        if self.state is ModelState.READY and not self.healthy():
+            return "restarting"
+        return self.state.value
+
+    @property
+    def cannot_load(self) -> bool:
+        """Failed, and every replica's reason says retrying cannot help (missing file, too big…)."""
+        return self.state is ModelState.FAILED and all(isinstance(e, ModelLoadError) for e in self.load_errors)
+
     def routable(self, now: float) -> bool:
         """Some replica is loaded, healthy and not ejected by the router."""
         return self.healthy() and any(r.index not in self.unusable for r in self.router.available(now))
@@ -84,16 +102,47 @@ class ModelPool:
         self.state = ModelState.LOADING
         results = await asyncio.gather(*(r.start() for r in self.replicas), return_exceptions=True)
         self.loaded = [not isinstance(r, BaseException) for r in results]
-        failures = [r for r in results if isinstance(r, BaseException)]
-        for failure in failures:
-            log.error("model %s: a replica failed to load: %s", self.name, failure)
+        self.load_errors = [r for r in results if isinstance(r, BaseException)]
+        for i, result in enumerate(results):
+            if isinstance(result, BaseException):
+                log.error("model %s: replica %d failed to load: %s", self.name, i, result)
+                self._retries[i] = asyncio.create_task(self._retry(i))
         # A pool serves with the replicas that loaded; it fails only when none did.
-        self.state = ModelState.FAILED if len(failures) == len(self.replicas) else ModelState.READY
+        self.state = ModelState.FAILED if not any(self.loaded) else ModelState.READY
         if self.state is ModelState.READY:
-            log.info("model %s ready: %d replica(s), %s", self.name, len(self.replicas) - len(failures),
-                     self.primary.info)  # fmt: skip
+            self._log_ready()
+
+    def _log_ready(self) -> None:
+        info = self.primary.info
+        log.info("model %s ready: %d of %d replica(s), %s backend, context %d", self.name, sum(self.loaded),
+                 len(self.replicas), info.backend, info.context_length)  # fmt: skip
+
+    async def _retry(self, index: int, backoff: Backoff | None = None) -> None:
+        """Load replica ``index`` again until it loads; the pool turns ready with it if it had failed."""
+        backoff = backoff or Backoff(initial_s=1.0, maximum_s=60.0)
+        while True:
+            delay = backoff.failed(time.monotonic())
+            log.info("model %s: trying replica %d again in %.0f s", self.name, index, delay)
+            await asyncio.sleep(delay)
+            try:
+                await self.replicas[index].start()
+            except Exception as exc:
+                log.error("model %s: replica %d failed to load again: %s", self.name, index, exc)
+                continue
+            self.loaded[index] = True
+            del self._retries[index]
+            if all(self.loaded):
+                self.load_errors = []
+            if self.state is ModelState.FAILED:
+                self.state = ModelState.READY
+                self._log_ready()
+            return
 
     async def unload(self) -> None:
+        retries, self._retries = list(self._retries.values()), {}
+        for task in retries:
+            task.cancel()
+        await asyncio.gather(*retries, return_exceptions=True)
         await asyncio.gather(*(r.shutdown() for r in self.replicas), return_exceptions=True)
         self.state = ModelState.UNLOADED
         self.loaded = [False] * len(self.replicas)
@@ -124,8 +173,9 @@ class ModelRegistry:
         self._reaper: asyncio.Task[None] | None = None
 
     @property
-    def states(self) -> dict[str, ModelState]:
-        return {name: pool.state for name, pool in self.pools.items()}
+    def states(self) -> dict[str, str]:
+        """Each model's status (``ModelPool.status``), by name."""
+        return {name: pool.status for name, pool in self.pools.items()}
 
     async def start(self) -> None:
         """Load every eager model concurrently; watch idle ones to unload them."""
@@ -136,8 +186,16 @@ class ModelRegistry:
 
     @property
     def ready(self) -> bool:
-        """Every eager model is loaded (lazy ones load on demand)."""
-        return all(p.state is ModelState.READY for p in self.pools.values() if not p.settings.lazy)
+        """Every eager model is loaded and can serve (lazy ones load on demand)."""
+        return all(p.healthy() for p in self.pools.values() if not p.settings.lazy)
+
+    def cannot_serve(self) -> str | None:
+        """After ``start()``: why the server can serve nothing, ever (every eager model failed to load
+        for a reason retrying cannot fix); None otherwise."""
+        eager = [p for p in self.pools.values() if not p.settings.lazy]
+        if not eager or not all(p.cannot_load for p in eager):
+            return None
+        return "; ".join(f"model {p.name}: {p.load_errors[0]}" for p in eager)
 
     def resolve(self, model: str) -> str:
         """The canonical name of ``model`` (a name or an alias); raises ModelNotFoundError."""

@@ -1,4 +1,4 @@
-"""Factories for driving a real llama.cpp backend in tests."""
+"""Factories for driving a real llama.cpp backend (in its engine process) in tests."""
 
 from __future__ import annotations
 
@@ -6,17 +6,17 @@ import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmgate.backends.llamacpp.backend import LlamaCppBackend
 from lmgate.backends.llamacpp.config import LlamaCppConfig
+from lmgate.backends.process_backend import ProcessBackend
 from lmgate.backends.types import ChatMessage, GenerateRequest, Role, SamplingParams, TokenDelta
 
 _ids = itertools.count()
 
 
-async def start_backend(path: Path, **settings) -> LlamaCppBackend:
+async def start_backend(path: Path, **settings) -> ProcessBackend:
     settings.setdefault("check_integrity", True)
     settings.setdefault("n_threads", 2)
-    backend = LlamaCppBackend("test", LlamaCppConfig(gguf=path, **settings))
+    backend = ProcessBackend("test", LlamaCppConfig(gguf=path, **settings))
     await backend.start()
     return backend
 
@@ -41,7 +41,7 @@ class Choice:
         return self.deltas[-1].finish_reason if self.deltas else None
 
 
-async def collect(backend: LlamaCppBackend, request: GenerateRequest) -> list[Choice]:
+async def collect(backend: ProcessBackend, request: GenerateRequest) -> list[Choice]:
     choices = [Choice() for _ in range(request.sampling.n)]
     async for delta in backend.generate(request):
         c = choices[delta.index]

@@ -9,7 +9,10 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+
+GGML_MAX_N_THREADS = 512
+"""ggml's thread-pool limit: more aborts the engine."""
 
 
 def default_threads() -> int:
@@ -54,9 +57,11 @@ class LlamaCppConfig(BaseModel):
     )
     n_batch: PositiveInt = Field(default=512, ge=16, description="Token budget of one engine step.")
     n_ubatch: PositiveInt = Field(default=512, ge=16, description="Tokens per compute micro-batch.")
-    n_threads: PositiveInt = Field(default_factory=default_threads, description="Threads for decoding.")
+    n_threads: PositiveInt = Field(
+        default_factory=default_threads, le=GGML_MAX_N_THREADS, description="Threads for decoding."
+    )
     n_threads_batch: PositiveInt | None = Field(
-        default=None, description="Threads for prompt processing (default: n_threads)."
+        default=None, le=GGML_MAX_N_THREADS, description="Threads for prompt processing (default: n_threads)."
     )
     flash_attn: Literal["auto", "on", "off"] = "auto"
 
@@ -69,3 +74,18 @@ class LlamaCppConfig(BaseModel):
     check_integrity: bool = Field(
         default=False, description="Check the KV book-keeping after every step (tests, debugging)."
     )
+
+    @model_validator(mode="after")
+    def _fits_llama_cpp(self) -> LlamaCppConfig:
+        """Refuse what llama.cpp would abort on (``GGML_ASSERT(n_outputs_max <= ...)``): its context keeps
+        one output row per sequence id, and has min(n_ctx, n_batch) of them."""
+        slots = self.num_slots
+        why = f"max_seqs {self.max_seqs}" + (f" + cache_slots {slots - self.max_seqs}" if slots > self.max_seqs else "")
+        fewer = "lower max_seqs" + (" or cache_slots" if self.prefix_cache else "")
+        if self.n_ctx is not None and self.n_ctx < slots:
+            raise ValueError(f"n_ctx={self.n_ctx} is below the {slots} sequences it must hold ({why}): "
+                             f"set n_ctx >= {slots}, or {fewer}")  # fmt: skip
+        if self.n_batch < slots:
+            raise ValueError(f"n_batch={self.n_batch} is below the {slots} sequences one step may carry ({why}): "
+                             f"set n_batch >= {slots}, or {fewer}")  # fmt: skip
+        return self

@@ -1,17 +1,18 @@
 """The llama.cpp engine: ``step()`` = schedule → run → postprocess, on its own thread.
 
 The thread, its inbox and the hand-over of each step's deltas are ``EngineThread``'s
-(backends/engine_thread.py); this class is what a step does and how requests join and leave.
+(backends/engine_thread.py); this class is what a step does and how requests join and leave. It
+runs in an engine process of its own (backends/engine_host.py), never in the gateway.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lmgate.backends.beam_search import BeamSearch
-from lmgate.backends.engine_inbox import Sink
-from lmgate.backends.engine_thread import EngineThread
+from lmgate.backends.engine_thread import EngineThread, Publish
 from lmgate.backends.llamacpp import beams
 from lmgate.backends.llamacpp.config import LlamaCppConfig
 from lmgate.backends.llamacpp.kv_cache import KVCacheManager
@@ -27,7 +28,6 @@ class Request:
     """One request's sequences on the engine: one per choice, or a beam search's root."""
 
     request_id: str
-    sink: Sink
     seqs: list[Sequence]
     unfinished: int = field(init=False)
     """Choices not yet finished (a beam search's n choices all finish together)."""
@@ -39,8 +39,14 @@ class Request:
 class Engine(EngineThread[Request]):
     """Continuous batching over one ``LlamaModel``."""
 
-    def __init__(self, model: LlamaModel, config: LlamaCppConfig) -> None:
-        super().__init__("lmgate-llamacpp-engine")
+    def __init__(
+        self,
+        model: LlamaModel,
+        config: LlamaCppConfig,
+        publish: Publish,
+        on_failure: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        super().__init__("lmgate-llamacpp-engine", publish, on_failure)
         self.model = model
         self.runner = Runner(model)
         kv = KVCacheManager(model.n_ctx, config.num_slots, prefix_caching=config.prefix_cache)

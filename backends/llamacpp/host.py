@@ -1,23 +1,23 @@
-"""The ``llamacpp`` backend: a GGUF model on lmgate's continuous-batching CPU engine.
+"""The ``llamacpp`` kind inside its engine process: a GGUF model on lmgate's continuous-batching CPU engine.
 
-Turns a ``GenerateRequest`` into token ids (rendering chat messages with the model's template),
-checks it against the model (context length, vocabulary), hands one sequence per choice to the
-engine thread and streams the deltas back on the event loop.
+Refuses a llama.cpp build that is unsafe on this CPU (backends/llamacpp/cpu_build.py), loads the
+model, and turns each submitted ``GenerateRequest`` into token ids (rendering chat messages with the
+model's template), checks it against the model (context length, vocabulary) and hands one sequence
+per choice to the engine thread. The gateway side is backends/process_backend.py.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
-import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Callable
+
+import llama_cpp
 
 from lmgate.backends.chat_template import ChatTemplate
-from lmgate.backends.engine_backend import EngineBackend
-from lmgate.backends.engine_inbox import EngineInbox
-from lmgate.backends.errors import BackendUnavailable, InvalidRequest
+from lmgate.backends.engine_thread import Publish
+from lmgate.backends.errors import InvalidRequest, ModelLoadError
 from lmgate.backends.limits import check_sampling, check_token_ids, output_budget
+from lmgate.backends.llamacpp import cpu_build
 from lmgate.backends.llamacpp.config import LlamaCppConfig
 from lmgate.backends.llamacpp.engine import Engine, Request
 from lmgate.backends.llamacpp.llama_model import LlamaModel
@@ -29,78 +29,55 @@ from lmgate.backends.types import (
     Capabilities,
     GenerateRequest,
     ModelInfo,
-    TokenDelta,
 )
 
 SAMPLING_PARAMS = STANDARD_SAMPLING_PARAMS | BEAM_SEARCH_PARAMS
 
 
-class LlamaCppBackend(EngineBackend):
-    def __init__(self, name: str, config: LlamaCppConfig) -> None:
-        self._name = name
+def check_build() -> None:
+    """Raise ``ModelLoadError`` when the installed llama.cpp would crash (AMX) or fault (SIGILL) here."""
+    reason = cpu_build.unsafe_build_reason(llama_cpp.llama_print_system_info().decode(), cpu_build.cpu_flags())
+    if reason:
+        raise ModelLoadError(reason)
+
+
+class LlamaCppHost:
+    """A loaded GGUF model and its engine (not started); see ``engine_host.Host``."""
+
+    def __init__(
+        self, name: str, config: LlamaCppConfig, publish: Publish, on_failure: Callable[[BaseException], None]
+    ) -> None:
+        check_build()
         self._config = config
-        self._engine: Engine | None = None
-        self._template: ChatTemplate | None = None
+        self.model = LlamaModel(config)
+        model = self.model
+        self._template = ChatTemplate(model.chat_template, bos_token=model.bos_text, eos_token=model.eos_text)
+        self.engine = Engine(model, config, publish, on_failure)
+        self.info = ModelInfo(name, "llamacpp", model.max_model_len, model.quantization)
+        self.capabilities = Capabilities(SAMPLING_PARAMS, max_n=config.max_seqs)
         self._arrivals = itertools.count()
 
-    @property
-    def info(self) -> ModelInfo:
-        model = self._model
-        return ModelInfo(self._name, "llamacpp", model.max_model_len, model.quantization)
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return Capabilities(SAMPLING_PARAMS, max_n=self._config.max_seqs)
-
-    @property
-    def _model(self) -> LlamaModel:
-        if self._engine is None:
-            raise BackendUnavailable(f"model {self._name!r} is not loaded")
-        return self._engine.model
-
-    async def start(self) -> None:
-        model = await asyncio.to_thread(LlamaModel, self._config)
-        self._template = ChatTemplate(model.chat_template, bos_token=model.bos_text, eos_token=model.eos_text)
-        self._engine = Engine(model, self._config)
-        self._engine.start()
-
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
-        engine = self._running_engine()
+    def submit(self, request_id: str, request: GenerateRequest) -> None:
         prompt = self._prompt_ids(request)
-        max_tokens = output_budget(request, len(prompt), self._model.max_model_len)
-        check_sampling(request.sampling, max_seqs=self._config.max_seqs, n_vocab=self._model.n_vocab)
-
-        internal_id = f"{request.request_id}/{uuid.uuid4().hex[:8]}"
+        max_tokens = output_budget(request, len(prompt), self.model.max_model_len)
+        check_sampling(request.sampling, max_seqs=self._config.max_seqs, n_vocab=self.model.n_vocab)
         arrival = next(self._arrivals)
         # A beam search starts from one sequence and forks its beams; sampling runs one per choice.
         count = 1 if request.sampling.use_beam_search else request.sampling.n
         seqs = [
             Sequence(
-                internal_id, i, list(prompt), request.sampling, max_tokens, arrival, OutputText(request.sampling.stop)
+                request_id, i, list(prompt), request.sampling, max_tokens, arrival, OutputText(request.sampling.stop)
             )
             for i in range(count)
         ]
-        inbox = EngineInbox()
-        engine.add(Request(internal_id, inbox.sink, seqs))
-        stream = inbox.stream(
-            request.sampling.n, lambda: engine.abort(internal_id), f"the llama.cpp engine of {self._name!r}"
-        )
-        async with contextlib.aclosing(stream):
-            async for delta in stream:
-                yield delta
-
-    def _running_engine(self) -> Engine:
-        if self._engine is None or not self.healthy():
-            raise BackendUnavailable(f"model {self._name!r} is not serving")
-        return self._engine
+        self.engine.add(Request(request_id, seqs))
 
     def _prompt_ids(self, request: GenerateRequest) -> list[int]:
-        model = self._model
+        model = self.model
         if request.prompt_token_ids is not None:
             ids = list(request.prompt_token_ids)
             check_token_ids(ids, model.n_vocab, "prompt")
         elif request.messages is not None:
-            assert self._template is not None
             text = self._template.render(request.messages)
             # A template that writes BOS itself must not get a second one from the tokenizer.
             add_special = not (model.add_bos and model.bos_text and text.startswith(model.bos_text))
@@ -112,9 +89,12 @@ class LlamaCppBackend(EngineBackend):
             raise InvalidRequest("the prompt is empty", param="prompt" if request.messages is None else "messages")
         return ids
 
-    async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
-        return self._model.tokenize(text, add_special=add_special, parse_special=True)
+    def tokenize(self, text: str, add_special: bool) -> list[int]:
+        return self.model.tokenize(text, add_special=add_special, parse_special=True)
 
-    async def detokenize(self, token_ids: list[int]) -> str:
-        check_token_ids(token_ids, self._model.n_vocab, "tokens")
-        return self._model.detokenize(token_ids)
+    def detokenize(self, token_ids: list[int]) -> str:
+        check_token_ids(token_ids, self.model.n_vocab, "tokens")
+        return self.model.detokenize(token_ids)
+
+    def close(self) -> None:
+        self.engine.stop()

@@ -15,7 +15,7 @@ from pathlib import Path
 import gguf
 import llama_cpp
 
-from lmgate.backends.errors import BackendUnavailable
+from lmgate.backends.errors import ModelLoadError
 from lmgate.backends.llamacpp import memory_plan
 from lmgate.backends.llamacpp.config import LlamaCppConfig
 
@@ -51,12 +51,12 @@ def _max_model_len(config: LlamaCppConfig, n_ctx: int, trained: int) -> int:
     wanted = config.max_model_len or min(n_ctx, reach)
     if wanted > reach:
         how = "raise rope_scale" if config.rope_scaling else "set rope_scaling (linear or yarn) and rope_scale"
-        raise BackendUnavailable(
+        raise ModelLoadError(
             f"max_model_len={wanted} is beyond what {Path(config.gguf).name} handles ({reach} tokens, trained "
             f"on {trained}): {how}, or lower max_model_len"
         )
     if wanted > n_ctx:
-        raise BackendUnavailable(f"max_model_len={wanted} does not fit in n_ctx={n_ctx} KV cells: raise n_ctx")
+        raise ModelLoadError(f"max_model_len={wanted} does not fit in n_ctx={n_ctx} KV cells: raise n_ctx")
     return wanted
 
 
@@ -66,11 +66,11 @@ class LlamaModel:
     def __init__(self, config: LlamaCppConfig) -> None:
         path = Path(config.gguf)
         if not path.is_file():
-            raise BackendUnavailable(f"GGUF file not found: {path} (check the model's `gguf` setting)")
+            raise ModelLoadError(f"GGUF file not found: {path} (check the model's `gguf` setting)")
         try:
             shape = memory_plan.read_shape(path)
         except ValueError as exc:
-            raise BackendUnavailable(f"{path} is not a GGUF model lmgate can serve: {exc}") from exc
+            raise ModelLoadError(f"{path} is not a GGUF model lmgate can serve: {exc}") from exc
         self.requested_ctx = config.n_ctx or min(shape.context_train or _DEFAULT_MAX_CTX, _DEFAULT_MAX_CTX)
         self._yarn_orig_ctx = config.yarn_orig_ctx or shape.context_train
         self.max_model_len = _max_model_len(config, self.requested_ctx, shape.context_train)
@@ -78,19 +78,19 @@ class LlamaModel:
         try:
             memory_plan.check_fits(memory, memory_plan.available_bytes(), name=path.name)
         except MemoryError as exc:
-            raise BackendUnavailable(str(exc)) from exc
+            raise ModelLoadError(str(exc)) from exc
         llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
         llama_cpp.llama_backend_init()
         model_params = llama_cpp.llama_model_default_params()
         self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params)
         if not self.model:
-            raise BackendUnavailable(f"llama.cpp could not load {path}: not a GGUF model it supports")
+            raise ModelLoadError(f"llama.cpp could not load {path}: not a GGUF model it supports")
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.ctx = llama_cpp.llama_init_from_model(self.model, self._context_params(config))
         if not self.ctx:
             llama_cpp.llama_model_free(self.model)
-            raise BackendUnavailable(f"llama.cpp could not create a context for {path} (out of memory?)")
+            raise ModelLoadError(f"llama.cpp could not create a context for {path} (out of memory?)")
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
         self.n_batch = llama_cpp.llama_n_batch(self.ctx)

@@ -6,8 +6,8 @@ single forward pass over the shared ``BatchCache``. Finished and aborted rows le
 so a request never waits for another one to end (continuous batching). A beam search's rows are
 re-chosen every step by the shared policy (backends/beam_search.py): a beam that continues several
 ways has its cache row repeated, a beam that lost is dropped. Requests and aborts arrive through a
-thread-safe inbox (backends/engine_thread.py); each step's deltas go, one call per request, to
-the request's sink.
+thread-safe inbox (backends/engine_thread.py); each step's deltas go to ``publish``, all of a
+step's in one call. It runs in an engine process of its own (backends/engine_host.py).
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from __future__ import annotations
 import collections
 import contextlib
 import time
+from collections.abc import Callable
 
 import torch
 
 from lmgate.backends.beam_search import BeamSearch, final_deltas
-from lmgate.backends.engine_thread import EngineThread
+from lmgate.backends.engine_thread import EngineThread, Publish
 from lmgate.backends.output_text import OutputText
 from lmgate.backends.transformers.batch_cache import BatchCache, new_cache
 from lmgate.backends.transformers.detokenizer import Detokenizer
@@ -32,8 +33,14 @@ from lmgate.backends.types import BackendStats, FinishReason, TokenDelta, TokenL
 class Engine(EngineThread[Request]):
     """Continuous batching over one ``HfModel``; the thread and its inbox are ``EngineThread``'s."""
 
-    def __init__(self, model: HfModel, max_seqs: int) -> None:
-        super().__init__("lmgate-transformers-engine")
+    def __init__(
+        self,
+        model: HfModel,
+        max_seqs: int,
+        publish: Publish,
+        on_failure: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        super().__init__("lmgate-transformers-engine", publish, on_failure)
         self.model = model
         self._max_seqs = max_seqs
         new_cache(model.model.config)  # refuse a model whose cache cannot be batched, before serving

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from lmgate.backends.errors import BackendUnavailable
+from lmgate.backends.errors import ModelLoadError
 from lmgate.backends.transformers.config import TransformersConfig
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class HfModel:
                 self.tokenizer = AutoTokenizer.from_pretrained(path)
                 self.model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[config.dtype], device_map="cpu")
         except (OSError, ValueError, ImportError) as exc:
-            raise BackendUnavailable(f"transformers could not load {path}: {exc}") from exc
+            raise ModelLoadError(f"transformers could not load {path}: {exc}") from exc
         self.model.eval()
         hf = self.model.config
         quant = getattr(hf, "quantization_config", None)

@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass, field
 
 from lmgate.backends.beam_search import Beam, BeamSearch
-from lmgate.backends.engine_inbox import Sink
 from lmgate.backends.output_text import OutputText
 from lmgate.backends.transformers.detokenizer import Detokenizer
 from lmgate.backends.transformers.sampler import RowSampler
@@ -24,7 +23,6 @@ class Request:
     prompt: list[int]
     sampling: SamplingParams
     max_tokens: int
-    sink: Sink
     rows: list[Row] = field(default_factory=list)
     """One per sampled choice, made at admission (none while waiting, none for a beam search)."""
     search: BeamSearch | None = None

@@ -84,3 +84,24 @@ def test_check_config_names_the_field_in_one_line_or_summarises(tmp_path):
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0
     assert "models.0.max_running" in bad.stderr and "(got -1)" in bad.stderr
+
+
+def serve(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "lmgate.server.cli", "serve", "--port", str(free_port()), "--no-grpc", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=180)
+
+
+def test_serving_a_model_that_can_never_load_exits_with_the_reason(tmp_path):
+    missing = serve("--model", str(tmp_path / "missing.gguf"))
+    assert missing.returncode == 1
+    assert "lmgate: cannot serve: model missing: GGUF file not found" in missing.stderr
+    corrupt = tmp_path / "corrupt.gguf"
+    corrupt.write_bytes(b"GGUF" + bytes(60))
+    result = serve("--model", str(corrupt))
+    assert result.returncode == 1 and "is not a GGUF model lmgate can serve" in result.stderr
+
+
+def test_a_context_too_small_for_the_sequences_is_refused_before_llama_cpp_sees_it(tiny_chat_path):
+    result = serve("--model", str(tiny_chat_path), "--n-ctx", "10")
+    assert result.returncode == 1
+    assert "n_ctx=10 is below the 16 sequences it must hold" in result.stderr and "Traceback" not in result.stderr

@@ -10,9 +10,28 @@ from lmgate.backends.transformers.rows import Request
 from lmgate.backends.types import FinishReason, SamplingParams
 
 
+class Outputs:
+    """What the engine published, step by step, kept by request id."""
+
+    def __init__(self) -> None:
+        self.by_request: dict[str, list[list]] = {}
+
+    def __call__(self, outputs: dict) -> None:
+        for request_id, deltas in outputs.items():
+            self.by_request.setdefault(request_id, []).append(deltas)
+
+    def of(self, request_id: str) -> list[list]:
+        return self.by_request.setdefault(request_id, [])
+
+
 @pytest.fixture(scope="module")
-def engine(hf_model):
-    return Engine(HfModel(TransformersConfig(model=hf_model)), max_seqs=8)
+def published():
+    return Outputs()
+
+
+@pytest.fixture(scope="module")
+def engine(hf_model, published):
+    return Engine(HfModel(TransformersConfig(model=hf_model)), max_seqs=8, publish=published)
 
 
 def run(engine: Engine, steps: int) -> None:
@@ -24,12 +43,12 @@ def run(engine: Engine, steps: int) -> None:
             engine._deliver()
 
 
-def test_an_aborted_beam_search_leaves_the_batch_and_the_others_go_on(engine):
+def test_an_aborted_beam_search_leaves_the_batch_and_the_others_go_on(engine, published):
     prompt = engine.model.tokenizer.encode("Once upon a time")
-    beams, sampled = [], []
+    beams, sampled = published.of("beams"), published.of("sampled")
     search = SamplingParams(use_beam_search=True, n=2, best_of=4, max_tokens=200, ignore_eos=True)
-    engine.add(Request("beams", prompt, search, 200, beams.append))
-    engine.add(Request("sampled", prompt, SamplingParams(temperature=0, ignore_eos=True), 200, sampled.append))
+    engine.add(Request("beams", prompt, search, 200))
+    engine.add(Request("sampled", prompt, SamplingParams(temperature=0, ignore_eos=True), 200))
     run(engine, 3)
     stats = engine.stats()
     assert stats.running == 5  # four beams and one sampled row share the batch
@@ -48,12 +67,12 @@ def test_an_aborted_beam_search_leaves_the_batch_and_the_others_go_on(engine):
     assert engine.stats().running == 0 and engine.stats().kv_cells_used == 0
 
 
-def test_a_beam_search_that_ends_early_frees_its_beams(engine):
+def test_a_beam_search_that_ends_early_frees_its_beams(engine, published):
     prompt = engine.model.tokenizer.encode("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
                                            "<|im_start|>assistant\n")  # fmt: skip
-    out = []
+    out = published.of("b")
     search = SamplingParams(use_beam_search=True, n=2, best_of=3, max_tokens=64)
-    engine.add(Request("b", prompt, search, 64, out.append))
+    engine.add(Request("b", prompt, search, 64))
     run(engine, 64)
     final = [d for step in out for d in step]
     assert [d.index for d in final] == [0, 1] and all(d.finish_reason is FinishReason.STOP for d in final)

@@ -92,3 +92,26 @@ def test_a_transformers_model_validates_without_importing_torch(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_settings(write(tmp_path, "models:\n  - {name: q, backend: transformers, model: m, dtype: int4}\n"))
     assert "dtype" in str(err.value) and "int4" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ("n_ctx: 10", "n_ctx=10 is below the 16 sequences it must hold (max_seqs 8 + cache_slots 8): set n_ctx >= 16"),
+        (
+            "n_ctx: 12, prefix_cache: false, max_seqs: 16",
+            "n_ctx=12 is below the 16 sequences it must hold (max_seqs 16): set n_ctx >= 16, or lower max_seqs",
+        ),
+        ("n_batch: 16, max_seqs: 12", "n_batch=16 is below the 24 sequences one step may carry"),
+        ("n_threads: 100000", "n_threads"),
+    ],
+)
+def test_settings_that_would_abort_llama_cpp_are_refused_with_the_value_that_works(tmp_path, fields, expected):
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, f"models:\n  - {{name: m, gguf: x.gguf, {fields}}}\n"))
+    assert expected in str(err.value) and "models.0" in str(err.value)
+
+
+def test_the_smallest_context_that_holds_every_sequence_is_accepted(tmp_path):
+    settings = load_settings(write(tmp_path, "models:\n  - {name: m, gguf: x.gguf, n_ctx: 16}\n"))
+    assert settings.models[0].n_ctx == 16

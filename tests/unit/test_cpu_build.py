@@ -1,0 +1,69 @@
+"""The llama.cpp build: never AMX, never more than the CPU has, and refused at start when it is unsafe."""
+
+import llama_cpp
+import pytest
+
+from lmgate.backends.errors import ModelLoadError
+from lmgate.backends.llamacpp import cpu_build
+from lmgate.backends.llamacpp.host import check_build
+
+# /proc/cpuinfo flags, trimmed to the ones that matter here.
+ZEN3 = frozenset({"fpu", "pni", "ssse3", "sse4_2", "avx", "avx2", "fma", "f16c", "bmi2"})
+SAPPHIRE_RAPIDS = ZEN3 | {
+    "avx_vnni", "avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw", "avx512vbmi", "avx512_vnni", "avx512_bf16",
+    "amx_tile", "amx_int8", "amx_bf16",
+}  # fmt: skip
+AMX_BUILD = "CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | AVX512 = 1 | AMX_INT8 = 1 | LLAMAFILE = 1 | REPACK = 1 |"
+AVX512_BUILD = "CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | AVX512 = 1 | AVX512_VNNI = 1 |"
+
+
+def switches(args: list[str]) -> dict[str, str]:
+    return dict(arg.removeprefix("-D").split("=") for arg in args)
+
+
+def test_a_host_build_on_sapphire_rapids_takes_avx512_and_never_amx():
+    built = switches(cpu_build.cmake_args("host", SAPPHIRE_RAPIDS, x86=True))
+    assert built["GGML_NATIVE"] == "OFF"  # -march=native would switch AMX on
+    assert built["GGML_AVX512"] == built["GGML_AVX512_VNNI"] == built["GGML_AVX512_BF16"] == "ON"
+    assert {built[f"GGML_AMX_{x}"] for x in ("TILE", "INT8", "BF16")} == {"OFF"}
+
+
+def test_a_host_build_takes_only_what_the_cpu_has():
+    built = switches(cpu_build.cmake_args("host", ZEN3, x86=True))
+    assert built["GGML_AVX2"] == built["GGML_FMA"] == "ON"
+    assert built["GGML_AVX512"] == built["GGML_AVX_VNNI"] == "OFF"
+
+
+def test_the_portable_build_is_the_x86_64_v3_baseline_whatever_the_build_host_has():
+    built = switches(cpu_build.cmake_args("portable", SAPPHIRE_RAPIDS, x86=True))
+    assert [k for k, v in built.items() if v == "ON"] == list(cpu_build.PORTABLE_X86)
+
+
+def test_off_x86_the_build_is_native():
+    assert cpu_build.cmake_args("host", frozenset(), x86=False) == ["-DGGML_NATIVE=ON"]
+
+
+def test_an_amx_build_is_refused_with_the_fix():
+    reason = cpu_build.unsafe_build_reason(AMX_BUILD, SAPPHIRE_RAPIDS)
+    assert reason is not None and "AMX_INT8" in reason and "make install" in reason
+    assert cpu_build.unsafe_build_reason(AMX_BUILD, frozenset()) is not None  # even where cpuinfo is unreadable
+
+
+def test_a_build_for_instructions_this_cpu_lacks_is_refused():
+    reason = cpu_build.unsafe_build_reason(AVX512_BUILD, ZEN3)
+    assert reason is not None and "AVX512, AVX512_VNNI" in reason
+    assert cpu_build.unsafe_build_reason(AVX512_BUILD, SAPPHIRE_RAPIDS) is None
+
+
+def test_the_installed_build_is_safe_here_and_the_engine_checks_it(monkeypatch):
+    info = llama_cpp.llama_print_system_info().decode()
+    assert cpu_build.unsafe_build_reason(info, cpu_build.cpu_flags()) is None, info
+    check_build()
+    monkeypatch.setattr(llama_cpp, "llama_print_system_info", lambda: AMX_BUILD.encode())
+    with pytest.raises(ModelLoadError, match="AMX"):
+        check_build()
+
+
+def test_cpu_flags_are_read_from_cpuinfo():
+    assert cpu_build.cpu_flags("processor\t: 0\nflags\t\t: fpu avx2 fma\n") == {"fpu", "avx2", "fma"}
+    assert cpu_build.cpu_flags("") == frozenset()
