@@ -88,10 +88,11 @@ model: install
 	$(BIN)/python -m lmgate.quantize.tinychat.train --out $(MODEL)
 
 # lmgate, llama-server and llama-cpp-python's server on the same GGUF, one run (about 15 minutes
-# the first time: it builds llama-server); writes docs/benchmarks.md.
+# the first time: it builds llama-server); writes docs/benchmarks.md. BASELINE=DIR adds an earlier
+# checkout (with its own DIR/.venv) to the run, for a before/after table.
 bench: install
 	$(BIN)/pip install --quiet -e '.[bench]'
-	$(BIN)/python -m lmgate.server.bench_suite
+	$(BIN)/python -m lmgate.server.bench_suite $(if $(BASELINE),--baseline $(BASELINE))
 
 # Regenerate protos/lmgate/v1/*_pb2*.py from the .proto files (a test checks they are current).
 protos: install-test

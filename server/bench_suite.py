@@ -3,9 +3,11 @@
 Servers, one at a time on this machine, each with the same threads, context and parallel slots:
 - ``lmgate`` (this checkout), and once more with its prefix cache off for the shared-prefix scenario;
 - ``llama-server`` built from the llama.cpp sources vendored in the llama-cpp-python sdist of the
-  installed version (the same llama.cpp as our bindings), cached under ``.cache/bench``;
-- llama-cpp-python's own server, in a venv of its own (``interrupt_requests`` off, so a new
-  request does not cut the stream in progress).
+  installed version (the same llama.cpp as our bindings), with the same instruction sets as our
+  build and never AMX (backends/llamacpp/cpu_build.py), cached under ``.cache/bench``;
+- llama-cpp-python's own server, in a venv of its own with our build of llama-cpp-python
+  (``interrupt_requests`` off, so a new request does not cut the stream in progress);
+- with ``--baseline DIR``, an earlier lmgate checkout with its own ``DIR/.venv``, for before/after.
 
 Scenarios: identical short prompts over a concurrency sweep; and shared-prefix (16 users, one
 ~512-token system prompt, a unique question each). Writes docs/benchmarks.md and a JSON file.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -31,6 +34,7 @@ from pathlib import Path
 
 import httpx
 
+from lmgate.backends.llamacpp import cpu_build
 from lmgate.server.bench import BenchConfig, BenchReport, run_bench
 from lmgate.server.bench_plot import plot_sweeps
 
@@ -58,10 +62,13 @@ def build_model(path: Path) -> Path:
 
 
 def build_llama_server() -> Path:
-    """llama-server from the sdist of the installed llama-cpp-python (same llama.cpp as our bindings)."""
+    """llama-server from the sdist of the installed llama-cpp-python (same llama.cpp as our bindings),
+    built with the instruction sets ours has (never AMX); a build per set of flags."""
     v = version("llama-cpp-python")
+    flags = cpu_build.cmake_args("host")
     root = CACHE / f"llama-cpp-python-{v}"
-    binary = root / "vendor/llama.cpp/build/bin/llama-server"
+    build = root / f"vendor/llama.cpp/build-{hashlib.sha256(' '.join(flags).encode()).hexdigest()[:12]}"
+    binary = build / "bin/llama-server"
     if binary.exists():
         return binary
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -80,9 +87,10 @@ def build_llama_server() -> Path:
             str(CACHE),
         ]
     )
-    with tarfile.open(CACHE / f"llama_cpp_python-{v}.tar.gz") as sdist:
-        sdist.extractall(CACHE, filter="data")
-    (CACHE / f"llama_cpp_python-{v}").rename(root)
+    if not root.exists():
+        with tarfile.open(CACHE / f"llama_cpp_python-{v}.tar.gz") as sdist:
+            sdist.extractall(CACHE, filter="data")
+        (CACHE / f"llama_cpp_python-{v}").rename(root)
     source = root / "vendor/llama.cpp"
     _run(
         [
@@ -90,27 +98,27 @@ def build_llama_server() -> Path:
             "-S",
             str(source),
             "-B",
-            str(source / "build"),
+            str(build),
             "-DCMAKE_BUILD_TYPE=Release",
             "-DLLAMA_CURL=OFF",
             "-DBUILD_SHARED_LIBS=OFF",
             "-DLLAMA_OPENSSL=OFF",
             "-DLLAMA_BUILD_TESTS=OFF",
+            *flags,
         ]
     )
-    _run(["cmake", "--build", str(source / "build"), "--target", "llama-server", "-j", str(os.cpu_count() or 2)])
+    _run(["cmake", "--build", str(build), "--target", "llama-server", "-j", str(os.cpu_count() or 2)])
     return binary
 
 
 def llama_cpp_python_server() -> Path:
-    """A venv with llama-cpp-python[server] of the installed version (pip reuses the cached wheel)."""
+    """A venv with llama-cpp-python[server] of the installed version, on lmgate's (AMX-free) build of it."""
     venv = CACHE / "llama-cpp-python-server"
     python = venv / "bin/python"
     if not python.exists():
         _run([sys.executable, "-m", "venv", str(venv)])
-        _run(
-            [str(python), "-m", "pip", "install", "--quiet", f"llama-cpp-python[server]=={version('llama-cpp-python')}"]
-        )
+    _run([str(python), cpu_build.__file__, "install", "--target", "host"])  # cheap once built
+    _run([str(python), "-m", "pip", "install", "--quiet", f"llama-cpp-python[server]=={version('llama-cpp-python')}"])
     return python
 
 
@@ -157,14 +165,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slots", type=int, default=16, help="parallel sequences of every server")
     parser.add_argument("--ctx", type=int, default=16384)
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--baseline", type=Path, help="an earlier lmgate checkout with its own .venv, run as well")
     args = parser.parse_args(argv)
 
     model = build_model(CACHE / "bench-200m.q8_0.gguf")
     llama_server = build_llama_server()
     lcp_python = llama_cpp_python_server()
     t, c, np_ = str(args.threads), str(args.ctx), str(args.slots)
-    lmgate = [
-        sys.executable,
+    serve = [
         "-m",
         "lmgate.server.cli",
         "serve",
@@ -179,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         "--log-level",
         "warning",
     ]
+    lmgate = [sys.executable, *serve]
     servers = {
         "lmgate": Server("lmgate", [*lmgate, "--port", "8201"]),
         "llama-server": Server(
@@ -205,6 +214,9 @@ def main(argv: list[str] | None = None) -> None:
             ],
         ),
     }
+    if args.baseline is not None:
+        baseline = [str(args.baseline.resolve() / ".venv/bin/python"), *serve, "--port", "8204"]
+        servers["lmgate (baseline)"] = Server("lmgate-baseline", baseline)
     results: dict[str, dict[str, list[BenchReport]]] = {}
     for port, (name, server) in enumerate(servers.items(), start=8201):
         print(f"{name}:", flush=True)
@@ -212,9 +224,9 @@ def main(argv: list[str] | None = None) -> None:
             results[name] = {"sweep": sweep(url, "default", args.levels, args.max_tokens)}
             if name != "llama-cpp-python":  # it serialises requests: the scenario says nothing new
                 results[name]["shared"] = sweep(url, "default", [16], args.max_tokens, SYSTEM_PROMPT)
-    no_cache = Server("lmgate-no-prefix-cache", [*lmgate, "--no-prefix-cache", "--port", "8204"])
+    no_cache = Server("lmgate-no-prefix-cache", [*lmgate, "--no-prefix-cache", "--port", "8205"])
     print("lmgate, prefix cache off:", flush=True)
-    with serving(no_cache, 8204) as url:
+    with serving(no_cache, 8205) as url:
         results["lmgate (prefix cache off)"] = {"shared": sweep(url, "default", [16], args.max_tokens, SYSTEM_PROMPT)}
 
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {args.threads} threads"
@@ -253,6 +265,21 @@ def render(results: dict[str, dict[str, list[BenchReport]]], args: argparse.Name
             f"{a.output_tokens_per_s / p.output_tokens_per_s:.2f}× | {a.ttft_ms['p50']:.0f} / {b.ttft_ms['p50']:.0f} "
             f"| {a.itl_ms['p50']:.1f} / {b.itl_ms['p50']:.1f} |"
         )
+    if "lmgate (baseline)" in results:
+        lines += [
+            "",
+            "## This checkout against the baseline (`--baseline`)",
+            "",
+            "| c | baseline tok/s | lmgate tok/s | lmgate / baseline | TTFT p50 ms baseline / lmgate "
+            "| ITL p50 ms baseline / lmgate |",
+            "|---|---|---|---|---|---|",
+        ]
+        for a, b in zip(results["lmgate (baseline)"]["sweep"], ours, strict=True):
+            lines.append(
+                f"| {a.concurrency} | {a.output_tokens_per_s:.1f} | {b.output_tokens_per_s:.1f} | "
+                f"{b.output_tokens_per_s / a.output_tokens_per_s:.2f}× | "
+                f"{a.ttft_ms['p50']:.0f} / {b.ttft_ms['p50']:.0f} | {a.itl_ms['p50']:.1f} / {b.itl_ms['p50']:.1f} |"
+            )
     lines += [
         "",
         "## Shared prefix: 16 users, one ~512-token system prompt, a unique question each",
