@@ -17,6 +17,7 @@ when the engine breaks.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -74,7 +75,8 @@ class EngineHost:
         self._last_stats: BackendStats | None = None
 
     def send(self, message: msg.FromEngine) -> None:
-        with self._send_lock:
+        """Send to the gateway; nothing happens if it is gone (the command thread sees the end and exits)."""
+        with self._send_lock, contextlib.suppress(OSError):
             self._conn.send(message)
 
     def receive_load(self) -> msg.Load | None:

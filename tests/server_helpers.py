@@ -24,8 +24,9 @@ from lmgate.server.settings import Settings
 class ServerThread:
     """``with ServerThread(settings) as server:`` serves on a free port until the block ends."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, wait_ready: bool = True) -> None:
         self.app = create_app(settings)
+        self._wait_ready = wait_ready
         config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="test-server", daemon=True)
@@ -39,7 +40,8 @@ class ServerThread:
             time.sleep(0.01)
         port = self.server.servers[0].sockets[0].getsockname()[1]
         self.base_url = f"http://127.0.0.1:{port}"
-        wait_ready(self.base_url)
+        if self._wait_ready:
+            wait_ready(self.base_url)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -176,8 +176,12 @@ def build_wheel(version: str, args: list[str], cache: Path) -> Path:
         staging = Path(scratch) / "out"
         staging.mkdir()
         shutil.move(built, staging / built.name)
-        staging.rename(directory)
-    return directory / built.name
+        try:
+            staging.rename(directory)  # atomic: a half-written wheel is never found
+        except OSError:
+            if not directory.is_dir():  # else another build of the same key finished first
+                raise
+    return next(directory.glob("*.whl"))
 
 
 def install_wheel(wheel: Path) -> None:

@@ -3,6 +3,7 @@ with a clean error at once, the gateway restarts it, and the other model streams
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -84,7 +85,7 @@ def test_each_engine_is_a_process_of_its_own_named_for_its_model(gateway):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV], ids=["SIGKILL", "SIGSEGV"])
-def test_a_dead_engine_ends_its_streams_and_restarts_while_the_other_model_streams_on(gateway, client, sig):
+def test_a_dead_engine_ends_its_streams_and_restarts_while_the_other_model_streams_on(gateway, client, sig, caplog):
     before = restarts(gateway, "fragile")
     old_pid = engine_pid(gateway, "fragile")
     killed = threading.Event()
@@ -124,6 +125,13 @@ def test_a_dead_engine_ends_its_streams_and_restarts_while_the_other_model_strea
     wait_for(lambda: restarts(gateway, "fragile") == before + 1 and gateway.app.state.models.pools["fragile"].healthy(),
              "the fragile engine to restart")  # fmt: skip
     assert engine_pid(gateway, "fragile") not in (None, old_pid)
+    [exit_line] = [
+        json.loads(r.getMessage())
+        for r in caplog.records
+        if r.name == "lmgate.engine" and "engine_exit" in r.getMessage()
+    ]
+    assert (exit_line["model"], exit_line["pid"], exit_line["signal"]) == ("fragile", old_pid, sig.name)
+    assert exit_line["requests_failed"] == 1
     assert ask(client, "fragile", "What is the capital of France?") == "The capital of France is Paris."
     metrics = httpx.get(f"{gateway.base_url}/metrics").text
     assert f'lmgate_engine_restarts_total{{backend="llamacpp",model="fragile"}} {before + 1}.0' in metrics
@@ -191,3 +199,23 @@ def test_while_an_engine_cannot_come_back_only_its_model_is_not_serving(gateway,
     wait_for(lambda: gateway.app.state.models.pools["fragile"].healthy(), "the engine to load again", timeout_s=180)
     assert httpx.get(f"{gateway.base_url}/ready").status_code == 200
     assert ask(client, "fragile", "What is the capital of France?") == "The capital of France is Paris."
+
+
+def test_a_model_that_failed_to_load_is_tried_again_until_it_loads(tiny_chat_path, tmp_path):
+    late = tmp_path / "late.gguf"
+    settings = validate_settings({
+        "server": {"grpc_port": None},
+        "models": [{"name": "late", **engine_settings(late)}, {"name": "steady", **engine_settings(tiny_chat_path)}],
+    })  # fmt: skip
+    with ServerThread(settings, wait_ready=False) as server:
+        pools = server.app.state.models.pools
+        wait_for(lambda: pools["steady"].healthy() and pools["late"].load_errors, "the first loads")
+        assert httpx.get(f"{server.base_url}/ready").json()["models"] == {"late": "failed", "steady": "ready"}
+        client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+        with pytest.raises(openai.APIStatusError) as error:
+            ask(client, "late", "What is the capital of France?")
+        assert error.value.status_code == 503
+        shutil.copy(tiny_chat_path, late)
+        wait_for(lambda: pools["late"].healthy(), "the model to load on a later try")
+        assert httpx.get(f"{server.base_url}/ready").status_code == 200
+        assert ask(client, "late", "What is the capital of France?") == "The capital of France is Paris."

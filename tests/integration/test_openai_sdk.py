@@ -69,18 +69,37 @@ def test_streamed_completion_equals_non_streamed_for_greedy(client):
     assert whole.usage.completion_tokens > 0
 
 
-async def test_eight_concurrent_greedy_requests_equal_the_same_requests_one_at_a_time(server, aclient):
-    async def one(question: str) -> str:
+async def test_eight_concurrent_greedy_requests_equal_the_same_requests_one_at_a_time_up_to_near_ties(server, aclient):
+    """Batched decoding sums in another order than decoding alone, so an answer may flip where the
+    model hesitates between two tokens (seen on an AVX2 host: "a little boat" / "a yellow hat"). Any
+    difference must start on such a near-tie (top-2 log-probabilities within 0.5 in either run); a
+    batching bug (wrong positions, attention across sequences) diverges on a clear winner, and most
+    answers stay identical."""
+
+    async def one(question: str) -> list:
         response = await aclient.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": question}], temperature=0, max_tokens=48
-        )
-        return response.choices[0].message.content
+            model=MODEL, messages=[{"role": "user", "content": question}], temperature=0, max_tokens=48,
+            logprobs=True, top_logprobs=2,
+        )  # fmt: skip
+        return response.choices[0].logprobs.content
+
+    def margin(tokens: list, i: int) -> float:
+        top = tokens[i].top_logprobs
+        return top[0].logprob - top[1].logprob
 
     alone = [await one(q) for q in QUESTIONS]
     before = server.stats(MODEL)
     together = await asyncio.gather(*(one(q) for q in QUESTIONS))
     after = server.wait_idle(MODEL)
-    assert together == alone
+    identical = 0
+    for solo, batched in zip(alone, together, strict=True):
+        a, b = [t.token for t in solo], [t.token for t in batched]
+        i = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
+        if i is None:
+            identical += a == b
+            continue
+        assert min(margin(solo, i), margin(batched, i)) < 0.5, f"diverged on a clear winner: {a[i]!r} / {b[i]!r}"
+    assert identical >= len(QUESTIONS) - 2
     # Served at once: one at a time takes a step per token; batched, the longest answer sets the pace.
     steps, tokens = after.steps - before.steps, after.generated_tokens - before.generated_tokens
     assert steps < tokens / 2, (steps, tokens)
