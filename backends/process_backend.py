@@ -89,7 +89,7 @@ class ProcessBackend(Backend):
             await asyncio.sleep(delay)
             try:
                 process = await self._spawn()
-            except BackendUnavailable as exc:
+            except Exception as exc:  # a load that failed, or a process that could not start: try again
                 delay = self._backoff.failed(time.monotonic())
                 log.error(
                     "model %s: the restarted engine did not load (%s); next try in %.1f s", self._name, exc, delay
