@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from lmgate.backends.base import Backend
 from lmgate.backends.types import GenerateRequest, SamplingParams, TokenDelta
+from lmgate.server.closing_stream import ClosingStream
 from lmgate.server.drain import Drain
 from lmgate.server.errors import (
     InvalidRequestError,
@@ -184,28 +185,39 @@ class _Release:
             self.pool.gate.release()
 
 
-async def _guarded(
+def _guarded(
     stream: AsyncIterator[TokenDelta], pool: ModelPool, index: int, deadline: float | None, release: _Release
+) -> ClosingStream[TokenDelta]:
+    """``stream`` within the request's deadline; its slot and the router's accounting are given back
+    when it ends, fails or is closed, read or not."""
+
+    async def give_back() -> None:
+        try:
+            await stream.aclose()  # type: ignore[attr-defined]
+        finally:
+            release.stream_ended()
+
+    return ClosingStream(_within_deadline(stream, pool, index, deadline), give_back)
+
+
+async def _within_deadline(
+    stream: AsyncIterator[TokenDelta], pool: ModelPool, index: int, deadline: float | None
 ) -> AsyncIterator[TokenDelta]:
-    try:
-        while True:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    delta = await anext(stream)
-            except StopAsyncIteration:
-                return
-            except TimeoutError:
-                raise RequestTimeoutError(
-                    f"the request took longer than model `{pool.name}`'s request_timeout_s "
-                    f"({pool.settings.request_timeout_s} s)"
-                ) from None
-            except ServiceUnavailableError:
-                pool.router.failed(index, time.monotonic())
-                raise
-            yield delta
-    finally:
-        await stream.aclose()  # type: ignore[attr-defined]
-        release.stream_ended()
+    while True:
+        try:
+            async with asyncio.timeout_at(deadline):
+                delta = await anext(stream)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"the request took longer than model `{pool.name}`'s request_timeout_s "
+                f"({pool.settings.request_timeout_s} s)"
+            ) from None
+        except ServiceUnavailableError:
+            pool.router.failed(index, time.monotonic())
+            raise
+        yield delta
 
 
 def _cost(request: GenerateRequest) -> int:

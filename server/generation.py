@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from lmgate.backends.base import Backend
 from lmgate.backends.errors import BackendError
 from lmgate.backends.types import GenerateRequest, TokenDelta
+from lmgate.server.closing_stream import ClosingStream
 from lmgate.server.errors import from_backend_error
 
 
@@ -31,7 +32,7 @@ async def open_stream(backend: Backend, request: GenerateRequest) -> AsyncIterat
     except BaseException:
         await stream.aclose()
         raise
-    return _resume(first, stream)
+    return ClosingStream(_resume(first, stream), stream.aclose)  # closed unread: the engine aborts
 
 
 async def _empty() -> AsyncIterator[TokenDelta]:
@@ -46,8 +47,6 @@ async def _resume(first: TokenDelta, stream: AsyncIterator[TokenDelta]) -> Async
             yield delta
     except BackendError as exc:
         raise from_backend_error(exc) from exc
-    finally:
-        await stream.aclose()  # type: ignore[attr-defined]
 
 
 async def open_streams(backend: Backend, requests: list[GenerateRequest]) -> list[AsyncIterator[TokenDelta]]:
@@ -62,16 +61,20 @@ async def open_streams(backend: Backend, requests: list[GenerateRequest]) -> lis
     return streams
 
 
-async def merge(streams: list[AsyncIterator[TokenDelta]], n: int) -> AsyncIterator[TokenDelta]:
+def merge(streams: list[AsyncIterator[TokenDelta]], n: int) -> AsyncIterator[TokenDelta]:
     """Interleave the streams of a batch of prompts as their deltas arrive; choice ``j`` of prompt
-    ``i`` becomes choice ``i * n + j`` (OpenAI's numbering)."""
+    ``i`` becomes choice ``i * n + j`` (OpenAI's numbering). Closing it closes them all, read or not."""
     if len(streams) == 1:
-        try:
-            async for delta in streams[0]:
-                yield delta
-        finally:
-            await streams[0].aclose()  # type: ignore[attr-defined]
-        return
+        return streams[0]
+
+    async def close_all() -> None:
+        for stream in streams:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    return ClosingStream(_interleave(streams, n), close_all)
+
+
+async def _interleave(streams: list[AsyncIterator[TokenDelta]], n: int) -> AsyncIterator[TokenDelta]:
     queue: asyncio.Queue[TokenDelta | BaseException | None] = asyncio.Queue()
 
     async def pump(i: int, stream: AsyncIterator[TokenDelta]) -> None:
@@ -81,8 +84,6 @@ async def merge(streams: list[AsyncIterator[TokenDelta]], n: int) -> AsyncIterat
             await queue.put(None)
         except Exception as exc:
             await queue.put(exc)
-        finally:
-            await stream.aclose()  # type: ignore[attr-defined]
 
     tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
     try:

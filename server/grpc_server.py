@@ -86,9 +86,11 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 n, requests = to_internal(request, request_id)
                 dispatched = await self._dispatcher.open(request.model, requests)
                 stream = tracker.watch(dispatched.streams[0], n)
-                await context.send_initial_metadata(_metadata(request_id, dispatched.ignored_params))
-                async for fields in _responses(stream, request_id, dispatched.pool.name, n):
-                    yield fields
+                # Closed however the call ends, a cancel before the first message included.
+                async with contextlib.aclosing(stream):  # type: ignore[type-var]
+                    await context.send_initial_metadata(_metadata(request_id, dispatched.ignored_params))
+                    async for fields in _responses(stream, request_id, dispatched.pool.name, n):
+                        yield fields
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext

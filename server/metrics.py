@@ -41,6 +41,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from lmgate.backends.types import FinishReason, TokenDelta
+from lmgate.server.closing_stream import ClosingStream
 from lmgate.server.errors import LmgateError, ModelNotFoundError
 from lmgate.server.model_registry import ModelRegistry, ModelState
 
@@ -175,8 +176,19 @@ class RequestTracker:
         self._aborted = False
         self._done = False
 
-    async def watch(self, stream: AsyncIterator[TokenDelta], n: int) -> AsyncIterator[TokenDelta]:
-        """``stream``, measured; choice i belongs to prompt i // n. Records the outcome at its end."""
+    def watch(self, stream: AsyncIterator[TokenDelta], n: int) -> AsyncIterator[TokenDelta]:
+        """``stream``, measured; choice i belongs to prompt i // n. Records the outcome at its end
+        (``aborted`` when it is closed early, read or not) and closes ``stream``."""
+
+        async def closed() -> None:
+            try:
+                await stream.aclose()  # type: ignore[attr-defined]
+            finally:
+                self.finish("aborted")  # a no-op when the stream ran to its end
+
+        return ClosingStream(self._watch(stream, n), closed)
+
+    async def _watch(self, stream: AsyncIterator[TokenDelta], n: int) -> AsyncIterator[TokenDelta]:
         status = "aborted"  # unless it runs to its end: a client that leaves closes it early
         try:
             async for delta in stream:
