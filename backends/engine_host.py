@@ -131,7 +131,8 @@ class EngineHost:
                 case msg.Submit(request_id, request):
                     try:
                         host.submit(request_id, request)
-                    except BackendError as exc:
+                    except Exception as exc:  # a bug here must cost one request, not the engine
+                        self._log_unexpected(exc)
                         self.send(msg.Rejected(request_id, msg.ErrorInfo.of(exc)))
                 case msg.Abort(request_id):
                     host.engine.abort(request_id)
@@ -146,8 +147,14 @@ class EngineHost:
             if method is msg.Method.TOKENIZE:
                 return msg.Reply(call_id, self._host.tokenize(*args))
             return msg.Reply(call_id, self._host.detokenize(*args))
-        except BackendError as exc:
+        except Exception as exc:
+            self._log_unexpected(exc)
             return msg.Reply(call_id, error=msg.ErrorInfo.of(exc))
+
+    @staticmethod
+    def _log_unexpected(exc: Exception) -> None:
+        if not isinstance(exc, BackendError):
+            log.exception("unexpected error preparing a request", exc_info=exc)
 
     def close(self) -> None:
         if self._host is not None:

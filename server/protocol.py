@@ -8,10 +8,28 @@ unknown fields are ignored as OpenAI-compatible servers do. Features lmgate does
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+def _unicode_text(value: str) -> str:
+    """A lone surrogate (JSON ``"\\ud800"``) is no character: refuse it here, not in a tokenizer."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"is not valid Unicode: a lone surrogate {value[exc.start]!r} at {exc.start}") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_unicode_text)]
+# The public API's integer ranges are the gRPC API's (protos/lmgate/v1), so a request valid over one
+# transport fits the other, and a gateway forwarding to a worker never holds a value protobuf cannot.
+TokenId = Annotated[int, Field(ge=0, lt=2**31)]
+UINT32_MAX = 2**32 - 1
+_TOKEN_ID_KEY = re.compile(r"[0-9]{1,10}")
 
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
@@ -32,20 +50,20 @@ class _Request(BaseModel):
     model: str = Field(min_length=1)
     temperature: Temperature | None = None
     top_p: TopP | None = None
-    top_k: int | None = Field(default=None, ge=-1, description="vLLM extension; 0 or -1 disables.")
+    top_k: int | None = Field(default=None, ge=-1, lt=2**31, description="vLLM extension; 0 or -1 disables.")
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     n: int = Field(default=1, ge=1, le=MAX_N)
-    max_tokens: int | None = Field(default=None, ge=1)
-    stop: str | list[str] | None = None
+    max_tokens: int | None = Field(default=None, ge=1, le=UINT32_MAX)
+    stop: Text | list[Text] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
-    seed: int | None = Field(default=None, ge=-(2**63), lt=2**64)
+    seed: int | None = Field(default=None, ge=-(2**63), lt=2**63)
     logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
     ignore_eos: bool = False
-    stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
+    stop_token_ids: list[TokenId] | None = None
     use_beam_search: bool = Field(default=False, description="vLLM extension: beam search instead of sampling.")
     best_of: int | None = Field(default=None, ge=1, le=MAX_N, description="Beam width (with use_beam_search).")
     length_penalty: float = Field(default=1.0, ge=-10.0, le=10.0, description="Beam score = logprob / len**this.")
@@ -65,8 +83,8 @@ class _Request(BaseModel):
     @classmethod
     def _check_logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
         for key in value or {}:
-            if not key.lstrip("-").isdigit():
-                raise ValueError(f"keys must be token ids written as integers, got {key!r}")
+            if not _TOKEN_ID_KEY.fullmatch(key) or int(key) >= 2**31:
+                raise ValueError(f"keys must be token ids (integers from 0 to 2^31-1) written as strings, got {key!r}")
         return value
 
     @model_validator(mode="after")
@@ -90,14 +108,14 @@ class _Request(BaseModel):
 
 class TextPart(BaseModel):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessageParam(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: Text | list[TextPart] | None = None
     name: str | None = None
 
     @property
@@ -109,7 +127,7 @@ class ChatMessageParam(BaseModel):
 
 class ChatCompletionRequest(_Request):
     messages: list[ChatMessageParam] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=UINT32_MAX)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     tools: list[Any] | None = None
@@ -131,7 +149,7 @@ class ChatCompletionRequest(_Request):
 
 
 class CompletionRequest(_Request):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: Text | list[Text] | list[TokenId] | list[list[TokenId]]
     logprobs: int | None = Field(default=None, ge=0, le=20)
     echo: bool = False
     suffix: str | None = None

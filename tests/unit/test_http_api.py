@@ -207,3 +207,30 @@ def test_top_p_is_accepted_exactly_in_0_exclusive_to_1(client, top_p):
 def test_no_client_mistake_is_a_500(client, body):
     response = client.post(CHAT, json=chat_body(**body))
     assert response.status_code in (200, 400)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (CHAT, chat_body(logit_bias={"--5": 1})),
+        (CHAT, chat_body(logit_bias={"²": 1})),
+        (CHAT, chat_body(logit_bias={"4294967296": 1})),
+        (CHAT, chat_body(messages=[{"role": "user", "content": "hi \ud800"}])),
+        (CHAT, chat_body(messages=[{"role": "user", "content": [{"type": "text", "text": "\udfff"}]}])),
+        (CHAT, chat_body(stop=["\ud800"])),
+        (CHAT, chat_body(top_k=2**31)),
+        (CHAT, chat_body(seed=2**64 - 1)),
+        (CHAT, chat_body(max_tokens=10**12)),
+        (CHAT, chat_body(stop_token_ids=[10**20])),
+        (COMPLETIONS, {"model": "echo", "prompt": "\ud800"}),
+        (COMPLETIONS, {"model": "echo", "prompt": [-1]}),
+        (COMPLETIONS, {"model": "echo", "prompt": [10**20]}),
+        (COMPLETIONS, {"model": "echo", "prompt": [[1, 2], [2**40]]}),
+    ],
+)
+def test_values_no_tokenizer_or_protobuf_can_hold_are_400s_not_500s(client, path, body):
+    # json.dumps escapes a lone surrogate as JSON allows ("\\ud800"); it cannot be sent as UTF-8.
+    response = client.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"], error

@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from lmgate.backends.errors import InvalidRequest
+from lmgate.backends.errors import BackendUnavailable, InvalidRequest
 from lmgate.backends.types import FinishReason
 
 from engine_helpers import collect, make_request, start_backend
@@ -283,3 +283,12 @@ async def test_beam_search_forks_under_load_and_abort_frees_every_beam(random_mo
         assert (backend.stats().running, backend.stats().kv_cells_used) == (0, 0)
     finally:
         await backend.shutdown()
+
+
+async def test_a_request_that_breaks_the_tokenizer_costs_that_request_not_the_engine_process(backend):
+    """The edges refuse lone surrogates; should one reach the engine process, it answers an error and lives on."""
+    pid = backend.pid
+    with pytest.raises(BackendUnavailable, match=r"UnicodeEncodeError|surrogate"):
+        await collect(backend, make_request("bad \ud800 text", max_tokens=4))
+    [choice] = await collect(backend, make_request("The end", max_tokens=4))
+    assert len(choice.token_ids) == 4 and backend.pid == pid
