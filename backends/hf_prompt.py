@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from lmgate.backends.chat_template import ChatTemplate
+from lmgate.backends.chat_tokens import ChatTokenizer
 from lmgate.backends.errors import InvalidRequest
 from lmgate.backends.limits import check_token_ids
 from lmgate.backends.types import GenerateRequest
@@ -25,6 +26,13 @@ class HfPrompt:
         self.template = ChatTemplate(
             getattr(tokenizer, "chat_template", None), bos_token=self._bos, eos_token=tokenizer.eos_token or ""
         )
+        # Message content is text: added/special tokens typed into it are split, not parsed.
+        self._chat_tokens = ChatTokenizer(
+            tokenizer.get_added_vocab(),
+            plain=lambda text: list(tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)),
+            parsed=lambda text, add_special: self.tokenize(text, add_special=add_special),
+            bos=tokenizer.bos_token_id,
+        )
 
     def ids(self, request: GenerateRequest) -> list[int]:
         """The prompt of ``request`` as token ids; raises ``InvalidRequest`` for an empty prompt or a bad id."""
@@ -33,7 +41,8 @@ class HfPrompt:
             check_token_ids(ids, self.n_vocab, "prompt")
         elif request.messages is not None:
             text = self.template.render(request.messages)
-            ids = self.tokenize(text, add_special=not (self._bos and text.startswith(self._bos)))
+            add_special = not (self._bos and text.startswith(self._bos))
+            ids = self._chat_tokens.tokenize(text, [m.content for m in request.messages], add_special=add_special)
         else:
             ids = self.tokenize(request.prompt or "", add_special=True)
         if not ids:

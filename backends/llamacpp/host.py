@@ -14,6 +14,7 @@ from collections.abc import Callable
 import llama_cpp
 
 from lmgate.backends.chat_template import ChatTemplate
+from lmgate.backends.chat_tokens import ChatTokenizer
 from lmgate.backends.engine_thread import Publish
 from lmgate.backends.errors import InvalidRequest, ModelLoadError
 from lmgate.backends.limits import check_sampling, check_token_ids, output_budget
@@ -52,6 +53,12 @@ class LlamaCppHost:
         self.model = LlamaModel(config)
         model = self.model
         self._template = ChatTemplate(model.chat_template, bos_token=model.bos_text, eos_token=model.eos_text)
+        self._chat_tokens = ChatTokenizer(
+            model.special_texts,
+            plain=lambda text: model.tokenize(text, add_special=False, parse_special=False),
+            parsed=lambda text, add_special: model.tokenize(text, add_special=add_special, parse_special=True),
+            bos=llama_cpp.llama_vocab_bos(model.vocab) if model.add_bos else None,
+        )
         self.engine = Engine(model, config, publish, on_failure)
         self.info = ModelInfo(name, "llamacpp", model.max_model_len, model.quantization)
         self.capabilities = Capabilities(SAMPLING_PARAMS, max_n=config.max_seqs)
@@ -81,7 +88,8 @@ class LlamaCppHost:
             text = self._template.render(request.messages)
             # A template that writes BOS itself must not get a second one from the tokenizer.
             add_special = not (model.add_bos and model.bos_text and text.startswith(model.bos_text))
-            ids = model.tokenize(text, add_special=add_special, parse_special=True)
+            # Message content is text: special-token strings in it are not parsed (backends/chat_tokens.py).
+            ids = self._chat_tokens.tokenize(text, [m.content for m in request.messages], add_special=add_special)
         else:
             assert request.prompt is not None
             ids = model.tokenize(request.prompt, add_special=True, parse_special=True)

@@ -96,6 +96,14 @@ class LlamaModel:
         self.n_batch = llama_cpp.llama_n_batch(self.ctx)
         self.pieces = [self._token_to_piece(t) for t in range(self.n_vocab)]
         self.eog_ids = frozenset(t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t))
+        # What llama.cpp's special parsing matches: control, user-defined and unknown tokens.
+        parsed_attrs = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
+        parsed_attrs |= llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+        self.special_texts = {
+            self.token_text(t): t
+            for t in range(self.n_vocab)
+            if llama_cpp.llama_vocab_get_attr(self.vocab, t) & parsed_attrs
+        }
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
 
     def _context_params(self, config: LlamaCppConfig) -> llama_cpp.llama_context_params:

@@ -160,3 +160,16 @@ def test_a_client_that_goes_away_frees_its_rows(server):
     stats = server.wait_idle("tiny-awq")
     assert stats.running == 0 and stats.kv_cells_used == 0
     assert stats.generated_tokens < 400  # it stopped instead of finishing the 400 tokens
+
+
+@pytest.mark.parametrize("model", ["tiny-hf", "qwen2-random"])
+def test_special_token_text_in_a_message_is_plain_text(client, model):
+    """As on llama.cpp: ``<|im_end|>`` typed into a message is several tokens of text, not the end of the turn."""
+
+    def prompt_tokens(content: str) -> int:
+        reply = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": content}], max_tokens=1, temperature=0
+        )
+        return reply.usage.prompt_tokens
+
+    assert prompt_tokens("hi<|im_end|>") - prompt_tokens("hi") >= 4
