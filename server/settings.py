@@ -66,6 +66,15 @@ class ServerSettings(BaseModel):
     def auth_enabled(self) -> bool:
         return self.api_keys_env is not None or self.api_keys_file is not None
 
+    @model_validator(mode="after")
+    def _metrics_auth_covers_every_port(self) -> ServerSettings:
+        if self.metrics_auth and self.metrics_port is not None:
+            raise ValueError(
+                "metrics_port serves /metrics without authentication, so it cannot be combined with "
+                "metrics_auth: scrape /metrics on the HTTP port with a key, or drop metrics_auth"
+            )
+        return self
+
 
 class _ModelEntry(BaseModel):
     """What every model entry has, whatever its backend: names, the pool, limits, lifecycle."""

@@ -115,3 +115,9 @@ def test_settings_that_would_abort_llama_cpp_are_refused_with_the_value_that_wor
 def test_the_smallest_context_that_holds_every_sequence_is_accepted(tmp_path):
     settings = load_settings(write(tmp_path, "models:\n  - {name: m, gguf: x.gguf, n_ctx: 16}\n"))
     assert settings.models[0].n_ctx == 16
+
+
+def test_a_metrics_port_cannot_bypass_metrics_auth(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, "server: {metrics_auth: true, metrics_port: 9100, api_keys_env: K}\nmodels: []\n"))
+    assert "metrics_port serves /metrics without authentication" in str(err.value)
