@@ -24,6 +24,7 @@ from lmgate.server import convert, grpc_convert
 from lmgate.server.convert import UsageTally
 from lmgate.server.dispatch import Dispatcher
 from lmgate.server.errors import LmgateError, RateLimitError, from_backend_error
+from lmgate.server.grpc_registration import add_inference_service
 from lmgate.server.metrics import Metrics
 from lmgate.server.model_registry import ModelRegistry
 from lmgate.v1 import inference_pb2 as pb
@@ -168,7 +169,7 @@ class GrpcFrontend:
         interceptors: tuple[grpc.aio.ServerInterceptor, ...] = (),
     ) -> GrpcFrontend:  # fmt: skip
         server = grpc.aio.server(interceptors=interceptors)
-        pb_grpc.add_InferenceServicer_to_server(InferenceServicer(registry, dispatcher, metrics), server)
+        add_inference_service(InferenceServicer(registry, dispatcher, metrics), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

@@ -173,3 +173,15 @@ def test_a_gateway_streams_the_same_tokens_as_its_worker(server, stub):
         assert "context length" in err.value.message
         [card] = client.models.list().data
         assert (card.id, card.backend, card.context_length) == ("chain", "grpc", 2048)
+
+
+@pytest.mark.parametrize(("method", "streaming"), [("Chat", True), ("Complete", True), ("ListModels", False),
+                                                   ("Tokenize", False), ("Detokenize", False)])  # fmt: skip
+def test_bytes_that_are_no_message_are_invalid_argument_not_unknown(channel, method, streaming):
+    call = (channel.unary_stream if streaming else channel.unary_unary)(f"/lmgate.v1.Inference/{method}")
+    with pytest.raises(grpc.RpcError) as error:
+        response = call(b"\xff\xff\xff")
+        if streaming:
+            list(response)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "is not a valid lmgate.v1." in error.value.details() and "class" not in error.value.details()

@@ -119,5 +119,6 @@ def test_the_smallest_context_that_holds_every_sequence_is_accepted(tmp_path):
 
 def test_a_metrics_port_cannot_bypass_metrics_auth(tmp_path):
     with pytest.raises(ConfigError) as err:
-        load_settings(write(tmp_path, "server: {metrics_auth: true, metrics_port: 9100, api_keys_env: K}\nmodels: []\n"))
+        server = "server: {metrics_auth: true, metrics_port: 9100, api_keys_env: K}\n"
+        load_settings(write(tmp_path, server + "models: []\n"))
     assert "metrics_port serves /metrics without authentication" in str(err.value)

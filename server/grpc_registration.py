@@ -1,0 +1,79 @@
+"""The Inference service registered so that a malformed request is INVALID_ARGUMENT, not UNKNOWN.
+
+The generated ``add_InferenceServicer_to_server`` deserializes with ``Message.FromString``; bytes that
+are not a valid message make grpc answer UNKNOWN with a Python class name in the details. Here the
+same handlers are built from the service descriptor with a deserializer that returns a
+``MalformedRequest`` instead of raising, and each method answers one with INVALID_ARGUMENT before the
+servicer sees it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from lmgate.v1 import inference_pb2 as pb
+
+
+@dataclass(frozen=True, slots=True)
+class MalformedRequest:
+    type_name: str
+    error: str
+
+
+def _lenient(message_class: type[Message]) -> Callable[[bytes], Message | MalformedRequest]:
+    def deserialize(data: bytes) -> Message | MalformedRequest:
+        try:
+            return message_class.FromString(data)
+        except DecodeError as exc:
+            return MalformedRequest(message_class.DESCRIPTOR.full_name, str(exc))
+
+    return deserialize
+
+
+async def _refuse(request: MalformedRequest, context: grpc.aio.ServicerContext) -> None:
+    await context.abort(
+        grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {request.type_name} message: {request.error}"
+    )
+
+
+def _unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    async def handle(request: Message | MalformedRequest, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, MalformedRequest):
+            await _refuse(request, context)
+        return await behavior(request, context)
+
+    return handle
+
+
+def _streaming(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    async def handle(request: Message | MalformedRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        if isinstance(request, MalformedRequest):
+            await _refuse(request, context)
+        async for response in behavior(request, context):
+            yield response
+
+    return handle
+
+
+def add_inference_service(servicer: object, server: grpc.aio.Server) -> None:
+    """Register ``servicer``'s methods (unary and server-streaming) for every rpc of ``lmgate.v1.Inference``."""
+    service = pb.DESCRIPTOR.services_by_name["Inference"]
+    handlers = {}
+    for method in service.methods:
+        request_class = getattr(pb, method.input_type.name)
+        response_class = getattr(pb, method.output_type.name)
+        behavior = getattr(servicer, method.name)
+        if method.server_streaming:
+            make, handle = grpc.unary_stream_rpc_method_handler, _streaming(behavior)
+        else:
+            make, handle = grpc.unary_unary_rpc_method_handler, _unary(behavior)
+        handlers[method.name] = make(
+            handle, request_deserializer=_lenient(request_class), response_serializer=response_class.SerializeToString
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
