@@ -39,10 +39,12 @@ class ApiKeys:
         return cls(keys)
 
     def allows(self, authorization: str | None) -> bool:
-        """``authorization`` is the header / metadata value: ``Bearer <key>``."""
-        if not authorization or not authorization.startswith("Bearer "):
+        """``authorization`` is the header / metadata value: ``Bearer <key>`` (the scheme in any case, as
+        RFC 9110 has it; one space; the key exactly, no whitespace around it)."""
+        scheme, _, key = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not key or key != key.strip():
             return False
-        given = authorization.removeprefix("Bearer ").strip().encode()
+        given = key.encode()
         matched = False
         for key in self._keys:
             matched |= hmac.compare_digest(given, key)

@@ -168,12 +168,17 @@ class GrpcFrontend:
         cls, registry: ModelRegistry, dispatcher: Dispatcher, metrics: Metrics, host: str, port: int,
         interceptors: tuple[grpc.aio.ServerInterceptor, ...] = (),
     ) -> GrpcFrontend:  # fmt: skip
-        server = grpc.aio.server(interceptors=interceptors)
+        # Without SO_REUSEPORT a second server on a taken port fails to start instead of sharing it.
+        server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
         add_inference_service(InferenceServicer(registry, dispatcher, metrics), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-        bound = server.add_insecure_port(f"{host}:{port}")
+        try:
+            bound = server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError:
+            where = f"{host}:{port}"
+            raise OSError(f"cannot serve gRPC on {where}: the port is in use (server.grpc_port, --grpc-port)") from None
         await server.start()
         frontend = cls(server, health_servicer, bound)
         await frontend.report(registry)

@@ -12,7 +12,7 @@ import re
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 
 def _unicode_text(value: str) -> str:
@@ -55,7 +55,7 @@ class _Request(BaseModel):
     n: int = Field(default=1, ge=1, le=MAX_N)
     max_tokens: int | None = Field(default=None, ge=1, le=UINT32_MAX)
     stop: Text | list[Text] | None = None
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
@@ -169,6 +169,12 @@ class CompletionRequest(_Request):
             raise ValueError("suffix (fill-in-the-middle) is not supported by lmgate yet")
         if self.echo and self.logprobs is not None:
             raise ValueError("echo together with logprobs (prompt logprobs) is not supported by lmgate yet")
+        choices = len(self.prompts) * self.n
+        if choices > MAX_N:
+            raise ValueError(
+                f"one request may ask for at most {MAX_N} choices (prompts x n); this one asks for {choices}: "
+                "send the prompts in several requests"
+            )
         return self
 
     @property

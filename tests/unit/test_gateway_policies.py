@@ -75,11 +75,13 @@ def test_api_keys_guard_http_and_grpc_but_not_the_probes(monkeypatch):
     with ServerThread(settings(fake("echo"), api_keys_env="TEST_LMGATE_KEYS")) as server:
         body = {"model": "echo", "prompt": "a b"}
         url = f"{server.base_url}/v1/completions"
-        for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "k-one"}):
+        for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "k-one"},
+                        {"Authorization": "Bearer  k-one"}):  # fmt: skip
             response = httpx.post(url, json=body, headers=headers)
             assert response.status_code == 401
             assert response.json()["error"]["code"] == "invalid_api_key"
-        assert httpx.post(url, json=body, headers={"Authorization": "Bearer k-two"}).status_code == 200
+        for scheme in ("Bearer", "bearer", "BEARER"):  # the scheme is case-insensitive (RFC 9110)
+            assert httpx.post(url, json=body, headers={"Authorization": f"{scheme} k-two"}).status_code == 200
         for path in ("/health", "/ready", "/metrics"):
             assert httpx.get(f"{server.base_url}{path}").status_code == 200
         with pytest.raises(openai.AuthenticationError):
@@ -194,3 +196,10 @@ def test_the_openai_backend_streams_an_upstream_through(tiny_chat_path):
             assert chunks[-1].usage.completion_tokens == expected.usage.completion_tokens
             [card] = via.models.list().data
             assert card.context_length == 2048  # lmgate's /v1/models says
+
+
+def test_a_second_server_on_a_taken_grpc_port_fails_to_start_instead_of_sharing_it():
+    with ServerThread(settings(fake("echo"))) as first:
+        port = first.app.state.grpc.port
+        with pytest.raises(RuntimeError, match="failed to start"), ServerThread(settings(fake("echo"), grpc_port=port)):
+            pass

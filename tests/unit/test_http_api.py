@@ -170,6 +170,9 @@ def test_invalid_chat_values_are_400s_naming_the_field(client, overrides, param)
         ({"model": "echo", "prompt": "x", "suffix": "y"}, None),
         ({"model": "echo", "prompt": "x", "best_of": 3}, None),
         ({"model": "echo", "prompt": "x", "best_of": 1, "n": 2, "use_beam_search": True}, None),
+        ({"model": "echo", "prompt": ["hi"] * 129}, None),  # at most 128 choices a request
+        ({"model": "echo", "prompt": ["hi"] * 65, "n": 2}, None),
+        ({"model": "echo", "prompt": "x", "stream": "yes"}, "stream"),
     ],
 )
 def test_invalid_completion_values_are_400s(client, body, param):
