@@ -171,7 +171,9 @@ class RequestTracker:
         self._last: dict[int, float] = {}
         self._prompt_tokens: dict[int, int] = {}
         self._cached_tokens = 0
-        self._completion_tokens = 0
+        self._completion: dict[int, int] = {}
+        """Tokens of each choice: counted as they stream, replaced by the choice's usage when it ends
+        (a stream cut short has no usage, and still generated what it sent)."""
         self._queue: float | None = None
         self._aborted = False
         self._done = False
@@ -213,13 +215,14 @@ class RequestTracker:
                 self._itl.observe(now - previous)
             self._last[delta.index] = now
             self._rate.add(tokens)
+            self._completion[delta.index] = self._completion.get(delta.index, 0) + tokens
         if delta.finish_reason is FinishReason.ABORT:
             self._aborted = True
         if delta.usage is not None:
             usage = delta.usage
             self._prompt_tokens[delta.index // n] = usage.prompt_tokens
             self._cached_tokens = max(self._cached_tokens, usage.cached_tokens)
-            self._completion_tokens += usage.completion_tokens
+            self._completion[delta.index] = usage.completion_tokens
             if usage.queue_time_s is not None and self._queue is None:
                 self._queue = usage.queue_time_s
 
@@ -235,11 +238,12 @@ class RequestTracker:
         if self._queue is not None:
             self._queue_histogram.observe(self._queue)
         m.prompt_tokens.labels(self.model, self.backend).inc(prompt_tokens)
-        m.generation_tokens.labels(self.model, self.backend).inc(self._completion_tokens)
+        completion_tokens = sum(self._completion.values())
+        m.generation_tokens.labels(self.model, self.backend).inc(completion_tokens)
         line = {
             "event": "request", "request_id": self.request_id, "model": self.model, "backend": self.backend,
             "transport": self.transport, "status": status, "prompt_tokens": prompt_tokens,
-            "cached_tokens": self._cached_tokens, "completion_tokens": self._completion_tokens,
+            "cached_tokens": self._cached_tokens, "completion_tokens": completion_tokens,
             "ttft_s": None if self._first is None else round(self._first - self._started, 6),
             "duration_s": round(duration, 6),
         }  # fmt: skip

@@ -98,7 +98,8 @@ def test_a_client_that_leaves_mid_stream_is_counted_as_aborted():
     })) as server:  # fmt: skip
         body = {"model": "echo", "prompt": " ".join(["word"] * 40), "max_tokens": 40, "stream": True}
         with httpx.stream("POST", f"{server.base_url}/v1/completions", json=body) as response:
-            next(response.iter_lines())
+            events = (line for line in response.iter_lines() if line.startswith("data: "))
+            received = [next(events) for _ in range(3)]
         aborted = {**HTTP, "status": "aborted"}
         for _ in range(300):
             snapshot = samples(httpx.Client(base_url=server.base_url))
@@ -107,6 +108,8 @@ def test_a_client_that_leaves_mid_stream_is_counted_as_aborted():
             time.sleep(0.01)
         assert value(snapshot, "lmgate_requests_total", **aborted) == 1
         assert value(snapshot, "lmgate_requests_total", **HTTP, status="ok") == 0
+        # What it streamed before leaving was generated: counted, though no final usage came.
+        assert value(snapshot, "lmgate_generation_tokens_total", model="echo", backend="fake") >= len(received)
 
 
 def test_one_json_log_line_per_request_without_the_prompt(client, caplog):
