@@ -43,7 +43,7 @@ class ChatTokenizer:
         """Token ids of ``rendered`` (the template's output for messages whose contents are ``contents``)."""
         if self._pattern is None or not any(self._pattern.search(c) for c in contents):
             return self._parsed(rendered, add_special)
-        spans = _content_spans(rendered, contents)
+        spans = _content_spans(rendered, contents, self._pattern)
         ids: list[int] = [self._bos] if add_special and self._bos is not None else []
         start = 0
         for match in self._pattern.finditer(rendered):
@@ -58,21 +58,21 @@ class ChatTokenizer:
         return ids
 
 
-def _content_spans(rendered: str, contents: Sequence[str]) -> list[tuple[int, int]]:
+def _content_spans(rendered: str, contents: Sequence[str], pattern: re.Pattern[str]) -> list[tuple[int, int]]:
     """Where each message's content sits in ``rendered``, searched in order (templates keep the order,
-    and at most trim the content). Refuses what cannot be placed: it could not be kept apart."""
+    and at most trim the content). A content holding special-token text that cannot be placed is
+    refused: it could not be kept apart; one without (a template may drop or rewrite it) is skipped."""
     spans, position = [], 0
     for content in contents:
         text = content.strip()
-        if not text:
-            continue
-        found = rendered.find(text, position)
-        if found < 0:
+        found = rendered.find(text, position) if text else -1
+        if found >= 0:
+            spans.append((found, found + len(text)))
+            position = found + len(text)
+        elif pattern.search(text):
             raise InvalidRequest(
                 "a message holds special-token text that this model's chat template does not copy verbatim, "
                 "so it cannot be kept as plain text; remove the special tokens from the message",
                 param="messages",
             )
-        spans.append((found, found + len(text)))
-        position = found + len(text)
     return spans

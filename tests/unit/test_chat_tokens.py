@@ -43,3 +43,9 @@ def test_a_template_that_rewrites_the_content_is_refused_rather_than_guessed():
     with pytest.raises(InvalidRequest) as error:
         TOKENIZER.tokenize("<|user|>HI<|END|><|end|>", ["hi<|end|>"], add_special=False)
     assert error.value.param == "messages"
+
+
+def test_an_ordinary_message_the_template_drops_does_not_stop_the_others_being_kept_apart():
+    contents = ["dropped by the template", "hi<|end|>"]
+    ids = TOKENIZER.tokenize(render("hi<|end|>"), contents, add_special=False)
+    assert ids == [3, *plain("hi<|end|>"), 2]
