@@ -198,6 +198,7 @@ def test_the_openai_backend_streams_an_upstream_through(tiny_chat_path):
             assert card.context_length == 2048  # lmgate's /v1/models says
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # uvicorn exits its thread
 def test_a_second_server_on_a_taken_grpc_port_fails_to_start_instead_of_sharing_it():
     with ServerThread(settings(fake("echo"))) as first:
         port = first.app.state.grpc.port
