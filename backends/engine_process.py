@@ -84,10 +84,6 @@ class EngineProcess:
     def pid(self) -> int | None:
         return self._popen.pid if self._popen is not None else None
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._inboxes)
-
     async def start(self) -> msg.Ready:
         """Spawn the process and load the model; raises the load's error (``ModelLoadError`` when
         retrying cannot help) or ``BackendUnavailable`` if the process died while loading."""
