@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 
-from lmgate.backends.errors import BackendError, BackendUnavailable
+from lmgate.backends.errors import BackendError
 from lmgate.backends.types import TokenDelta
 
 
@@ -19,24 +19,21 @@ class EngineInbox:
     """Made and fed on the event loop, one per request."""
 
     def __init__(self) -> None:
-        self._queue: asyncio.Queue[list[TokenDelta] | BaseException] = asyncio.Queue()
+        self._queue: asyncio.Queue[list[TokenDelta] | BackendError] = asyncio.Queue()
 
-    def put(self, item: list[TokenDelta] | BaseException) -> None:
+    def put(self, item: list[TokenDelta] | BackendError) -> None:
         """A step's deltas of this request, or the error that ended it."""
         self._queue.put_nowait(item)
 
-    async def stream(self, choices: int, abort: Callable[[], None], engine: str) -> AsyncIterator[TokenDelta]:
-        """The deltas until ``choices`` have finished. A backend error is raised as it is; anything
-        else becomes ``BackendUnavailable`` naming ``engine``. Leaving early (the consumer went away,
-        or an error) calls ``abort``."""
+    async def stream(self, choices: int, abort: Callable[[], None]) -> AsyncIterator[TokenDelta]:
+        """The deltas until ``choices`` have finished; an error put here is raised (the engine process
+        only ever puts ``BackendError``s). Leaving early (the consumer went away, or an error) calls ``abort``."""
         unfinished = choices
         try:
             while unfinished:
                 item = await self._queue.get()
-                if isinstance(item, BackendError):
-                    raise item
                 if isinstance(item, BaseException):
-                    raise BackendUnavailable(f"{engine} failed: {item}") from item
+                    raise item
                 for delta in item:
                     unfinished -= delta.finish_reason is not None
                     yield delta

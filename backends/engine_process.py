@@ -112,8 +112,7 @@ class EngineProcess:
         inbox = self._inboxes[request_id] = EngineInbox()
         try:
             self._send(msg.Submit(request_id, request))
-            engine = f"the {self.kind} engine of {self.name!r}"
-            async for delta in inbox.stream(request.sampling.n, lambda: self._abort(request_id), engine):
+            async for delta in inbox.stream(request.sampling.n, lambda: self._abort(request_id)):
                 yield delta
         finally:
             self._inboxes.pop(request_id, None)

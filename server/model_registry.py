@@ -117,9 +117,9 @@ class ModelPool:
         log.info("model %s ready: %d of %d replica(s), %s backend, context %d", self.name, sum(self.loaded),
                  len(self.replicas), info.backend, info.context_length)  # fmt: skip
 
-    async def _retry(self, index: int, backoff: Backoff | None = None) -> None:
+    async def _retry(self, index: int) -> None:
         """Load replica ``index`` again until it loads; the pool turns ready with it if it had failed."""
-        backoff = backoff or Backoff(initial_s=1.0, maximum_s=60.0)
+        backoff = Backoff(initial_s=1.0, maximum_s=60.0)
         while True:
             delay = backoff.failed(time.monotonic())
             log.info("model %s: trying replica %d again in %.0f s", self.name, index, delay)
