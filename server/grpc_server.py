@@ -154,6 +154,17 @@ async def _responses(
     yield {"id": request_id, "model": model, "usage": grpc_convert.usage_pb(usage.out())}
 
 
+_SERVER_OPTIONS = [
+    # Without SO_REUSEPORT a second server on a taken port fails to start instead of sharing it.
+    ("grpc.so_reuseport", 0),
+    # Gateways in front of this server ping it (backends/grpc) to notice when it freezes: accept
+    # pings down to once a second, with or without calls, instead of answering them with GOAWAY.
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 1000),
+    ("grpc.http2.max_ping_strikes", 0),
+]
+
+
 class GrpcFrontend:
     """The grpc.aio server with Inference, health and reflection; started in the app's lifespan."""
 
@@ -168,8 +179,7 @@ class GrpcFrontend:
         cls, registry: ModelRegistry, dispatcher: Dispatcher, metrics: Metrics, host: str, port: int,
         interceptors: tuple[grpc.aio.ServerInterceptor, ...] = (),
     ) -> GrpcFrontend:  # fmt: skip
-        # Without SO_REUSEPORT a second server on a taken port fails to start instead of sharing it.
-        server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(interceptors=interceptors, options=_SERVER_OPTIONS)
         add_inference_service(InferenceServicer(registry, dispatcher, metrics), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -17,6 +17,8 @@ backend's ``stats()`` at scrape time. One ``Metrics`` per app, on its own ``Coll
     lmgate_kv_cache_usage_ratio{model,backend}                  gauge, cells held by requests
     lmgate_prefix_cache_hits_total / _queries_total{...}        counters, in prompt tokens
     lmgate_preemptions_total{model,backend}                     counter
+    lmgate_engine_restarts_total{model,backend}                 counter
+    lmgate_replicas{model,backend} / lmgate_replicas_usable     gauges: configured / loaded and healthy
 """
 
 from __future__ import annotations
@@ -270,8 +272,14 @@ class _EngineCollector(Collector):
         preemptions = CounterMetricFamily("lmgate_preemptions", "Sequences preempted for KV space.", labels=labels)
         restarts = CounterMetricFamily("lmgate_engine_restarts", "Engine processes started again after one died.",
                                        labels=labels)  # fmt: skip
+        replicas = GaugeMetricFamily("lmgate_replicas", "Replicas configured.", labels=labels)
+        usable = GaugeMetricFamily("lmgate_replicas_usable", "Replicas loaded and healthy: the ones routed to.",
+                                   labels=labels)  # fmt: skip
         for name, pool in self._models.pools.items():
-            if pool.state is not ModelState.READY:
+            replicas.add_metric([name, pool.backend_kind], len(pool.replicas))
+            ready = pool.state is ModelState.READY
+            usable.add_metric([name, pool.backend_kind], len(pool.replicas) - len(pool.unusable) if ready else 0)
+            if not ready:
                 continue
             stats = pool.stats()
             values = [name, pool.backend_kind]
@@ -282,4 +290,4 @@ class _EngineCollector(Collector):
             queries.add_metric(values, stats.prefix_queries)
             preemptions.add_metric(values, stats.preemptions)
             restarts.add_metric(values, stats.engine_restarts)
-        yield from (running, waiting, kv, hits, queries, preemptions, restarts)
+        yield from (running, waiting, kv, hits, queries, preemptions, restarts, replicas, usable)

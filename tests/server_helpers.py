@@ -85,8 +85,8 @@ def free_port() -> int:
 class Process:
     """`lmgate serve` in a subprocess, on free HTTP and gRPC ports."""
 
-    def __init__(self, config: Path) -> None:
-        self.http, self.grpc = free_port(), free_port()
+    def __init__(self, config: Path, grpc_port: int | None = None) -> None:
+        self.http, self.grpc = free_port(), grpc_port or free_port()
         command = [sys.executable, "-m", "lmgate.server.cli", "serve", "--config", str(config),
                    "--port", str(self.http), "--grpc-port", str(self.grpc), "--log-level", "warning"]  # fmt: skip
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

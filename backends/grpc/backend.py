@@ -5,14 +5,23 @@ A gateway lists one of these per worker replica. Requests are sent as Chat (mess
 again and streams deltas back. The worker reports usage once, after every choice; each choice's
 last delta is held until then so that it can carry its usage. Closing the stream cancels the call,
 which aborts the worker's sequences.
+
+A worker can die, hang (SIGSTOP, a stuck host) or come back. Two mechanisms keep the gateway out of
+its way: HTTP/2 keepalive pings end every stream on a connection that stops answering (its clients
+get an error, not a hang), and a health check of the model every ``health_interval_s`` decides
+``healthy()``, which the router reads before it sends a request there.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lmgate.backends.base import Backend
 from lmgate.backends.errors import BackendError, BackendUnavailable, InvalidRequest
@@ -32,6 +41,8 @@ from lmgate.backends.upstream_usage import UsageSplitter
 from lmgate.v1 import inference_pb2 as pb
 from lmgate.v1 import inference_pb2_grpc as pb_grpc
 
+log = logging.getLogger(__name__)
+
 _ROLES = {"system": pb.ROLE_SYSTEM, "user": pb.ROLE_USER, "assistant": pb.ROLE_ASSISTANT,
           "developer": pb.ROLE_DEVELOPER, "tool": pb.ROLE_TOOL}  # fmt: skip
 _FINISH = {pb.FINISH_REASON_STOP: FinishReason.STOP, pb.FINISH_REASON_LENGTH: FinishReason.LENGTH,
@@ -48,6 +59,8 @@ class GrpcBackend(Backend):
         self._info: ModelInfo | None = None
         self._capabilities = Capabilities(frozenset())
         self._open = 0
+        self._serving = False
+        self._watch: asyncio.Task[None] | None = None
 
     @property
     def info(self) -> ModelInfo:
@@ -60,20 +73,59 @@ class GrpcBackend(Backend):
         return self._capabilities
 
     async def start(self) -> None:
-        service_config = json.dumps({"loadBalancingConfig": [{self._config.load_balancing: {}}]})
-        self._channel = grpc.aio.insecure_channel(
-            self._config.target, options=[("grpc.service_config", service_config)]
-        )
+        """Connect, find the model on the worker and start watching its health; raises
+        BackendUnavailable (the pool tries again later) when the worker does not serve it yet."""
+        await self.shutdown()  # a retry after a failed start begins from a fresh channel
+        self._channel = grpc.aio.insecure_channel(self._config.target, options=self._channel_options())
         self._stub = pb_grpc.InferenceStub(self._channel)
-        listing = await self._stub.ListModels(
-            pb.ListModelsRequest(), timeout=self._config.connect_timeout_s, wait_for_ready=True
-        )
+        try:
+            listing = await self._stub.ListModels(
+                pb.ListModelsRequest(), timeout=self._config.connect_timeout_s, wait_for_ready=True
+            )
+        except grpc.aio.AioRpcError as exc:
+            await self.shutdown()
+            raise _error(exc, self._config.target) from exc
         model = next((m for m in listing.models if self._remote in (m.name, *m.aliases)), None)
         if model is None or not model.ready:
+            await self.shutdown()
             state = "does not serve" if model is None else "has not loaded"
             raise BackendUnavailable(f"worker {self._config.target} {state} model {self._remote!r}")
         self._info = ModelInfo(self._name, "grpc", model.context_length, model.quantization or None)
         self._capabilities = Capabilities(frozenset(model.supported_params), max_n=128)
+        self._serving = True
+        self._watch = asyncio.create_task(self._watch_health(model.name))
+
+    def _channel_options(self) -> list[tuple[str, str | int]]:
+        config = self._config
+        service_config = json.dumps({"loadBalancingConfig": [{config.load_balancing: {}}]})
+        return [
+            ("grpc.service_config", service_config),
+            ("grpc.keepalive_time_ms", int(config.keepalive_s * 1000)),
+            ("grpc.keepalive_timeout_ms", int(config.keepalive_timeout_s * 1000)),
+            # Every ping's ack deadline (not only keepalive's): gRPC's own default is 60 s.
+            ("grpc.http2.ping_timeout_ms", int(config.keepalive_timeout_s * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+        ]
+
+    async def _watch_health(self, service: str) -> None:
+        """Check the model's health on the worker for ever; ``_serving`` is the latest answer
+        (no answer within health_timeout_s counts as not serving)."""
+        stub = health_pb2_grpc.HealthStub(self._require_channel())
+        request = health_pb2.HealthCheckRequest(service=service)
+        while True:
+            try:
+                reply = await stub.Check(request, timeout=self._config.health_timeout_s)
+                serving, why = reply.status == health_pb2.HealthCheckResponse.SERVING, "it is not serving"
+            except grpc.aio.AioRpcError as exc:
+                serving, why = False, f"{exc.code().name}: {exc.details()}"
+            if serving != self._serving:
+                if serving:
+                    log.warning("worker %s serves model %s again", self._config.target, self._remote)
+                else:
+                    log.warning("worker %s marked unhealthy for model %s: %s", self._config.target, self._remote, why)
+            self._serving = serving
+            await asyncio.sleep(self._config.health_interval_s)
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
         stub = self._require_stub()
@@ -112,6 +164,11 @@ class GrpcBackend(Backend):
             call.cancel()  # closed early: the worker aborts the request
             self._open -= 1
 
+    def _require_channel(self) -> grpc.aio.Channel:
+        if self._channel is None:
+            raise BackendUnavailable(f"model {self._name!r} is not connected")
+        return self._channel
+
     def _require_stub(self) -> pb_grpc.InferenceStub:
         if self._stub is None:
             raise BackendUnavailable(f"model {self._name!r} is not connected")
@@ -139,14 +196,20 @@ class GrpcBackend(Backend):
         return BackendStats(running=self._open)
 
     def healthy(self) -> bool:
-        if self._channel is None:
-            return False
-        return self._channel.get_state() is not grpc.ChannelConnectivity.SHUTDOWN
+        """Connected, and the worker's last health check of the model answered SERVING in time."""
+        return self._channel is not None and self._serving
 
     async def shutdown(self) -> None:
+        self._serving = False
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
+            self._stub = None
 
 
 def _sampling(params: SamplingParams) -> pb.SamplingParams:

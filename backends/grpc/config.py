@@ -16,6 +16,22 @@ class GrpcConfig(BaseModel):
     )
     remote_model: str | None = Field(default=None, description="The model's name on the worker (default: this name).")
     connect_timeout_s: PositiveFloat = Field(default=60.0, description="How long start() waits for the worker.")
+    health_interval_s: PositiveFloat = Field(
+        default=2.0, description="How often the worker's health is checked (grpc.health.v1 Check for this model)."
+    )
+    health_timeout_s: PositiveFloat = Field(
+        default=2.0,
+        description="A health check unanswered this long marks the worker unhealthy (frozen, overloaded, gone): "
+        "no request is routed to it until a check passes again.",
+    )
+    keepalive_s: PositiveFloat = Field(
+        default=10.0, description="HTTP/2 keepalive ping interval on the connection to the worker."
+    )
+    keepalive_timeout_s: PositiveFloat = Field(
+        default=5.0,
+        description="A ping unanswered this long closes the connection: streams from a frozen worker end with "
+        "an error instead of hanging.",
+    )
     load_balancing: Literal["pick_first", "round_robin"] = Field(
         default="pick_first",
         description="gRPC's own balancing over the addresses a target resolves to: with a Kubernetes headless "
