@@ -24,7 +24,7 @@ from lmgate.server import openai_chat, openai_completions, openai_models
 from lmgate.server.auth import ApiKeyInterceptor, ApiKeys
 from lmgate.server.dispatch import Dispatcher
 from lmgate.server.drain import Drain
-from lmgate.server.errors import LmgateError, RateLimitError, from_validation_errors
+from lmgate.server.errors import LmgateError, from_validation_errors
 from lmgate.server.gate_middleware import GatewayMiddleware
 from lmgate.server.grpc_server import GrpcFrontend
 from lmgate.server.http_common import ClientDisconnected
@@ -132,7 +132,7 @@ def _add_probes(app: FastAPI, registry: ModelRegistry, metrics: Metrics, drain: 
 def _add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     @app.exception_handler(LmgateError)
     async def lmgate_error(_: Request, exc: LmgateError) -> JSONResponse:
-        headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, RateLimitError) else None
+        headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
         return JSONResponse(exc.body(), status_code=exc.http_status, headers=headers)
 
     @app.exception_handler(RequestValidationError)

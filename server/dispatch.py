@@ -9,8 +9,8 @@
 4. A replica, chosen by the pool's router (prefix affinity or least outstanding tokens). A replica
    that fails before anything was streamed is marked failed and the next one is tried; once a
    token went out, a failure ends the stream with an error instead (no duplicated output).
-5. The stream is guarded: the per-request timeout, and on its end the gate, the router's
-   accounting and the backend stream are released, whatever the ending.
+5. The stream is guarded: the per-request timeout (counted from step 3), a drain's cut, and on its
+   end the gate, the router's accounting and the backend stream are released, whatever the ending.
 """
 
 from __future__ import annotations
@@ -72,23 +72,34 @@ class Dispatcher:
         self.drain = drain
 
     async def open(self, model: str, requests: list[GenerateRequest]) -> Dispatched:
-        """Open ``requests`` (the prompts of one client request) on one replica of the chosen pool."""
+        """Open ``requests`` (the prompts of one client request) on one replica of the chosen pool.
+
+        The pool's ``request_timeout_s`` runs from here: queueing for a slot and waiting for the
+        first token count, and a drain that times out cuts those waits too (server/drain.py)."""
         if self.drain.draining:
-            raise ServiceUnavailableError("the server is shutting down; retry on another replica")
+            raise self.drain.refused()
         pool = await self._choose_pool(model)
         sampling = requests[0].sampling
         ignored = self._check_capabilities(pool, sampling)
-        await pool.gate.acquire()
-        try:
-            backend, index, streams, cost = await self._open_on_replica(pool, requests)
-        except BaseException:
-            pool.gate.release()
-            raise
         deadline = None
         if pool.settings.request_timeout_s is not None:
             deadline = asyncio.get_running_loop().time() + pool.settings.request_timeout_s
+        try:
+            async with asyncio.timeout_at(deadline) as timer:
+                self.drain.watch(timer)
+                try:
+                    await pool.gate.acquire()
+                    try:
+                        backend, index, streams, cost = await self._open_on_replica(pool, requests)
+                    except BaseException:
+                        pool.gate.release()
+                        raise
+                finally:
+                    self.drain.unwatch(timer)
+        except TimeoutError:
+            raise self.drain.cut_error() if self.drain.cut else _timed_out(pool) from None
         released = _Release(pool, index, cost, len(streams))
-        guarded = [_guarded(s, pool, index, deadline, released) for s in streams]
+        guarded = [_guarded(s, pool, index, deadline, released, self.drain) for s in streams]
         return Dispatched(guarded, pool, backend, ignored)
 
     async def _choose_pool(self, model: str) -> ModelPool:
@@ -186,10 +197,11 @@ class _Release:
 
 
 def _guarded(
-    stream: AsyncIterator[TokenDelta], pool: ModelPool, index: int, deadline: float | None, release: _Release
-) -> ClosingStream[TokenDelta]:
-    """``stream`` within the request's deadline; its slot and the router's accounting are given back
-    when it ends, fails or is closed, read or not."""
+    stream: AsyncIterator[TokenDelta], pool: ModelPool, index: int, deadline: float | None, release: _Release,
+    drain: Drain,
+) -> ClosingStream[TokenDelta]:  # fmt: skip
+    """``stream`` within the request's deadline, cut by a drain that times out; its slot and the
+    router's accounting are given back when it ends, fails or is closed, read or not."""
 
     async def give_back() -> None:
         try:
@@ -197,27 +209,35 @@ def _guarded(
         finally:
             release.stream_ended()
 
-    return ClosingStream(_within_deadline(stream, pool, index, deadline), give_back)
+    return ClosingStream(_within_deadline(stream, pool, index, deadline, drain), give_back)
 
 
 async def _within_deadline(
-    stream: AsyncIterator[TokenDelta], pool: ModelPool, index: int, deadline: float | None
+    stream: AsyncIterator[TokenDelta], pool: ModelPool, index: int, deadline: float | None, drain: Drain
 ) -> AsyncIterator[TokenDelta]:
     while True:
+        drain.check()
         try:
-            async with asyncio.timeout_at(deadline):
-                delta = await anext(stream)
+            async with asyncio.timeout_at(deadline) as timer:
+                drain.watch(timer)
+                try:
+                    delta = await anext(stream)
+                finally:
+                    drain.unwatch(timer)
         except StopAsyncIteration:
             return
         except TimeoutError:
-            raise RequestTimeoutError(
-                f"the request took longer than model `{pool.name}`'s request_timeout_s "
-                f"({pool.settings.request_timeout_s} s)"
-            ) from None
+            raise drain.cut_error() if drain.cut else _timed_out(pool) from None
         except ServiceUnavailableError:
             pool.router.failed(index, time.monotonic())
             raise
         yield delta
+
+
+def _timed_out(pool: ModelPool) -> RequestTimeoutError:
+    return RequestTimeoutError(
+        f"the request took longer than model `{pool.name}`'s request_timeout_s ({pool.settings.request_timeout_s} s)"
+    )
 
 
 def _cost(request: GenerateRequest) -> int:

@@ -6,7 +6,7 @@
     ├── ModelNotFoundError           404 invalid_request_error   NOT_FOUND
     ├── PayloadTooLargeError         413 invalid_request_error   INVALID_ARGUMENT
     ├── RateLimitError               429 rate_limit_error        RESOURCE_EXHAUSTED  (+ Retry-After)
-    ├── ServiceUnavailableError      503 service_unavailable     UNAVAILABLE
+    ├── ServiceUnavailableError      503 service_unavailable     UNAVAILABLE         (+ Retry-After if known)
     └── RequestTimeoutError          504 timeout                 DEADLINE_EXCEEDED
 
 Each class knows its HTTP status, its OpenAI error ``type`` and its gRPC status name; the HTTP
@@ -26,6 +26,8 @@ class LmgateError(Exception):
     http_status: ClassVar[int] = 500
     error_type: ClassVar[str] = "internal_error"
     grpc_status: ClassVar[str] = "INTERNAL"
+    retry_after_s: int | None = None
+    """Seconds after which the same request may succeed (HTTP Retry-After, gRPC ``retry-after``)."""
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -94,6 +96,10 @@ class ServiceUnavailableError(LmgateError):
     http_status = 503
     error_type = "service_unavailable"
     grpc_status = "UNAVAILABLE"
+
+    def __init__(self, message: str, *, param: str | None = None, retry_after_s: int | None = None) -> None:
+        super().__init__(message, param=param)
+        self.retry_after_s = retry_after_s
 
 
 def from_backend_error(exc: BackendError) -> LmgateError:

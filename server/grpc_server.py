@@ -23,7 +23,7 @@ from lmgate.backends.types import GenerateRequest, TokenDelta
 from lmgate.server import convert, grpc_convert
 from lmgate.server.convert import UsageTally
 from lmgate.server.dispatch import Dispatcher
-from lmgate.server.errors import LmgateError, RateLimitError, from_backend_error
+from lmgate.server.errors import LmgateError, from_backend_error
 from lmgate.server.grpc_registration import add_inference_service
 from lmgate.server.metrics import Metrics
 from lmgate.server.model_registry import ModelRegistry
@@ -43,7 +43,7 @@ async def _rpc_errors(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
     try:
         yield
     except LmgateError as exc:
-        if isinstance(exc, RateLimitError):
+        if exc.retry_after_s is not None:
             context.set_trailing_metadata((("retry-after", str(exc.retry_after_s)),))
         await context.abort(grpc.StatusCode[exc.grpc_status], exc.message)
     except BackendError as exc:

@@ -19,6 +19,7 @@ backend's ``stats()`` at scrape time. One ``Metrics`` per app, on its own ``Coll
     lmgate_preemptions_total{model,backend}                     counter
     lmgate_engine_restarts_total{model,backend}                 counter
     lmgate_replicas{model,backend} / lmgate_replicas_usable     gauges: configured / loaded and healthy
+    lmgate_admission_running / _waiting{model,backend}          gauges, the gateway's own gate (max_running…)
 """
 
 from __future__ import annotations
@@ -275,7 +276,13 @@ class _EngineCollector(Collector):
         replicas = GaugeMetricFamily("lmgate_replicas", "Replicas configured.", labels=labels)
         usable = GaugeMetricFamily("lmgate_replicas_usable", "Replicas loaded and healthy: the ones routed to.",
                                    labels=labels)  # fmt: skip
+        admitted = GaugeMetricFamily("lmgate_admission_running", "Requests holding one of the model's max_running "
+                                     "slots.", labels=labels)  # fmt: skip
+        queued = GaugeMetricFamily("lmgate_admission_waiting", "Requests queued for a slot (max_waiting).",
+                                   labels=labels)  # fmt: skip
         for name, pool in self._models.pools.items():
+            admitted.add_metric([name, pool.backend_kind], pool.gate.running)
+            queued.add_metric([name, pool.backend_kind], pool.gate.waiting)
             replicas.add_metric([name, pool.backend_kind], len(pool.replicas))
             ready = pool.state is ModelState.READY
             usable.add_metric([name, pool.backend_kind], len(pool.replicas) - len(pool.unusable) if ready else 0)
@@ -290,4 +297,4 @@ class _EngineCollector(Collector):
             queries.add_metric(values, stats.prefix_queries)
             preemptions.add_metric(values, stats.preemptions)
             restarts.add_metric(values, stats.engine_restarts)
-        yield from (running, waiting, kv, hits, queries, preemptions, restarts, replicas, usable)
+        yield from (running, waiting, kv, hits, queries, preemptions, restarts, replicas, usable, admitted, queued)
