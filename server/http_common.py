@@ -76,7 +76,9 @@ class ClientDisconnected(Exception):
 
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work``, cancelling it if the client disconnects first (non-streamed responses).
+    """Await ``work``, cancelling it if the client disconnects first: a non-streamed response, and
+    the opening of every request (queued for a slot, or waiting for a first delta that a beam
+    search only sends at its end).
 
     Cancelling ``work`` closes its backend stream, which aborts the engine's sequences.
     """

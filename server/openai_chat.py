@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request, Response
 from lmgate.backends.types import TokenDelta
 from lmgate.server.convert import ChoiceText, UsageTally, chat_logprobs, chat_request
 from lmgate.server.dispatch import Dispatcher
-from lmgate.server.http_common import answered, base_request_id, response_headers, sse, streamed
+from lmgate.server.http_common import answered, base_request_id, response_headers, sse, streamed, until_disconnect
 from lmgate.server.metrics import Metrics
 from lmgate.server.protocol import (
     ChatChoice,
@@ -34,7 +34,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     with metrics.request("http", body.model, base_id) as tracker:
         if metrics.log_prompts:
             tracker.prompt = json.dumps([m.model_dump(exclude_none=True) for m in body.messages])
-        dispatched = await dispatcher.open(body.model, [chat_request(body, base_id)])
+        dispatched = await until_disconnect(request, dispatcher.open(body.model, [chat_request(body, base_id)]))
         stream = tracker.watch(dispatched.streams[0], body.n)
     response_id, model = f"chatcmpl-{base_id}", dispatched.pool.name
     headers = response_headers(base_id, dispatched.ignored_params)

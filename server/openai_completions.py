@@ -16,7 +16,7 @@ from lmgate.backends.types import TokenDelta
 from lmgate.server.convert import ChoiceText, UsageTally, completion_logprobs, completion_requests
 from lmgate.server.dispatch import Dispatcher
 from lmgate.server.generation import merge
-from lmgate.server.http_common import answered, base_request_id, response_headers, sse, streamed
+from lmgate.server.http_common import answered, base_request_id, response_headers, sse, streamed, until_disconnect
 from lmgate.server.metrics import Metrics
 from lmgate.server.protocol import Completion, CompletionChoice, CompletionRequest
 
@@ -31,7 +31,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     with metrics.request("http", body.model, base_id) as tracker:
         if metrics.log_prompts:
             tracker.prompt = json.dumps(body.prompt)
-        dispatched = await dispatcher.open(body.model, completion_requests(body, base_id))
+        dispatched = await until_disconnect(request, dispatcher.open(body.model, completion_requests(body, base_id)))
         deltas = tracker.watch(merge(dispatched.streams, body.n), body.n)
         try:
             echoes = await _echo_texts(dispatched.backend, body) if body.echo else None

@@ -209,6 +209,24 @@ async def test_client_disconnect_before_a_non_streamed_answer_frees_the_sequence
     assert (stats.running, stats.kv_cells_used) == (0, 0)
 
 
+@pytest.mark.parametrize("stream", [True, False])
+async def test_client_gone_during_a_beam_search_frees_its_beams(server, stream):
+    """A beam search sends nothing until it ends: its client leaving must still abort it."""
+    body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 1500, "ignore_eos": True,
+            "use_beam_search": True, "n": 2, "best_of": 4, "temperature": 0, "stream": stream}  # fmt: skip
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        request = asyncio.create_task(http.post("/v1/completions", json=body, timeout=600))
+        for _ in range(1000):
+            if server.stats(MODEL).running or request.done():
+                break
+            await asyncio.sleep(0.01)
+        assert server.stats(MODEL).running >= 1, "the search never started"
+        request.cancel()
+        await asyncio.gather(request, return_exceptions=True)
+    stats = await asyncio.to_thread(server.wait_idle, MODEL)
+    assert (stats.running, stats.kv_cells_used) == (0, 0)
+
+
 def test_special_token_text_in_a_message_is_plain_text_so_no_turn_can_be_forged(client):
     """``<|im_end|>`` typed in a message is the characters it is (several tokens), not the token that closes
     the turn; in a raw completion prompt, which the client formats itself, it is the special token."""
