@@ -32,6 +32,35 @@ def output_budget(request: GenerateRequest, prompt_len: int, max_model_len: int)
     return wanted if wanted is not None else max_model_len - prompt_len
 
 
+def check_prompt_size(request: GenerateRequest, max_model_len: int, max_token_bytes: int | None) -> None:
+    """Refuse, before any tokenizing, a prompt that cannot fit the context whatever its tokens.
+
+    A token-id prompt is measured as it is. A text prompt of ``c`` characters has at least ``c``
+    bytes, so at least ``c / max_token_bytes`` tokens when no token of the vocabulary covers more
+    than ``max_token_bytes`` bytes (None: the tokenizer may shrink text, as normalising ones do, so
+    no bound holds). Raises ``InvalidRequest`` (``context_length_exceeded``); an exact count is the
+    engine's, once the prompt passed this cheap test.
+    """
+    if request.prompt_token_ids is not None:
+        at_least, unit = len(request.prompt_token_ids), ""
+    elif max_token_bytes is None:
+        return
+    else:
+        texts = [request.prompt] if request.prompt is not None else [m.content for m in request.messages or ()]
+        chars = sum(map(len, texts))
+        at_least = -(-chars // max_token_bytes)
+        unit = f" ({chars} characters, and no token of this model covers more than {max_token_bytes} bytes)"
+    if at_least + 1 > max_model_len:
+        where = "messages" if request.messages is not None else "prompt"
+        raise InvalidRequest(
+            f"This model's maximum context length is {max_model_len} tokens. However, the {where} alone "
+            f"{'have' if where == 'messages' else 'has'} {'at least ' if unit else ''}{at_least} tokens{unit}. "
+            f"Please reduce the length of the {where}.",
+            param=where,
+            code="context_length_exceeded",
+        )
+
+
 def check_token_ids(ids: Iterable[int], n_vocab: int, param: str) -> None:
     """Raises ``InvalidRequest`` naming ``param`` for the first id outside ``0..n_vocab-1``."""
     for token in ids:

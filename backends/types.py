@@ -174,6 +174,10 @@ class ModelInfo:
     backend: str
     context_length: int
     quantization: str | None = None
+    max_token_bytes: int | None = None
+    """The most bytes of text one token of the vocabulary covers, when tokenizing never shrinks
+    text (byte-level BPE, SentencePiece without normalisation); None when unknown. Lets the gateway
+    refuse a prompt too long for the context without tokenizing it (backends/limits.py)."""
 
 
 @dataclass(frozen=True, slots=True)

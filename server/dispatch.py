@@ -4,7 +4,8 @@
    (not loaded, every replica ejected) or saturated (no room to run now); if every usable pool's
    queue is full too, 429.
 2. The capability contract: a sampling parameter the backend cannot honour is refused (``strict``)
-   or served and reported (``lenient``); ``n`` and ``max_tokens`` caps are checked.
+   or served and reported (``lenient``); ``n`` and ``max_tokens`` caps are checked, and a prompt
+   that cannot fit the context is refused before anything tokenizes it.
 3. Admission: a running slot of the pool's gate (or a place in its queue).
 4. A replica, chosen by the pool's router (prefix affinity or least outstanding tokens). A replica
    that fails before anything was streamed is marked failed and the next one is tried; once a
@@ -23,6 +24,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from lmgate.backends.base import Backend
+from lmgate.backends.errors import BackendError
+from lmgate.backends.limits import check_prompt_size
 from lmgate.backends.types import GenerateRequest, SamplingParams, TokenDelta
 from lmgate.server.closing_stream import ClosingStream
 from lmgate.server.drain import Drain
@@ -31,6 +34,7 @@ from lmgate.server.errors import (
     RateLimitError,
     RequestTimeoutError,
     ServiceUnavailableError,
+    from_backend_error,
 )
 from lmgate.server.generation import open_stream, open_streams
 from lmgate.server.model_registry import ModelPool, ModelRegistry
@@ -81,6 +85,12 @@ class Dispatcher:
         pool = await self._choose_pool(model)
         sampling = requests[0].sampling
         ignored = self._check_capabilities(pool, sampling)
+        info = pool.primary.info
+        try:
+            for request in requests:
+                check_prompt_size(request, info.context_length, info.max_token_bytes)
+        except BackendError as exc:
+            raise from_backend_error(exc) from None
         deadline = None
         if pool.settings.request_timeout_s is not None:
             deadline = asyncio.get_running_loop().time() + pool.settings.request_timeout_s

@@ -60,7 +60,7 @@ class LlamaCppHost:
             bos=llama_cpp.llama_vocab_bos(model.vocab) if model.add_bos else None,
         )
         self.engine = Engine(model, config, publish, on_failure)
-        self.info = ModelInfo(name, "llamacpp", model.max_model_len, model.quantization)
+        self.info = ModelInfo(name, "llamacpp", model.max_model_len, model.quantization, model.max_token_bytes)
         self.capabilities = Capabilities(SAMPLING_PARAMS, max_n=config.max_seqs)
         self._arrivals = itertools.count()
 

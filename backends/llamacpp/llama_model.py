@@ -105,6 +105,16 @@ class LlamaModel:
             if llama_cpp.llama_vocab_get_attr(self.vocab, t) & parsed_attrs
         }
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+        self.max_token_bytes = self._max_token_bytes()
+
+    def _max_token_bytes(self) -> int | None:
+        """The longest text one token covers (special tokens as raw prompts spell them), for the
+        tokenizers that never shrink text: byte-level BPE and SentencePiece; None for the others."""
+        never_shrink = (llama_cpp.LLAMA_VOCAB_TYPE_BPE, llama_cpp.LLAMA_VOCAB_TYPE_SPM)
+        if llama_cpp.llama_vocab_type(self.vocab) not in never_shrink:
+            return None
+        longest_special = max((len(text.encode()) for text in self.special_texts), default=0)
+        return max(max(map(len, self.pieces), default=1), longest_special, 1)
 
     def _context_params(self, config: LlamaCppConfig) -> llama_cpp.llama_context_params:
         params = llama_cpp.llama_context_default_params()

@@ -183,6 +183,15 @@ def test_prompt_over_the_context_is_a_clear_400(client):
     assert err.value.code == "context_length_exceeded"
 
 
+def test_a_prompt_far_over_the_context_is_refused_without_tokenizing_it(client, server):
+    """Megabytes of text are a 400 at once: the gateway bounds the token count from the longest
+    token of the vocabulary instead of sending the text to the engine to count."""
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model=MODEL, prompt="hello world " * 200_000, max_tokens=1)
+    assert err.value.code == "context_length_exceeded" and "at least" in err.value.message
+    assert server.stats(MODEL).running == 0
+
+
 def test_client_disconnect_mid_stream_frees_the_sequence_and_its_kv(server):
     body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 1000, "ignore_eos": True, "stream": True}
     with httpx.stream("POST", f"{server.base_url}/v1/completions", json=body) as response:
