@@ -103,6 +103,7 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
         keys=keys,
         open_paths=frozenset(open_paths),
         max_body_bytes=settings.server.max_body_bytes,
+        body_timeout_s=settings.server.body_timeout_s,
         metrics=metrics,
     )
     return app

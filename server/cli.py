@@ -26,6 +26,7 @@ from types import FrameType
 import uvicorn
 
 from lmgate.server.drain import Drain
+from lmgate.server.http_protocol import http_protocol
 from lmgate.server.settings import (
     ConfigError,
     Settings,
@@ -276,6 +277,7 @@ def serve_forever(settings: Settings) -> None:
         port=settings.server.http_port,
         log_level=level,
         access_log=False,
+        http=http_protocol(settings.server.header_timeout_s),
         # The drain (DrainingServer) already waited for in-flight requests: don't wait a second time.
         timeout_graceful_shutdown=1,
     )

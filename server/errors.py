@@ -4,6 +4,7 @@
     ├── InvalidRequestError          400 invalid_request_error   INVALID_ARGUMENT
     ├── AuthenticationError          401 invalid_request_error   UNAUTHENTICATED
     ├── ModelNotFoundError           404 invalid_request_error   NOT_FOUND
+    ├── ClientTimeoutError           408 invalid_request_error   DEADLINE_EXCEEDED   (the body came too slowly)
     ├── PayloadTooLargeError         413 invalid_request_error   INVALID_ARGUMENT
     ├── RateLimitError               429 rate_limit_error        RESOURCE_EXHAUSTED  (+ Retry-After)
     ├── ServiceUnavailableError      503 service_unavailable     UNAVAILABLE         (+ Retry-After if known)
@@ -66,6 +67,12 @@ class AuthenticationError(LmgateError):
 
     def __init__(self, message: str = "Missing or invalid API key: send `Authorization: Bearer <key>`.") -> None:
         super().__init__(message, code="invalid_api_key")
+
+
+class ClientTimeoutError(LmgateError):
+    http_status = 408
+    error_type = "invalid_request_error"
+    grpc_status = "DEADLINE_EXCEEDED"
 
 
 class PayloadTooLargeError(LmgateError):

@@ -61,6 +61,12 @@ class ServerSettings(BaseModel):
     api_keys_file: Path | None = Field(default=None, description="A file of API keys, one per line.")
     metrics_auth: bool = Field(default=False, description="Require an API key for /metrics too.")
     max_body_bytes: int = Field(default=8 * 2**20, ge=1024, description="Largest request body accepted (413 beyond).")
+    header_timeout_s: float = Field(
+        default=15.0, gt=0, description="A connection must send a request's headers within this (else it is closed)."
+    )
+    body_timeout_s: float = Field(
+        default=60.0, gt=0, description="A request's body must arrive within this after its headers (408 beyond)."
+    )
 
     @property
     def auth_enabled(self) -> bool:
