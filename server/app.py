@@ -24,7 +24,7 @@ from lmgate.server import openai_chat, openai_completions, openai_models
 from lmgate.server.auth import ApiKeyInterceptor, ApiKeys
 from lmgate.server.dispatch import Dispatcher
 from lmgate.server.drain import Drain
-from lmgate.server.errors import LmgateError, from_validation_errors
+from lmgate.server.errors import AuthenticationError, LmgateError, from_validation_errors
 from lmgate.server.gate_middleware import GatewayMiddleware
 from lmgate.server.grpc_server import GrpcFrontend
 from lmgate.server.http_common import ClientDisconnected
@@ -51,7 +51,13 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
         server = settings.server
         grpc = None
         if server.grpc_port is not None:
-            interceptors = (ApiKeyInterceptor(keys),) if keys is not None else ()
+            interceptors = ()
+            if keys is not None:
+
+                def denied(method: str, message: str) -> None:
+                    metrics.rejected("grpc", method, AuthenticationError(message))
+
+                interceptors = (ApiKeyInterceptor(keys, on_denied=denied),)
             grpc = app.state.grpc = await GrpcFrontend.start(
                 registry, dispatcher, metrics, server.host, server.grpc_port, interceptors
             )
@@ -137,9 +143,9 @@ def _add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
         return JSONResponse(exc.body(), status_code=exc.http_status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         error = from_validation_errors(exc.errors())
-        metrics.rejected("http", error)  # refused before any route: nobody else counts it
+        metrics.rejected("http", request.url.path[:200], error)  # refused before any route: nobody else counts it
         return JSONResponse(error.body(), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)

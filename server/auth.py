@@ -62,9 +62,14 @@ def _read_key_file(path: Path) -> list[str]:
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
     """gRPC: ``authorization: Bearer <key>`` metadata on every method but the health checks."""
 
-    def __init__(self, keys: ApiKeys, open_prefixes: tuple[str, ...] = ("/grpc.health.v1.Health/",)) -> None:
+    def __init__(
+        self, keys: ApiKeys, open_prefixes: tuple[str, ...] = ("/grpc.health.v1.Health/",),
+        on_denied: Callable[[str, str], None] | None = None,
+    ) -> None:  # fmt: skip
+        """``on_denied(method, message)`` is told of each call refused (to count and log it)."""
         self._keys = keys
         self._open = open_prefixes
+        self._on_denied = on_denied
 
     async def intercept_service(
         self,
@@ -77,6 +82,8 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         metadata = dict(details.invocation_metadata or ())
         if self._keys.allows(metadata.get("authorization")):
             return handler
+        if self._on_denied is not None:
+            self._on_denied(details.method, _DENIED)
         return _denied(handler)
 
 

@@ -10,9 +10,12 @@
     ├── ServiceUnavailableError      503 service_unavailable     UNAVAILABLE         (+ Retry-After if known)
     └── RequestTimeoutError          504 timeout                 DEADLINE_EXCEEDED
 
-Each class knows its HTTP status, its OpenAI error ``type`` and its gRPC status name; the HTTP
-app renders them as OpenAI-shaped bodies (``{"error": {"message", "type", "param", "code"}}``).
-Messages name the field, the value and the fix.
+Each class knows its HTTP status, its OpenAI error ``type``, its gRPC status name and the
+``outcome`` that metrics and the request log show (the error type, except where OpenAI's type
+lumps apart cases an operator tells apart: ``model_not_found``, ``unauthenticated``,
+``payload_too_large``, ``client_timeout``). The HTTP app renders them as OpenAI-shaped bodies
+(``{"error": {"message", "type", "param", "code"}}``). Messages name the field, the value and the
+fix; a value the client sent is shown through ``shown()``, never at any length.
 """
 
 from __future__ import annotations
@@ -22,11 +25,20 @@ from typing import Any, ClassVar
 
 from lmgate.backends.errors import BackendError, BackendUnavailable, InvalidRequest
 
+SHOWN_CHARS = 80
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """``value`` for an error message: as it is when short, else its start and its length."""
+    text = str(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
 
 class LmgateError(Exception):
     http_status: ClassVar[int] = 500
     error_type: ClassVar[str] = "internal_error"
     grpc_status: ClassVar[str] = "INTERNAL"
+    outcome_name: ClassVar[str | None] = None
     retry_after_s: int | None = None
     """Seconds after which the same request may succeed (HTTP Retry-After, gRPC ``retry-after``)."""
 
@@ -35,6 +47,11 @@ class LmgateError(Exception):
         self.message = message
         self.param = param
         self.code = code
+
+    @property
+    def outcome(self) -> str:
+        """The request's outcome in metrics (``lmgate_requests_total{status}``) and the request log."""
+        return self.outcome_name or self.error_type
 
     def body(self) -> dict[str, Any]:
         """The OpenAI error body."""
@@ -51,10 +68,11 @@ class ModelNotFoundError(LmgateError):
     http_status = 404
     error_type = "invalid_request_error"
     grpc_status = "NOT_FOUND"
+    outcome_name = "model_not_found"
 
     def __init__(self, model: str, known: list[str]) -> None:
         super().__init__(
-            f"The model `{model}` does not exist. Models served here: {', '.join(known) or 'none'}.",
+            f"The model `{shown(model)}` does not exist. Models served here: {', '.join(known) or 'none'}.",
             param="model",
             code="model_not_found",
         )
@@ -64,6 +82,7 @@ class AuthenticationError(LmgateError):
     http_status = 401
     error_type = "invalid_request_error"
     grpc_status = "UNAUTHENTICATED"
+    outcome_name = "unauthenticated"
 
     def __init__(self, message: str = "Missing or invalid API key: send `Authorization: Bearer <key>`.") -> None:
         super().__init__(message, code="invalid_api_key")
@@ -73,12 +92,14 @@ class ClientTimeoutError(LmgateError):
     http_status = 408
     error_type = "invalid_request_error"
     grpc_status = "DEADLINE_EXCEEDED"
+    outcome_name = "client_timeout"
 
 
 class PayloadTooLargeError(LmgateError):
     http_status = 413
     error_type = "invalid_request_error"
     grpc_status = "INVALID_ARGUMENT"
+    outcome_name = "payload_too_large"
 
 
 class RateLimitError(LmgateError):

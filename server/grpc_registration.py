@@ -35,43 +35,53 @@ def _lenient(message_class: type[Message]) -> Callable[[bytes], Message | Malfor
     return deserialize
 
 
-async def _refuse(request: MalformedRequest, context: grpc.aio.ServicerContext) -> None:
-    await context.abort(
-        grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {request.type_name} message: {request.error}"
-    )
+OnRefused = Callable[[str, str], None]
+"""Told (method path, message) of each malformed request refused."""
 
 
-def _unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
+async def _refuse(
+    request: MalformedRequest, method: str, on_refused: OnRefused, context: grpc.aio.ServicerContext
+) -> None:
+    message = f"the request is not a valid {request.type_name} message: {request.error}"
+    on_refused(method, message)
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def _unary(behavior: Callable[..., Any], method: str, on_refused: OnRefused) -> Callable[..., Any]:
     async def handle(request: Message | MalformedRequest, context: grpc.aio.ServicerContext) -> Any:
         if isinstance(request, MalformedRequest):
-            await _refuse(request, context)
+            await _refuse(request, method, on_refused, context)
         return await behavior(request, context)
 
     return handle
 
 
-def _streaming(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+def _streaming(
+    behavior: Callable[..., AsyncIterator[Any]], method: str, on_refused: OnRefused
+) -> Callable[..., AsyncIterator[Any]]:
     async def handle(request: Message | MalformedRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         if isinstance(request, MalformedRequest):
-            await _refuse(request, context)
+            await _refuse(request, method, on_refused, context)
         async for response in behavior(request, context):
             yield response
 
     return handle
 
 
-def add_inference_service(servicer: object, server: grpc.aio.Server) -> None:
-    """Register ``servicer``'s methods (unary and server-streaming) for every rpc of ``lmgate.v1.Inference``."""
+def add_inference_service(servicer: object, server: grpc.aio.Server, on_refused: OnRefused) -> None:
+    """Register ``servicer``'s methods (unary and server-streaming) for every rpc of ``lmgate.v1.Inference``;
+    ``on_refused`` hears of each request that is not a valid message."""
     service = pb.DESCRIPTOR.services_by_name["Inference"]
     handlers = {}
     for method in service.methods:
         request_class = getattr(pb, method.input_type.name)
         response_class = getattr(pb, method.output_type.name)
         behavior = getattr(servicer, method.name)
+        path = f"/{service.full_name}/{method.name}"
         if method.server_streaming:
-            make, handle = grpc.unary_stream_rpc_method_handler, _streaming(behavior)
+            make, handle = grpc.unary_stream_rpc_method_handler, _streaming(behavior, path, on_refused)
         else:
-            make, handle = grpc.unary_unary_rpc_method_handler, _unary(behavior)
+            make, handle = grpc.unary_unary_rpc_method_handler, _unary(behavior, path, on_refused)
         handlers[method.name] = make(
             handle, request_deserializer=_lenient(request_class), response_serializer=response_class.SerializeToString
         )

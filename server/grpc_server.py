@@ -23,7 +23,7 @@ from lmgate.backends.types import GenerateRequest, TokenDelta
 from lmgate.server import convert, grpc_convert
 from lmgate.server.convert import UsageTally
 from lmgate.server.dispatch import Dispatcher
-from lmgate.server.errors import LmgateError, from_backend_error
+from lmgate.server.errors import InvalidRequestError, LmgateError, from_backend_error
 from lmgate.server.grpc_registration import add_inference_service
 from lmgate.server.metrics import Metrics
 from lmgate.server.model_registry import ModelRegistry
@@ -37,6 +37,11 @@ REQUEST_ID_KEY = "x-request-id"
 IGNORED_PARAMS_KEY = "x-lmgate-ignored-params"
 
 
+MAX_DETAILS_CHARS = 2000
+"""Status details travel in trailers, which clients cap (8 KB by default): a longer one would turn
+into RESOURCE_EXHAUSTED on the client, hiding the error."""
+
+
 @contextlib.asynccontextmanager
 async def _rpc_errors(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
     """The one place errors become gRPC status codes."""
@@ -45,10 +50,10 @@ async def _rpc_errors(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
     except LmgateError as exc:
         if exc.retry_after_s is not None:
             context.set_trailing_metadata((("retry-after", str(exc.retry_after_s)),))
-        await context.abort(grpc.StatusCode[exc.grpc_status], exc.message)
+        await context.abort(grpc.StatusCode[exc.grpc_status], exc.message[:MAX_DETAILS_CHARS])
     except BackendError as exc:
         error = from_backend_error(exc)
-        await context.abort(grpc.StatusCode[error.grpc_status], error.message)
+        await context.abort(grpc.StatusCode[error.grpc_status], error.message[:MAX_DETAILS_CHARS])
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
@@ -65,25 +70,26 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self._metrics = metrics
 
     async def Chat(self, request: pb.ChatRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ChatResponse]:
-        async for fields in self._generate(request, context, _chat_requests):
+        async for fields in self._generate(request, context, "Chat", _chat_requests):
             yield pb.ChatResponse(**fields)
 
     async def Complete(
         self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.CompleteResponse]:
-        async for fields in self._generate(request, context, _complete_requests):
+        async for fields in self._generate(request, context, "Complete", _complete_requests):
             yield pb.CompleteResponse(**fields)
 
     async def _generate(
         self,
         request: pb.ChatRequest | pb.CompleteRequest,
         context: grpc.aio.ServicerContext,
+        method: str,
         to_internal: Callable[[Any, str], tuple[int, list[GenerateRequest]]],
     ) -> AsyncIterator[dict[str, Any]]:
         """Both streaming rpcs: validate as HTTP does, dispatch, measure, stream the fields."""
         request_id = _request_id(context)
         async with _rpc_errors(context):
-            with self._metrics.request("grpc", request.model, request_id) as tracker:
+            with self._metrics.request("grpc", f"/{SERVICE}/{method}", request.model, request_id) as tracker:
                 n, requests = to_internal(request, request_id)
                 dispatched = await self._dispatcher.open(request.model, requests)
                 stream = tracker.watch(dispatched.streams[0], n)
@@ -180,7 +186,11 @@ class GrpcFrontend:
         interceptors: tuple[grpc.aio.ServerInterceptor, ...] = (),
     ) -> GrpcFrontend:  # fmt: skip
         server = grpc.aio.server(interceptors=interceptors, options=_SERVER_OPTIONS)
-        add_inference_service(InferenceServicer(registry, dispatcher, metrics), server)
+
+        def refused(method: str, message: str) -> None:
+            metrics.rejected("grpc", method, InvalidRequestError(message))
+
+        add_inference_service(InferenceServicer(registry, dispatcher, metrics), server, refused)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

@@ -25,6 +25,7 @@ backend's ``stats()`` at scrape time. One ``Metrics`` per app, on its own ``Coll
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import logging
 import time
@@ -132,18 +133,21 @@ class Metrics:
             self.tokens_per_second.labels(model, backend).set_function(rate.rate)
         return self._rates[key]
 
-    def rejected(self, transport: str, error: LmgateError) -> None:
-        """A request refused before its model was known (a malformed body, a missing API key)."""
-        self.requests.labels(UNKNOWN, UNKNOWN, transport, error.error_type).inc()
+    def rejected(self, transport: str, endpoint: str, error: LmgateError, request_id: str | None = None) -> None:
+        """A request refused before its model was known (a malformed body, a missing API key): counted
+        under model ``unknown`` and logged."""
+        self.requests.labels(UNKNOWN, UNKNOWN, transport, error.outcome).inc()
+        line = _log_line(request_id, transport, endpoint, UNKNOWN, UNKNOWN, error.outcome, error)
+        access_log.info(json.dumps(line))
 
     @contextlib.contextmanager
-    def request(self, transport: str, model: str, request_id: str) -> Iterator[RequestTracker]:
+    def request(self, transport: str, endpoint: str, model: str, request_id: str) -> Iterator[RequestTracker]:
         """Track one request; an error raised inside is counted (then re-raised)."""
-        tracker = RequestTracker(self, transport, model, request_id)
+        tracker = RequestTracker(self, transport, endpoint, model, request_id)
         try:
             yield tracker
         except LmgateError as exc:
-            tracker.finish(exc.error_type)
+            tracker.finish(exc.outcome, exc)
             raise
         except Exception:
             tracker.finish("internal_error")
@@ -156,10 +160,11 @@ class Metrics:
 class RequestTracker:
     """Measures one request from its deltas; ``finish`` records it exactly once."""
 
-    def __init__(self, metrics: Metrics, transport: str, model: str, request_id: str) -> None:
+    def __init__(self, metrics: Metrics, transport: str, endpoint: str, model: str, request_id: str) -> None:
         self.metrics = metrics
         self.model, self.backend = metrics.labels_for(model)
         self.transport = transport
+        self.endpoint = endpoint
         self.request_id = request_id
         self.prompt: str | None = None
         self._labels = (self.model, self.backend, transport)
@@ -178,6 +183,7 @@ class RequestTracker:
         """Tokens of each choice: counted as they stream, replaced by the choice's usage when it ends
         (a stream cut short has no usage, and still generated what it sent)."""
         self._queue: float | None = None
+        self._finish_reasons: dict[int, str] = {}
         self._aborted = False
         self._done = False
 
@@ -194,17 +200,17 @@ class RequestTracker:
         return ClosingStream(self._watch(stream, n), closed)
 
     async def _watch(self, stream: AsyncIterator[TokenDelta], n: int) -> AsyncIterator[TokenDelta]:
-        status = "aborted"  # unless it runs to its end: a client that leaves closes it early
+        status, error = "aborted", None  # unless it runs to its end: a client that leaves closes it early
         try:
             async for delta in stream:
                 self._observe(delta, n)
                 yield delta
             status = "aborted" if self._aborted else "ok"
         except LmgateError as exc:
-            status = exc.error_type
+            status, error = exc.outcome, exc
             raise
         finally:
-            self.finish(status)
+            self.finish(status, error)
 
     def _observe(self, delta: TokenDelta, n: int) -> None:
         now = time.monotonic()
@@ -219,6 +225,8 @@ class RequestTracker:
             self._last[delta.index] = now
             self._rate.add(tokens)
             self._completion[delta.index] = self._completion.get(delta.index, 0) + tokens
+        if delta.finish_reason is not None:
+            self._finish_reasons[delta.index] = delta.finish_reason.value
         if delta.finish_reason is FinishReason.ABORT:
             self._aborted = True
         if delta.usage is not None:
@@ -229,7 +237,9 @@ class RequestTracker:
             if usage.queue_time_s is not None and self._queue is None:
                 self._queue = usage.queue_time_s
 
-    def finish(self, status: str) -> None:
+    def finish(self, status: str, error: LmgateError | None = None) -> None:
+        """Count and log the request's end: ``status`` is its outcome (``ok``, ``aborted``, an error's
+        ``outcome``), ``error`` the error that ended it, if one did. Only the first call counts."""
         if self._done:
             return
         self._done = True
@@ -243,9 +253,10 @@ class RequestTracker:
         m.prompt_tokens.labels(self.model, self.backend).inc(prompt_tokens)
         completion_tokens = sum(self._completion.values())
         m.generation_tokens.labels(self.model, self.backend).inc(completion_tokens)
-        line = {
-            "event": "request", "request_id": self.request_id, "model": self.model, "backend": self.backend,
-            "transport": self.transport, "status": status, "prompt_tokens": prompt_tokens,
+        line = _log_line(self.request_id, self.transport, self.endpoint, self.model, self.backend, status, error)
+        choices = sorted(self._last.keys() | self._finish_reasons.keys())  # those that sent or ended
+        line |= {
+            "finish_reasons": [self._finish_reasons.get(i) for i in choices], "prompt_tokens": prompt_tokens,
             "cached_tokens": self._cached_tokens, "completion_tokens": completion_tokens,
             "ttft_s": None if self._first is None else round(self._first - self._started, 6),
             "duration_s": round(duration, 6),
@@ -253,6 +264,31 @@ class RequestTracker:
         if m.log_prompts and self.prompt is not None:
             line["prompt"] = self.prompt
         access_log.info(json.dumps(line))
+
+
+_SUCCESS_CODE = {"http": 200, "grpc": "OK"}
+_ABORTED_CODE = {"http": 499, "grpc": "CANCELLED"}  # 499: nginx's "client closed request"
+ERROR_LOG_CHARS = 300
+
+
+def _log_line(
+    request_id: str | None, transport: str, endpoint: str, model: str, backend: str, status: str,
+    error: LmgateError | None,
+) -> dict[str, object]:  # fmt: skip
+    """The fields every request log line starts with. ``code`` is the status the error maps to on
+    ``transport`` (HTTP status, gRPC code name); a stream that fails after it started was sent 200."""
+    if error is not None:
+        code: object = error.http_status if transport == "http" else error.grpc_status
+    else:
+        code = (_SUCCESS_CODE if status == "ok" else _ABORTED_CODE)[transport]
+    line: dict[str, object] = {
+        "ts": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"), "event": "request",
+        "request_id": request_id, "endpoint": endpoint, "transport": transport, "model": model, "backend": backend,
+        "status": status, "code": code,
+    }  # fmt: skip
+    if error is not None:
+        line["error"] = error.message[:ERROR_LOG_CHARS]
+    return line
 
 
 class _EngineCollector(Collector):

@@ -31,7 +31,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     dispatcher: Dispatcher = request.app.state.dispatcher
     metrics: Metrics = request.app.state.metrics
     base_id = base_request_id(request)
-    with metrics.request("http", body.model, base_id) as tracker:
+    with metrics.request("http", "/v1/chat/completions", body.model, base_id) as tracker:
         if metrics.log_prompts:
             tracker.prompt = json.dumps([m.model_dump(exclude_none=True) for m in body.messages])
         dispatched = await until_disconnect(request, dispatcher.open(body.model, [chat_request(body, base_id)]))

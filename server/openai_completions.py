@@ -28,7 +28,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     dispatcher: Dispatcher = request.app.state.dispatcher
     metrics: Metrics = request.app.state.metrics
     base_id = base_request_id(request)
-    with metrics.request("http", body.model, base_id) as tracker:
+    with metrics.request("http", "/v1/completions", body.model, base_id) as tracker:
         if metrics.log_prompts:
             tracker.prompt = json.dumps(body.prompt)
         dispatched = await until_disconnect(request, dispatcher.open(body.model, completion_requests(body, base_id)))

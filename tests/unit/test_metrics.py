@@ -86,7 +86,9 @@ def test_refused_requests_are_counted_by_their_error(client):
     client.post("/v1/completions", json={"model": "echo", "prompt": "x", "max_tokens": 5000})
     after = samples(client)
     unknown = {"model": "unknown", "backend": "unknown", "transport": "http", "status": "invalid_request_error"}
-    assert value(after, "lmgate_requests_total", **unknown) - value(before, "lmgate_requests_total", **unknown) == 2
+    assert value(after, "lmgate_requests_total", **unknown) - value(before, "lmgate_requests_total", **unknown) == 1
+    missing = {**unknown, "status": "model_not_found"}  # a 404 is told apart from a 400
+    assert value(after, "lmgate_requests_total", **missing) - value(before, "lmgate_requests_total", **missing) == 1
     known = {**HTTP, "status": "invalid_request_error"}
     assert value(after, "lmgate_requests_total", **known) - value(before, "lmgate_requests_total", **known) == 1
 
@@ -119,7 +121,25 @@ def test_one_json_log_line_per_request_without_the_prompt(client, caplog):
     line = json.loads(record.getMessage())
     assert line["request_id"] == "r-1" and line["status"] == "ok" and line["completion_tokens"] == 5
     assert line["transport"] == "http" and line["ttft_s"] >= 0 and "prompt" not in line
+    assert line["endpoint"] == "/v1/completions" and line["code"] == 200 and line["finish_reasons"] == ["stop"]
+    assert line["ts"].endswith("+00:00") and "error" not in line
     assert "three" not in record.getMessage()
+
+
+def test_refused_requests_get_a_log_line_with_their_status_code_and_error(client, caplog):
+    with caplog.at_level(logging.INFO, logger="lmgate.access"):
+        client.post("/v1/completions", json={"model": "echo", "prompt": "x", "temperature": 9})
+        client.post("/v1/completions", json={"model": "n" * 100_000, "prompt": "x"})
+        client.post("/v1/chat/completions", content=b"x" * 10_000_000)
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "lmgate.access"]
+    assert [(line["status"], line["code"]) for line in lines] == [
+        ("invalid_request_error", 400),
+        ("model_not_found", 404),
+        ("payload_too_large", 413),
+    ]
+    assert "temperature" in lines[0]["error"] and lines[0]["endpoint"] == "/v1/completions"
+    assert len(lines[1]["error"]) <= 300  # the 100 KB name is not copied into the log
+    assert lines[2]["endpoint"] == "/v1/chat/completions"
 
 
 def test_prompts_are_logged_only_when_asked(caplog):

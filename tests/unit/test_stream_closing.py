@@ -70,7 +70,7 @@ async def test_a_dispatched_stream_closed_before_its_first_read_frees_its_slot_a
     try:
         pool = registry.pool("one")
         for make in (lambda d: d.streams[0], lambda d: merge(d.streams, 1)):
-            with metrics.request("grpc", "one", "r0") as tracker:
+            with metrics.request("grpc", "/lmgate.v1.Inference/Complete", "one", "r0") as tracker:
                 dispatched = await dispatcher.open("one", [request()])
                 stream = tracker.watch(make(dispatched), 1)
             assert pool.gate.running == 1
