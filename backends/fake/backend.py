@@ -77,6 +77,8 @@ class FakeBackend(Backend):
     ) -> AsyncIterator[TokenDelta]:
         produced = 0
         for produced, token in enumerate(prompt[:limit], start=1):
+            if self._config.stall_after is not None and produced > self._config.stall_after:
+                await self._stopping.wait()  # hung until the stream is closed or the backend stops
             await asyncio.sleep(self._config.token_delay_s)
             word = self._words[token]
             if self._stopping.is_set():

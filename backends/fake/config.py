@@ -14,3 +14,6 @@ class FakeConfig(BaseModel):
     context_length: PositiveInt = 2048
     max_n: PositiveInt = 8
     token_delay_s: float = Field(default=0.0, ge=0.0, description="Pause before each token, to keep streams open.")
+    stall_after: int | None = Field(
+        default=None, ge=0, description="After this many tokens a choice waits until it is closed (a hung engine)."
+    )

@@ -2,6 +2,7 @@
 and gRPC on the fake backend."""
 
 import asyncio
+import json
 import time
 
 import grpc
@@ -127,30 +128,34 @@ def test_capabilities_strict_refuses_lenient_serves_and_reports():
 
 
 def test_limits_max_tokens_cap_body_size_and_request_timeout():
-    models = [fake("capped", max_tokens_cap=8), fake("slow", token_delay_s=0.2, request_timeout_s=0.3)]
+    # "hung" sends one token, then nothing: its request timeout fires mid-stream on any machine.
+    models = [fake("capped", max_tokens_cap=8), fake("hung", stall_after=1, request_timeout_s=1)]
     with TestClient(create_app(settings(*models, max_body_bytes=2048))) as client:
         over = client.post("/v1/completions", json={"model": "capped", "prompt": "a", "max_tokens": 9})
         assert over.status_code == 400 and over.json()["error"]["param"] == "max_tokens"
         big = client.post("/v1/completions", json={"model": "capped", "prompt": "x" * 4096})
         assert big.status_code == 413 and big.json()["error"]["message"].startswith("the request body is larger")
-        timed_out = client.post("/v1/completions", json={"model": "slow", "prompt": WORDS, "max_tokens": 40})
+        timed_out = client.post("/v1/completions", json={"model": "hung", "prompt": WORDS, "max_tokens": 40})
         assert timed_out.status_code == 504 and "request_timeout_s" in timed_out.json()["error"]["message"]
         streamed = client.post(
-            "/v1/completions", json={"model": "slow", "prompt": WORDS, "max_tokens": 40, "stream": True}
+            "/v1/completions", json={"model": "hung", "prompt": WORDS, "max_tokens": 40, "stream": True}
         )
         assert '"type": "timeout"' in streamed.text and streamed.text.rstrip().endswith("data: [DONE]")
 
 
 def test_a_lazy_model_loads_at_its_first_request_and_unloads_when_idle():
-    with ServerThread(settings(fake("eager"), fake("lazy", lazy=True, idle_unload_s=0.5))) as server:
+    lazy = fake("lazy", lazy=True, idle_unload_s=0.5, stall_after=1)  # its stream stays open until closed
+    with ServerThread(settings(fake("eager"), lazy)) as server:
         ready = httpx.get(f"{server.base_url}/ready")
         assert ready.status_code == 200 and ready.json()["models"]["lazy"] == "unloaded"
         listed = {m["id"]: m["ready"] for m in httpx.get(f"{server.base_url}/v1/models").json()["data"]}
         assert listed == {"eager": True, "lazy": False}
-        reply = httpx.post(f"{server.base_url}/v1/completions", json={"model": "lazy", "prompt": "hello there"})
-        assert reply.json()["choices"][0]["text"] == "hello there"
-        assert httpx.get(f"{server.base_url}/ready").json()["models"]["lazy"] == "ready"
-        for _ in range(100):  # the idle reaper looks every second
+        body = {"model": "lazy", "prompt": "hello there", "stream": True}
+        with httpx.stream("POST", f"{server.base_url}/v1/completions", json=body, timeout=60) as reply:
+            first = json.loads(next(reply.iter_lines()).removeprefix("data: "))
+            assert first["choices"][0]["text"] == "hello"
+            assert httpx.get(f"{server.base_url}/ready").json()["models"]["lazy"] == "ready"  # busy: kept
+        for _ in range(600):  # the idle reaper looks every second
             if httpx.get(f"{server.base_url}/ready").json()["models"]["lazy"] == "unloaded":
                 break
             time.sleep(0.1)

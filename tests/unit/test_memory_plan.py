@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from lmgate.backends.errors import BackendUnavailable
-from lmgate.backends.llamacpp.memory_plan import check_fits, plan, read_shape
+from lmgate.backends.llamacpp.memory_plan import available_bytes, check_fits, plan, read_shape
 
 from engine_helpers import start_backend
 
@@ -29,8 +29,10 @@ def test_a_config_that_does_not_fit_names_the_context_to_lower(tiny_chat_path):
 
 
 async def test_the_engine_refuses_to_load_what_does_not_fit_in_ram(tiny_chat_path):
+    per_cell = plan(tiny_chat_path, n_ctx=4096, seqs=1).kv_bytes // 4096
+    too_many = -(-4 * available_bytes() // per_cell // 256) * 256  # a KV cache of 4x this host's free memory
     with pytest.raises(BackendUnavailable, match="lower n_ctx"):
-        await start_backend(tiny_chat_path, n_ctx=2**31 // 4096 * 256)  # a KV cache of 128 GiB
+        await start_backend(tiny_chat_path, n_ctx=too_many)
 
 
 def test_lmgate_plan_prints_the_estimate(tiny_chat_path):
