@@ -41,7 +41,7 @@ async def open_stream(client: httpx.AsyncClient, model: str):
 
 
 async def test_a_saturated_pool_falls_back_then_both_full_is_429_with_retry_after():
-    slow = {"token_delay_s": 0.05, "max_running": 1, "max_waiting": 0}
+    slow = {"stall_after": 1, "max_running": 1, "max_waiting": 0}  # each stream holds its slot until closed
     with ServerThread(settings(fake("small", fallback="spare", **slow), fake("spare", **slow))) as server:
         async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
             opened = [await open_stream(client, "small") for _ in range(3)]
