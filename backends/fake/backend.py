@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from lmgate.backends.base import Backend
 from lmgate.backends.errors import InvalidRequest
 from lmgate.backends.fake.config import FakeConfig
+from lmgate.backends.limits import check_token_ids
 from lmgate.backends.types import (
     BackendStats,
     Capabilities,
@@ -57,6 +58,7 @@ class FakeBackend(Backend):
         elif request.prompt is not None:
             text = request.prompt
         else:
+            check_token_ids(request.prompt_token_ids or (), len(self._words), "prompt")
             text = " ".join(self._words[t] for t in request.prompt_token_ids or ())
         prompt = self._ids(text)
         limit = request.sampling.max_tokens or 16
@@ -97,6 +99,7 @@ class FakeBackend(Backend):
         return self._ids(text)
 
     async def detokenize(self, token_ids: list[int]) -> str:
+        check_token_ids(token_ids, len(self._words), "tokens")
         return " ".join(self._words[t] for t in token_ids)
 
     def stats(self) -> BackendStats:
