@@ -84,7 +84,7 @@ class Dispatcher:
             raise self.drain.refused()
         pool = await self._choose_pool(model)
         sampling = requests[0].sampling
-        ignored = self._check_capabilities(pool, sampling)
+        ignored = self._check_capabilities(pool, sampling, len(requests))
         info = pool.primary.info
         try:
             for request in requests:
@@ -141,7 +141,24 @@ class Dispatcher:
             chain.append(self.registry.pool(chain[-1].settings.fallback))
         return chain
 
-    def _check_capabilities(self, pool: ModelPool, sampling: SamplingParams) -> tuple[str, ...]:
+    @staticmethod
+    def _check_request_tokens(pool: ModelPool, sampling: SamplingParams, prompts: int) -> None:
+        """n x max_tokens has a ceiling (``max_request_tokens``): one request cannot ask for unbounded work."""
+        cap = pool.settings.max_request_tokens
+        if cap is None:
+            return
+        rows = sampling.beam_width if sampling.use_beam_search else sampling.n
+        per_row = sampling.max_tokens or pool.primary.info.context_length
+        if prompts * rows * per_row > cap:
+            what = f"{prompts} prompt(s) x {rows} {'beams' if sampling.use_beam_search else 'choices'} x {per_row}"
+            unset = "" if sampling.max_tokens else " (max_tokens unset: the context length)"
+            raise InvalidRequestError(
+                f"the request may generate {what} tokens{unset}, more than model `{pool.name}` allows one request "
+                f"(max_request_tokens = {cap}); set a lower max_tokens or n",
+                param="n" if sampling.max_tokens and rows > 1 else "max_tokens",
+            )
+
+    def _check_capabilities(self, pool: ModelPool, sampling: SamplingParams, prompts: int) -> tuple[str, ...]:
         capabilities = pool.primary.capabilities
         if sampling.n > capabilities.max_n:
             raise InvalidRequestError(f"n={sampling.n} is more than model `{pool.name}` serves ({capabilities.max_n})",
@@ -150,6 +167,7 @@ class Dispatcher:
         if cap is not None and sampling.max_tokens is not None and sampling.max_tokens > cap:
             raise InvalidRequestError(f"max_tokens={sampling.max_tokens} is above this model's cap of {cap}",
                                       param="max_tokens")  # fmt: skip
+        self._check_request_tokens(pool, sampling, prompts)
         unsupported = tuple(p for p in used_params(sampling) if p not in capabilities.sampling_params)
         if unsupported and pool.settings.params == "strict":
             raise InvalidRequestError(

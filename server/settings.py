@@ -95,6 +95,12 @@ class _ModelEntry(BaseModel):
     max_running: int = Field(default=64, ge=1, description="Requests served at once by the pool.")
     max_waiting: int = Field(default=256, ge=0, description="Requests queued beyond max_running (429 beyond).")
     max_tokens_cap: int | None = Field(default=None, ge=1, description="Largest max_tokens a request may ask.")
+    max_request_tokens: int | None = Field(
+        default=262144,
+        ge=1,
+        description="Most tokens one request may ask to generate over all its choices or beams: prompts x n "
+        "(or the beam width) x max_tokens (the context length when max_tokens is unset); 400 beyond. None: no cap.",
+    )
     request_timeout_s: float | None = Field(default=600.0, gt=0, description="A request is cut off after this.")
     params: Literal["strict", "lenient"] = Field(
         default="lenient",

@@ -129,10 +129,19 @@ def test_capabilities_strict_refuses_lenient_serves_and_reports():
 
 def test_limits_max_tokens_cap_body_size_and_request_timeout():
     # "hung" sends one token, then nothing: its request timeout fires mid-stream on any machine.
-    models = [fake("capped", max_tokens_cap=8), fake("hung", stall_after=1, request_timeout_s=1)]
+    models = [fake("capped", max_tokens_cap=8, max_request_tokens=64), fake("hung", stall_after=1, request_timeout_s=1)]
     with TestClient(create_app(settings(*models, max_body_bytes=2048))) as client:
         over = client.post("/v1/completions", json={"model": "capped", "prompt": "a", "max_tokens": 9})
         assert over.status_code == 400 and over.json()["error"]["param"] == "max_tokens"
+        many = client.post("/v1/completions", json={"model": "capped", "prompt": ["a", "b"], "n": 5, "max_tokens": 8})
+        assert many.status_code == 400 and "max_request_tokens = 64" in many.json()["error"]["message"]
+        assert "2 prompt(s) x 5 choices x 8" in many.json()["error"]["message"] and many.json()["error"]["param"] == "n"
+        chat = {"model": "capped", "messages": [{"role": "user", "content": "a"}]}  # max_tokens unset: 2048
+        unset = client.post("/v1/chat/completions", json=chat)
+        assert unset.status_code == 400 and unset.json()["error"]["param"] == "max_tokens"
+        assert "(max_tokens unset: the context length)" in unset.json()["error"]["message"]
+        fits = client.post("/v1/completions", json={"model": "capped", "prompt": ["a", "b"], "n": 4, "max_tokens": 8})
+        assert fits.status_code == 200
         big = client.post("/v1/completions", json={"model": "capped", "prompt": "x" * 4096})
         assert big.status_code == 413 and big.json()["error"]["message"].startswith("the request body is larger")
         timed_out = client.post("/v1/completions", json={"model": "hung", "prompt": WORDS, "max_tokens": 40})
