@@ -120,7 +120,9 @@ class VllmBackend(Backend):
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
         engine = self._require_engine()
-        prompt = self._require_prompt().ids(request)
+        # Rendering and tokenizing run off the event loop (HF's Rust tokenizer releases the GIL): a
+        # long prompt must not stall every other request's stream.
+        prompt = await asyncio.to_thread(self._require_prompt().ids, request)
         if request.sampling.use_beam_search:
             for delta in await self._beam_search(engine, request, prompt):
                 yield delta
@@ -216,10 +218,10 @@ class VllmBackend(Backend):
         return self._engine
 
     async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
-        return self._require_prompt().tokenize(text, add_special=add_special)
+        return await asyncio.to_thread(self._require_prompt().tokenize, text, add_special=add_special)
 
     async def detokenize(self, token_ids: list[int]) -> str:
-        return self._require_prompt().detokenize(token_ids)
+        return await asyncio.to_thread(self._require_prompt().detokenize, token_ids)
 
     def _require_prompt(self) -> HfPrompt:
         self._require_engine()
