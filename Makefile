@@ -17,7 +17,7 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 LLAMA_TARGET ?= host
 LLAMA_INSTALL = backends/llamacpp/cpu_build.py install --target $(LLAMA_TARGET)
 
-.PHONY: serve test test-vllm test-quantize install install-test llama-cpp model bench protos lint format clean
+.PHONY: serve test test-vllm test-quantize install install-test llama-cpp model bench protos config-docs lint format clean
 
 serve: install
 	$(BIN)/lmgate serve --model $(MODEL) --host $(HOST) --port $(PORT)
@@ -93,6 +93,10 @@ model: install
 bench: install
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m lmgate.server.bench_suite $(if $(BASELINE),--baseline $(BASELINE))
+
+# Rewrite the settings reference in docs/configuration.md from the settings models (a test checks it is current).
+config-docs: install-test
+	$(BIN)/python -m lmgate.server.config_docs
 
 # Regenerate protos/lmgate/v1/*_pb2*.py from the .proto files (a test checks they are current).
 protos: install-test
