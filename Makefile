@@ -1,5 +1,5 @@
 # The two commands of the README, plus set-up and maintenance targets.
-#   make serve   create .venv, install, serve the embedded model on 127.0.0.1:8000
+#   make serve   create .venv, install, serve the embedded model on 127.0.0.1:8000 (gRPC on 50051)
 #   make test    create .venv, install with test extras, lint and run the tests
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -7,6 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
+GRPC_PORT ?= 50051
 MODEL ?= models/tiny-chat.gguf
 PYTEST_ARGS ?=
 # llama-cpp-python compiles llama.cpp on first install, for this CPU's instruction sets but never
@@ -20,7 +21,7 @@ LLAMA_INSTALL = backends/llamacpp/cpu_build.py install --target $(LLAMA_TARGET)
 .PHONY: serve test test-vllm test-quantize install install-test llama-cpp model bench protos config-docs lint format clean
 
 serve: install
-	$(BIN)/lmgate serve --model $(MODEL) --host $(HOST) --port $(PORT)
+	$(BIN)/lmgate serve --model $(MODEL) --host $(HOST) --port $(PORT) --grpc-port $(GRPC_PORT)
 
 test: install-test
 	$(BIN)/ruff check .
