@@ -63,6 +63,7 @@ install: llama-cpp $(VENV)/.installed
 install-test: llama-cpp $(VENV)/.installed-test
 
 $(BIN)/python:
+	@echo "Creating $(VENV)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
@@ -71,10 +72,12 @@ llama-cpp: | $(BIN)/python
 	$(BIN)/python $(LLAMA_INSTALL)
 
 $(VENV)/.installed: pyproject.toml | llama-cpp $(BIN)/python
+	@echo "Installing lmgate and its Python dependencies into $(VENV) (pip, quietly: a minute or two)"
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+	@echo "Installing the test dependencies into $(VENV) (pip, quietly)"
 	$(BIN)/pip install --quiet -e '.[test]'
 	@# The metrics tests run a real Prometheus: Debian's package, where this machine can install it.
 	@command -v prometheus >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
