@@ -191,8 +191,9 @@ def build_wheel(version: str, args: list[str], cache: Path) -> Path:
     return next(directory.glob("*.whl"))
 
 
-_NINJA_STEP = re.compile(r"^\[\s*(\d+)/(\d+)\]")  # [12/345] Building CXX object ...
-_MAKE_PERCENT = re.compile(r"^\[\s*(\d+)%\]")  # [ 42%] Building CXX object ...
+# pip -v indents the build's lines: "  [12/193] /usr/bin/g++ ..." (ninja), "  [ 42%] Building ..." (make).
+_NINJA_STEP = re.compile(r"^\s*\[\s*(\d+)/(\d+)\]")
+_MAKE_PERCENT = re.compile(r"^\s*\[\s*(\d+)%\]")
 
 
 class BuildProgress:
