@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lmgate.server.cli_errors import UsageError
+from lmgate.server.cli_errors import UsageError, explain
 from lmgate.server.cli_serve import embedded_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -243,3 +243,26 @@ def test_gguf_to_hf_without_the_quantize_extra_says_what_to_install(tmp_path, ti
     assert result.returncode == 1 and "Traceback" not in result.stderr and result.stderr.count("\n") == 1
     assert result.stderr.startswith("gguf_to_hf: this needs the Python package `")
     assert "pip install 'lmgate[quantize]'" in result.stderr
+
+
+def test_an_unexpected_error_is_one_line_with_the_way_to_see_more():
+    assert explain(ValueError("boom")) == (
+        "unexpected ValueError: boom (run again with --log-level debug for the traceback)",
+        1,
+    )
+    missing = FileNotFoundError(2, "No such file or directory", "/x.txt")
+    assert explain(missing) == ("/x.txt: No such file or directory", 1)
+
+
+@pytest.mark.parametrize(
+    ("module", "extra"),
+    [
+        ("matplotlib.pyplot", "bench"),
+        ("gptqmodel", "transformers"),
+        ("safetensors.numpy", "quantize"),
+        ("vllm", "vllm"),
+    ],
+)
+def test_a_missing_package_names_the_extra_that_brings_it(module, extra):
+    message, status = explain(ModuleNotFoundError(f"No module named {module!r}", name=module))
+    assert status == 1 and f"pip install 'lmgate[{extra}]'" in message and module.split(".")[0] in message
