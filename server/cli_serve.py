@@ -52,6 +52,12 @@ def embedded_model(path: Path = EMBEDDED_MODEL) -> Path:
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """The config file's settings (relative paths against its directory) or a one-model config for
     ``--model`` (or the embedded model), with the server flags on top; ConfigError when invalid."""
+    model_flags = [f"--{f.replace('_', '-')}" for f in ("threads", "n_ctx", "max_seqs") if getattr(args, f) is not None]
+    model_flags += ["--no-prefix-cache"] if args.no_prefix_cache else []
+    if args.config is not None and model_flags:
+        verb = "applies" if len(model_flags) == 1 else "apply"
+        raise UsageError(f"{', '.join(model_flags)} {verb} to --model only: with --config, set it in the model's "
+                         f"entry of {args.config} (docs/configuration.md)")  # fmt: skip
     if args.config is not None:
         raw = read_config_file(args.config)
     else:

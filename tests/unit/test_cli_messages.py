@@ -52,6 +52,7 @@ def test_version_names_lmgate_and_its_llama_cpp_bindings():
         (("serve", "--port", "http"), ["lmgate serve: argument --port: expected a port number, got 'http'"]),
         (("eval", "--model", "m.gguf", "--text", "/missing.txt"), ["argument --text: /missing.txt: no such file"]),
         (("serve", "--model", "a.gguf", "--config", "b.yaml"), ["argument --config: not allowed with argument"]),
+        (("serve", "--config", "b.yaml", "--n-ctx", "8"), ["--n-ctx applies to --model only: with --config, set it"]),
     ],
 )
 def test_a_wrong_argument_is_one_line_and_exit_status_2(args, fragments):
