@@ -11,7 +11,8 @@ parameter count and a quantization.
 
 Weights at ``quant`` are parameters × the bits per weight of ggml's block for that type
 (``gguf.GGML_QUANT_SIZES``: Q4_K is 144 bytes per 256 weights, 4.5 bits). The K-quant mixes
-(``_m``, ``_s``) keep a few tensors at a higher type, so their files run a few per cent larger.
+(``_m``, ``_s``) keep some tensors at a higher type, so their files run 5-10 % larger (Llama 2 7B at
+Q4_K_M: 4.08 GB, against 3.79 GB for its 6.74B weights at 4.5 bits).
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def weights_note(params: int, quant: str, how: str = "") -> str:
     note = f"{params / 1e9:.2f}B parameters{how} x {bits_per_weight(quant):g} bits"
     if QUANTS[quant].lower() == quant:
         return f"{note}, {quant}"
-    mix = "; the mix keeps a few tensors at more bits, so files run a few % larger" if "_k_" in quant else ""
+    mix = "; the mix keeps some tensors at 6 bits, so files run 5-10 % larger" if "_k_" in quant else ""
     return f"{note}: {quant} stores them as {QUANTS[quant]} blocks{mix}"
 
 
