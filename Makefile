@@ -1,5 +1,5 @@
 # The two commands of the README, plus set-up and maintenance targets.
-#   make serve   create .venv, install, serve the embedded model on 127.0.0.1:8000
+#   make serve   create .venv, install, serve the embedded model on 127.0.0.1:8000 (gRPC on 50051)
 #   make test    create .venv, install with test extras, lint and run the tests
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -7,6 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
+GRPC_PORT ?= 50051
 MODEL ?= models/tiny-chat.gguf
 PYTEST_ARGS ?=
 # llama-cpp-python compiles llama.cpp on first install, for this CPU's instruction sets but never
@@ -17,10 +18,10 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 LLAMA_TARGET ?= host
 LLAMA_INSTALL = backends/llamacpp/cpu_build.py install --target $(LLAMA_TARGET)
 
-.PHONY: serve test test-fuzz test-vllm test-quantize install install-test llama-cpp model bench protos lint format clean
+.PHONY: serve test test-fuzz test-vllm test-quantize install install-test llama-cpp model bench protos config-docs lint format clean
 
 serve: install
-	$(BIN)/lmgate serve --model $(MODEL) --host $(HOST) --port $(PORT)
+	$(BIN)/lmgate serve --model $(MODEL) --host $(HOST) --port $(PORT) --grpc-port $(GRPC_PORT)
 
 test: install-test
 	$(BIN)/ruff check .
@@ -71,6 +72,7 @@ install: llama-cpp $(VENV)/.installed
 install-test: llama-cpp $(VENV)/.installed-test
 
 $(BIN)/python:
+	@echo "Creating $(VENV)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
@@ -79,10 +81,12 @@ llama-cpp: | $(BIN)/python
 	$(BIN)/python $(LLAMA_INSTALL)
 
 $(VENV)/.installed: pyproject.toml | llama-cpp $(BIN)/python
+	@echo "Installing lmgate and its Python dependencies into $(VENV) (pip, quietly: a minute or two)"
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+	@echo "Installing the test dependencies into $(VENV) (pip, quietly)"
 	$(BIN)/pip install --quiet -e '.[test]'
 	@# The metrics tests run a real Prometheus: Debian's package, where this machine can install it.
 	@command -v prometheus >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
@@ -102,6 +106,10 @@ model: install
 bench: install
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m lmgate.server.bench_suite $(if $(BASELINE),--baseline $(BASELINE))
+
+# Rewrite the settings reference in docs/configuration.md from the settings models (a test checks it is current).
+config-docs: install-test
+	$(BIN)/python -m lmgate.server.config_docs
 
 # Regenerate protos/lmgate/v1/*_pb2*.py from the .proto files (a test checks they are current).
 protos: install-test

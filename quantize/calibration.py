@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmgate.quantize.errors import CalibrationError
 from lmgate.quantize.tinychat.corpus import plain_text
 
 BUILTIN = "builtin"
@@ -34,21 +35,30 @@ class Calibration:
 
 
 def load_calibration(spec: str, *, max_samples: int | None = None) -> Calibration:
-    """``builtin`` or a path; raises ``ValueError`` for an empty or unreadable set."""
+    """``builtin`` or a path; raises ``CalibrationError`` for an empty or unreadable set."""
     if spec == BUILTIN:
         samples = plain_text(seed=BUILTIN_SEED, count=BUILTIN_SAMPLES)
     else:
         path = Path(spec)
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"cannot read the calibration file {path}: {exc}") from exc
+        except OSError as exc:
+            raise CalibrationError(f"--calib: cannot read {path}: {exc.strerror} (a text file, or `builtin`)") from exc
+        except UnicodeDecodeError as exc:
+            raise CalibrationError(f"--calib: {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
         if path.suffix == ".jsonl":
-            samples = [str(json.loads(line)["text"]) for line in lines if line.strip()]
+            samples = [_jsonl_text(path, number, line) for number, line in enumerate(lines, 1) if line.strip()]
         else:
             samples = [line for line in lines if line.strip()]
     samples = samples[:max_samples] if max_samples else samples
     if not samples:
-        raise ValueError(f"the calibration set {spec!r} has no text")
+        raise CalibrationError(f"--calib: the calibration set {spec!r} has no text")
     digest = hashlib.sha256("\n".join(samples).encode()).hexdigest()
     return Calibration(samples, spec, digest)
+
+
+def _jsonl_text(path: Path, number: int, line: str) -> str:
+    try:
+        return str(json.loads(line)["text"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CalibrationError(f"--calib: {path} line {number} is not a JSON object with a `text` field") from exc

@@ -22,6 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from lmgate.backends.llamacpp.gguf_file import open_gguf
+from lmgate.quantize.checkpoint import check_checkpoint
+from lmgate.quantize.errors import EvalError
+
 WINDOW = 256
 
 
@@ -48,14 +52,23 @@ class _Scores:
 
 def evaluate(paths: list[Path], text: str, *, max_tokens: int = 4096, speed_tokens: int = 64,
              threads: int | None = None) -> list[ModelReport]:  # fmt: skip
-    """Reports for every model; the first is the reference."""
+    """Reports for every model; the first is the reference. Every model is checked before the first
+    one runs: GGUFFileError / CheckpointError for a damaged file or an incomplete checkpoint."""
+    for path in paths:
+        if path.is_dir():
+            check_checkpoint(path)
+        else:
+            open_gguf(path)
     reports: list[ModelReport] = []
     reference: _Scores | None = None
     reference_ids: list[int] | None = None
     for path in paths:
         scores, ids, load_s, tok_s = _run(path, text, max_tokens, speed_tokens, threads)
         if reference_ids is not None and ids != reference_ids:
-            raise ValueError(f"{path.name} tokenizes the text differently from {paths[0].name}: not comparable")
+            raise EvalError(
+                f"{path.name} tokenizes the text differently from {paths[0].name}: not comparable "
+                "(eval compares quantizations of one model: the same tokenizer)"
+            )
         nll = -scores.logprobs[np.arange(len(scores.targets)), scores.targets]
         kl = top1 = None
         if reference is not None:
@@ -81,7 +94,10 @@ def _run(path: Path, text: str, max_tokens: int, speed_tokens: int,
     import llama_cpp
 
     started = time.perf_counter()
-    llm = llama_cpp.Llama(str(path), n_ctx=WINDOW, logits_all=True, verbose=False, n_threads=threads)
+    try:
+        llm = llama_cpp.Llama(str(path), n_ctx=WINDOW, logits_all=True, verbose=False, n_threads=threads)
+    except ValueError as exc:  # llama-cpp-python's only word for "llama.cpp returned no model"
+        raise EvalError(f"llama.cpp could not load {path}: an architecture it does not support?") from exc
     load_s = time.perf_counter() - started
     try:
         ids = llm.tokenize(text.encode(), add_bos=False, special=False)[:max_tokens]

@@ -5,7 +5,8 @@ transformers): the embedded tiny-chat model serves the vLLM tier's tests with an
 checked. The weights are dequantized; q/k rows are put back from llama.cpp's pairwise RoPE order
 into HF's half-split order (the inverse of llama.cpp's converter); the SentencePiece vocabulary
 (pieces, scores, types) becomes a ``tokenizers`` BPE model with merges ranked by score, saved by
-transformers as tokenizer.json. Needs transformers and tokenizers (the vLLM tier has both).
+transformers as tokenizer.json. Needs safetensors, tokenizers and transformers (the ``quantize``
+extra; the vLLM tier has them too): without them the script says what to install.
 
     python -m lmgate.quantize.gguf_to_hf models/tiny-chat.gguf /tmp/tiny-chat-hf
 """
@@ -18,6 +19,9 @@ from pathlib import Path
 
 import gguf
 import numpy as np
+
+from lmgate.backends.llamacpp.gguf_file import open_gguf
+from lmgate.quantize.extras import run_script
 
 _LAYER_NAMES = {
     "attn_q": "self_attn.q_proj",
@@ -48,7 +52,12 @@ def unpermute(weights: np.ndarray, heads: int) -> np.ndarray:
 
 
 def convert(source: Path, out: Path) -> Path:
-    reader = gguf.GGUFReader(source)
+    """Write the HF checkpoint of the GGUF ``source`` into ``out``; GGUFFileError for a damaged file,
+    ModuleNotFoundError when safetensors, tokenizers or transformers is missing."""
+    from safetensors.numpy import save_file
+    from transformers import PreTrainedTokenizerFast  # noqa: F401 - fail before the slow part, not after it
+
+    reader = open_gguf(source)
     arch = str(_field(reader, "general.architecture"))
     if arch != "llama":
         raise ValueError(f"{source}: only the llama architecture converts, not {arch!r}")
@@ -70,8 +79,6 @@ def convert(source: Path, out: Path) -> Path:
         else:
             tensors[f"{_TOP_NAMES[stem]}.weight"] = np.ascontiguousarray(data)
     out.mkdir(parents=True, exist_ok=True)
-    from safetensors.numpy import save_file
-
     save_file(tensors, str(out / "model.safetensors"))
     vocab = _write_tokenizer(reader, out)
     config = {
@@ -151,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("source", type=Path)
     parser.add_argument("out", type=Path)
     args = parser.parse_args(argv)
-    print(f"wrote {convert(args.source, args.out)}")
+    run_script("gguf_to_hf", lambda: print(f"wrote {convert(args.source, args.out)}"))
 
 
 if __name__ == "__main__":

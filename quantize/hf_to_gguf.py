@@ -28,9 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
+from lmgate.quantize.checkpoint import GGUF_ARCHITECTURES, check_checkpoint
+from lmgate.quantize.errors import UnsupportedModel
 from lmgate.quantize.gguf_llama import BpeVocab, LlamaShape, SpmVocab, WeightType, write_llama_gguf
 
-ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
+ARCHITECTURES = GGUF_ARCHITECTURES
 """HF architecture → llama.cpp architecture."""
 SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURES)
 
@@ -74,10 +76,6 @@ _HF_NAMES = {
 }
 
 
-class UnsupportedModel(ValueError):
-    """The checkpoint is not one this converter handles; the message says what is."""
-
-
 def permute(weights: np.ndarray, heads: int) -> np.ndarray:
     """HF's half-split RoPE rows into llama.cpp's pairwise order (as convert_hf_to_gguf does)."""
     return (
@@ -89,7 +87,9 @@ def permute(weights: np.ndarray, heads: int) -> np.ndarray:
 
 def convert(source: Path, out: Path, quant: QuantType = QuantType.F16, *, progress: bool = False) -> Path:
     """Write ``source`` (an HF directory) as a GGUF of type ``quant`` to ``out`` (a progress bar on
-    stderr with ``progress``; llama.cpp's quantizer reports each tensor itself)."""
+    stderr with ``progress``; llama.cpp's quantizer reports each tensor itself). CheckpointError
+    (UnsupportedModel among them) when ``source`` lacks a file or holds a model this does not convert."""
+    check_checkpoint(source)
     config = json.loads((source / "config.json").read_text())
     arch = (config.get("architectures") or ["?"])[0]
     if arch not in SUPPORTED_ARCHITECTURES:

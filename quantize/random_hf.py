@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lmgate.quantize.extras import run_script
 from lmgate.quantize.hf_to_gguf import PRE_TOKENIZERS
 from lmgate.quantize.tinychat.corpus import plain_text
 
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    print(f"wrote {build_random_qwen2(args.out, seed=args.seed)}")
+    run_script("random_hf", lambda: print(f"wrote {build_random_qwen2(args.out, seed=args.seed)}"))
 
 
 if __name__ == "__main__":

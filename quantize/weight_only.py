@@ -23,6 +23,8 @@ import os
 from pathlib import Path
 
 from lmgate.quantize.calibration import Calibration
+from lmgate.quantize.checkpoint import check_checkpoint
+from lmgate.quantize.errors import QuantizeError
 from lmgate.quantize.manifest import checkpoint_sha256, write_manifest
 
 
@@ -36,15 +38,13 @@ class Tool(enum.StrEnum):
     LLM_COMPRESSOR = "llm-compressor"
 
 
-class QuantizeError(RuntimeError):
-    """The tool could not quantize this checkpoint; the message carries its reason."""
-
-
 def quantize_weights(source: Path, out: Path, *, method: Method, bits: int, group_size: int,
                      calibration: Calibration, tool: Tool = Tool.GPTQMODEL) -> Path:  # fmt: skip
-    """Quantize ``source`` into the directory ``out`` (created) and write its manifest; returns ``out``."""
-    if not (source / "config.json").is_file():
-        raise FileNotFoundError(f"{source} is not an HF checkpoint directory (no config.json)")
+    """Quantize ``source`` into the directory ``out`` (created) and write its manifest; returns ``out``.
+
+    CheckpointError when ``source`` lacks a file; QuantizeError with the tool's reason when it fails;
+    ModuleNotFoundError when the tool (or torch) is not installed."""
+    check_checkpoint(source)
     if tool is Tool.LLM_COMPRESSOR and method is Method.AWQ and not _has_accelerator():
         raise QuantizeError("llm-compressor's AWQ needs a GPU; on CPU use --tool gptqmodel for AWQ")
     out.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,8 @@ its lifespan also runs the gRPC server (server/grpc_server.py) on the same event
 load in the background after start-up: GET /health answers at once, GET /ready is 503 until every
 model is loaded and while one cannot serve (its engine process is restarting). When no model can
 ever load (every one failed for a reason retrying cannot fix) ``on_fatal`` is called with the reason:
-the CLI exits non-zero with it rather than idling with /health 200.
+the CLI exits non-zero with it rather than idling with /health 200; so does a gRPC port that cannot be
+bound. Otherwise ``on_ready`` is called once the eager models have loaded (the CLI's banner).
 """
 
 from __future__ import annotations
@@ -38,8 +39,11 @@ log = logging.getLogger(__name__)
 HEALTH_REPORT_INTERVAL_S = 0.5
 
 
-def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None) -> FastAPI:
-    """The app; ConfigError when the configured API keys cannot be read."""
+def create_app(
+    settings: Settings, on_fatal: Callable[[str], None] | None = None, on_ready: Callable[[], None] | None = None
+) -> FastAPI:
+    """The app; ConfigError when the configured API keys cannot be read. ``on_fatal`` and ``on_ready`` are
+    called on the event loop, at most once each and never both."""
     registry = ModelRegistry(settings.models)
     drain = Drain(registry, settings.server.drain_timeout_s)
     dispatcher = Dispatcher(registry, drain)
@@ -58,9 +62,18 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
                     metrics.rejected("grpc", method, AuthenticationError(message))
 
                 interceptors = (ApiKeyInterceptor(keys, on_denied=denied),)
-            grpc = app.state.grpc = await GrpcFrontend.start(
-                registry, dispatcher, metrics, server.host, server.grpc_port, interceptors
-            )
+            try:
+                grpc = app.state.grpc = await GrpcFrontend.start(
+                    registry, dispatcher, metrics, server.host, server.grpc_port, interceptors
+                )
+            except OSError as exc:
+                if on_fatal is None:
+                    raise
+                # Not raised: uvicorn would log the lifespan's traceback. The CLI checks the port before
+                # starting; this is the race where another process took it since.
+                on_fatal(str(exc))
+                yield
+                return
             drain.on_begin.append(grpc.health.enter_graceful_shutdown)
         metrics_server = None
         if server.metrics_port is not None:
@@ -73,6 +86,8 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
                 log.error("no model can be served: %s", reason)
                 if on_fatal is not None:
                     on_fatal(reason)
+            elif on_ready is not None:
+                on_ready()
             # gRPC health follows each model as engines die and come back (HTTP /ready reads it live).
             while grpc is not None:
                 await grpc.report(registry)

@@ -32,9 +32,15 @@ class ApiKeys:
         if server.api_keys_file is not None:
             keys += _read_key_file(server.api_keys_file)
         if not keys:
+            empty = []
+            if server.api_keys_env is not None:
+                state = "is empty" if os.environ.get(server.api_keys_env) is not None else "is not set"
+                empty.append(f"the environment variable {server.api_keys_env} (server.api_keys_env) {state}")
+            if server.api_keys_file is not None:
+                empty.append(f"{server.api_keys_file} (server.api_keys_file) holds no key")
             raise ConfigError(
-                f"server.api_keys_env={server.api_keys_env!r} / api_keys_file={server.api_keys_file} give no API key: "
-                "set the variable or fill the file, or remove both to serve without auth"
+                f"API keys are on but there is none: {' and '.join(empty)}: set the variable to comma-separated "
+                "keys or put one key per line in the file, or remove the setting to serve without auth"
             )
         return cls(keys)
 

@@ -4,7 +4,8 @@ Each client sends streamed /v1/completions requests back to back (fixed prompt, 
 ``max_tokens``, ``ignore_eos`` so every request produces the same length) until the run's request
 count is reached. Reported: aggregate output tokens/s over the wall time, time to first token,
 inter-token latency and end-to-end latency percentiles. Output tokens come from the server's
-usage when it sends it, otherwise from the number of content chunks.
+usage when it sends it, otherwise from the number of content chunks. A warm-up request goes first:
+when it fails (no server there, a wrong model name), the run stops with a BenchError saying why.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import httpx
+
+
+class BenchError(Exception):
+    """The server cannot be benchmarked (unreachable, or it refuses the request); the message says why."""
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,8 @@ async def _one_request(client: httpx.AsyncClient, config: BenchConfig, i: int = 
     try:
         async with client.stream("POST", "/v1/completions", json=body) as response:
             if response.status_code != 200:
-                result.error = f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"
+                body = (await response.aread()).decode(errors="replace")
+                result.error = f"HTTP {response.status_code}: {body[:300]}"
                 return result
             async for line in response.aiter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":
@@ -106,7 +112,7 @@ async def _one_request(client: httpx.AsyncClient, config: BenchConfig, i: int = 
                     last = now
                     chunks += 1
     except httpx.HTTPError as exc:
-        result.error = repr(exc)
+        result.error = _describe(exc, config.url)
     result.e2e = time.perf_counter() - start
     result.output_tokens = result.output_tokens or chunks
     return result
@@ -127,7 +133,9 @@ async def run_bench(config: BenchConfig) -> BenchReport:
             results.append(await _one_request(client, config, config.requests - remaining))
 
     async with httpx.AsyncClient(base_url=config.url, headers=headers, timeout=600, limits=limits) as client:
-        await _one_request(client, config, 0)  # warm-up: connections, caches, first-request costs
+        warm_up = await _one_request(client, config, 0)  # connections, caches, first-request costs
+        if warm_up.error is not None:
+            raise BenchError(f"cannot benchmark {config.url}: {warm_up.error}")
         started = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(config.concurrency)))
         wall = time.perf_counter() - started
@@ -147,6 +155,14 @@ async def run_bench(config: BenchConfig) -> BenchReport:
         prefix_hit_rate=sum(r.cached_tokens for r in ok) / prompt_tokens if prompt_tokens else None,
         first_error=next((r.error for r in results if r.error), None),
     )
+
+
+def _describe(exc: httpx.HTTPError, url: str) -> str:
+    if isinstance(exc, httpx.ConnectError):
+        return f"nothing answers at {url} ({exc}): is the server running? (start one with `lmgate serve`)"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"no answer from {url} in time ({type(exc).__name__})"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def report_json(reports: list[BenchReport]) -> str:

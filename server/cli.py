@@ -1,319 +1,218 @@
-"""The ``lmgate`` command.
+"""The ``lmgate`` command: what each subcommand accepts. What they do is in cli_serve.py (serve) and
+cli_tools.py (the one-shot commands); how they fail is in cli_errors.py.
 
-    lmgate serve --model models/tiny-chat.gguf            # one GGUF, no config file
+    lmgate serve                                              # the embedded model (models/tiny-chat.gguf)
+    lmgate serve --model models/tiny-chat.gguf                # one GGUF, no config file
     lmgate serve --config lmgate.yaml [--host H] [--port P] [--grpc-port G | --no-grpc]
-    lmgate check-config lmgate.yaml                           # validate a config file
+    lmgate check-config lmgate.yaml                           # validate a config file: can it serve?
     lmgate plan --model FILE.gguf --ctx 8192 --seqs 8         # memory estimate before serving
+    lmgate plan --params 7B --quant q4_k_m --ctx 8192 --seqs 4     # ... of a model you do not have yet
     lmgate bench --url http://127.0.0.1:8000 -c 1 4 8         # concurrent streaming benchmark
     lmgate quantize gguf --from HF_DIR --type q4_k_m --out m.gguf
     lmgate quantize gptq --from HF_DIR --bits 4 --group-size 128 --calib builtin --out m-gptq/
     lmgate eval --model m-f16.gguf --model m-q4_k_m.gguf --text held-out.txt --max-ppl-increase 5%
 
 Flags override the config file's ``server`` section; ``--model`` builds a one-model config whose
-name is taken from the file (and which answers to ``default`` as well).
+name is taken from the file (and which answers to ``default`` as well). Every error is one line
+(``lmgate: …``) and a non-zero exit status; ``--log-level debug`` adds the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
-import socket
-import sys
+import importlib.metadata
+import platform
 from pathlib import Path
-from types import FrameType
 
-import uvicorn
-
-from lmgate.server.drain import Drain
-from lmgate.server.http_protocol import http_protocol
-from lmgate.server.settings import (
-    ConfigError,
-    Settings,
-    load_settings,
-    model_name_from_path,
-    read_config_file,
-    validate_settings,
-)
+from lmgate.backends.llamacpp.config import LlamaCppConfig, default_threads
+from lmgate.backends.llamacpp.model_shape import QUANTS, parse_params
+from lmgate.quantize.checkpoint import GGUF_ARCHITECTURES
+from lmgate.server import cli_serve, cli_tools
+from lmgate.server.cli_errors import OneLineParser, reported
+from lmgate.server.settings import ServerSettings
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="lmgate", description="LLM serving gateway")
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="serve models over the OpenAI HTTP API")
-    source = serve.add_mutually_exclusive_group(required=True)
-    source.add_argument("--config", type=Path, help="YAML config file (see docs/configuration.md)")
-    source.add_argument("--model", type=Path, help="serve one GGUF file with default settings")
-    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="HTTP port (default 8000)")
-    grpc_flags = serve.add_mutually_exclusive_group()
-    grpc_flags.add_argument("--grpc-port", type=int, help="gRPC port (default 50051; 0: any free port)")
-    grpc_flags.add_argument("--no-grpc", action="store_true", help="do not serve gRPC")
-    serve.add_argument("--threads", type=int, help="with --model: llama.cpp threads")
-    serve.add_argument("--n-ctx", type=int, help="with --model: KV-cache cells / context length")
-    serve.add_argument("--max-seqs", type=int, help="with --model: sequences decoded together")
+    args = build_parser().parse_args(argv)
+    reported(lambda: args.run(args), debug=args.log_level == "debug")
+
+
+def version() -> str:
+    def of(package: str) -> str:
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    return f"lmgate {of('lmgate')} (llama-cpp-python {of('llama_cpp_python')}, Python {platform.python_version()})"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        help="debug also prints the traceback of an error (serve: default info)")  # fmt: skip
+    parser = OneLineParser(prog="lmgate", description="LLM serving gateway: OpenAI HTTP and gRPC APIs")
+    parser.add_argument("--version", action="version", version=version())
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str, run: object, *, leaf: bool = True) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help, parents=[common] if leaf else [])
+        sub.set_defaults(run=run)
+        return sub
+
+    _serve_arguments(command("serve", "serve models over the OpenAI HTTP API and gRPC", cli_serve.run_serve))
+    check = command("check-config", "validate a YAML config file: can `serve` serve it?", cli_tools.run_check_config)
+    check.add_argument("file", type=Path)
+    check.add_argument(
+        "--settings-only",
+        action="store_true",
+        help="validate the settings only, not the files "
+        "and environment variables they name (a config meant for another machine or an image)",
+    )
+    _plan_arguments(command("plan", "estimate the memory a model needs before serving it", cli_tools.run_plan))
+    _bench_arguments(command("bench", "measure an OpenAI-compatible server with concurrent streams",
+                             cli_tools.run_bench))  # fmt: skip
+    quantize = command("quantize", "convert and quantize models", cli_tools.run_quantize, leaf=False)
+    _quantize_arguments(quantize.add_subparsers(dest="format", required=True, metavar="FORMAT"), common)
+    _eval_arguments(command("eval", "perplexity, KL, top-1 agreement, size and speed of GGUF files and HF "
+                            "checkpoints", cli_tools.run_eval))  # fmt: skip
+    return parser
+
+
+def _serve_arguments(serve: argparse.ArgumentParser) -> None:
+    fields, server = LlamaCppConfig.model_fields, ServerSettings.model_fields
+    source = serve.add_mutually_exclusive_group()
+    source.add_argument("--config", type=Path, help="YAML config file (docs/configuration.md)")
+    source.add_argument("--model", type=Path, help="serve one GGUF file with default settings "
+                        "(default: the embedded models/tiny-chat.gguf, in a checkout)")  # fmt: skip
+    serve.add_argument("--host", help=f"bind address (default {server['host'].default})")
+    serve.add_argument("--port", type=port, help=f"HTTP port (default {server['http_port'].default}; 0: any free)")
+    grpc = serve.add_mutually_exclusive_group()
+    grpc.add_argument("--grpc-port", type=port, help=f"gRPC port (default {server['grpc_port'].default}; 0: any free)")
+    grpc.add_argument("--no-grpc", action="store_true", help="do not serve gRPC")
+    serve.add_argument("--threads", type=positive_int, help=f"with --model: llama.cpp threads (default: the CPUs "
+                       f"this process may use, {default_threads()} here)")  # fmt: skip
+    serve.add_argument("--n-ctx", type=positive_int, help="with --model: KV-cache cells shared by all sequences "
+                       "(default: the model's trained context, at most 4096)")  # fmt: skip
+    serve.add_argument(
+        "--max-seqs",
+        type=positive_int,
+        help=f"with --model: sequences decoded together (default {fields['max_seqs'].default})",
+    )
     serve.add_argument("--no-prefix-cache", action="store_true", help="with --model: recompute every prompt")
-    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    quantize = commands.add_parser("quantize", help="convert and quantize models")
-    formats = quantize.add_subparsers(dest="format", required=True)
-    to_gguf = formats.add_parser("gguf", help="an HF checkpoint (Llama, Mistral) to a GGUF file")
-    to_gguf.add_argument("--from", dest="source", type=Path, required=True, help="HF checkpoint directory")
+
+
+def _plan_arguments(plan: argparse.ArgumentParser) -> None:
+    source = plan.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", type=Path, help="a GGUF file: its header gives the shape and the weights")
+    source.add_argument("--hf-config", type=Path, help="an HF config.json: the shape, and the weights at --quant")
+    params_help = ("a parameter count (7B, 0.5B, 350M): weights at --quant, the KV cache of an assumed "
+                   "Llama-like shape of that size (named in the output)")  # fmt: skip
+    source.add_argument("--params", type=param_count, help=params_help)
+    plan.add_argument(
+        "--quant",
+        choices=list(QUANTS),
+        default="f16",
+        help="with --params / --hf-config: the GGUF type the weights are stored in (default f16)",
+    )
+    plan.add_argument("--ctx", type=positive_int, default=4096, help="KV-cache cells (context; default 4096)")
+    plan.add_argument("--seqs", type=positive_int, default=8, help="sequences decoded together (default 8)")
+
+
+def _bench_arguments(bench: argparse.ArgumentParser) -> None:
+    bench.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL, without /v1")
+    bench.add_argument("--model", default="default", help="the model name to ask for (default: default)")
+    bench.add_argument("-c", "--concurrency", type=positive_int, nargs="+", default=[1, 2, 4, 8, 16])
+    bench.add_argument("--requests", type=positive_int, help="per concurrency level (default 4 x c, at least 8)")
+    bench.add_argument("--max-tokens", type=positive_int, default=64)
+    bench.add_argument("--json", type=Path, help="also write the reports as JSON")
+    bench.add_argument("--plot", type=Path, help="also write a PNG plot (needs the `bench` extra: matplotlib)")
+
+
+def _quantize_arguments(formats: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    source_help = "local HF checkpoint directory: config.json, *.safetensors, tokenizer.json (docs/quantize.md)"
+    architectures = ", ".join(name.removesuffix("ForCausalLM") for name in GGUF_ARCHITECTURES)
+    what = f"an HF checkpoint ({architectures}) to a GGUF file"
+    to_gguf = formats.add_parser("gguf", help=what, description=what, parents=[common])
+    to_gguf.add_argument("--from", dest="source", type=Path, required=True, help=source_help)
     to_gguf.add_argument("--type", default="q8_0", choices=["f32", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m"])
     to_gguf.add_argument("--out", type=Path, required=True)
     for method in ("gptq", "awq"):
-        weights = formats.add_parser(method, help=f"an HF checkpoint to a {method.upper()} checkpoint directory")
-        weights.add_argument("--from", dest="source", type=Path, required=True, help="HF checkpoint directory")
+        what = f"an HF checkpoint to a {method.upper()} checkpoint directory (needs the quantize extra and torch)"
+        weights = formats.add_parser(method, help=what, description=what, parents=[common])
+        weights.add_argument("--from", dest="source", type=Path, required=True, help=source_help)
         weights.add_argument("--bits", type=int, default=4, choices=[4, 8])
-        weights.add_argument("--group-size", type=int, default=128)
+        weights.add_argument("--group-size", type=positive_int, default=128)
         weights.add_argument("--calib", default="builtin", help="text file (a sample per line, or .jsonl with "
                              "`text`) or `builtin` (lmgate's generated English corpus)")  # fmt: skip
-        weights.add_argument("--max-samples", type=int, help="use at most this many calibration samples")
+        weights.add_argument("--max-samples", type=positive_int, help="use at most this many calibration samples")
         weights.add_argument("--tool", default="gptqmodel", choices=["gptqmodel", "llm-compressor"],
                              help="gptqmodel: GPTQ/AWQ formats; llm-compressor: compressed-tensors")  # fmt: skip
         weights.add_argument("--out", type=Path, required=True, help="output directory")
-    evaluate = commands.add_parser(
-        "eval", help="perplexity, KL, top-1 agreement, size and speed of GGUF files and HF checkpoints"
-    )
+
+
+def _eval_arguments(evaluate: argparse.ArgumentParser) -> None:
     evaluate.add_argument(
-        "--model", type=Path, action="append", required=True, help="repeat; the first is the reference"
+        "--model",
+        type=Path,
+        action="append",
+        required=True,
+        help="a GGUF file or an HF checkpoint directory; repeat; the first is the reference",
     )
-    evaluate.add_argument("--text", type=Path, required=True, help="held-out text to measure on")
-    evaluate.add_argument("--max-tokens", type=int, default=4096)
-    evaluate.add_argument("--max-ppl-increase", help="fail when a model's perplexity is more than this over the "
-                          "reference's, e.g. 5%%")  # fmt: skip
+    evaluate.add_argument("--text", type=readable_file, required=True, help="held-out text to measure on")
+    evaluate.add_argument("--max-tokens", type=positive_int, default=4096)
+    evaluate.add_argument("--max-ppl-increase", type=percent, help="fail when a model's perplexity is more than "
+                          "this over the reference's, e.g. 5%%")  # fmt: skip
     evaluate.add_argument("--markdown", type=Path, help="also write the table here")
     evaluate.add_argument("--plot", type=Path, help="also write a PNG (needs the bench extra: matplotlib)")
-    check = commands.add_parser("check-config", help="validate a YAML config file and summarise it")
-    check.add_argument("file", type=Path)
-    plan = commands.add_parser("plan", help="estimate the memory a GGUF model needs before serving it")
-    plan.add_argument("--model", type=Path, required=True, help="GGUF file")
-    plan.add_argument("--ctx", type=int, default=4096, help="KV-cache cells (context)")
-    plan.add_argument("--seqs", type=int, default=8, help="sequences decoded together")
-    bench = commands.add_parser("bench", help="measure an OpenAI-compatible server with concurrent streams")
-    bench.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL (without /v1)")
-    bench.add_argument("--model", default="default")
-    bench.add_argument("-c", "--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16])
-    bench.add_argument("--requests", type=int, default=0, help="per concurrency level (default 4 x c, at least 8)")
-    bench.add_argument("--max-tokens", type=int, default=64)
-    bench.add_argument("--json", type=Path, help="also write the reports as JSON")
-    bench.add_argument("--plot", type=Path, help="also write a PNG plot (needs the `bench` extra: matplotlib)")
-    args = parser.parse_args(argv)
-    if args.command == "bench":
-        run_bench_command(args)
-        return
-    if args.command == "plan":
-        sys.exit(run_plan_command(args))
-    if args.command == "check-config":
-        sys.exit(run_check_config(args.file))
-    if args.command == "quantize":
-        sys.exit(run_quantize(args))
-    if args.command == "eval":
-        sys.exit(run_eval(args))
 
+
+# --- argument types: a wrong value is argparse's one-line usage error (exit status 2) ---
+
+
+def positive_int(text: str) -> int:
     try:
-        serve_forever(settings_from_args(args))
-    except ConfigError as exc:
-        sys.exit(f"lmgate: {exc}")
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    if args.config is not None:
-        raw = read_config_file(args.config)
-    else:
-        model: dict[str, object] = {
-            "name": model_name_from_path(args.model),
-            "aliases": ["default"],
-            "backend": "llamacpp",
-            "gguf": str(args.model),
-        }
-        for flag, key in (("threads", "n_threads"), ("n_ctx", "n_ctx"), ("max_seqs", "max_seqs")):
-            if getattr(args, flag) is not None:
-                model[key] = getattr(args, flag)
-        if args.no_prefix_cache:
-            model["prefix_cache"] = False
-        raw = {"models": [model]}
-    server = raw.setdefault("server", {})
-    for flag, key in (("host", "host"), ("port", "http_port"), ("grpc_port", "grpc_port"), ("log_level", "log_level")):
-        if getattr(args, flag) is not None:
-            server[key] = getattr(args, flag)
-    if args.no_grpc:
-        server["grpc_port"] = None
-    return validate_settings(raw, source=str(args.config or "command line"))
-
-
-def run_quantize(args: argparse.Namespace) -> int:
-    if args.format != "gguf":
-        return run_quantize_weights(args)
-    from lmgate.quantize.hf_to_gguf import QuantType, UnsupportedModel, convert
-
+def port(text: str) -> int:
     try:
-        out = convert(args.source, args.out, QuantType(args.type), progress=True)
-    except (UnsupportedModel, FileNotFoundError) as exc:
-        print(f"lmgate: {exc}", file=sys.stderr)
-        return 1
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {args.type})")
-    return 0
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, got {value}")
+    return value
 
 
-def run_quantize_weights(args: argparse.Namespace) -> int:
-    """``quantize gptq|awq``: exit status 1 with the tool's reason when it cannot."""
+def percent(text: str) -> float:
+    """``5%`` or ``5`` → 0.05."""
     try:
-        from lmgate.quantize.calibration import load_calibration
-        from lmgate.quantize.weight_only import Method, QuantizeError, Tool, quantize_weights
-    except ImportError as exc:
-        print(f"lmgate: {exc.name} is missing: pip install 'lmgate[quantize]'", file=sys.stderr)
-        return 1
+        value = float(text.strip().removesuffix("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a percentage such as 5%%, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text!r}")
+    return value / 100
+
+
+def param_count(text: str) -> int:
     try:
-        calibration = load_calibration(args.calib, max_samples=args.max_samples)
-        out = quantize_weights(args.source, args.out, method=Method(args.format), bits=args.bits,
-                               group_size=args.group_size, calibration=calibration, tool=Tool(args.tool))  # fmt: skip
-    except (ValueError, FileNotFoundError, QuantizeError, ImportError) as exc:
-        print(f"lmgate: {exc}", file=sys.stderr)
-        return 1
-    size = sum(p.stat().st_size for p in out.glob("*.safetensors"))
-    print(f"wrote {out} ({size / 1e6:.1f} MB of weights, {args.format} {args.bits}-bit, group {args.group_size})")
-    return 0
+        return parse_params(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def run_eval(args: argparse.Namespace) -> int:
-    """The table; exit status 1 when --max-ppl-increase is given and a model goes over it."""
-    from lmgate.quantize.evaluate import evaluate, gate, markdown, plot
-
-    reports = evaluate(args.model, args.text.read_text(), max_tokens=args.max_tokens)
-    table = markdown(reports)
-    print(table)
-    if args.markdown:
-        args.markdown.write_text(table + "\n")
-    if args.plot:
-        plot(reports, args.plot)
-    if args.max_ppl_increase is None:
-        return 0
-    failures = gate(reports, float(args.max_ppl_increase.rstrip("%")) / 100)
-    for failure in failures:
-        print(f"FAIL {failure}", file=sys.stderr)
-    return 1 if failures else 0
-
-
-def run_check_config(path: Path) -> int:
-    """Exit status 0 and a summary for a valid file; 1 and a one-line error naming the field otherwise."""
-    try:
-        settings = load_settings(path)
-    except ConfigError as exc:
-        print(f"lmgate: {exc}", file=sys.stderr)
-        return 1
-    s = settings.server
-    grpc = "off" if s.grpc_port is None else s.grpc_port
-    print(f"{path}: valid. HTTP {s.host}:{s.http_port}, gRPC {grpc}, auth {'on' if s.auth_enabled else 'off'}")
-    for m in settings.models:
-        extra = [f"aliases {', '.join(m.aliases)}"] if m.aliases else []
-        extra += [f"fallback {m.fallback}"] if m.fallback else []
-        extra += ["lazy"] if m.lazy else []
-        print(f"  {m.name}: {m.backend} x{m.replicas}, {m.routing.value}, max_running {m.max_running}"
-              + "".join(f", {e}" for e in extra))  # fmt: skip
-    return 0
-
-
-def run_plan_command(args: argparse.Namespace) -> int:
-    """Print the estimate; exit status 1 when it does not fit in the memory available now."""
-    from lmgate.backends.llamacpp import memory_plan
-
-    try:
-        estimate = memory_plan.plan(args.model, args.ctx, args.seqs)
-    except (OSError, ValueError) as exc:
-        print(f"lmgate: cannot read {args.model}: {exc}", file=sys.stderr)
-        return 2
-    print(estimate.describe())
-    available = memory_plan.available_bytes()
-    try:
-        memory_plan.check_fits(estimate, available, name=args.model.name)
-    except MemoryError as exc:
-        print(f"does not fit: {exc}")
-        return 1
-    print(f"fits: {available / 2**30:.1f} GiB available")
-    return 0
-
-
-def run_bench_command(args: argparse.Namespace) -> None:
-    import asyncio
-
-    from lmgate.server.bench import BenchConfig, report_json, report_table, run_bench
-
-    reports = []
-    for c in args.concurrency:
-        requests = args.requests or max(8, 4 * c)
-        config = BenchConfig(args.url, args.model, c, requests, max_tokens=args.max_tokens)
-        reports.append(asyncio.run(run_bench(config)))
-        print(report_table(reports[-1:]).splitlines()[-1] if len(reports) > 1 else report_table(reports), flush=True)
-    if args.json:
-        args.json.write_text(report_json(reports))
-    if args.plot:
-        from lmgate.server.bench_plot import plot_sweeps
-
-        plot_sweeps({args.url: reports}, args.plot)
-
-
-def serve_forever(settings: Settings) -> None:
-    from lmgate.server.app import create_app
-
-    level = settings.server.log_level
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # One JSON line per request on stdout (server/metrics.py), instead of uvicorn's access log.
-    access = logging.getLogger("lmgate.access")
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    access.addHandler(handler)
-    access.propagate = False
-    server: DrainingServer | None = None
-
-    def fatal(reason: str) -> None:  # no model can ever load: stop, and exit non-zero below
-        assert server is not None
-        server.fatal = reason
-        server.should_exit = True
-
-    app = create_app(settings, on_fatal=fatal)
-    config = uvicorn.Config(
-        app,
-        host=settings.server.host,
-        port=settings.server.http_port,
-        log_level=level,
-        access_log=False,
-        http=http_protocol(settings.server.header_timeout_s),
-        # The drain (DrainingServer) already waited for in-flight requests: don't wait a second time.
-        timeout_graceful_shutdown=1,
-    )
-    server = DrainingServer(config, app.state.drain)
-    server.run()
-    if server.fatal is not None:
-        sys.exit(f"lmgate: cannot serve: {server.fatal}")
-
-
-class DrainingServer(uvicorn.Server):
-    """uvicorn, but the first SIGTERM / SIGINT drains (server/drain.py) before exiting; a second
-    one exits at once."""
-
-    def __init__(self, config: uvicorn.Config, drain: Drain) -> None:
-        super().__init__(config)
-        self._drain = drain
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._draining = False
-        self.fatal: str | None = None
-        """Why the server stopped on its own (no model can load), if it did."""
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        self._loop = asyncio.get_running_loop()
-        await super().startup(sockets)
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._draining or self._loop is None:
-            super().handle_exit(sig, frame)
-            return
-        self._draining = True
-        self._captured_signals.append(sig)  # re-raised after shutdown, as uvicorn does
-        self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain_then_exit()))
-
-    async def _drain_then_exit(self) -> None:
-        await self._drain.run()
-        self.should_exit = True
+def readable_file(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{path}: {'is a directory' if path.is_dir() else 'no such file'}")
+    return path
 
 
 if __name__ == "__main__":

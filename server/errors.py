@@ -15,7 +15,7 @@ Each class knows its HTTP status, its OpenAI error ``type``, its gRPC status nam
 lumps apart cases an operator tells apart: ``model_not_found``, ``unauthenticated``,
 ``payload_too_large``, ``client_timeout``). The HTTP app renders them as OpenAI-shaped bodies
 (``{"error": {"message", "type", "param", "code"}}``). Messages name the field, the value and the
-fix; a value the client sent is shown through ``shown()``, never at any length.
+fix; a value the client sent is quoted short (``quote_value``), never at any length.
 """
 
 from __future__ import annotations
@@ -24,14 +24,6 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from lmgate.backends.errors import BackendError, BackendUnavailable, InvalidRequest
-
-SHOWN_CHARS = 80
-
-
-def shown(value: object, limit: int = SHOWN_CHARS) -> str:
-    """``value`` for an error message: as it is when short, else its start and its length."""
-    text = str(value)
-    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
 class LmgateError(Exception):
@@ -71,8 +63,9 @@ class ModelNotFoundError(LmgateError):
     outcome_name = "model_not_found"
 
     def __init__(self, model: str, known: list[str]) -> None:
+        name = model if len(model) <= QUOTE_LIMIT else quote_value(model)  # a client's 100 KB name is not echoed
         super().__init__(
-            f"The model `{shown(model)}` does not exist. Models served here: {', '.join(known) or 'none'}.",
+            f"The model `{name}` does not exist. Models served here: {', '.join(known) or 'none'}.",
             param="model",
             code="model_not_found",
         )
@@ -142,7 +135,9 @@ def from_backend_error(exc: BackendError) -> LmgateError:
 def from_validation_errors(errors: Sequence[Any]) -> InvalidRequestError:
     """Pydantic's first complaint as a 400 / INVALID_ARGUMENT naming the field, the value and the rule.
 
-    Shared by both transports: HTTP bodies and gRPC requests are validated by the same models.
+    Shared by both transports: HTTP bodies and gRPC requests are validated by the same models. The
+    value is quoted short (``quote_value``) and only for a field: a rule on the whole request names
+    its fields in its message, and never echoes the request (the user's conversation) back.
     """
     first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
     if first["type"] == "json_invalid":
@@ -150,6 +145,29 @@ def from_validation_errors(errors: Sequence[Any]) -> InvalidRequestError:
     loc = [str(p) for p in first["loc"] if p != "body"]
     # Unions report each branch ("stop.str", "stop.list[str]"); the field is what the client wrote.
     param = ".".join(p for p in loc if not any(c in p for c in "[]") and p not in {"str", "int"}) or None
-    got = "" if first["type"] == "missing" else f" (got {first.get('input')!r})"
+    # A validator's own ValueError: its text, without pydantic's "Value error, " before it.
+    rule = str(first["ctx"]["error"]) if first["type"] == "value_error" and "ctx" in first else first["msg"]
+    whole_request_rule = not loc and first["type"] in ("value_error", "assertion_error")  # its input: the request
+    got = "" if first["type"] == "missing" or whole_request_rule else f" (got {quote_value(first.get('input'))})"
     more = f" ({len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-    return InvalidRequestError(f"{param or 'body'}: {first['msg']}{got}{more}", param=param)
+    return InvalidRequestError(f"{param or 'body'}: {rule}{got}{more}", param=param)
+
+
+QUOTE_LIMIT = 60
+"""Characters of a string value an error message quotes."""
+
+
+def quote_value(value: object) -> str:
+    """A value as an error message shows it: short scalars as written, long text cut, containers by their
+    size and keys only (a message list, a tool definition or a prompt is never copied into an error)."""
+    if isinstance(value, bytes | bytearray):
+        return f"{len(value)} bytes that are not a JSON object"
+    if isinstance(value, dict):
+        keys = [str(k)[:20] for k in list(value)[:6]]
+        return f"an object with keys {', '.join(keys)}{', ...' if len(value) > 6 else ''}" if keys else "{}"
+    if isinstance(value, list | tuple):
+        return f"a list of {len(value)} item{'s' if len(value) != 1 else ''}"
+    if isinstance(value, str) and len(value) > QUOTE_LIMIT:
+        return f"{value[:QUOTE_LIMIT]!r}... ({len(value)} characters)"
+    text = repr(value)
+    return text if len(text) <= QUOTE_LIMIT else f"{text[:QUOTE_LIMIT]}..."

@@ -13,7 +13,7 @@ from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from lmgate.server.errors import LmgateError
+from lmgate.server.errors import InvalidRequestError, LmgateError
 
 REQUEST_ID_HEADER = "X-Request-Id"
 IGNORED_PARAMS_HEADER = "X-Lmgate-Ignored-Params"
@@ -25,6 +25,27 @@ def base_request_id(request: Request) -> str:
     """The client's ``X-Request-Id`` when it is a sane token, else a fresh random id."""
     given = request.headers.get(REQUEST_ID_HEADER)
     return given if given and _SAFE_ID.match(given) else uuid.uuid4().hex
+
+
+async def json_body(request: Request) -> None:
+    """A route dependency: the body must be sent as JSON (``Content-Type: application/json``).
+
+    NOTE: as vLLM's OpenAI server does (``validate_json_request``): a body sent as something else is
+    refused with a message saying so, rather than parsed anyway (llama-server parses any body). The
+    common case is ``curl -d`` without ``-H``, which sends a form, and whose body pydantic would only
+    call "not a valid dictionary". Browsers can send forms across origins without a preflight; JSON
+    they cannot, so accepting only JSON also keeps cross-site form posts out.
+    """
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
+        return
+    error = InvalidRequestError(
+        f"the request body must be JSON, sent with `Content-Type: application/json` (this request's is "
+        f"{media or 'missing'}): with curl, add -H 'Content-Type: application/json'",
+        code="unsupported_media_type",
+    )
+    request.app.state.metrics.rejected("http", error)
+    raise error
 
 
 def sse(chunk: BaseModel) -> str:

@@ -6,12 +6,20 @@ import json
 import time
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from lmgate.backends.types import TokenDelta
 from lmgate.server.convert import ChoiceText, UsageTally, chat_logprobs, chat_request
 from lmgate.server.dispatch import Dispatcher
-from lmgate.server.http_common import answered, base_request_id, response_headers, sse, streamed, until_disconnect
+from lmgate.server.http_common import (
+    answered,
+    base_request_id,
+    json_body,
+    response_headers,
+    sse,
+    streamed,
+    until_disconnect,
+)
 from lmgate.server.metrics import Metrics
 from lmgate.server.protocol import (
     ChatChoice,
@@ -26,7 +34,7 @@ from lmgate.server.protocol import (
 router = APIRouter()
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletion)
+@router.post("/v1/chat/completions", response_model=ChatCompletion, dependencies=[Depends(json_body)])
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     dispatcher: Dispatcher = request.app.state.dispatcher
     metrics: Metrics = request.app.state.metrics

@@ -9,21 +9,29 @@ import json
 import time
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from lmgate.backends.base import Backend
 from lmgate.backends.types import TokenDelta
 from lmgate.server.convert import ChoiceText, UsageTally, completion_logprobs, completion_requests
 from lmgate.server.dispatch import Dispatcher
 from lmgate.server.generation import merge
-from lmgate.server.http_common import answered, base_request_id, response_headers, sse, streamed, until_disconnect
+from lmgate.server.http_common import (
+    answered,
+    base_request_id,
+    json_body,
+    response_headers,
+    sse,
+    streamed,
+    until_disconnect,
+)
 from lmgate.server.metrics import Metrics
 from lmgate.server.protocol import Completion, CompletionChoice, CompletionRequest
 
 router = APIRouter()
 
 
-@router.post("/v1/completions", response_model=Completion)
+@router.post("/v1/completions", response_model=Completion, dependencies=[Depends(json_body)])
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
     dispatcher: Dispatcher = request.app.state.dispatcher
     metrics: Metrics = request.app.state.metrics

@@ -133,14 +133,27 @@ class ChatCompletionRequest(_Request):
     tools: list[Any] | None = None
     response_format: dict[str, Any] | None = None
 
+    @field_validator("tools")
+    @classmethod
+    def _refuse_tools(cls, value: list[Any] | None) -> list[Any] | None:
+        if value:
+            raise ValueError("function calling is not supported by lmgate yet: send the request without `tools`")
+        return value
+
+    @field_validator("response_format")
+    @classmethod
+    def _refuse_structured_output(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value and value.get("type", "text") != "text":
+            raise ValueError(
+                "structured output (json_object, json_schema) is not supported by lmgate yet: send the request "
+                'without `response_format`, or with {"type": "text"}'
+            )
+        return value
+
     @model_validator(mode="after")
     def _check_chat(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs to be true")
-        if self.tools:
-            raise ValueError("tools (function calling) are not supported by lmgate yet")
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            raise ValueError("response_format other than {'type': 'text'} is not supported by lmgate yet")
         return self
 
     @property

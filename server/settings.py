@@ -11,13 +11,18 @@
 
 A model entry is its name and aliases plus its backend kind's own settings (the config class the
 backend defines), picked by the ``backend`` field. Errors quote where, the value and the rule.
+
+Relative paths in a config file (every setting typed as a path: ``gguf``, a transformers ``model``,
+``api_keys_file``) are resolved against the file's directory, whoever reads it (``serve``,
+``check-config``) and wherever it is run from; ``~`` is the home directory.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
@@ -47,7 +52,9 @@ class ServerSettings(BaseModel):
     grpc_port: int | None = Field(
         default=50051, ge=0, le=65535, description="gRPC port on the same host (0: any free port; null: off)."
     )
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Server log level; debug also logs llama.cpp's own messages."
+    )
     log_prompts: bool = Field(
         default=False, description="Put prompts in the per-request log lines (off: no user text)."
     )
@@ -58,7 +65,9 @@ class ServerSettings(BaseModel):
     api_keys_env: str | None = Field(
         default=None, description="Name of an environment variable holding API keys, comma-separated."
     )
-    api_keys_file: Path | None = Field(default=None, description="A file of API keys, one per line.")
+    api_keys_file: Path | None = Field(
+        default=None, description="A file of API keys, one per line (`#` comments); relative to the config file's."
+    )
     metrics_auth: bool = Field(default=False, description="Require an API key for /metrics too.")
     max_body_bytes: int = Field(default=8 * 2**20, ge=1024, description="Largest request body accepted (413 beyond).")
     header_timeout_s: float = Field(
@@ -79,14 +88,23 @@ class ServerSettings(BaseModel):
                 "metrics_port serves /metrics without authentication, so it cannot be combined with "
                 "metrics_auth: scrape /metrics on the HTTP port with a key, or drop metrics_auth"
             )
+        ports = {"http_port": self.http_port, "grpc_port": self.grpc_port, "metrics_port": self.metrics_port}
+        taken: dict[int, str] = {}
+        for name, port in ports.items():
+            if port:  # None: off; 0: any free port
+                if port in taken:
+                    raise ValueError(f"{taken[port]} and {name} are both {port}: each server needs a port of its own")
+                taken[port] = name
         return self
 
 
-class _ModelEntry(BaseModel):
+class ModelEntry(BaseModel):
     """What every model entry has, whatever its backend: names, the pool, limits, lifecycle."""
 
     name: str = Field(pattern=_NAME, description="The name clients put in `model`.")
-    aliases: list[Annotated[str, Field(pattern=_NAME)]] = Field(default_factory=list)
+    aliases: list[Annotated[str, Field(pattern=_NAME)]] = Field(
+        default_factory=list, description="Other names that reach this model (e.g. `default`)."
+    )
     replicas: int = Field(default=1, ge=1, le=64, description="Copies of this backend in the pool.")
     routing: Policy = Field(default=Policy.PREFIX_AFFINITY, description="How a replica is chosen.")
     fallback: str | None = Field(
@@ -111,27 +129,27 @@ class _ModelEntry(BaseModel):
     idle_unload_s: float | None = Field(default=None, gt=0, description="Unload after this long without requests.")
 
 
-class LlamaCppModelSettings(_ModelEntry, LlamaCppConfig):
+class LlamaCppModelSettings(ModelEntry, LlamaCppConfig):
     pass
 
 
-class GrpcModelSettings(_ModelEntry, GrpcConfig):
+class GrpcModelSettings(ModelEntry, GrpcConfig):
     pass
 
 
-class OpenAIModelSettings(_ModelEntry, OpenAIConfig):
+class OpenAIModelSettings(ModelEntry, OpenAIConfig):
     pass
 
 
-class VllmModelSettings(_ModelEntry, VllmConfig):
+class VllmModelSettings(ModelEntry, VllmConfig):
     pass
 
 
-class TransformersModelSettings(_ModelEntry, TransformersConfig):
+class TransformersModelSettings(ModelEntry, TransformersConfig):
     pass
 
 
-class FakeModelSettings(_ModelEntry, FakeConfig):
+class FakeModelSettings(ModelEntry, FakeConfig):
     pass
 
 
@@ -162,11 +180,16 @@ class Settings(BaseModel):
     @model_validator(mode="after")
     def _names_and_fallbacks(self) -> Settings:
         seen: dict[str, str] = {}
-        for model in self.models:
-            for name in [model.name, *model.aliases]:
+        where: dict[str, str] = {}
+        for i, model in enumerate(self.models):
+            for j, name in enumerate([model.name, *model.aliases]):
+                here = f"models.{i}.name" if j == 0 else f"models.{i}.aliases.{j - 1}"
                 if name in seen:
-                    raise ValueError(f"the name {name!r} is used by both {seen[name]!r} and {model.name!r}")
-                seen[name] = model.name
+                    raise ValueError(
+                        f"{here}: {name!r} is already the name or an alias at {where[name]}: every model name and "
+                        "alias must be unique, so that a request's `model` picks one model"
+                    )
+                seen[name], where[name] = model.name, here
         for model in self.models:
             chain, current = [model.name], model.fallback
             while current is not None:
@@ -180,8 +203,9 @@ class Settings(BaseModel):
 
 
 def load_settings(path: Path) -> Settings:
-    """Read and validate a YAML config file; raises ConfigError with every problem found."""
-    return validate_settings(read_config_file(path), source=str(path))
+    """Read and validate a YAML config file (relative paths against its directory); raises ConfigError
+    with every problem found."""
+    return validate_settings(read_config_file(path), source=str(path), base_dir=path.parent)
 
 
 def read_config_file(path: Path) -> dict:
@@ -197,16 +221,55 @@ def read_config_file(path: Path) -> dict:
     return raw
 
 
-def validate_settings(raw: dict, *, source: str = "settings") -> Settings:
+def validate_settings(raw: dict, *, source: str = "settings", base_dir: Path | None = None) -> Settings:
+    """Typed settings from a YAML mapping; relative paths resolved against ``base_dir`` when given (a
+    config file's directory). ConfigError naming every problem: where, the rule, the value."""
     try:
-        return Settings.model_validate(raw)
+        settings = Settings.model_validate(raw)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            where = _location(err["loc"]) or "(top level)"
-            got = f" (got {err['input']!r})" if err["type"] not in ("missing", "value_error") else ""
-            problems.append(f"{where}: {err['msg']}{got}")
+        problems = [_problem(err) for err in exc.errors()]
         raise ConfigError(f"{source}: {'; '.join(problems)}") from exc
+    return settings if base_dir is None else _resolve_paths(settings, base_dir.absolute())
+
+
+def _problem(err: Any) -> str:
+    where = _location(err["loc"])
+    if err["type"] == "union_tag_invalid":  # the `backend` field names no known kind
+        tag, kinds = str(err["ctx"]["tag"]), sorted(_KINDS)
+        close = difflib.get_close_matches(tag.replace(".", "").lower(), kinds, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"{where}.backend: unknown backend kind {tag!r}{hint}; the kinds are {', '.join(map(repr, kinds))}"
+    message = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]
+    got = "" if err["type"] in ("missing", "value_error") else f" (got {_short(err['input'])})"
+    # A settings-wide rule names its fields itself.
+    return f"{where}: {message}{got}" if where else f"{message}{got}"
+
+
+def _short(value: object) -> str:
+    """A value as an error quotes it: scalars as written, a mapping or a list by its size."""
+    if isinstance(value, dict):
+        return f"a mapping with {', '.join(map(str, list(value)[:4]))}{', ...' if len(value) > 4 else ''}"
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _resolve_paths(model: Any, base: Path) -> Any:
+    """``model`` with every relative Path field (nested models and lists included) made absolute under ``base``."""
+    updates: dict[str, object] = {}
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, Path):
+            resolved = value.expanduser()
+            resolved = resolved if resolved.is_absolute() else base / resolved
+            if resolved != value:
+                updates[name] = resolved
+        elif isinstance(value, BaseModel):
+            updates[name] = _resolve_paths(value, base)
+        elif isinstance(value, list) and any(isinstance(v, BaseModel) for v in value):
+            updates[name] = [_resolve_paths(v, base) if isinstance(v, BaseModel) else v for v in value]
+    return model.model_copy(update=updates) if updates else model
 
 
 def _location(loc: tuple[int | str, ...]) -> str:

@@ -11,8 +11,8 @@ class FakeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     backend: Literal["fake"] = "fake"
-    context_length: PositiveInt = 2048
-    max_n: PositiveInt = 8
+    context_length: PositiveInt = Field(default=2048, description="The context length it reports.")
+    max_n: PositiveInt = Field(default=8, description="The most choices (`n`) a request may ask for.")
     token_delay_s: float = Field(default=0.0, ge=0.0, description="Pause before each token, to keep streams open.")
     stall_after: int | None = Field(
         default=None, ge=0, description="After this many tokens a choice waits until it is closed (a hung engine)."

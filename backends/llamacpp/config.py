@@ -26,7 +26,7 @@ class LlamaCppConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     backend: Literal["llamacpp"] = "llamacpp"
-    gguf: Path = Field(description="Path of the GGUF file.")
+    gguf: Path = Field(description="The GGUF file; a relative path is relative to the config file's directory.")
     n_ctx: PositiveInt | None = Field(
         default=None,
         description="KV-cache cells shared by all sequences (unified cache). "
@@ -63,7 +63,9 @@ class LlamaCppConfig(BaseModel):
     n_threads_batch: PositiveInt | None = Field(
         default=None, le=GGML_MAX_N_THREADS, description="Threads for prompt processing (default: n_threads)."
     )
-    flash_attn: Literal["auto", "on", "off"] = "auto"
+    flash_attn: Literal["auto", "on", "off"] = Field(
+        default="auto", description="llama.cpp's flash attention: auto lets llama.cpp decide for this CPU and model."
+    )
 
     @property
     def num_slots(self) -> int:

@@ -33,8 +33,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import tomllib
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 # ggml's CMake switch for each x86 extension -> the /proc/cpuinfo flags it needs, in build order.
 _X86_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -163,15 +167,18 @@ def build_wheel(version: str, args: list[str], cache: Path) -> Path:
     directory = cache / f"llama_cpp_python-{version}-{key}"
     wheels = sorted(directory.glob("*.whl"))
     if wheels:
+        print(f"llama.cpp: using the build made earlier for this CPU ({wheels[0]})", file=sys.stderr)
         return wheels[0]
-    print(f"Building llama.cpp (llama-cpp-python {version}) with {' '.join(args)}", file=sys.stderr)
-    print("This compiles for several minutes on a small machine; the wheel is cached afterwards.", file=sys.stderr)
+    print(f"Compiling llama.cpp (llama-cpp-python {version}) for this CPU: about 5 minutes on 2 cores, less on "
+          f"more; once only, the wheel is kept in {directory}", file=sys.stderr)  # fmt: skip
+    print(f"CMake arguments: {' '.join(args)}", file=sys.stderr)
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as scratch:
         env = {**os.environ, "CMAKE_ARGS": " ".join(args)}
-        command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "--progress-bar", "off"]
+        # -v: pip passes the build's own output through, which BuildProgress turns into progress lines.
+        command = [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-cache-dir", "--progress-bar", "off"]
         command += ["--no-binary", "llama-cpp-python", "-w", scratch, f"llama-cpp-python=={version}"]
-        subprocess.run(command, env=env, check=True)
+        run_with_progress(command, env)
         built = next(Path(scratch).glob("*.whl"))
         staging = Path(scratch) / "out"
         staging.mkdir()
@@ -182,6 +189,63 @@ def build_wheel(version: str, args: list[str], cache: Path) -> Path:
             if not directory.is_dir():  # else another build of the same key finished first
                 raise
     return next(directory.glob("*.whl"))
+
+
+# pip -v indents the build's lines: "  [12/193] /usr/bin/g++ ..." (ninja), "  [ 42%] Building ..." (make).
+_NINJA_STEP = re.compile(r"^\s*\[\s*(\d+)/(\d+)\]")
+_MAKE_PERCENT = re.compile(r"^\s*\[\s*(\d+)%\]")
+
+
+class BuildProgress:
+    """The compiler's output as a few progress lines: one each tenth of the compile steps (ninja's
+    ``[n/m]``, make's ``[ p%]``), and one a minute while nothing counts (pip fetching and preparing the
+    sdist). Keeps the last lines, to show when the build fails."""
+
+    def __init__(self, out: TextIO, *, clock: Callable[[], float] = time.monotonic, quiet_s: float = 60.0) -> None:
+        self._out = out
+        self._clock = clock
+        self._quiet_s = quiet_s
+        self._started = self._last_said = clock()
+        self._tenths = -1
+        self.tail: deque[str] = deque(maxlen=40)
+
+    def feed(self, line: str) -> None:
+        self.tail.append(line.rstrip("\n"))
+        now = self._clock()
+        step, percent = _NINJA_STEP.match(line), _MAKE_PERCENT.match(line)
+        if step:
+            done, total = int(step[1]), max(int(step[2]), 1)
+            fraction, detail = done / total, f" ({done}/{total} steps)"
+        elif percent:
+            fraction, detail = int(percent[1]) / 100, ""
+        else:
+            if now - self._last_said >= self._quiet_s:
+                self._say(f"llama.cpp build: still working, {self._elapsed(now)}", now)
+            return
+        if int(fraction * 10) > self._tenths:
+            self._tenths = int(fraction * 10)
+            self._say(f"llama.cpp build: {fraction:.0%} compiled{detail}, {self._elapsed(now)}", now)
+
+    def _elapsed(self, now: float) -> str:
+        seconds = int(now - self._started)
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+
+    def _say(self, text: str, now: float) -> None:
+        print(text, file=self._out, flush=True)
+        self._last_said = now
+
+
+def run_with_progress(command: list[str], env: dict[str, str], out: TextIO = sys.stderr) -> None:
+    """Run the build ``command``, showing BuildProgress on ``out``; SystemExit with its last lines if it fails."""
+    progress = BuildProgress(out)
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          errors="replace") as process:  # fmt: skip
+        assert process.stdout is not None
+        for line in process.stdout:
+            progress.feed(line)
+    if process.returncode != 0:
+        print("\n".join(progress.tail), file=out)
+        raise SystemExit(f"building llama.cpp failed (exit status {process.returncode}); its last lines are above")
 
 
 def install_wheel(wheel: Path) -> None:

@@ -18,6 +18,7 @@ import llama_cpp
 from lmgate.backends.errors import ModelLoadError
 from lmgate.backends.llamacpp import memory_plan
 from lmgate.backends.llamacpp.config import LlamaCppConfig
+from lmgate.backends.llamacpp.gguf_file import GGUFFileError
 
 log = logging.getLogger("lmgate.llama_cpp")
 
@@ -69,8 +70,8 @@ class LlamaModel:
             raise ModelLoadError(f"GGUF file not found: {path} (check the model's `gguf` setting)")
         try:
             shape = memory_plan.read_shape(path)
-        except ValueError as exc:
-            raise ModelLoadError(f"{path} is not a GGUF model lmgate can serve: {exc}") from exc
+        except GGUFFileError as exc:
+            raise ModelLoadError(f"{exc} (the model's `gguf` setting)") from exc
         self.requested_ctx = config.n_ctx or min(shape.context_train or _DEFAULT_MAX_CTX, _DEFAULT_MAX_CTX)
         self._yarn_orig_ctx = config.yarn_orig_ctx or shape.context_train
         self.max_model_len = _max_model_len(config, self.requested_ctx, shape.context_train)

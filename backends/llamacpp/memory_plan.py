@@ -7,7 +7,8 @@
 The cells are the context rounded up to llama.cpp's padding of 256; with the unified cache they
 are shared by all sequences, so sequences add only their outputs, not KV. ``check_fits`` refuses
 a configuration that does not fit in the memory available now, saying how much is needed and
-what to lower. Reads only the GGUF header (``gguf.GGUFReader`` maps the file, nothing is loaded).
+what to lower. The shape comes from the GGUF header (``gguf.GGUFReader`` maps the file, nothing is
+loaded), or for ``lmgate plan --params/--hf-config`` from model_shape.py.
 """
 
 from __future__ import annotations
@@ -16,24 +17,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import gguf
+from lmgate.backends.llamacpp.model_shape import ModelShape, read_shape
 
 _KV_BYTES = 2  # f16 K and V, llama.cpp's default cache type
 _PAD = 256
 _HEADROOM = 1.10  # allocator slack, thread buffers, the Python process itself
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    layers: int
-    embedding: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
-    ffn: int
-    context_train: int
-    weights_bytes: int
 
 
 @dataclass(frozen=True)
@@ -57,44 +45,19 @@ class MemoryPlan:
         return "\n".join([
             f"model: {s.layers} layers, {s.heads}/{s.kv_heads} heads of {s.head_dim}, vocab {s.vocab}, "
             f"trained context {s.context_train}",
-            f"weights:   {_gib(self.weights_bytes)}",
+            f"shape:     {s.shape_origin}",
+            f"weights:   {_gib(self.weights_bytes)}  ({s.weights_origin})",
             f"KV cache:  {_gib(self.kv_bytes)}  ({self.cells} cells shared by {self.seqs} sequences, f16)",
             f"compute:   {_gib(self.compute_bytes)}  (estimate)",
             f"total:     {_gib(self.total_bytes)}  (with {_HEADROOM - 1:.0%} headroom)",
         ])  # fmt: skip
 
 
-def read_shape(path: Path) -> ModelShape:
-    """The decoder's dimensions from the GGUF metadata; ValueError if they are not there."""
-    reader = gguf.GGUFReader(path)
-    arch = _field(reader, "general.architecture", str)
-
-    def key(name: str, default: int | None = None) -> int:
-        value = _field(reader, f"{arch}.{name}", int, default)
-        assert value is not None
-        return value
-
-    heads = key("attention.head_count")
-    embedding = key("embedding_length")
-    head_dim = key("attention.key_length", embedding // heads)
-    vocab_tokens = reader.fields.get("tokenizer.ggml.tokens")
-    vocab = key("vocab_size", len(vocab_tokens.data) if vocab_tokens else 0)
-    weights = sum(int(t.n_bytes) for t in reader.tensors)
-    return ModelShape(
-        layers=key("block_count"),
-        embedding=embedding,
-        heads=heads,
-        kv_heads=key("attention.head_count_kv", heads),
-        head_dim=head_dim,
-        vocab=vocab,
-        ffn=key("feed_forward_length", 4 * embedding),
-        context_train=key("context_length", 0),
-        weights_bytes=weights,
-    )
-
-
-def plan(path: Path, n_ctx: int, seqs: int, n_ubatch: int = 512) -> MemoryPlan:
-    shape = read_shape(path)
+def plan(model: Path | ModelShape, n_ctx: int, seqs: int, n_ubatch: int = 512) -> MemoryPlan:
+    """The estimate for a GGUF file (or a shape) serving ``n_ctx`` cells to ``seqs`` sequences at once."""
+    if n_ctx < 1 or seqs < 1:
+        raise ValueError(f"n_ctx ({n_ctx}) and seqs ({seqs}) must be at least 1")
+    shape = read_shape(model) if isinstance(model, Path) else model
     cells = -(-n_ctx // _PAD) * _PAD
     kv = shape.layers * shape.kv_heads * shape.head_dim * cells * _KV_BYTES * 2
     ubatch = min(n_ubatch, cells)
@@ -131,16 +94,6 @@ def check_fits(memory: MemoryPlan, available: int, *, name: str) -> None:
         f"model {name!r} needs about {_gib(memory.total_bytes)} (weights {_gib(memory.weights_bytes)}, KV cache "
         f"{_gib(memory.kv_bytes)} for n_ctx={memory.cells}) but {_gib(available)} is available: {fix}."
     )
-
-
-def _field(reader: gguf.GGUFReader, name: str, kind: type, default: object = None) -> object:
-    field = reader.fields.get(name)
-    if field is None:
-        if default is None:
-            raise ValueError(f"GGUF metadata has no {name}")
-        return default
-    value = field.contents()
-    return kind(value)
 
 
 def _gib(n: float) -> str:

@@ -23,7 +23,9 @@ class TransformersConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
     backend: Literal["transformers"] = "transformers"
-    model: Path = Field(description="HF checkpoint directory (config.json, safetensors, tokenizer).")
+    model: Path = Field(
+        description="HF checkpoint directory (config.json, safetensors, tokenizer); relative to the config file's."
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="Weights and activations; auto: the checkpoint's own."
     )

@@ -1,11 +1,15 @@
-"""`lmgate serve --model FILE.gguf` as a user runs it: a real process on a free port."""
+"""`lmgate serve` as a user runs it: a real process on a free port."""
 
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 
+import httpx
 import openai
+import pytest
 
 from server_helpers import wait_ready
 
@@ -98,10 +102,66 @@ def test_serving_a_model_that_can_never_load_exits_with_the_reason(tmp_path):
     corrupt = tmp_path / "corrupt.gguf"
     corrupt.write_bytes(b"GGUF" + bytes(60))
     result = serve("--model", str(corrupt))
-    assert result.returncode == 1 and "is not a GGUF model lmgate can serve" in result.stderr
+    assert result.returncode == 1
+    assert f"lmgate: cannot serve: model corrupt: {corrupt} is a damaged GGUF file (64 bytes)" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_a_context_too_small_for_the_sequences_is_refused_before_llama_cpp_sees_it(tiny_chat_path):
     result = serve("--model", str(tiny_chat_path), "--n-ctx", "10")
     assert result.returncode == 1
     assert "n_ctx=10 is below the 16 sequences it must hold" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_serve_without_a_model_serves_the_embedded_one_and_says_so_once_it_is_loaded():
+    port = free_port()
+    command = [sys.executable, "-m", "lmgate.server.cli", "serve", "--port", str(port), "--grpc-port", "0"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}")
+        [model] = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"]
+        assert model["id"] == "tiny-chat" and model["aliases"] == ["default"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, errors = process.communicate(timeout=60)
+    lines = errors.splitlines()
+    assert "Uvicorn running on" not in errors  # it came before the model was loaded
+    banner = lines.index("lmgate is ready")
+    assert banner > next(i for i, line in enumerate(lines) if "model tiny-chat ready" in line)
+    assert f"  OpenAI API  http://127.0.0.1:{port}/v1" in lines[banner + 1]
+    assert lines[banner + 2].startswith("  gRPC        127.0.0.1:")
+    assert lines[banner + 3] == "  model       tiny-chat, also called default: llamacpp, context 2048"
+    assert lines[banner + 4].startswith(f"  try         curl http://127.0.0.1:{port}/v1/chat/completions ")
+    assert errors.count("lmgate is ready") == 1
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs the curl command")
+def test_the_banners_curl_command_works_as_printed(tiny_chat_path):
+    port = free_port()
+    command = [sys.executable, "-m", "lmgate.server.cli", "serve", "--port", str(port), "--no-grpc"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stderr is not None
+        line = next(line for line in process.stderr if line.startswith("  try "))
+        reply = subprocess.run(shlex.split(line.removeprefix("  try ")), capture_output=True, text=True, timeout=60)
+        assert reply.returncode == 0 and '"chat.completion"' in reply.stdout, reply.stdout
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=60)
+
+
+def test_a_taken_port_is_one_line_naming_the_flag(tiny_chat_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        grpc = subprocess.run([sys.executable, "-m", "lmgate.server.cli", "serve", "--port", str(free_port()),
+                               "--grpc-port", str(busy)], capture_output=True, text=True, timeout=60)  # fmt: skip
+        http = serve("--port", str(busy))  # the helper's own --port comes first: the last one counts
+    assert grpc.returncode == 1
+    assert grpc.stderr == (
+        f"lmgate: cannot serve gRPC on 127.0.0.1:{busy}: the port is in use by another process: choose another "
+        "with --grpc-port (server.grpc_port), or --no-grpc\n"
+    )
+    assert http.returncode == 1 and http.stderr.startswith(f"lmgate: cannot serve HTTP on 127.0.0.1:{busy}")
+    assert http.stderr.count("\n") == 1

@@ -1,4 +1,9 @@
-"""The llama.cpp build: never AMX, never more than the CPU has, and refused at start when it is unsafe."""
+"""The llama.cpp build: never AMX, never more than the CPU has, refused at start when it is unsafe, and
+showing its progress while it compiles."""
+
+import io
+import os
+import sys
 
 import llama_cpp
 import pytest
@@ -67,3 +72,36 @@ def test_the_installed_build_is_safe_here_and_the_engine_checks_it(monkeypatch):
 def test_cpu_flags_are_read_from_cpuinfo():
     assert cpu_build.cpu_flags("processor\t: 0\nflags\t\t: fpu avx2 fma\n") == {"fpu", "avx2", "fma"}
     assert cpu_build.cpu_flags("") == frozenset()
+
+
+def fake_build(lines: list[str], status: int = 0) -> list[str]:
+    """A real child process printing ``lines`` as the compile would, then exiting with ``status``."""
+    script = f"import sys\nfor line in {lines!r}: print(line)\nsys.exit({status})"
+    return [sys.executable, "-c", script]
+
+
+def test_the_build_shows_a_progress_line_each_tenth_of_the_compile():
+    out = io.StringIO()
+    steps = [f"  [{i}/40] /usr/bin/g++ -O3 -c ggml/src/file{i}.cpp" for i in range(1, 41)]  # as pip -v shows them
+    cpu_build.run_with_progress(fake_build(["Processing llama-cpp-python", *steps]), dict(os.environ), out)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 11  # 0 % (the first step), 10 %, 20 % ... 100 %
+    assert lines[0].startswith("llama.cpp build: 2% compiled (1/40 steps), 0m")
+    assert lines[-1].startswith("llama.cpp build: 100% compiled (40/40 steps)")
+
+
+def test_make_style_percentages_count_too_and_a_quiet_stretch_is_reported():
+    out, now = io.StringIO(), [0.0]
+    progress = cpu_build.BuildProgress(out, clock=lambda: now[0], quiet_s=60)
+    for t, line in ((10, "Collecting llama-cpp-python"), (70, "Preparing metadata"), (80, "[ 55%] Building C object")):
+        now[0] = t
+        progress.feed(line + "\n")
+    assert out.getvalue().splitlines() == ["llama.cpp build: still working, 1m10s",
+                                           "llama.cpp build: 55% compiled, 1m20s"]  # fmt: skip
+
+
+def test_a_failed_build_shows_its_last_lines_and_says_it_failed():
+    out = io.StringIO()
+    with pytest.raises(SystemExit, match=r"building llama.cpp failed \(exit status 3\)"):
+        cpu_build.run_with_progress(fake_build(["[1/2] ok", "error: no compiler"], status=3), dict(os.environ), out)
+    assert out.getvalue().splitlines()[-2:] == ["[1/2] ok", "error: no compiler"]

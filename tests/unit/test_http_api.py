@@ -153,7 +153,8 @@ def test_unknown_route_is_an_openai_shaped_404(client):
         ({"messages": [{"content": "hi"}]}, "messages.0.role"),
         ({"stream_options": {"include_usage": True}}, None),
         ({"top_logprobs": 3}, None),
-        ({"tools": [{"type": "function"}]}, None),
+        ({"tools": [{"type": "function"}]}, "tools"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
         ({"model": ""}, "model"),
     ],
 )

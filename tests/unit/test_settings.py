@@ -122,3 +122,25 @@ def test_a_metrics_port_cannot_bypass_metrics_auth(tmp_path):
         server = "server: {metrics_auth: true, metrics_port: 9100, api_keys_env: K}\n"
         load_settings(write(tmp_path, server + "models: []\n"))
     assert "metrics_port serves /metrics without authentication" in str(err.value)
+
+
+def test_relative_paths_are_taken_from_the_config_files_directory(tmp_path):
+    config = tmp_path / "conf" / "lmgate.yaml"
+    config.parent.mkdir()
+    config.write_text(
+        "server: {api_keys_file: keys.txt}\n"
+        "models:\n  - {name: a, gguf: ../models/a.gguf}\n  - {name: b, gguf: /abs/b.gguf}\n"
+        "  - {name: c, backend: transformers, model: ~/ckpt}\n"
+    )
+    settings = load_settings(config)
+    a, b, c = settings.models
+    assert a.gguf == tmp_path / "conf" / "../models/a.gguf" and b.gguf == Path("/abs/b.gguf")
+    assert c.model == Path.home() / "ckpt"
+    assert settings.server.api_keys_file == tmp_path / "conf" / "keys.txt"
+
+
+def test_two_servers_on_one_port_are_refused(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        server = "server: {http_port: 9000, metrics_port: 9000}\n"
+        load_settings(write(tmp_path, server + "models: [{name: m, backend: fake}]\n"))
+    assert "server: http_port and metrics_port are both 9000" in str(err.value)

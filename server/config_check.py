@@ -1,0 +1,55 @@
+"""What ``lmgate check-config`` verifies beyond the settings' own validation: that ``serve`` could start
+with them on this machine, now.
+
+- API keys: ``api_keys_env`` / ``api_keys_file`` give at least one key (``serve`` refuses otherwise;
+  the same code reads them).
+- ``llamacpp`` models: the ``gguf`` file exists and its header reads (the check the engine makes
+  before loading: not a GGUF file, damaged, cut short).
+- ``transformers`` models: ``model`` is an HF checkpoint directory (config.json, safetensors).
+- ``openai`` models: ``api_key_env``, when set, names a variable that is set.
+
+Paths are the resolved ones (server/settings.py: relative to the config file's directory), so a
+file that ``serve`` would not find is reported here with the path it would look at. Not checked:
+what only loading can tell (memory, a checkpoint's tensors) and other machines (``grpc`` targets,
+``openai`` base URLs, ``vllm`` models).
+"""
+
+from __future__ import annotations
+
+import os
+
+from lmgate.backends.llamacpp.gguf_file import GGUFFileError, open_gguf
+from lmgate.quantize.checkpoint import check_checkpoint
+from lmgate.quantize.errors import CheckpointError
+from lmgate.server.auth import ApiKeys
+from lmgate.server.settings import (
+    ConfigError,
+    LlamaCppModelSettings,
+    OpenAIModelSettings,
+    Settings,
+    TransformersModelSettings,
+)
+
+
+def serving_problems(settings: Settings) -> list[str]:
+    """Each reason ``serve`` would refuse or fail with these settings here, naming the field; empty if none."""
+    problems = []
+    try:
+        ApiKeys.from_settings(settings.server)
+    except ConfigError as exc:
+        problems.append(f"server: {exc}")
+    for i, model in enumerate(settings.models):
+        if isinstance(model, LlamaCppModelSettings):
+            try:
+                open_gguf(model.gguf)
+            except GGUFFileError as exc:
+                where = "" if model.gguf.exists() else " (a relative path is taken from the config file's directory)"
+                problems.append(f"models.{i}.gguf: {exc}{where}")
+        elif isinstance(model, TransformersModelSettings):
+            try:
+                check_checkpoint(model.model, tokenizer=False)
+            except CheckpointError as exc:
+                problems.append(f"models.{i}.model: {exc}")
+        elif isinstance(model, OpenAIModelSettings) and model.api_key_env and model.api_key_env not in os.environ:
+            problems.append(f"models.{i}.api_key_env: the environment variable {model.api_key_env} is not set")
+    return problems
