@@ -41,10 +41,10 @@ async def json_body(request: Request) -> None:
         return
     error = InvalidRequestError(
         f"the request body must be JSON, sent with `Content-Type: application/json` (this request's is "
-        f"{media or 'missing'}): with curl, add -H 'Content-Type: application/json'",
+        f"{media[:60] or 'missing'}): with curl, add -H 'Content-Type: application/json'",
         code="unsupported_media_type",
     )
-    request.app.state.metrics.rejected("http", error)
+    request.app.state.metrics.rejected("http", request.url.path[:200], error)
     raise error
 
 
