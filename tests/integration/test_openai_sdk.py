@@ -203,17 +203,24 @@ def test_client_disconnect_mid_stream_frees_the_sequence_and_its_kv(server):
     assert (stats.running, stats.kv_cells_used) == (0, 0)
 
 
-async def test_client_disconnect_before_a_non_streamed_answer_frees_the_sequence(server):
-    body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 2000, "ignore_eos": True}
+async def leave_once_running(server, body: dict) -> int:
+    """Post ``body``, and leave (close the connection) once the engine runs it, before any answer; the
+    number of sequences it was running then."""
     async with httpx.AsyncClient(base_url=server.base_url) as http:
         request = asyncio.create_task(http.post("/v1/completions", json=body, timeout=600))
         for _ in range(1000):
             if server.stats(MODEL).running or request.done():
                 break
             await asyncio.sleep(0.01)
-        assert server.stats(MODEL).running == 1, "the request never started"
+        running = server.stats(MODEL).running
         request.cancel()
         await asyncio.gather(request, return_exceptions=True)
+    return running
+
+
+async def test_client_disconnect_before_a_non_streamed_answer_frees_the_sequence(server):
+    body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 2000, "ignore_eos": True}
+    assert await leave_once_running(server, body) == 1, "the request never started"
     stats = await asyncio.to_thread(server.wait_idle, MODEL)
     assert (stats.running, stats.kv_cells_used) == (0, 0)
 
@@ -223,15 +230,7 @@ async def test_client_gone_during_a_beam_search_frees_its_beams(server, stream):
     """A beam search sends nothing until it ends: its client leaving must still abort it."""
     body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 1500, "ignore_eos": True,
             "use_beam_search": True, "n": 2, "best_of": 4, "temperature": 0, "stream": stream}  # fmt: skip
-    async with httpx.AsyncClient(base_url=server.base_url) as http:
-        request = asyncio.create_task(http.post("/v1/completions", json=body, timeout=600))
-        for _ in range(1000):
-            if server.stats(MODEL).running or request.done():
-                break
-            await asyncio.sleep(0.01)
-        assert server.stats(MODEL).running >= 1, "the search never started"
-        request.cancel()
-        await asyncio.gather(request, return_exceptions=True)
+    assert await leave_once_running(server, body) >= 1, "the search never started"
     stats = await asyncio.to_thread(server.wait_idle, MODEL)
     assert (stats.running, stats.kv_cells_used) == (0, 0)
 
