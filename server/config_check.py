@@ -6,7 +6,7 @@ with them on this machine, now.
 - ``llamacpp`` models: the ``gguf`` file exists and its header reads (the check the engine makes
   before loading: not a GGUF file, damaged, cut short).
 - ``transformers`` models: ``model`` is an HF checkpoint directory (config.json, safetensors).
-- ``openai`` models: ``api_key_env``, when set, names a variable that is set.
+- ``openai`` and ``grpc`` models: ``api_key_env``, when set, names a variable that holds a key.
 
 Paths are the resolved ones (server/settings.py: relative to the config file's directory), so a
 file that ``serve`` would not find is reported here with the path it would look at. Not checked:
@@ -24,6 +24,7 @@ from lmgate.quantize.errors import CheckpointError
 from lmgate.server.auth import ApiKeys
 from lmgate.server.settings import (
     ConfigError,
+    GrpcModelSettings,
     LlamaCppModelSettings,
     OpenAIModelSettings,
     Settings,
@@ -50,6 +51,13 @@ def serving_problems(settings: Settings) -> list[str]:
                 check_checkpoint(model.model, tokenizer=False)
             except CheckpointError as exc:
                 problems.append(f"models.{i}.model: {exc}")
-        elif isinstance(model, OpenAIModelSettings) and model.api_key_env and model.api_key_env not in os.environ:
-            problems.append(f"models.{i}.api_key_env: the environment variable {model.api_key_env} is not set")
+        elif isinstance(model, OpenAIModelSettings | GrpcModelSettings) and (why := _no_key(model.api_key_env)):
+            problems.append(f"models.{i}.api_key_env: {why}")
     return problems
+
+
+def _no_key(variable: str | None) -> str | None:
+    """Why the environment variable ``variable`` gives no API key (None: it does, or none is asked for)."""
+    if variable is None or os.environ.get(variable, "").strip():
+        return None
+    return f"the environment variable {variable} {'is empty' if variable in os.environ else 'is not set'}"

@@ -18,13 +18,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 from collections.abc import AsyncIterator
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lmgate.backends.base import Backend
-from lmgate.backends.errors import BackendError, BackendUnavailable, InvalidRequest
+from lmgate.backends.errors import BackendError, BackendUnavailable, InvalidRequest, ModelLoadError
 from lmgate.backends.grpc.config import GrpcConfig
 from lmgate.backends.types import (
     BackendStats,
@@ -61,6 +62,8 @@ class GrpcBackend(Backend):
         self._open = 0
         self._serving = False
         self._watch: asyncio.Task[None] | None = None
+        self._auth: tuple[tuple[str, str], ...] = ()
+        """The worker's API key as call metadata (empty without ``api_key_env``)."""
 
     @property
     def info(self) -> ModelInfo:
@@ -74,14 +77,17 @@ class GrpcBackend(Backend):
 
     async def start(self) -> None:
         """Connect, find the model on the worker and start watching its health; raises
-        BackendUnavailable (the pool tries again later) when the worker does not serve it yet."""
+        BackendUnavailable (the pool tries again later) when the worker does not serve it yet, and
+        ModelLoadError when ``api_key_env`` names no set variable."""
         await self.shutdown()  # a retry after a failed start begins from a fresh channel
+        self._auth = _authorization(self._config.api_key_env)
         self._channel = grpc.aio.insecure_channel(self._config.target, options=self._channel_options())
         self._stub = pb_grpc.InferenceStub(self._channel)
         try:
             listing = await self._stub.ListModels(
-                pb.ListModelsRequest(), timeout=self._config.connect_timeout_s, wait_for_ready=True
-            )
+                pb.ListModelsRequest(), timeout=self._config.connect_timeout_s, wait_for_ready=True,
+                metadata=self._auth,
+            )  # fmt: skip
         except grpc.aio.AioRpcError as exc:
             await self.shutdown()
             raise _error(exc, self._config.target) from exc
@@ -129,7 +135,7 @@ class GrpcBackend(Backend):
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
         stub = self._require_stub()
-        metadata = (("x-request-id", request.request_id),)
+        metadata = (("x-request-id", request.request_id), *self._auth)
         if request.messages is not None:
             messages = [pb.ChatMessage(role=_ROLES[m.role.value], content=m.content) for m in request.messages]
             chat = pb.ChatRequest(model=self._remote, messages=messages, sampling=_sampling(request.sampling))
@@ -177,7 +183,7 @@ class GrpcBackend(Backend):
     async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         try:
             response = await self._require_stub().Tokenize(
-                pb.TokenizeRequest(model=self._remote, text=text, add_special=add_special)
+                pb.TokenizeRequest(model=self._remote, text=text, add_special=add_special), metadata=self._auth
             )
         except grpc.aio.AioRpcError as exc:
             raise _error(exc, self._config.target) from exc
@@ -186,7 +192,7 @@ class GrpcBackend(Backend):
     async def detokenize(self, token_ids: list[int]) -> str:
         try:
             response = await self._require_stub().Detokenize(
-                pb.DetokenizeRequest(model=self._remote, token_ids=token_ids)
+                pb.DetokenizeRequest(model=self._remote, token_ids=token_ids), metadata=self._auth
             )
         except grpc.aio.AioRpcError as exc:
             raise _error(exc, self._config.target) from exc
@@ -210,6 +216,17 @@ class GrpcBackend(Backend):
             await self._channel.close()
             self._channel = None
             self._stub = None
+
+
+def _authorization(api_key_env: str | None) -> tuple[tuple[str, str], ...]:
+    """``authorization`` metadata with the key in ``api_key_env``; ModelLoadError when it is unset or empty."""
+    if api_key_env is None:
+        return ()
+    key = os.environ.get(api_key_env, "").strip()
+    if not key:
+        state = "is empty" if api_key_env in os.environ else "is not set"
+        raise ModelLoadError(f"api_key_env: the environment variable {api_key_env} {state}")
+    return (("authorization", f"Bearer {key}"),)
 
 
 def _sampling(params: SamplingParams) -> pb.SamplingParams:

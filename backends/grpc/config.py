@@ -15,6 +15,11 @@ class GrpcConfig(BaseModel):
         description="host:port of the worker's gRPC server; a list makes one replica per worker.", min_length=1
     )
     remote_model: str | None = Field(default=None, description="The model's name on the worker (default: this name).")
+    api_key_env: str | None = Field(
+        default=None,
+        description="Environment variable holding an API key of the worker (its server.api_keys_env / "
+        "api_keys_file), sent as `authorization: Bearer <key>` on every call.",
+    )
     connect_timeout_s: PositiveFloat = Field(default=60.0, description="How long start() waits for the worker.")
     health_interval_s: PositiveFloat = Field(
         default=2.0, description="How often the worker's health is checked (grpc.health.v1 Check for this model)."

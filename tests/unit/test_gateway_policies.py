@@ -104,6 +104,19 @@ def test_api_keys_guard_http_and_grpc_but_not_the_probes(monkeypatch):
             assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def test_a_gateway_sends_its_worker_the_key_from_api_key_env(monkeypatch):
+    monkeypatch.setenv("TEST_WORKER_KEYS", "w-key")
+    monkeypatch.setenv("TEST_WORKER_KEY", "w-key")
+    with ServerThread(settings(fake("echo"), api_keys_env="TEST_WORKER_KEYS")) as worker:
+        to_worker = {"name": "echo", "backend": "grpc", "target": worker.grpc_target, "connect_timeout_s": 2}
+        with ServerThread(settings({**to_worker, "api_key_env": "TEST_WORKER_KEY"})) as gateway:
+            reply = httpx.post(f"{gateway.base_url}/v1/completions", json={"model": "echo", "prompt": "a b"})
+            assert reply.status_code == 200 and reply.json()["choices"][0]["text"] == "a b"
+        with ServerThread(settings(to_worker), wait_ready=False) as keyless:  # the worker refuses it
+            refused = httpx.post(f"{keyless.base_url}/v1/completions", json={"model": "echo", "prompt": "a b"})
+            assert refused.status_code == 503
+
+
 def test_metrics_can_require_the_key_too(monkeypatch):
     monkeypatch.setenv("TEST_LMGATE_KEYS", "k")
     with TestClient(create_app(settings(fake("echo"), api_keys_env="TEST_LMGATE_KEYS", metrics_auth=True))) as c:
