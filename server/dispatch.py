@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from lmgate.backends.base import Backend
 from lmgate.backends.errors import BackendError
 from lmgate.backends.limits import check_prompt_size
-from lmgate.backends.types import GenerateRequest, SamplingParams, TokenDelta
+from lmgate.backends.types import GenerateRequest, Role, SamplingParams, TokenDelta
 from lmgate.server.closing_stream import ClosingStream
 from lmgate.server.drain import Drain
 from lmgate.server.errors import (
@@ -40,6 +41,7 @@ from lmgate.server.generation import open_stream, open_streams
 from lmgate.server.model_registry import ModelPool, ModelRegistry
 
 AFFINITY_BYTES = 512
+_INSTRUCTIONS = (Role.SYSTEM, Role.DEVELOPER)
 _DEFAULTS = SamplingParams()
 _PARAMS = tuple(f.name for f in dataclasses.fields(SamplingParams) if f.name != "penalty_last_n")
 
@@ -55,14 +57,20 @@ class Dispatched:
 
 
 def affinity_key(request: GenerateRequest) -> bytes:
-    """The first bytes of what the prompt starts with: requests sharing it share a KV prefix."""
+    """The first bytes of the prefix requests are likely to share, so that they share its KV cache.
+
+    A chat's is its leading system/developer messages, which many users' conversations share (the
+    users' own text would scatter them); without any, its first message, which every later turn of
+    the same conversation repeats. A raw prompt's is its start.
+    """
     if request.messages is not None:
-        text = "".join(f"<{m.role.value}>{m.content}" for m in request.messages)
+        shared = list(itertools.takewhile(lambda m: m.role in _INSTRUCTIONS, request.messages)) or request.messages[:1]
+        text = "".join(f"<{m.role.value}>{m.content[:AFFINITY_BYTES]}" for m in shared)
     elif request.prompt is not None:
         text = request.prompt
     else:
         return b"".join(t.to_bytes(4, "little") for t in (request.prompt_token_ids or ())[: AFFINITY_BYTES // 4])
-    return text.encode()[:AFFINITY_BYTES]
+    return text[:AFFINITY_BYTES].encode()[:AFFINITY_BYTES]
 
 
 def used_params(sampling: SamplingParams) -> list[str]:

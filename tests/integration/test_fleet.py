@@ -56,11 +56,13 @@ def test_requests_for_two_models_land_on_their_workers(fleet):
 def test_the_same_prefix_lands_on_the_same_replica_and_hits_its_prefix_cache(fleet):
     front, (w1, w2, _) = fleet
     before = [w.metric("lmgate_prefix_cache_hits_total") for w in (w1, w2)]
-    for question in ("What does a dog say?", "What does a pig say?", "What does a hen say?", "What is two plus two?"):
+    questions = ("What does a dog say?", "What does a pig say?", "What does a hen say?", "What is two plus two?",
+                 "What does a duck say?", "Where do fish live?")  # fmt: skip
+    for question in questions:  # routed by the system prompt they share, whatever the question
         chat(front, question)
     gained = [w.metric("lmgate_prefix_cache_hits_total") - b for w, b in zip((w1, w2), before, strict=True)]
     assert sorted(g > 0 for g in gained) == [False, True]  # all on one worker, whose cache hit
-    assert max(gained) >= 3 * 32  # three repeats of a system prompt of several blocks
+    assert max(gained) >= 5 * 32  # five repeats of a system prompt of several blocks
 
 
 def test_a_worker_killed_mid_stream_ends_that_stream_with_an_error_and_the_survivor_serves(fleet):

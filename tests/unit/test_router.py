@@ -2,6 +2,8 @@
 
 from collections import Counter
 
+from lmgate.backends.types import ChatMessage, GenerateRequest, Role
+from lmgate.server.dispatch import affinity_key
 from lmgate.server.router import Policy, Router, RouterConfig
 
 
@@ -58,3 +60,23 @@ def test_failures_eject_a_replica_for_a_while_then_it_is_tried_again():
 def test_excluded_replicas_are_skipped():
     router = Router.of(3, RouterConfig(policy=Policy.LEAST_OUTSTANDING))
     assert router.pick(now=0, exclude=frozenset({0})) == 1
+
+
+def chat(*messages: tuple[Role, str]) -> GenerateRequest:
+    return GenerateRequest("r", "m", messages=tuple(ChatMessage(role, text) for role, text in messages))
+
+
+def test_the_affinity_key_of_a_chat_is_its_instructions_not_what_its_user_wrote():
+    system = (Role.SYSTEM, "You are Gate. " * 10)
+    alice = chat(system, (Role.USER, "What does a duck say?"))
+    bob = chat(system, (Role.DEVELOPER, "Be brief."), (Role.USER, "Where do fish live?"))
+    carol = chat(system, (Role.DEVELOPER, "Be brief."), (Role.USER, "Hello"), (Role.ASSISTANT, "Hi"), (Role.USER, "?"))
+    assert affinity_key(bob) == affinity_key(carol) != affinity_key(alice)
+    assert affinity_key(alice) == affinity_key(chat(system, (Role.USER, "Something else entirely")))
+    # Without instructions, a conversation keeps its first message: each later turn goes where it went.
+    first = (Role.USER, "Tell me a story.")
+    assert affinity_key(chat(first)) == affinity_key(chat(first, (Role.ASSISTANT, "Once..."), (Role.USER, "More")))
+
+
+def test_the_affinity_key_is_bounded_whatever_the_prompt():
+    assert len(affinity_key(GenerateRequest("r", "m", prompt="é" * 1_000_000))) == 512
