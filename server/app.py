@@ -64,8 +64,9 @@ def create_app(
                 interceptors = (ApiKeyInterceptor(keys, on_denied=denied),)
             try:
                 grpc = app.state.grpc = await GrpcFrontend.start(
-                    registry, dispatcher, metrics, server.host, server.grpc_port, interceptors
-                )
+                    registry, dispatcher, metrics, server.host, server.grpc_port, interceptors,
+                    server.grpc_max_connection_age_s,
+                )  # fmt: skip
             except OSError as exc:
                 if on_fatal is None:
                     raise

@@ -160,6 +160,7 @@ async def _responses(
     yield {"id": request_id, "model": model, "usage": grpc_convert.usage_pb(usage.out())}
 
 
+_AGE_GRACE_MS = 3_600_000
 _SERVER_OPTIONS = [
     # Without SO_REUSEPORT a second server on a taken port fails to start instead of sharing it.
     ("grpc.so_reuseport", 0),
@@ -183,9 +184,15 @@ class GrpcFrontend:
     @classmethod
     async def start(
         cls, registry: ModelRegistry, dispatcher: Dispatcher, metrics: Metrics, host: str, port: int,
-        interceptors: tuple[grpc.aio.ServerInterceptor, ...] = (),
+        interceptors: tuple[grpc.aio.ServerInterceptor, ...] = (), max_connection_age_s: float | None = None,
     ) -> GrpcFrontend:  # fmt: skip
-        server = grpc.aio.server(interceptors=interceptors, options=_SERVER_OPTIONS)
+        """Serve on ``host:port``; ``max_connection_age_s`` makes clients reconnect that often (see settings)."""
+        options = list(_SERVER_OPTIONS)
+        if max_connection_age_s is not None:
+            # GOAWAY after the age; calls in flight get the grace to finish (a long generation included).
+            options += [("grpc.max_connection_age_ms", int(max_connection_age_s * 1000)),
+                        ("grpc.max_connection_age_grace_ms", _AGE_GRACE_MS)]  # fmt: skip
+        server = grpc.aio.server(interceptors=interceptors, options=options)
 
         def refused(method: str, message: str) -> None:
             metrics.rejected("grpc", method, InvalidRequestError(message))

@@ -70,6 +70,12 @@ class ServerSettings(BaseModel):
     )
     metrics_auth: bool = Field(default=False, description="Require an API key for /metrics too.")
     max_body_bytes: int = Field(default=8 * 2**20, ge=1024, description="Largest request body accepted (413 beyond).")
+    grpc_max_connection_age_s: float | None = Field(
+        default=300.0,
+        gt=0,
+        description="gRPC clients are asked to reconnect after this long (calls in flight finish first), so that a "
+        "gateway dialing a Kubernetes Service spreads over pods the autoscaler added. None: never.",
+    )
     header_timeout_s: float = Field(
         default=15.0, gt=0, description="A connection must send a request's headers within this (else it is closed)."
     )

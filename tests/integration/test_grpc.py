@@ -204,3 +204,17 @@ def test_bytes_that_are_no_message_are_invalid_argument_not_unknown(channel, met
             list(response)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "is not a valid lmgate.v1." in error.value.details() and "class" not in error.value.details()
+
+
+def test_a_connection_past_its_max_age_finishes_its_calls_and_the_client_reconnects():
+    """Workers ask clients to reconnect (so that a Service's new pods get traffic); a stream in flight
+    when the connection ages out still runs to its end."""
+    slow = {"name": "slow", "backend": "fake", "token_delay_s": 0.05}
+    server_settings = {"grpc_port": 0, "grpc_max_connection_age_s": 0.2}
+    with ServerThread(validate_settings({"server": server_settings, "models": [slow]})) as server:
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            stub = pb_grpc.InferenceStub(channel)
+            words = " ".join(f"w{i}" for i in range(30))  # 1.5 s of tokens: several ages
+            for _ in range(2):
+                request = pb.CompleteRequest(model="slow", text=words, sampling=pb.SamplingParams(max_tokens=30))
+                assert text_of(stub.Complete(request)).split() == words.split()
