@@ -52,8 +52,7 @@ class ModelPool:
         self.last_used = time.monotonic()
         self._loading: asyncio.Task[None] | None = None
         self._retries: dict[int, asyncio.Task[None]] = {}
-        self.load_errors: list[BaseException] = []
-        """Why replicas failed their last load (empty once all loaded)."""
+        self._load_errors: dict[int, BaseException] = {}
 
     @property
     def backend_kind(self) -> str:
@@ -81,6 +80,11 @@ class ModelPool:
         return self.state.value
 
     @property
+    def load_errors(self) -> list[BaseException]:
+        """Why replicas failed their latest attempt to load, in replica order (empty once all loaded)."""
+        return [self._load_errors[i] for i in sorted(self._load_errors)]
+
+    @property
     def cannot_load(self) -> bool:
         """Failed, and every replica's reason says retrying cannot help (missing file, too big…)."""
         return self.state is ModelState.FAILED and all(isinstance(e, ModelLoadError) for e in self.load_errors)
@@ -102,7 +106,7 @@ class ModelPool:
         self.state = ModelState.LOADING
         results = await asyncio.gather(*(r.start() for r in self.replicas), return_exceptions=True)
         self.loaded = [not isinstance(r, BaseException) for r in results]
-        self.load_errors = [r for r in results if isinstance(r, BaseException)]
+        self._load_errors = {i: r for i, r in enumerate(results) if isinstance(r, BaseException)}
         for i, result in enumerate(results):
             if isinstance(result, BaseException):
                 log.error("model %s: replica %d failed to load: %s", self.name, i, result)
@@ -128,11 +132,11 @@ class ModelPool:
                 await self.replicas[index].start()
             except Exception as exc:
                 log.error("model %s: replica %d failed to load again: %s", self.name, index, exc)
+                self._load_errors[index] = exc  # the latest reason is the one reported
                 continue
             self.loaded[index] = True
             del self._retries[index]
-            if all(self.loaded):
-                self.load_errors = []
+            self._load_errors.pop(index, None)
             if self.state is ModelState.FAILED:
                 self.state = ModelState.READY
                 self._log_ready()
