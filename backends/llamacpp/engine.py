@@ -7,6 +7,7 @@ runs in an engine process of its own (backends/engine_host.py), never in the gat
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from lmgate.backends.llamacpp.runner import Runner, Sampled
 from lmgate.backends.llamacpp.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from lmgate.backends.llamacpp.sequence import Sequence, SequenceStatus
 from lmgate.backends.types import BackendStats, FinishReason, TokenDelta, Usage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -74,6 +77,13 @@ class Engine(EngineThread[Request]):
 
     def step(self) -> None:
         output = self.scheduler.schedule()
+        if not output.chunks and not self.scheduler.running and self.scheduler.waiting:
+            # An idle cache admits anything that fits it (kv_cache.admit): the head cannot ever run.
+            # Ending it beats spinning on it for ever with everything behind it stuck.
+            head = self.scheduler.waiting[0]
+            log.error("request %s cannot be admitted into an idle KV cache: aborted", head.request_id)
+            self._abort(head.request_id)
+            return
         self._mark_started(output)
         sampled = self.runner.execute(output)
         self._postprocess(output, sampled)

@@ -139,19 +139,23 @@ class KVCacheManager:
 
         The longest cached prefix (leaving at least one token to compute, whose logits are needed)
         is shared into the slot: whole blocks, then, given the sequence's ``tokens``, the leading
-        tokens of the source's next block that match. None when the uncomputed rest cannot fit in
-        the cells that are free or reclaimable from cached slots, or no slot can be had; nothing
-        changes then.
+        tokens of the source's next block that match. When keeping that prefix would leave too
+        little room (cached slots holding it cannot be evicted), the sequence is admitted without
+        it, so that an idle cache always admits what fits in it. None when the uncomputed rest
+        cannot fit in the cells that are free or reclaimable from cached slots, or no slot can be
+        had; nothing changes then.
         """
         chain = self._match(hashes, (num_tokens - 1) // BLOCK_SIZE)
         if self.prefix_caching:
             self.prefix_queries += num_tokens
-        hit = BLOCK_SIZE * len(chain)
-        if num_tokens - hit > self.free_cells + self._reclaimable(keep=chain):
-            return None
         # With a slot free, share from a running holder and leave cached copies for others;
         # without one, take a cached holder over: its cells are already ours.
         source = self._holder(chain[-1], prefer_cached=not self._free) if chain else None
+        if chain and num_tokens - BLOCK_SIZE * len(chain) > self._room_keeping(chain, source):
+            chain, source = [], None
+        hit = BLOCK_SIZE * len(chain)
+        if num_tokens - hit > self._room_keeping(chain, source):
+            return None
         partial = self._partial(source, len(chain), tokens, num_tokens - 1) if source is not None else 0
         if source is not None and self._slots[source].cached:
             slot = source
@@ -324,6 +328,15 @@ class KVCacheManager:
         self.release(min(candidates)[1])
         self.evictions += 1
         return True
+
+    def _room_keeping(self, chain: list[Block], source: int | None) -> int:
+        """Cells a sequence sharing ``chain`` from ``source`` could have: free, reclaimable from the
+        cached slots that do not hold the chain, and the blocks past the chain that ``source``
+        alone holds if it is a cached slot to be taken over (and so truncated to the chain)."""
+        room = self.free_cells + self._reclaimable(keep=chain)
+        if source is not None and self._slots[source].cached:
+            room += BLOCK_SIZE * sum(b.holders == {source} for b in self._slots[source].blocks[len(chain) :])
+        return room
 
     def _reclaimable(self, keep: list[Block]) -> int:
         """Cells that evicting every cached slot (but those holding ``keep``) would free."""

@@ -159,3 +159,29 @@ def test_without_token_ids_only_whole_blocks_are_shared():
     kv.cache(fill(kv, hashes("a", "b"), 2 * B))
     admission = kv.admit(hashes("a"), B + 5)
     assert admission is not None and admission.cached_tokens == B
+
+
+def test_an_idle_cache_admits_a_prompt_that_shares_a_short_prefix_with_a_cached_slot_filling_it():
+    """The cached slot holding the shared block cannot be evicted, but taking it over frees the rest:
+    the prompt must be admitted (refusing it for ever left the engine spinning with it waiting)."""
+    kv = KVCacheManager(total_cells=4 * B, num_slots=2)
+    kv.cache(fill(kv, hashes("a", "b", "c", "d"), 4 * B))
+    admission = kv.admit(hashes("a", "x", "y"), 4 * B)
+    assert admission is not None and admission.cached_tokens == B
+    assert kv.allocate(admission.slot, 3 * B)
+    kv.check_integrity(held(kv))
+
+
+def test_an_idle_cache_admits_what_fits_even_when_two_cached_slots_hold_the_shared_prefix():
+    kv = KVCacheManager(total_cells=6 * B, num_slots=3)
+    first = fill(kv, hashes("a", "b"), 2 * B)
+    second = kv.admit(hashes("a", "c"), 2 * B + 1)  # shares "a" with the first while it runs
+    assert second is not None and kv.allocate(second.slot, B + 1)
+    kv.commit(second.slot, hashes("a", "c"))
+    kv.cache(first)
+    kv.cache(second.slot)
+    assert kv.free_cells == 3 * B
+    admission = kv.admit(hashes("a", "x", "y", "z", "w"), 6 * B)  # sharing "a" leaves 4 B: not enough
+    assert admission is not None
+    assert kv.allocate(admission.slot, 6 * B - admission.cached_tokens)
+    kv.check_integrity(held(kv))
