@@ -25,10 +25,9 @@ from lmgate.server import openai_chat, openai_completions, openai_models
 from lmgate.server.auth import ApiKeyInterceptor, ApiKeys
 from lmgate.server.dispatch import Dispatcher
 from lmgate.server.drain import Drain
-from lmgate.server.errors import AuthenticationError, LmgateError, from_validation_errors
+from lmgate.server.errors import AuthenticationError, ClientDisconnected, LmgateError, from_validation_errors
 from lmgate.server.gate_middleware import GatewayMiddleware
 from lmgate.server.grpc_server import GrpcFrontend
-from lmgate.server.http_common import ClientDisconnected
 from lmgate.server.metrics import CONTENT_TYPE, Metrics, start_http_server
 from lmgate.server.model_registry import ModelRegistry
 from lmgate.server.settings import Settings

@@ -9,6 +9,7 @@
     ├── RateLimitError               429 rate_limit_error        RESOURCE_EXHAUSTED  (+ Retry-After)
     ├── ServiceUnavailableError      503 service_unavailable     UNAVAILABLE         (+ Retry-After if known)
     └── RequestTimeoutError          504 timeout                 DEADLINE_EXCEEDED
+    ClientDisconnected               (nothing is sent)                                (counted as aborted)
 
 Each class knows its HTTP status, its OpenAI error ``type``, its gRPC status name and the
 ``outcome`` that metrics and the request log show (the error type, except where OpenAI's type
@@ -24,6 +25,11 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from lmgate.backends.errors import BackendError, BackendUnavailable, InvalidRequest
+
+
+class ClientDisconnected(Exception):
+    """The client closed the connection before its response was ready: not an error of the request
+    (no status to send), an outcome (``aborted``)."""
 
 
 class LmgateError(Exception):

@@ -13,7 +13,7 @@ from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from lmgate.server.errors import InvalidRequestError, LmgateError
+from lmgate.server.errors import ClientDisconnected, InvalidRequestError, LmgateError
 
 REQUEST_ID_HEADER = "X-Request-Id"
 IGNORED_PARAMS_HEADER = "X-Lmgate-Ignored-Params"
@@ -90,10 +90,6 @@ async def answered(request: Request, work: Awaitable[BaseModel], headers: dict[s
     """The JSON response ``work`` builds, unless the client disconnects first."""
     body = await until_disconnect(request, work)
     return Response(body.model_dump_json(), media_type="application/json", headers=headers)
-
-
-class ClientDisconnected(Exception):
-    """The client closed the connection before the response was ready."""
 
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:

@@ -46,7 +46,7 @@ from prometheus_client.registry import Collector
 
 from lmgate.backends.types import FinishReason, TokenDelta
 from lmgate.server.closing_stream import ClosingStream
-from lmgate.server.errors import LmgateError, ModelNotFoundError
+from lmgate.server.errors import ClientDisconnected, LmgateError, ModelNotFoundError
 from lmgate.server.model_registry import ModelRegistry, ModelState
 
 access_log = logging.getLogger("lmgate.access")
@@ -148,6 +148,9 @@ class Metrics:
             yield tracker
         except LmgateError as exc:
             tracker.finish(exc.outcome, exc)
+            raise
+        except ClientDisconnected:
+            tracker.finish("aborted")
             raise
         except Exception:
             tracker.finish("internal_error")

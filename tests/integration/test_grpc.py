@@ -211,10 +211,10 @@ def test_a_connection_past_its_max_age_finishes_its_calls_and_the_client_reconne
     when the connection ages out still runs to its end."""
     slow = {"name": "slow", "backend": "fake", "token_delay_s": 0.05}
     server_settings = {"grpc_port": 0, "grpc_max_connection_age_s": 0.2}
-    with ServerThread(validate_settings({"server": server_settings, "models": [slow]})) as server:
-        with grpc.insecure_channel(server.grpc_target) as channel:
-            stub = pb_grpc.InferenceStub(channel)
-            words = " ".join(f"w{i}" for i in range(30))  # 1.5 s of tokens: several ages
-            for _ in range(2):
-                request = pb.CompleteRequest(model="slow", text=words, sampling=pb.SamplingParams(max_tokens=30))
-                assert text_of(stub.Complete(request)).split() == words.split()
+    settings = validate_settings({"server": server_settings, "models": [slow]})
+    with ServerThread(settings) as server, grpc.insecure_channel(server.grpc_target) as channel:
+        stub = pb_grpc.InferenceStub(channel)
+        words = " ".join(f"w{i}" for i in range(30))  # 1.5 s of tokens: several ages
+        for _ in range(2):
+            request = pb.CompleteRequest(model="slow", text=words, sampling=pb.SamplingParams(max_tokens=30))
+            assert text_of(stub.Complete(request)).split() == words.split()

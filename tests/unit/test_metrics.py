@@ -1,5 +1,6 @@
 """Metrics move exactly as the stream events say (fake backend over real HTTP, parsed /metrics)."""
 
+import asyncio
 import json
 import logging
 import time
@@ -112,6 +113,29 @@ def test_a_client_that_leaves_mid_stream_is_counted_as_aborted():
         assert value(snapshot, "lmgate_requests_total", **HTTP, status="ok") == 0
         # What it streamed before leaving was generated: counted, though no final usage came.
         assert value(snapshot, "lmgate_generation_tokens_total", model="echo", backend="fake") >= len(received)
+
+
+async def test_a_client_that_leaves_before_a_non_streamed_answer_is_counted_as_aborted_not_as_an_error():
+    with ServerThread(validate_settings({
+        "server": {"grpc_port": 0},
+        "models": [{"name": "echo", "backend": "fake", "stall_after": 0}],  # not even a first token
+    })) as server:  # fmt: skip
+        async with httpx.AsyncClient(base_url=server.base_url) as http:
+            request = asyncio.create_task(http.post("/v1/completions", json={"model": "echo", "prompt": "a b"}))
+            pool = server.app.state.models.pools["echo"]
+            for _ in range(1000):
+                if pool.gate.running:
+                    break
+                await asyncio.sleep(0.01)
+            request.cancel()
+            await asyncio.gather(request, return_exceptions=True)
+            for _ in range(1000):
+                snapshot = samples(httpx.Client(base_url=server.base_url))
+                if value(snapshot, "lmgate_requests_total", **HTTP, status="aborted") == 1:
+                    break
+                await asyncio.sleep(0.01)
+        assert value(snapshot, "lmgate_requests_total", **HTTP, status="aborted") == 1
+        assert value(snapshot, "lmgate_requests_total", **HTTP, status="internal_error") == 0
 
 
 def test_one_json_log_line_per_request_without_the_prompt(client, caplog):
