@@ -44,6 +44,9 @@ from lmgate.v1 import inference_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
+HEALTH_MISSES = 2
+"""Failed health checks in a row that mark a worker unhealthy."""
+
 _ROLES = {"system": pb.ROLE_SYSTEM, "user": pb.ROLE_USER, "assistant": pb.ROLE_ASSISTANT,
           "developer": pb.ROLE_DEVELOPER, "tool": pb.ROLE_TOOL}  # fmt: skip
 _FINISH = {pb.FINISH_REASON_STOP: FinishReason.STOP, pb.FINISH_REASON_LENGTH: FinishReason.LENGTH,
@@ -115,16 +118,20 @@ class GrpcBackend(Backend):
         ]
 
     async def _watch_health(self, service: str) -> None:
-        """Check the model's health on the worker for ever; ``_serving`` is the latest answer
-        (no answer within health_timeout_s counts as not serving)."""
+        """Check the model's health on the worker for ever. ``_serving`` follows the worker's answer
+        at once; a check that fails (no answer within health_timeout_s, no connection) counts only
+        when ``HEALTH_MISSES`` fail in a row, so that one slow answer from a busy worker does not
+        take it out of the rotation."""
         stub = health_pb2_grpc.HealthStub(self._require_channel())
         request = health_pb2.HealthCheckRequest(service=service)
+        misses = 0
         while True:
             try:
                 reply = await stub.Check(request, timeout=self._config.health_timeout_s)
-                serving, why = reply.status == health_pb2.HealthCheckResponse.SERVING, "it is not serving"
+                serving, why, misses = reply.status == health_pb2.HealthCheckResponse.SERVING, "it is not serving", 0
             except grpc.aio.AioRpcError as exc:
-                serving, why = False, f"{exc.code().name}: {exc.details()}"
+                misses += 1
+                serving, why = misses < HEALTH_MISSES and self._serving, f"{exc.code().name}: {exc.details()}"
             if serving != self._serving:
                 if serving:
                     log.warning("worker %s serves model %s again", self._config.target, self._remote)
