@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 
+from lmgate.backends.env_secret import why_no_secret
 from lmgate.server.settings import ConfigError, ServerSettings
 
 
@@ -34,8 +35,8 @@ class ApiKeys:
         if not keys:
             empty = []
             if server.api_keys_env is not None:
-                state = "is empty" if os.environ.get(server.api_keys_env) is not None else "is not set"
-                empty.append(f"the environment variable {server.api_keys_env} (server.api_keys_env) {state}")
+                empty.append(f"{why_no_secret(server.api_keys_env) or 'no key in ' + server.api_keys_env} "
+                             "(server.api_keys_env)")  # fmt: skip
             if server.api_keys_file is not None:
                 empty.append(f"{server.api_keys_file} (server.api_keys_file) holds no key")
             raise ConfigError(

@@ -16,8 +16,7 @@ what only loading can tell (memory, a checkpoint's tensors) and other machines (
 
 from __future__ import annotations
 
-import os
-
+from lmgate.backends.env_secret import why_no_secret
 from lmgate.backends.llamacpp.gguf_file import GGUFFileError, open_gguf
 from lmgate.quantize.checkpoint import check_checkpoint
 from lmgate.quantize.errors import CheckpointError
@@ -51,13 +50,6 @@ def serving_problems(settings: Settings) -> list[str]:
                 check_checkpoint(model.model, tokenizer=False)
             except CheckpointError as exc:
                 problems.append(f"models.{i}.model: {exc}")
-        elif isinstance(model, OpenAIModelSettings | GrpcModelSettings) and (why := _no_key(model.api_key_env)):
+        elif isinstance(model, OpenAIModelSettings | GrpcModelSettings) and (why := why_no_secret(model.api_key_env)):
             problems.append(f"models.{i}.api_key_env: {why}")
     return problems
-
-
-def _no_key(variable: str | None) -> str | None:
-    """Why the environment variable ``variable`` gives no API key (None: it does, or none is asked for)."""
-    if variable is None or os.environ.get(variable, "").strip():
-        return None
-    return f"the environment variable {variable} {'is empty' if variable in os.environ else 'is not set'}"

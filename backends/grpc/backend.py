@@ -25,6 +25,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lmgate.backends.base import Backend
+from lmgate.backends.env_secret import why_no_secret
 from lmgate.backends.errors import BackendError, BackendUnavailable, InvalidRequest, ModelLoadError
 from lmgate.backends.grpc.config import GrpcConfig
 from lmgate.backends.types import (
@@ -229,11 +230,9 @@ def _authorization(api_key_env: str | None) -> tuple[tuple[str, str], ...]:
     """``authorization`` metadata with the key in ``api_key_env``; ModelLoadError when it is unset or empty."""
     if api_key_env is None:
         return ()
-    key = os.environ.get(api_key_env, "").strip()
-    if not key:
-        state = "is empty" if api_key_env in os.environ else "is not set"
-        raise ModelLoadError(f"api_key_env: the environment variable {api_key_env} {state}")
-    return (("authorization", f"Bearer {key}"),)
+    if (why := why_no_secret(api_key_env)) is not None:
+        raise ModelLoadError(f"api_key_env: {why}")
+    return (("authorization", f"Bearer {os.environ[api_key_env].strip()}"),)
 
 
 def _sampling(params: SamplingParams) -> pb.SamplingParams:

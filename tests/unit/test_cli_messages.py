@@ -169,9 +169,9 @@ def test_check_config_refuses_api_keys_that_serve_would_refuse(tmp_path):
     config = write_config(tmp_path, "server: {api_keys_env: LMGATE_TEST_KEYS}\nmodels:\n  - {name: m, backend: fake}\n")
     env = {k: v for k, v in os.environ.items() if k != "LMGATE_TEST_KEYS"}
     one_line_error(lmgate("check-config", str(config), env=env), 1,
-                   "the environment variable LMGATE_TEST_KEYS (server.api_keys_env) is not set")  # fmt: skip
+                   "the environment variable LMGATE_TEST_KEYS is not set (server.api_keys_env)")  # fmt: skip
     one_line_error(lmgate("check-config", str(config), env={**env, "LMGATE_TEST_KEYS": " "}), 1,
-                   "LMGATE_TEST_KEYS (server.api_keys_env) is empty")  # fmt: skip
+                   "LMGATE_TEST_KEYS is empty (server.api_keys_env)")  # fmt: skip
     assert lmgate("check-config", str(config), env={**env, "LMGATE_TEST_KEYS": "k1,k2"}).returncode == 0
 
 
