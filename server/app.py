@@ -160,7 +160,7 @@ def _add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         error = from_validation_errors(exc.errors())
-        metrics.rejected("http", request.url.path[:200], error)  # refused before any route: nobody else counts it
+        metrics.rejected("http", request.url.path, error)  # refused before any route: nobody else counts it
         return JSONResponse(error.body(), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)

@@ -46,19 +46,19 @@ class GatewayMiddleware:
             given = headers.get(b"authorization", b"").decode("latin-1")
             if not self.keys.allows(given):
                 error = AuthenticationError()
-                self.metrics.rejected("http", _endpoint(scope), error)
+                self.metrics.rejected("http", scope["path"], error)
                 await _respond(send, error, {"www-authenticate": "Bearer"})
                 return
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             error = self._too_large()
-            self.metrics.rejected("http", _endpoint(scope), error)
+            self.metrics.rejected("http", scope["path"], error)
             await _respond(send, error)
             return
         try:
             body, disconnected = await self._read_body(receive)
         except LmgateError as error:
-            self.metrics.rejected("http", _endpoint(scope), error)
+            self.metrics.rejected("http", scope["path"], error)
             await _respond(send, error, {"connection": "close"})
             return
         await self.app(scope, _replay(body, disconnected, receive), send)
@@ -90,11 +90,6 @@ class GatewayMiddleware:
             raise ClientTimeoutError(
                 f"the request body did not arrive within {self.body_timeout_s:g} s (server.body_timeout_s)"
             ) from None
-
-
-def _endpoint(scope: Scope) -> str:
-    """The request's path for the log (bounded: a client may send a long one)."""
-    return str(scope["path"])[:200]
 
 
 def _replay(body: bytes, disconnected: bool, receive: Receive) -> Receive:

@@ -44,7 +44,7 @@ async def json_body(request: Request) -> None:
         f"{media[:60] or 'missing'}): with curl, add -H 'Content-Type: application/json'",
         code="unsupported_media_type",
     )
-    request.app.state.metrics.rejected("http", request.url.path[:200], error)
+    request.app.state.metrics.rejected("http", request.url.path, error)
     raise error
 
 

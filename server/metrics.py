@@ -272,6 +272,7 @@ class RequestTracker:
 _SUCCESS_CODE = {"http": 200, "grpc": "OK"}
 _ABORTED_CODE = {"http": 499, "grpc": "CANCELLED"}  # 499: nginx's "client closed request"
 ERROR_LOG_CHARS = 300
+ENDPOINT_LOG_CHARS = 200  # a client chooses its path: bounded in the log
 
 
 def _log_line(
@@ -286,8 +287,8 @@ def _log_line(
         code = (_SUCCESS_CODE if status == "ok" else _ABORTED_CODE)[transport]
     line: dict[str, object] = {
         "ts": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"), "event": "request",
-        "request_id": request_id, "endpoint": endpoint, "transport": transport, "model": model, "backend": backend,
-        "status": status, "code": code,
+        "request_id": request_id, "endpoint": endpoint[:ENDPOINT_LOG_CHARS], "transport": transport,
+        "model": model, "backend": backend, "status": status, "code": code,
     }  # fmt: skip
     if error is not None:
         line["error"] = error.message[:ERROR_LOG_CHARS]
