@@ -106,12 +106,7 @@ class Dispatcher:
             async with asyncio.timeout_at(deadline) as timer:
                 self.drain.watch(timer)
                 try:
-                    await pool.gate.acquire()
-                    try:
-                        backend, index, streams, cost = await self._open_on_replica(pool, requests)
-                    except BaseException:
-                        pool.gate.release()
-                        raise
+                    backend, index, streams, cost = await self._admit_and_open(pool, requests)
                 finally:
                     self.drain.unwatch(timer)
         except TimeoutError:
@@ -119,6 +114,17 @@ class Dispatcher:
         released = _Release(pool, index, cost, len(streams))
         guarded = [_guarded(s, pool, index, deadline, released, self.drain) for s in streams]
         return Dispatched(guarded, pool, backend, ignored)
+
+    async def _admit_and_open(
+        self, pool: ModelPool, requests: list[GenerateRequest]
+    ) -> tuple[Backend, int, list[AsyncIterator[TokenDelta]], int]:
+        """A slot of the pool's gate, then the streams on a replica; the slot is given back on failure."""
+        await pool.gate.acquire()
+        try:
+            return await self._open_on_replica(pool, requests)
+        except BaseException:
+            pool.gate.release()
+            raise
 
     async def _choose_pool(self, model: str) -> ModelPool:
         pool = self.registry.pool(model)
