@@ -105,7 +105,7 @@ model: install
 # checkout (with its own DIR/.venv) to the run, for a before/after table.
 bench: install
 	$(BIN)/pip install --quiet -e '.[bench]'
-	$(BIN)/python -m lmgate.server.bench_suite $(if $(BASELINE),--baseline $(BASELINE))
+	$(BIN)/python -m lmgate.bench.suite $(if $(BASELINE),--baseline $(BASELINE))
 
 # Rewrite the settings reference in docs/configuration.md from the settings models (a test checks it is current).
 config-docs: install-test

@@ -58,4 +58,4 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def shutdown(self) -> None:
         """Abort what is still running and free everything. (Draining in-flight requests is the
-        server's job, before this: server/drain.py.)"""
+        server's job, before this: server/placement/drain.py.)"""

@@ -11,8 +11,8 @@ from typing import Any
 
 from lmgate.backends.chat_template import ChatTemplate
 from lmgate.backends.chat_tokens import ChatTokenizer
+from lmgate.backends.engine.limits import check_token_ids
 from lmgate.backends.errors import InvalidRequest
-from lmgate.backends.limits import check_token_ids
 from lmgate.backends.types import GenerateRequest
 
 

@@ -25,12 +25,12 @@ class BackendKind(enum.StrEnum):
 
 
 _BACKENDS: dict[BackendKind, str] = {
-    # The in-process engines run in a supervised engine process each (backends/process_backend.py).
-    BackendKind.LLAMACPP: "lmgate.backends.process_backend:ProcessBackend",
+    # The in-process engines run in a supervised engine process each (backends/engine/process_backend.py).
+    BackendKind.LLAMACPP: "lmgate.backends.engine.process_backend:ProcessBackend",
     BackendKind.GRPC: "lmgate.backends.grpc.backend:GrpcBackend",
     BackendKind.OPENAI: "lmgate.backends.openai.backend:OpenAIBackend",
     BackendKind.VLLM: "lmgate.backends.vllm.backend:VllmBackend",
-    BackendKind.TRANSFORMERS: "lmgate.backends.process_backend:ProcessBackend",
+    BackendKind.TRANSFORMERS: "lmgate.backends.engine.process_backend:ProcessBackend",
     BackendKind.FAKE: "lmgate.backends.fake.backend:FakeBackend",
 }
 

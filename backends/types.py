@@ -177,7 +177,7 @@ class ModelInfo:
     max_token_bytes: int | None = None
     """The most bytes of text one token of the vocabulary covers, when tokenizing never shrinks
     text (byte-level BPE, SentencePiece without normalisation); None when unknown. Lets the gateway
-    refuse a prompt too long for the context without tokenizing it (backends/limits.py)."""
+    refuse a prompt too long for the context without tokenizing it (backends/engine/limits.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +201,7 @@ class BackendStats:
     steps: int = 0
     generated_tokens: int = 0
     engine_restarts: int = 0
-    """Times the engine's process died and a new one was started (backends/process_backend.py)."""
+    """Times the engine's process died and a new one was started (backends/engine/process_backend.py)."""
 
     @property
     def kv_usage(self) -> float:

@@ -1,5 +1,5 @@
 """The HTTP application: OpenAI routes, health probes, and OpenAI-shaped errors for everything;
-its lifespan also runs the gRPC server (server/grpc_server.py) on the same event loop.
+its lifespan also runs the gRPC server (server/grpc/servicer.py) on the same event loop.
 
 ``create_app(settings)`` builds a fresh app with its own model registry (no module state). Models
 load in the background after start-up: GET /health answers at once, GET /ready is 503 until every
@@ -21,15 +21,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lmgate.server import openai_chat, openai_completions, openai_models
 from lmgate.server.auth import ApiKeyInterceptor, ApiKeys
-from lmgate.server.dispatch import Dispatcher
-from lmgate.server.drain import Drain
 from lmgate.server.errors import AuthenticationError, ClientDisconnected, LmgateError, from_validation_errors
-from lmgate.server.gate_middleware import GatewayMiddleware
-from lmgate.server.grpc_server import GrpcFrontend
+from lmgate.server.grpc.servicer import GrpcFrontend
+from lmgate.server.http import chat, completions, models
+from lmgate.server.http.gate import GatewayMiddleware
 from lmgate.server.metrics import CONTENT_TYPE, Metrics, start_http_server
-from lmgate.server.model_registry import ModelRegistry
+from lmgate.server.placement.dispatch import Dispatcher
+from lmgate.server.placement.drain import Drain
+from lmgate.server.placement.registry import ModelRegistry
 from lmgate.server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def create_app(
         finally:
             loading.cancel()
             await asyncio.gather(loading, return_exceptions=True)
-            # Draining happened before (server/drain.py, on SIGTERM): what still runs is cut now.
+            # Draining happened before (server/placement/drain.py, on SIGTERM): what still runs is cut now.
             if grpc is not None:
                 await grpc.stop(grace=1.0)
             await registry.shutdown()
@@ -113,9 +113,9 @@ def create_app(
     app.state.settings = settings
     app.state.grpc = None
     app.state.metrics = metrics
-    app.include_router(openai_chat.router)
-    app.include_router(openai_completions.router)
-    app.include_router(openai_models.router)
+    app.include_router(chat.router)
+    app.include_router(completions.router)
+    app.include_router(models.router)
     _add_probes(app, registry, metrics, drain)
     _add_error_handlers(app, metrics)
     open_paths = {"/health", "/ready"} | ({"/metrics"} if not settings.server.metrics_auth else set())
@@ -145,9 +145,8 @@ def _add_probes(app: FastAPI, registry: ModelRegistry, metrics: Metrics, drain: 
     async def ready() -> JSONResponse:
         """Readiness: 200 once every eager model is loaded (lazy ones load on demand) and the server
         is not draining, else 503; the body gives each model's state."""
-        models = registry.states
         ready = registry.ready and not drain.draining
-        body = {"ready": ready, "draining": drain.draining, "models": models}
+        body = {"ready": ready, "draining": drain.draining, "models": registry.states}
         return JSONResponse(body, status_code=200 if ready else 503)
 
 

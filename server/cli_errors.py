@@ -46,9 +46,9 @@ def explain(exc: BaseException) -> tuple[str, int]:
     # Imported here, on the error path only: the command's start stays light.
     from lmgate.backends.errors import ModelLoadError
     from lmgate.backends.llamacpp.gguf_file import GGUFFileError
+    from lmgate.bench.client import BenchError
     from lmgate.quantize.errors import ToolError
     from lmgate.quantize.extras import missing_package_message
-    from lmgate.server.bench import BenchError
     from lmgate.server.settings import ConfigError
 
     if isinstance(exc, CliError):

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 import uvicorn
 
 from lmgate.server.cli_errors import CliError, UsageError
-from lmgate.server.drain import Drain
-from lmgate.server.http_protocol import http_protocol
+from lmgate.server.http.header_deadline import http_protocol
+from lmgate.server.placement.drain import Drain
 from lmgate.server.settings import ConfigError, Settings, model_name_from_path, read_config_file, validate_settings
 
 if TYPE_CHECKING:
@@ -157,7 +157,7 @@ def serve_forever(settings: Settings) -> None:
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn, but the first SIGTERM / SIGINT drains (server/drain.py) before exiting; a second
+    """uvicorn, but the first SIGTERM / SIGINT drains (server/placement/drain.py) before exiting; a second
     one exits at once. Prints the banner (server/banner.py) once it listens and the models are loaded,
     instead of uvicorn's "running on" line, which comes before they are."""
 

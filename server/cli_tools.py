@@ -61,7 +61,7 @@ def run_plan(args: argparse.Namespace) -> int:
 
 def run_bench(args: argparse.Namespace) -> int:
     """The table, one row per concurrency level; exit status 1 when requests failed (the first reason)."""
-    from lmgate.server.bench import BenchConfig, report_json, report_table, run_bench
+    from lmgate.bench.client import BenchConfig, report_json, report_table, run_bench
 
     reports = []
     for c in args.concurrency:
@@ -72,7 +72,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_text(report_json(reports))
     if args.plot:
-        from lmgate.server.bench_plot import plot_sweeps
+        from lmgate.bench.plot import plot_sweeps
 
         plot_sweeps({args.url: reports}, args.plot)
     failed = sum(r.errors for r in reports)

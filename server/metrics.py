@@ -47,7 +47,7 @@ from prometheus_client.registry import Collector
 from lmgate.backends.types import FinishReason, TokenDelta
 from lmgate.server.closing_stream import ClosingStream
 from lmgate.server.errors import ClientDisconnected, LmgateError, ModelNotFoundError
-from lmgate.server.model_registry import ModelRegistry, ModelState
+from lmgate.server.placement.registry import ModelRegistry, ModelState
 
 access_log = logging.getLogger("lmgate.access")
 __all__ = ["CONTENT_TYPE", "Metrics", "RequestTracker", "TokenRate", "start_http_server"]

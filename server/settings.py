@@ -34,7 +34,7 @@ from lmgate.backends.openai.config import OpenAIConfig
 from lmgate.backends.registry import BackendKind
 from lmgate.backends.transformers.config import TransformersConfig
 from lmgate.backends.vllm.config import VllmConfig
-from lmgate.server.router import Policy
+from lmgate.server.placement.router import Policy
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$"
 _KINDS = {kind.value for kind in BackendKind}

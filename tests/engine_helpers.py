@@ -6,8 +6,8 @@ import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmgate.backends.engine.process_backend import ProcessBackend
 from lmgate.backends.llamacpp.config import LlamaCppConfig
-from lmgate.backends.process_backend import ProcessBackend
 from lmgate.backends.types import ChatMessage, GenerateRequest, Role, SamplingParams, TokenDelta
 
 _ids = itertools.count()

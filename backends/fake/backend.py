@@ -11,9 +11,9 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from lmgate.backends.base import Backend
+from lmgate.backends.engine.limits import check_token_ids
 from lmgate.backends.errors import InvalidRequest
 from lmgate.backends.fake.config import FakeConfig
-from lmgate.backends.limits import check_token_ids
 from lmgate.backends.types import (
     BackendStats,
     Capabilities,

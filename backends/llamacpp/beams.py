@@ -9,7 +9,7 @@ beams that lost. Owned by the engine thread.
 
 from __future__ import annotations
 
-from lmgate.backends.beam_search import BeamSearch, final_deltas
+from lmgate.backends.engine.beam_search import BeamSearch, final_deltas
 from lmgate.backends.llamacpp.llama_model import LlamaModel
 from lmgate.backends.llamacpp.runner import Runner, Sampled
 from lmgate.backends.llamacpp.scheduler import Scheduler

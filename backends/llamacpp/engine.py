@@ -1,8 +1,8 @@
 """The llama.cpp engine: ``step()`` = schedule → run → postprocess, on its own thread.
 
 The thread, its inbox and the hand-over of each step's deltas are ``EngineThread``'s
-(backends/engine_thread.py); this class is what a step does and how requests join and leave. It
-runs in an engine process of its own (backends/engine_host.py), never in the gateway.
+(backends/engine/thread.py); this class is what a step does and how requests join and leave. It
+runs in an engine process of its own (backends/engine/host.py), never in the gateway.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from lmgate.backends.beam_search import BeamSearch
-from lmgate.backends.engine_thread import EngineThread, Publish
+from lmgate.backends.engine.beam_search import BeamSearch
+from lmgate.backends.engine.thread import EngineThread, Publish
 from lmgate.backends.llamacpp import beams
 from lmgate.backends.llamacpp.config import LlamaCppConfig
 from lmgate.backends.llamacpp.kv_cache import KVCacheManager

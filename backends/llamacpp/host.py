@@ -3,7 +3,7 @@
 Refuses a llama.cpp build that is unsafe on this CPU (backends/llamacpp/cpu_build.py), loads the
 model, and turns each submitted ``GenerateRequest`` into token ids (rendering chat messages with the
 model's template), checks it against the model (context length, vocabulary) and hands one sequence
-per choice to the engine thread. The gateway side is backends/process_backend.py.
+per choice to the engine thread. The gateway side is backends/engine/process_backend.py.
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ import llama_cpp
 
 from lmgate.backends.chat_template import ChatTemplate
 from lmgate.backends.chat_tokens import ChatTokenizer
-from lmgate.backends.engine_thread import Publish
+from lmgate.backends.engine.limits import check_sampling, check_token_ids, output_budget
+from lmgate.backends.engine.output_text import OutputText
+from lmgate.backends.engine.thread import Publish
 from lmgate.backends.errors import InvalidRequest, ModelLoadError
-from lmgate.backends.limits import check_sampling, check_token_ids, output_budget
 from lmgate.backends.llamacpp import cpu_build
 from lmgate.backends.llamacpp.config import LlamaCppConfig
 from lmgate.backends.llamacpp.engine import Engine, Request
 from lmgate.backends.llamacpp.llama_model import LlamaModel
 from lmgate.backends.llamacpp.sequence import Sequence
-from lmgate.backends.output_text import OutputText
 from lmgate.backends.types import (
     BEAM_SEARCH_PARAMS,
     STANDARD_SAMPLING_PARAMS,

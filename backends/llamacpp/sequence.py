@@ -14,9 +14,9 @@ import time
 from array import array
 from dataclasses import dataclass, field
 
-from lmgate.backends.beam_search import BeamSearch
+from lmgate.backends.engine.beam_search import BeamSearch
+from lmgate.backends.engine.output_text import OutputText
 from lmgate.backends.llamacpp.kv_cache import BLOCK_SIZE
-from lmgate.backends.output_text import OutputText
 from lmgate.backends.types import FinishReason, SamplingParams
 
 

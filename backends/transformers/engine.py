@@ -4,10 +4,10 @@ A step admits waiting requests while rows are free (their prompts prefilled toge
 one row per choice or beam after the prefill), then decodes one token for every running row in a
 single forward pass over the shared ``BatchCache``. Finished and aborted rows leave between steps,
 so a request never waits for another one to end (continuous batching). A beam search's rows are
-re-chosen every step by the shared policy (backends/beam_search.py): a beam that continues several
+re-chosen every step by the shared policy (backends/engine/beam_search.py): a beam that continues several
 ways has its cache row repeated, a beam that lost is dropped. Requests and aborts arrive through a
-thread-safe inbox (backends/engine_thread.py); each step's deltas go to ``publish``, all of a
-step's in one call. It runs in an engine process of its own (backends/engine_host.py).
+thread-safe inbox (backends/engine/thread.py); each step's deltas go to ``publish``, all of a
+step's in one call. It runs in an engine process of its own (backends/engine/host.py).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from collections.abc import Callable
 
 import torch
 
-from lmgate.backends.beam_search import BeamSearch, final_deltas
-from lmgate.backends.engine_thread import EngineThread, Publish
-from lmgate.backends.output_text import OutputText
+from lmgate.backends.engine.beam_search import BeamSearch, final_deltas
+from lmgate.backends.engine.output_text import OutputText
+from lmgate.backends.engine.thread import EngineThread, Publish
 from lmgate.backends.transformers.batch_cache import BatchCache, new_cache
 from lmgate.backends.transformers.detokenizer import Detokenizer
 from lmgate.backends.transformers.hf_model import HfModel

@@ -3,18 +3,18 @@
 The path for quantized HF models where there is no GPU (DESIGN §6): transformers loads the
 checkpoint (GPTQModel's CPU kernels for GPTQ and AWQ), lmgate's own loop batches the requests
 (backends/transformers/engine.py) and samples with the same parameters as the other engines.
-Beam search runs the same policy as the llama.cpp engine's (backends/beam_search.py). The gateway
-side is backends/process_backend.py; torch is only ever imported in the engine process.
+Beam search runs the same policy as the llama.cpp engine's (backends/engine/beam_search.py). The gateway
+side is backends/engine/process_backend.py; torch is only ever imported in the engine process.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from lmgate.backends.engine_thread import Publish
+from lmgate.backends.engine.limits import check_sampling, output_budget
+from lmgate.backends.engine.thread import Publish
 from lmgate.backends.errors import ModelLoadError
 from lmgate.backends.hf_prompt import HfPrompt
-from lmgate.backends.limits import check_sampling, output_budget
 from lmgate.backends.transformers.config import TransformersConfig
 from lmgate.backends.transformers.engine import Engine
 from lmgate.backends.transformers.hf_model import HfModel

@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from lmgate.backends.beam_search import Beam, BeamSearch
-from lmgate.backends.output_text import OutputText
+from lmgate.backends.engine.beam_search import Beam, BeamSearch
+from lmgate.backends.engine.output_text import OutputText
 from lmgate.backends.transformers.detokenizer import Detokenizer
 from lmgate.backends.transformers.sampler import RowSampler
 from lmgate.backends.types import FinishReason, SamplingParams, Usage

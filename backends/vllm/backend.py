@@ -7,7 +7,7 @@ Sampling parameters map 1:1 onto vLLM's, outputs stream as deltas (``RequestOutp
 and a closed stream aborts the request. vLLM's scheduler stats (running, waiting, KV usage,
 prefix-cache hits, preemptions) arrive through a stat logger and come out of ``stats()``.
 Beam search lives in vLLM's serving layer, not in AsyncLLM; here it runs lmgate's shared policy
-(backends/beam_search.py) the way vLLM's server does: each step asks the engine for one token
+(backends/engine/beam_search.py) the way vLLM's server does: each step asks the engine for one token
 with the top 2 × width log-probabilities of every live beam (vLLM's prefix cache makes the
 repeated prompts cheap), and the policy picks the continuations.
 """
@@ -21,10 +21,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lmgate.backends.base import Backend
-from lmgate.backends.beam_search import BeamSearch, final_deltas
+from lmgate.backends.engine.beam_search import BeamSearch, final_deltas
+from lmgate.backends.engine.limits import output_budget
 from lmgate.backends.errors import BackendUnavailable, InvalidRequest
 from lmgate.backends.hf_prompt import HfPrompt
-from lmgate.backends.limits import output_budget
 from lmgate.backends.types import (
     BEAM_SEARCH_PARAMS,
     STANDARD_SAMPLING_PARAMS,

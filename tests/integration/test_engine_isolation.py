@@ -80,7 +80,7 @@ def test_each_engine_is_a_process_of_its_own_named_for_its_model(gateway):
     assert None not in pids.values() and len(set(pids.values()) | {os.getpid()}) == 3
     for model, pid in pids.items():
         command_line = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        assert b"lmgate.backends.engine_host" in command_line
+        assert b"lmgate.backends.engine.host" in command_line
         assert command_line[command_line.index(b"--model") + 1] == model.encode()
 
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from lmgate.backends.beam_search import BeamSearch
+from lmgate.backends.engine.beam_search import BeamSearch
 from lmgate.backends.types import FinishReason
 
 EOS = 0

@@ -1,6 +1,6 @@
 """lmgate bench counts what the server streams (checked against the fake backend over real HTTP)."""
 
-from lmgate.server.bench import BenchConfig, percentiles, run_bench
+from lmgate.bench.client import BenchConfig, percentiles, run_bench
 from lmgate.server.settings import validate_settings
 
 from server_helpers import ServerThread

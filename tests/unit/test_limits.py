@@ -1,9 +1,9 @@
-"""backends/limits.py: a request against a model's limits, with hand-made requests."""
+"""backends/engine/limits.py: a request against a model's limits, with hand-made requests."""
 
 import pytest
 
+from lmgate.backends.engine.limits import check_prompt_size
 from lmgate.backends.errors import InvalidRequest
-from lmgate.backends.limits import check_prompt_size
 from lmgate.backends.types import ChatMessage, GenerateRequest, Role, SamplingParams
 
 

@@ -3,7 +3,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lmgate.backends.output_text import OutputText
+from lmgate.backends.engine.output_text import OutputText
 
 
 def feed(out: OutputText, pieces: list[bytes]) -> list[str]:

@@ -3,8 +3,8 @@
 from collections import Counter
 
 from lmgate.backends.types import ChatMessage, GenerateRequest, Role
-from lmgate.server.dispatch import affinity_key
-from lmgate.server.router import Policy, Router, RouterConfig
+from lmgate.server.placement.dispatch import affinity_key
+from lmgate.server.placement.router import Policy, Router, RouterConfig
 
 
 def test_least_outstanding_tokens_picks_the_lightest_replica():

@@ -2,10 +2,10 @@
 
 import itertools
 
+from lmgate.backends.engine.output_text import OutputText
 from lmgate.backends.llamacpp.kv_cache import KVCacheManager, RemoveOp
 from lmgate.backends.llamacpp.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from lmgate.backends.llamacpp.sequence import Sequence, SequenceStatus
-from lmgate.backends.output_text import OutputText
 from lmgate.backends.types import SamplingParams
 
 _arrivals = itertools.count()

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from lmgate.backends.types import GenerateRequest, SamplingParams
 from lmgate.server.app import create_app
 from lmgate.server.closing_stream import ClosingStream
-from lmgate.server.generation import merge
+from lmgate.server.placement.generation import merge
 from lmgate.server.settings import validate_settings
 from lmgate.v1 import inference_pb2 as pb
 from lmgate.v1 import inference_pb2_grpc as pb_grpc

@@ -1,7 +1,7 @@
 """Protobuf ↔ the HTTP API's request models and the internal types.
 
 A gRPC request is turned into the same pydantic request the HTTP API validates (and from there
-into the same ``GenerateRequest`` through server/convert.py), so both transports accept, refuse
+into the same ``GenerateRequest`` through server/http/convert.py), so both transports accept, refuse
 and default exactly alike. Unset ``optional`` fields stay unset, as an omitted JSON field would.
 """
 
@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from lmgate.backends.types import FinishReason, TokenDelta, TokenLogprob
 from lmgate.server.errors import InvalidRequestError, from_validation_errors
-from lmgate.server.protocol import ChatCompletionRequest, CompletionRequest, UsageOut
+from lmgate.server.http.protocol import ChatCompletionRequest, CompletionRequest, UsageOut
 from lmgate.v1 import inference_pb2 as pb
 
 _ROLES = {

@@ -5,7 +5,7 @@ that opens a connection and sends its headers a byte at a time (slowloris) holds
 for ever. Here a timer runs from the connection's first byte (or its opening) and from the start
 of each later request until that request's headers are complete; when it fires, the connection
 gets ``408 Request Timeout`` and is closed. The body has its own deadline, in the gateway
-middleware (server/gate_middleware.py).
+middleware (server/http/gate.py).
 """
 
 from __future__ import annotations

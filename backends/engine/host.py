@@ -1,8 +1,8 @@
 """An engine process: one model's engine, away from the gateway (DESIGN §1, STYLE 14).
 
-    python -m lmgate.backends.engine_host --kind llamacpp --model tiny-chat --fd 5
+    python -m lmgate.backends.engine.host --kind llamacpp --model tiny-chat --fd 5
 
-The gateway (backends/engine_process.py) starts it with one end of a socket pair as ``--fd``; the
+The gateway (backends/engine/process.py) starts it with one end of a socket pair as ``--fd``; the
 model's name is on the command line so ``ps`` shows which process serves which model. A crash here
 (a segfault or an abort in llama.cpp, an OOM kill) ends this process only: the gateway fails its
 requests and restarts it.
@@ -27,8 +27,8 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
-from lmgate.backends import engine_messages as msg
-from lmgate.backends.engine_thread import EngineThread, StepOutputs
+from lmgate.backends.engine import messages as msg
+from lmgate.backends.engine.thread import EngineThread, StepOutputs
 from lmgate.backends.errors import BackendError, ModelLoadError
 from lmgate.backends.types import BackendStats, Capabilities, GenerateRequest, ModelInfo
 

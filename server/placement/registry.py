@@ -1,7 +1,7 @@
 """The served models: one pool of replicas per configured model, found by name or alias.
 
 Each pool holds its replicas (backends built from the same settings, or one per gRPC target), its
-router (server/router.py), its admission gate and its load state. Eager pools load concurrently in
+router (server/placement/router.py), its admission gate and its load state. Eager pools load concurrently in
 the background at start-up, so /health answers at once while /ready says 503 until they are
 loaded; a ``lazy`` pool loads at its first request, and one with ``idle_unload_s`` unloads after
 that long without requests. A replica that fails to load is tried again in the background with a
@@ -22,9 +22,9 @@ from lmgate.backends.base import Backend
 from lmgate.backends.errors import ModelLoadError
 from lmgate.backends.registry import create_backend
 from lmgate.backends.types import BackendStats
-from lmgate.server.admission import AdmissionGate
 from lmgate.server.errors import ModelNotFoundError, ServiceUnavailableError
-from lmgate.server.router import Router, RouterConfig
+from lmgate.server.placement.admission import AdmissionGate
+from lmgate.server.placement.router import Router, RouterConfig
 from lmgate.server.settings import ModelSettings
 
 log = logging.getLogger(__name__)

@@ -13,10 +13,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from lmgate.backends.base import Backend
 from lmgate.backends.types import TokenDelta
-from lmgate.server.convert import ChoiceText, UsageTally, completion_logprobs, completion_requests
-from lmgate.server.dispatch import Dispatcher
-from lmgate.server.generation import merge
-from lmgate.server.http_common import (
+from lmgate.server.http.common import (
     answered,
     base_request_id,
     json_body,
@@ -25,8 +22,11 @@ from lmgate.server.http_common import (
     streamed,
     until_disconnect,
 )
+from lmgate.server.http.convert import ChoiceText, UsageTally, completion_logprobs, completion_requests
+from lmgate.server.http.protocol import Completion, CompletionChoice, CompletionRequest
 from lmgate.server.metrics import Metrics
-from lmgate.server.protocol import Completion, CompletionChoice, CompletionRequest
+from lmgate.server.placement.dispatch import Dispatcher
+from lmgate.server.placement.generation import merge
 
 router = APIRouter()
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lmgate.server.bench import BenchReport
+from lmgate.bench.client import BenchReport
 
 
 def plot_sweeps(sweeps: dict[str, list[BenchReport]], path: Path, title: str = "") -> None:

@@ -35,8 +35,8 @@ from pathlib import Path
 import httpx
 
 from lmgate.backends.llamacpp import cpu_build
-from lmgate.server.bench import BenchConfig, BenchReport, run_bench
-from lmgate.server.bench_plot import plot_sweeps
+from lmgate.bench.client import BenchConfig, BenchReport, run_bench
+from lmgate.bench.plot import plot_sweeps
 
 CACHE = Path(".cache/bench")
 SYSTEM_WORDS = "You are a careful assistant of a travel company. Answer briefly, politely and in English. "
@@ -245,7 +245,7 @@ def render(results: dict[str, dict[str, list[BenchReport]]], args: argparse.Name
     lines = [
         "# Benchmarks",
         "",
-        f"Written by `make bench` (`server/bench_suite.py`) on {time.strftime('%Y-%m-%d')}: {machine}. Model: the "
+        f"Written by `make bench` (`bench/suite.py`) on {time.strftime('%Y-%m-%d')}: {machine}. Model: the "
         f"random-weight `bench-200m` (hidden 1024, 12 layers, GQA 16/4, ffn 2816, vocab 32000), Q8_0, 214 MB. "
         f"Every server: {args.threads} threads, {args.ctx} context cells, {args.slots} parallel sequences; "
         f"streamed `/v1/completions`, {args.max_tokens} output tokens per request (`ignore_eos`), the same "

@@ -1,6 +1,6 @@
 """A request's deltas arriving from its engine process, read back on the event loop.
 
-The gateway's connection to an engine process (backends/engine_process.py) gets one message per
+The gateway's connection to an engine process (backends/engine/process.py) gets one message per
 engine step and ``put``s each request's share into that request's ``EngineInbox``; the backend's
 ``generate`` reads them with ``stream``, which aborts the request in the engine when the reader
 goes away before every choice finished.

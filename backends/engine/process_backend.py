@@ -1,7 +1,7 @@
 """The backend of the in-process-engine kinds (``llamacpp``, ``transformers``): a supervised engine process.
 
 The gateway keeps HTTP, gRPC, routing and metrics; the model, its scheduler and its step loop live in
-a child process (backends/engine_host.py), as vLLM V1 runs its EngineCore and Ollama its runners.
+a child process (backends/engine/host.py), as vLLM V1 runs its EngineCore and Ollama its runners.
 When that process dies (a segfault or an abort in native code, an OOM kill, an engine bug) its
 requests end at once with ``BackendUnavailable`` (503 / an SSE error event / gRPC UNAVAILABLE), the
 backend reports itself unhealthy (so /ready and gRPC health say NOT_SERVING for the model and the
@@ -20,10 +20,10 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
-from lmgate.backends import engine_messages as msg
 from lmgate.backends.backoff import Backoff
 from lmgate.backends.base import Backend
-from lmgate.backends.engine_process import EngineProcess, ExitStatus
+from lmgate.backends.engine import messages as msg
+from lmgate.backends.engine.process import EngineProcess, ExitStatus
 from lmgate.backends.errors import BackendUnavailable
 from lmgate.backends.types import BackendStats, Capabilities, GenerateRequest, ModelInfo, TokenDelta
 

@@ -25,11 +25,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from lmgate.backends.base import Backend
+from lmgate.backends.engine.limits import check_prompt_size
 from lmgate.backends.errors import BackendError
-from lmgate.backends.limits import check_prompt_size
 from lmgate.backends.types import GenerateRequest, Role, SamplingParams, TokenDelta
 from lmgate.server.closing_stream import ClosingStream
-from lmgate.server.drain import Drain
 from lmgate.server.errors import (
     InvalidRequestError,
     RateLimitError,
@@ -37,8 +36,9 @@ from lmgate.server.errors import (
     ServiceUnavailableError,
     from_backend_error,
 )
-from lmgate.server.generation import open_stream, open_streams
-from lmgate.server.model_registry import ModelPool, ModelRegistry
+from lmgate.server.placement.drain import Drain
+from lmgate.server.placement.generation import open_stream, open_streams
+from lmgate.server.placement.registry import ModelPool, ModelRegistry
 
 AFFINITY_BYTES = 512
 _INSTRUCTIONS = (Role.SYSTEM, Role.DEVELOPER)
@@ -87,7 +87,7 @@ class Dispatcher:
         """Open ``requests`` (the prompts of one client request) on one replica of the chosen pool.
 
         The pool's ``request_timeout_s`` runs from here: queueing for a slot and waiting for the
-        first token count, and a drain that times out cuts those waits too (server/drain.py)."""
+        first token count, and a drain that times out cuts those waits too (server/placement/drain.py)."""
         if self.drain.draining:
             raise self.drain.refused()
         pool = await self._choose_pool(model)

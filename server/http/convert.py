@@ -16,7 +16,7 @@ from lmgate.backends.types import (
     TokenDelta,
     TokenLogprob,
 )
-from lmgate.server.protocol import (
+from lmgate.server.http.protocol import (
     ChatCompletionRequest,
     ChatLogprobs,
     CompletionLogprobs,

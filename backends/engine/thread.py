@@ -3,7 +3,7 @@
 The llama.cpp and transformers engines share this shape. Requests and aborts arrive from the
 engine process's command thread through a thread-safe inbox and are applied between steps; each
 step's deltas, of every request, are handed to ``publish`` in one call (the engine process sends
-them to the gateway as one message: backends/engine_host.py); the thread sleeps while there is
+them to the gateway as one message: backends/engine/host.py); the thread sleeps while there is
 nothing to do. If a step raises, the engine is dead: ``failed`` is set and ``on_failure`` told (the
 engine process then exits and its supervisor restarts it). Subclasses say what a step is and how a
 request is added and aborted.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from lmgate.server.model_registry import ModelPool, ModelRegistry, ModelState
-from lmgate.server.protocol import ModelCard, ModelList
+from lmgate.server.http.protocol import ModelCard, ModelList
+from lmgate.server.placement.registry import ModelPool, ModelRegistry, ModelState
 
 router = APIRouter()
 

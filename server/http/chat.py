@@ -9,9 +9,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Depends, Request, Response
 
 from lmgate.backends.types import TokenDelta
-from lmgate.server.convert import ChoiceText, UsageTally, chat_logprobs, chat_request
-from lmgate.server.dispatch import Dispatcher
-from lmgate.server.http_common import (
+from lmgate.server.http.common import (
     answered,
     base_request_id,
     json_body,
@@ -20,8 +18,8 @@ from lmgate.server.http_common import (
     streamed,
     until_disconnect,
 )
-from lmgate.server.metrics import Metrics
-from lmgate.server.protocol import (
+from lmgate.server.http.convert import ChoiceText, UsageTally, chat_logprobs, chat_request
+from lmgate.server.http.protocol import (
     ChatChoice,
     ChatChunkChoice,
     ChatCompletion,
@@ -30,6 +28,8 @@ from lmgate.server.protocol import (
     ChatDelta,
     ChatMessageOut,
 )
+from lmgate.server.metrics import Metrics
+from lmgate.server.placement.dispatch import Dispatcher
 
 router = APIRouter()
 

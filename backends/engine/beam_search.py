@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from lmgate.backends.output_text import OutputText
+from lmgate.backends.engine.output_text import OutputText
 from lmgate.backends.types import FinishReason, TokenDelta, Usage
 
 

@@ -18,7 +18,7 @@ import asyncio
 import logging
 
 from lmgate.server.errors import ServiceUnavailableError
-from lmgate.server.model_registry import ModelRegistry
+from lmgate.server.placement.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The public gRPC API (``lmgate.v1.Inference``), health and reflection, on the HTTP server's loop.
 
-A thin servicer: each request is validated by the HTTP API's own models (server/grpc_convert.py),
+A thin servicer: each request is validated by the HTTP API's own models (server/grpc/convert.py),
 run through the same backend streams, and errors leave as the status code their class names
 (server/errors.py) — mapped in one place, ``_rpc_errors``. A cancelled call or a passed deadline
 cancels the handler, which closes the backend stream and so aborts the sequences.
@@ -20,13 +20,14 @@ from grpc_reflection.v1alpha import reflection
 
 from lmgate.backends.errors import BackendError
 from lmgate.backends.types import GenerateRequest, TokenDelta
-from lmgate.server import convert, grpc_convert
-from lmgate.server.convert import UsageTally
-from lmgate.server.dispatch import Dispatcher
 from lmgate.server.errors import InvalidRequestError, LmgateError, from_backend_error
-from lmgate.server.grpc_registration import add_inference_service
+from lmgate.server.grpc import convert as grpc_convert
+from lmgate.server.grpc.registration import add_inference_service
+from lmgate.server.http import convert
+from lmgate.server.http.convert import UsageTally
 from lmgate.server.metrics import Metrics
-from lmgate.server.model_registry import ModelRegistry
+from lmgate.server.placement.dispatch import Dispatcher
+from lmgate.server.placement.registry import ModelRegistry
 from lmgate.v1 import inference_pb2 as pb
 from lmgate.v1 import inference_pb2_grpc as pb_grpc
 

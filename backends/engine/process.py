@@ -1,12 +1,12 @@
 """One engine process seen from the gateway: start it, talk to it, notice when it dies.
 
-The process runs ``python -m lmgate.backends.engine_host --kind K --model NAME --fd N`` on one end of
+The process runs ``python -m lmgate.backends.engine.host --kind K --model NAME --fd N`` on one end of
 a socket pair; this end is a ``multiprocessing.connection.Connection`` (length-prefixed pickle, from
 the standard library: no dependency, and both ends are the same code). A reader thread blocks on the
 connection and hands each message to the event loop, one wake-up per engine step; everything else
 runs on the loop. When the connection ends the process is reaped, every request still waiting on
 it gets ``BackendUnavailable`` saying how it died, and ``on_exit`` is told (unless it was asked to
-stop). Restarting is the owner's policy (backends/process_backend.py), not this class's.
+stop). Restarting is the owner's policy (backends/engine/process_backend.py), not this class's.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from lmgate.backends import engine_messages as msg
-from lmgate.backends.engine_inbox import EngineInbox
+from lmgate.backends.engine import messages as msg
+from lmgate.backends.engine.inbox import EngineInbox
 from lmgate.backends.errors import BackendUnavailable
 from lmgate.backends.types import BackendStats, GenerateRequest, TokenDelta
 
@@ -90,7 +90,7 @@ class EngineProcess:
         self._loop = asyncio.get_running_loop()
         self._started = self._loop.create_future()
         ours, theirs = socket.socketpair()
-        command = [sys.executable, "-m", "lmgate.backends.engine_host", "--kind", self.kind, "--model", self.name,
+        command = [sys.executable, "-m", "lmgate.backends.engine.host", "--kind", self.kind, "--model", self.name,
                    "--fd", str(theirs.fileno()), "--log-level", self._log_level]  # fmt: skip
         with theirs:
             self._popen = subprocess.Popen(command, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
