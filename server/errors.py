@@ -24,7 +24,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from lmgate.backends.errors import BackendError, BackendUnavailable, InvalidRequest
+from lmgate.backends.errors import (
+    QUOTE_LIMIT,
+    BackendError,
+    BackendUnavailable,
+    InvalidRequest,
+    field_problem,
+    quote_value,
+)
 
 
 class ClientDisconnected(Exception):
@@ -154,26 +161,6 @@ def from_validation_errors(errors: Sequence[Any]) -> InvalidRequestError:
     # A validator's own ValueError: its text, without pydantic's "Value error, " before it.
     rule = str(first["ctx"]["error"]) if first["type"] == "value_error" and "ctx" in first else first["msg"]
     whole_request_rule = not loc and first["type"] in ("value_error", "assertion_error")  # its input: the request
-    got = "" if first["type"] == "missing" or whole_request_rule else f" (got {quote_value(first.get('input'))})"
-    more = f" ({len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-    return InvalidRequestError(f"{param or 'body'}: {rule}{got}{more}", param=param)
-
-
-QUOTE_LIMIT = 60
-"""Characters of a string value an error message quotes."""
-
-
-def quote_value(value: object) -> str:
-    """A value as an error message shows it: short scalars as written, long text cut, containers by their
-    size and keys only (a message list, a tool definition or a prompt is never copied into an error)."""
-    if isinstance(value, bytes | bytearray):
-        return f"{len(value)} bytes that are not a JSON object"
-    if isinstance(value, dict):
-        keys = [str(k)[:20] for k in list(value)[:6]]
-        return f"an object with keys {', '.join(keys)}{', ...' if len(value) > 6 else ''}" if keys else "{}"
-    if isinstance(value, list | tuple):
-        return f"a list of {len(value)} item{'s' if len(value) != 1 else ''}"
-    if isinstance(value, str) and len(value) > QUOTE_LIMIT:
-        return f"{value[:QUOTE_LIMIT]!r}... ({len(value)} characters)"
-    text = repr(value)
-    return text if len(text) <= QUOTE_LIMIT else f"{text[:QUOTE_LIMIT]}..."
+    quoted = not (first["type"] == "missing" or whole_request_rule)
+    message = field_problem(param, rule, first.get("input"), quoted=quoted, more=len(errors) - 1)
+    return InvalidRequestError(message, param=param)

@@ -11,8 +11,6 @@ from collections.abc import Iterable
 from lmgate.backends.errors import InvalidRequest
 from lmgate.backends.types import GenerateRequest, SamplingParams
 
-MAX_LOGPROBS = 20
-
 
 def output_budget(request: GenerateRequest, prompt_len: int, max_model_len: int) -> int:
     """The output tokens each choice may produce: ``max_tokens``, or what is left of the context.
@@ -70,9 +68,11 @@ def check_token_ids(ids: Iterable[int], n_vocab: int, param: str) -> None:
 
 def check_sampling(sampling: SamplingParams, *, max_seqs: int, n_vocab: int) -> None:
     """What an engine that decodes ``max_seqs`` rows at once over ``n_vocab`` tokens can do with
-    ``sampling``: choices and beams that fit the batch, logprobs within bounds, ids in the vocabulary."""
-    if sampling.n > max_seqs:
-        raise InvalidRequest(f"n={sampling.n} is more than this model decodes at once (max_seqs={max_seqs})", param="n")
+    ``sampling``: beams that fit the batch, no logprobs with beam search, ids in the vocabulary.
+
+    The value rules (ranges, best_of against n, at most 20 logprobs) were checked by the transport
+    (backends/sampling_rules.py), and n against the batch by the dispatcher (``Capabilities.max_n``).
+    """
     if sampling.use_beam_search:
         if sampling.beam_width > max_seqs:
             raise InvalidRequest(
@@ -81,9 +81,5 @@ def check_sampling(sampling: SamplingParams, *, max_seqs: int, n_vocab: int) -> 
             )
         if sampling.logprobs is not None:
             raise InvalidRequest("logprobs are not returned with beam search", param="logprobs")
-    elif sampling.best_of is not None and sampling.best_of != sampling.n:
-        raise InvalidRequest("best_of different from n needs use_beam_search", param="best_of")
-    if sampling.logprobs is not None and sampling.logprobs > MAX_LOGPROBS:
-        raise InvalidRequest(f"at most {MAX_LOGPROBS} top logprobs, got {sampling.logprobs}", param="logprobs")
     check_token_ids((t for t, _ in sampling.logit_bias), n_vocab, "logit_bias")
     check_token_ids(sampling.stop_token_ids, n_vocab, "stop_token_ids")

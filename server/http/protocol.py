@@ -8,11 +8,21 @@ unknown fields are ignored as OpenAI-compatible servers do. Features lmgate does
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+
+from lmgate.backends.sampling_rules import (
+    BOUNDS,
+    LOGIT_BIAS,
+    LOGPROBS,
+    TOKEN_ID,
+    best_of_problem,
+    choices_problem,
+    logit_bias_key_problem,
+    stop_problem,
+)
 
 
 def _unicode_text(value: str) -> str:
@@ -25,17 +35,9 @@ def _unicode_text(value: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_unicode_text)]
-# The public API's integer ranges are the gRPC API's (protos/lmgate/v1), so a request valid over one
-# transport fits the other, and a gateway forwarding to a worker never holds a value protobuf cannot.
-TokenId = Annotated[int, Field(ge=0, lt=2**31)]
-UINT32_MAX = 2**32 - 1
-_TOKEN_ID_KEY = re.compile(r"[0-9]{1,10}")
-
-Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
-TopP = Annotated[float, Field(gt=0.0, le=1.0)]
-Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
-MAX_STOP = 16
-MAX_N = 128
+# The value rules are backends/sampling_rules.py's, shared with the gRPC edge; its integer ranges are
+# the proto's, so a gateway forwarding to a worker never holds a value protobuf cannot.
+TokenId = Annotated[int, Field(**TOKEN_ID.field())]
 
 
 class StreamOptions(BaseModel):
@@ -48,53 +50,52 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1)
-    temperature: Temperature | None = None
-    top_p: TopP | None = None
-    top_k: int | None = Field(default=None, ge=-1, lt=2**31, description="vLLM extension; 0 or -1 disables.")
-    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    n: int = Field(default=1, ge=1, le=MAX_N)
-    max_tokens: int | None = Field(default=None, ge=1, le=UINT32_MAX)
+    temperature: float | None = Field(default=None, **BOUNDS["temperature"].field())
+    top_p: float | None = Field(default=None, **BOUNDS["top_p"].field())
+    top_k: int | None = Field(default=None, **BOUNDS["top_k"].field(), description="vLLM extension; 0 or -1 disables.")
+    min_p: float | None = Field(default=None, **BOUNDS["min_p"].field())
+    n: int = Field(default=1, **BOUNDS["n"].field())
+    max_tokens: int | None = Field(default=None, **BOUNDS["max_tokens"].field())
     stop: Text | list[Text] | None = None
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    presence_penalty: Penalty | None = None
-    frequency_penalty: Penalty | None = None
-    repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
-    seed: int | None = Field(default=None, ge=-(2**63), lt=2**63)
-    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
+    presence_penalty: float | None = Field(default=None, **BOUNDS["presence_penalty"].field())
+    frequency_penalty: float | None = Field(default=None, **BOUNDS["frequency_penalty"].field())
+    repetition_penalty: float | None = Field(default=None, **BOUNDS["repetition_penalty"].field())
+    seed: int | None = Field(default=None, **BOUNDS["seed"].field())
+    logit_bias: dict[str, Annotated[float, Field(**LOGIT_BIAS.field())]] | None = None
     ignore_eos: bool = False
     stop_token_ids: list[TokenId] | None = None
     use_beam_search: bool = Field(default=False, description="vLLM extension: beam search instead of sampling.")
-    best_of: int | None = Field(default=None, ge=1, le=MAX_N, description="Beam width (with use_beam_search).")
-    length_penalty: float = Field(default=1.0, ge=-10.0, le=10.0, description="Beam score = logprob / len**this.")
+    best_of: int | None = Field(
+        default=None, **BOUNDS["best_of"].field(), description="Beam width (with use_beam_search)."
+    )
+    length_penalty: float = Field(
+        default=1.0, **BOUNDS["length_penalty"].field(), description="Beam score = logprob / len**this."
+    )
     user: str | None = None
 
     @field_validator("stop")
     @classmethod
     def _check_stop(cls, value: str | list[str] | None) -> str | list[str] | None:
-        stops = [value] if isinstance(value, str) else value or []
-        if len(stops) > MAX_STOP:
-            raise ValueError(f"at most {MAX_STOP} stop sequences, got {len(stops)}")
-        if any(s == "" for s in stops):
-            raise ValueError("stop sequences must not be empty")
+        if problem := stop_problem([value] if isinstance(value, str) else value or []):
+            raise ValueError(problem)
         return value
 
     @field_validator("logit_bias")
     @classmethod
     def _check_logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
         for key in value or {}:
-            if not _TOKEN_ID_KEY.fullmatch(key) or int(key) >= 2**31:
-                raise ValueError(f"keys must be token ids (integers from 0 to 2^31-1) written as strings, got {key!r}")
+            if problem := logit_bias_key_problem(key):
+                raise ValueError(problem)
         return value
 
     @model_validator(mode="after")
     def _check_stream_options(self) -> _Request:
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed when stream is true")
-        if self.best_of is not None and self.best_of < self.n:
-            raise ValueError(f"best_of ({self.best_of}) must be at least n ({self.n})")
-        if self.best_of not in (None, self.n) and not self.use_beam_search:
-            raise ValueError("best_of different from n is only supported with use_beam_search")
+        if problem := best_of_problem(self.n, self.best_of, self.use_beam_search):
+            raise ValueError(problem)
         return self
 
     @property
@@ -127,9 +128,9 @@ class ChatMessageParam(BaseModel):
 
 class ChatCompletionRequest(_Request):
     messages: list[ChatMessageParam] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=UINT32_MAX)
+    max_completion_tokens: int | None = Field(default=None, **BOUNDS["max_tokens"].field())
     logprobs: bool = False
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    top_logprobs: int | None = Field(default=None, **LOGPROBS.field())
     tools: list[Any] | None = None
     response_format: dict[str, Any] | None = None
 
@@ -163,7 +164,7 @@ class ChatCompletionRequest(_Request):
 
 class CompletionRequest(_Request):
     prompt: Text | list[Text] | list[TokenId] | list[list[TokenId]]
-    logprobs: int | None = Field(default=None, ge=0, le=20)
+    logprobs: int | None = Field(default=None, **LOGPROBS.field())
     echo: bool = False
     suffix: str | None = None
 
@@ -182,12 +183,8 @@ class CompletionRequest(_Request):
             raise ValueError("suffix (fill-in-the-middle) is not supported by lmgate yet")
         if self.echo and self.logprobs is not None:
             raise ValueError("echo together with logprobs (prompt logprobs) is not supported by lmgate yet")
-        choices = len(self.prompts) * self.n
-        if choices > MAX_N:
-            raise ValueError(
-                f"one request may ask for at most {MAX_N} choices (prompts x n); this one asks for {choices}: "
-                "send the prompts in several requests"
-            )
+        if problem := choices_problem(len(self.prompts), self.n):
+            raise ValueError(problem)
         return self
 
     @property
