@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lmgate.server.auth import ApiKeyInterceptor, ApiKeys
 from lmgate.server.errors import AuthenticationError, ClientDisconnected, LmgateError, from_validation_errors
-from lmgate.server.grpc.servicer import GrpcFrontend
+from lmgate.server.grpc.frontend import GrpcFrontend
 from lmgate.server.http import chat, completions, models
 from lmgate.server.http.gate import GatewayMiddleware
 from lmgate.server.metrics import CONTENT_TYPE, Metrics, start_http_server
@@ -159,7 +159,8 @@ def _add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         error = from_validation_errors(exc.errors())
-        metrics.rejected("http", request.url.path, error)  # refused before any route: nobody else counts it
+        named = exc.body.get("model") if isinstance(exc.body, dict) else None
+        metrics.rejected("http", request.url.path, error, model=named)  # refused before any route: counted here
         return JSONResponse(error.body(), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)

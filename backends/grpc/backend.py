@@ -2,9 +2,10 @@
 
 A gateway lists one of these per worker replica. Requests are sent as Chat (messages) or Complete
 (prompt or token ids) with every sampling parameter set explicitly; the worker validates them
-again and streams deltas back. The worker reports usage once, after every choice; each choice's
-last delta is held until then so that it can carry its usage. Closing the stream cancels the call,
-which aborts the worker's sequences.
+again and streams deltas back, each choice's last with its usage (lmgate.v1 revision 2; a worker
+of revision 1 sends none, and the gateway counts the tokens it streamed). Conversions are
+backends/grpc/convert.py's. Closing the stream cancels the call, which aborts the worker's
+sequences; a worker's error keeps its field and code (trailing metadata, not parsed text).
 
 A worker can die, hang (SIGSTOP, a stuck host) or come back. Two mechanisms keep the gateway out of
 its way: HTTP/2 keepalive pings end every stream on a connection that stops answering (its clients
@@ -28,18 +29,8 @@ from lmgate.backends.base import Backend
 from lmgate.backends.env_secret import why_no_secret
 from lmgate.backends.errors import BackendError, BackendUnavailable, InvalidRequest, ModelLoadError
 from lmgate.backends.grpc.config import GrpcConfig
-from lmgate.backends.types import (
-    BackendStats,
-    Capabilities,
-    FinishReason,
-    GenerateRequest,
-    ModelInfo,
-    SamplingParams,
-    TokenDelta,
-    TokenLogprob,
-    TopLogprob,
-)
-from lmgate.backends.upstream_usage import UsageSplitter
+from lmgate.backends.grpc.convert import ERROR_CODE_KEY, ERROR_PARAM_KEY, chat_to_pb, complete_to_pb, delta_from_pb
+from lmgate.backends.types import BackendStats, Capabilities, GenerateRequest, ModelInfo, TokenDelta
 from lmgate.v1 import inference_pb2 as pb
 from lmgate.v1 import inference_pb2_grpc as pb_grpc
 
@@ -47,11 +38,6 @@ log = logging.getLogger(__name__)
 
 HEALTH_MISSES = 2
 """Failed health checks in a row that mark a worker unhealthy."""
-
-_ROLES = {"system": pb.ROLE_SYSTEM, "user": pb.ROLE_USER, "assistant": pb.ROLE_ASSISTANT,
-          "developer": pb.ROLE_DEVELOPER, "tool": pb.ROLE_TOOL}  # fmt: skip
-_FINISH = {pb.FINISH_REASON_STOP: FinishReason.STOP, pb.FINISH_REASON_LENGTH: FinishReason.LENGTH,
-           pb.FINISH_REASON_ABORT: FinishReason.ABORT}  # fmt: skip
 
 
 class GrpcBackend(Backend):
@@ -145,33 +131,15 @@ class GrpcBackend(Backend):
         stub = self._require_stub()
         metadata = (("x-request-id", request.request_id), *self._auth)
         if request.messages is not None:
-            messages = [pb.ChatMessage(role=_ROLES[m.role.value], content=m.content) for m in request.messages]
-            chat = pb.ChatRequest(model=self._remote, messages=messages, sampling=_sampling(request.sampling))
-            call = stub.Chat(chat, metadata=metadata)
+            call = stub.Chat(chat_to_pb(request, self._remote), metadata=metadata)
         else:
-            prompt = (
-                {"text": request.prompt}
-                if request.prompt is not None
-                else {"token_ids": pb.TokenIds(ids=request.prompt_token_ids or ())}
-            )
-            call = stub.Complete(
-                pb.CompleteRequest(model=self._remote, sampling=_sampling(request.sampling), **prompt),
-                metadata=metadata,
-            )
+            call = stub.Complete(complete_to_pb(request, self._remote), metadata=metadata)
         self._open += 1
-        split = UsageSplitter(request.sampling.n)
         try:
             async for message in call:
                 if message.HasField("usage"):
-                    u = message.usage
-                    for held in split.release(u.prompt_tokens, u.completion_tokens, u.cached_tokens):
-                        yield held
-                    return
-                delta = _delta(message)
-                if (now := split.add(delta, len(delta.token_ids))) is not None:
-                    yield now
-            for held in split.release():  # the worker ended without usage: still end every choice
-                yield held
+                    return  # the request's total: each choice's came with its last delta
+                yield delta_from_pb(message)
         except grpc.aio.AioRpcError as exc:
             raise _error(exc, self._config.target) from exc
         finally:
@@ -235,44 +203,10 @@ def _authorization(api_key_env: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {os.environ[api_key_env].strip()}"),)
 
 
-def _sampling(params: SamplingParams) -> pb.SamplingParams:
-    out = pb.SamplingParams(
-        temperature=params.temperature,
-        top_p=params.top_p,
-        top_k=params.top_k,
-        min_p=params.min_p,
-        presence_penalty=params.presence_penalty,
-        frequency_penalty=params.frequency_penalty,
-        repetition_penalty=params.repetition_penalty,
-        stop=params.stop,
-        stop_token_ids=params.stop_token_ids,
-        logit_bias=dict(params.logit_bias),
-        ignore_eos=params.ignore_eos,
-        n=params.n,
-        use_beam_search=params.use_beam_search,
-        length_penalty=params.length_penalty,
-    )
-    for name in ("max_tokens", "seed", "logprobs", "best_of"):
-        value = getattr(params, name)
-        if value is not None:
-            setattr(out, name, value)
-    return out
-
-
-def _delta(message: pb.ChatResponse | pb.CompleteResponse) -> TokenDelta:
-    logprobs = tuple(
-        TokenLogprob(lp.token_id, lp.token, lp.logprob, lp.bytes,
-                     tuple(TopLogprob(t.token_id, t.token, t.logprob, t.bytes) for t in lp.top))
-        for lp in message.logprobs
-    )  # fmt: skip
-    reason = _FINISH.get(message.finish_reason)
-    return TokenDelta(message.index, message.text, tuple(message.token_ids), logprobs, reason)
-
-
 def _error(exc: grpc.aio.AioRpcError, target: str) -> BackendError:
     """The worker's status as the backend error the gateway translates again."""
     code, details = exc.code(), exc.details() or ""
     if code is grpc.StatusCode.INVALID_ARGUMENT:
-        field = details.split(":", 1)[0] if ":" in details else None
-        return InvalidRequest(details, param=field if field and " " not in field else None)
+        trailers = dict(exc.trailing_metadata() or ())
+        return InvalidRequest(details, param=trailers.get(ERROR_PARAM_KEY), code=trailers.get(ERROR_CODE_KEY))
     return BackendUnavailable(f"worker {target}: {code.name}: {details}")

@@ -71,6 +71,19 @@ def test_greedy_grpc_text_equals_greedy_http_text(server, stub):
     assert grpc_text == http.choices[0].text
 
 
+def test_each_choice_s_last_message_carries_that_choice_s_usage(stub):
+    """lmgate.v1 revision 2: a client has a choice's usage when the choice ends, not only at the end."""
+    *deltas, last = list(stub.Chat(chat("Tell me a story.", temperature=1.0, seed=3, max_tokens=8, n=2)))
+    ends = {d.index: d for d in deltas if d.finish_reason != pb.FINISH_REASON_UNSPECIFIED}
+    assert sorted(ends) == [0, 1]
+    assert not any(d.HasField("choice_usage") for d in deltas if d.finish_reason == pb.FINISH_REASON_UNSPECIFIED)
+    for index, end in ends.items():
+        streamed = sum(len(d.token_ids) for d in deltas if d.index == index)
+        assert end.choice_usage.completion_tokens == streamed
+        assert end.choice_usage.prompt_tokens == last.usage.prompt_tokens > 0
+    assert sum(end.choice_usage.completion_tokens for end in ends.values()) == last.usage.completion_tokens
+
+
 @pytest.mark.parametrize(
     ("request_", "field"),
     [
@@ -87,6 +100,7 @@ def test_bad_params_are_invalid_argument_naming_the_field(stub, request_, field)
         list(stub.Chat(request_))
     assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert field in err.value.details()
+    assert ("lmgate-error-param", field) in tuple(err.value.trailing_metadata())  # the field as data, too
 
 
 def test_unknown_model_is_not_found(stub):

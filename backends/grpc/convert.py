@@ -1,0 +1,269 @@
+"""lmgate.v1 protobuf ⇄ the internal types (backends/types.py), both ways, for both ends of a call.
+
+The gRPC servicer (server/grpc/servicer.py) reads requests with ``chat_from_pb`` /
+``complete_from_pb`` and writes deltas with ``delta_to_pb``; the grpc backend, a gateway calling a
+worker, writes requests with ``chat_to_pb`` / ``complete_to_pb`` and reads deltas with
+``delta_from_pb``. No other module knows the protobuf shapes of these messages.
+
+Requests are checked on the way in by the rules HTTP applies (backends/sampling_rules.py), in the
+same words and the same order, and take the same defaults; unset ``optional`` fields stay unset,
+as an omitted JSON field would. A bad value raises ``InvalidRequest`` naming its field in
+``param``. float32 values are rounded to 6 digits, so that 0.7 arrives as 0.7.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from lmgate.backends.errors import InvalidRequest, field_problem
+from lmgate.backends.sampling_rules import (
+    BOUNDS,
+    LOGIT_BIAS,
+    LOGPROBS,
+    TOKEN_ID,
+    Bounds,
+    best_of_problem,
+    logit_bias_key_problem,
+    stop_problem,
+)
+from lmgate.backends.types import (
+    ChatMessage,
+    FinishReason,
+    GenerateRequest,
+    Role,
+    SamplingParams,
+    TokenDelta,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
+from lmgate.v1 import inference_pb2 as pb
+
+ROLE_TO_PB = {Role.SYSTEM: pb.ROLE_SYSTEM, Role.USER: pb.ROLE_USER, Role.ASSISTANT: pb.ROLE_ASSISTANT,
+              Role.DEVELOPER: pb.ROLE_DEVELOPER, Role.TOOL: pb.ROLE_TOOL}  # fmt: skip
+ROLE_FROM_PB = {number: role for role, number in ROLE_TO_PB.items()}
+FINISH_TO_PB = {FinishReason.STOP: pb.FINISH_REASON_STOP, FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+                FinishReason.ABORT: pb.FINISH_REASON_ABORT}  # fmt: skip
+FINISH_FROM_PB = {number: reason for reason, number in FINISH_TO_PB.items()}
+_ROLE_RULE = "Input should be 'system', 'developer', 'user', 'assistant' or 'tool'"
+ERROR_PARAM_KEY = "lmgate-error-param"
+ERROR_CODE_KEY = "lmgate-error-code"
+"""Trailing metadata of an error status: the request field at fault and the error's code
+(``context_length_exceeded``…), as data, so that a gateway in front passes them on unparsed."""
+COMPLETION_MAX_TOKENS = 16
+"""The legacy completions API's default ``max_tokens`` (chat's is the rest of the context)."""
+
+Problem = tuple[str | None, str, object]
+"""(field, rule, value) of one bad value."""
+
+
+# --- requests, read by the servicer ---
+
+
+def chat_from_pb(request: pb.ChatRequest, request_id: str) -> GenerateRequest:
+    """Raises ``InvalidRequest`` naming the first bad field, as the HTTP API would."""
+    sampling = request.sampling
+    problems = _model_problems(request.model) + _sampling_problems(sampling)
+    if not request.messages:
+        problems.append(("messages", "List should have at least 1 item after validation, not 0", []))
+    for i, message in enumerate(request.messages):
+        if message.role not in ROLE_FROM_PB:
+            problems.append((f"messages.{i}.role", _ROLE_RULE, "unspecified"))
+    logprobs = sampling.logprobs if sampling.HasField("logprobs") else None
+    problems += _bounds_problem("top_logprobs", LOGPROBS, logprobs)
+    _raise_first(problems)
+    messages = tuple(ChatMessage(ROLE_FROM_PB[m.role], m.content) for m in request.messages)
+    params = _sampling_from_pb(sampling, max_tokens=_optional(sampling, "max_tokens"), logprobs=logprobs)
+    return GenerateRequest(request_id, request.model, params, messages=messages)
+
+
+def complete_from_pb(request: pb.CompleteRequest, request_id: str) -> GenerateRequest:
+    """Raises ``InvalidRequest`` naming the first bad field, as the HTTP API would."""
+    kind = request.WhichOneof("prompt")
+    if kind is None:
+        raise InvalidRequest("prompt: set text or token_ids", param="prompt")
+    sampling = request.sampling
+    problems = _model_problems(request.model) + _sampling_problems(sampling)
+    ids = tuple(request.token_ids.ids)
+    if kind == "token_ids" and not ids:
+        problems.append(("prompt", "prompt must not be an empty list", []))
+    problems += [(f"prompt.{i}", rule, t) for i, t in enumerate(ids) if (rule := TOKEN_ID.problem(t))]
+    logprobs = sampling.logprobs if sampling.HasField("logprobs") else None
+    problems += _bounds_problem("logprobs", LOGPROBS, logprobs)
+    _raise_first(problems)
+    max_tokens = _optional(sampling, "max_tokens") or COMPLETION_MAX_TOKENS
+    params = _sampling_from_pb(sampling, max_tokens=max_tokens, logprobs=logprobs)
+    if kind == "text":
+        return GenerateRequest(request_id, request.model, params, prompt=request.text)
+    return GenerateRequest(request_id, request.model, params, prompt_token_ids=ids)
+
+
+def _optional(message: Any, name: str) -> Any:
+    """An ``optional`` field's value (float32 rounded), or None when unset."""
+    if not message.HasField(name):
+        return None
+    value = getattr(message, name)
+    return round(value, 6) if isinstance(value, float) else value
+
+
+def _model_problems(model: str) -> list[Problem]:
+    return [] if model else [("model", "String should have at least 1 character", model)]
+
+
+def _bounds_problem(name: str, bounds: Bounds, value: float | None) -> list[Problem]:
+    rule = None if value is None else bounds.problem(value)
+    return [] if rule is None else [(name, rule, value)]
+
+
+def _sampling_problems(sampling: pb.SamplingParams) -> list[Problem]:
+    """Bad values of ``sampling``, in the order the HTTP models declare their fields."""
+
+    def bounds(*names: str) -> list[Problem]:
+        return [p for name in names for p in _bounds_problem(name, BOUNDS[name], _optional(sampling, name))]
+
+    problems = bounds("temperature", "top_p", "top_k", "min_p", "n", "max_tokens")
+    if rule := stop_problem(sampling.stop):
+        problems.append(("stop", rule, list(sampling.stop)))
+    problems += bounds("presence_penalty", "frequency_penalty", "repetition_penalty", "seed")
+    problems += _logit_bias_problems(sampling)
+    ids = sampling.stop_token_ids
+    problems += [(f"stop_token_ids.{i}", rule, t) for i, t in enumerate(ids) if (rule := TOKEN_ID.problem(t))]
+    return problems + bounds("best_of", "length_penalty")
+
+
+def _logit_bias_problems(sampling: pb.SamplingParams) -> list[Problem]:
+    bias = {str(token): round(value, 6) for token, value in sampling.logit_bias.items()}
+    problems: list[Problem] = [(f"logit_bias.{k}", rule, v) for k, v in bias.items() if (rule := LOGIT_BIAS.problem(v))]
+    if not problems:
+        problems += [("logit_bias", rule, bias) for key in bias if (rule := logit_bias_key_problem(key))][:1]
+    return problems
+
+
+def _raise_first(problems: list[Problem]) -> None:
+    if problems:
+        param, rule, value = problems[0]
+        raise InvalidRequest(field_problem(param, rule, value, more=len(problems) - 1), param=param)
+
+
+def _sampling_from_pb(sampling: pb.SamplingParams, *, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+    """Checked values to ``SamplingParams``, with the HTTP API's defaults; raises ``InvalidRequest``
+    for a rule across fields (best_of against n)."""
+    n = _optional(sampling, "n") or 1
+    best_of = _optional(sampling, "best_of")
+    if rule := best_of_problem(n, best_of, sampling.use_beam_search):
+        raise InvalidRequest(field_problem(None, rule, None, quoted=False))
+
+    def given(name: str, default: Any) -> Any:
+        value = _optional(sampling, name)
+        return default if value is None else value
+
+    return SamplingParams(
+        temperature=given("temperature", 1.0),
+        top_p=given("top_p", 1.0),
+        top_k=max(0, given("top_k", 0)),
+        min_p=given("min_p", 0.0),
+        repetition_penalty=given("repetition_penalty", 1.0),
+        presence_penalty=given("presence_penalty", 0.0),
+        frequency_penalty=given("frequency_penalty", 0.0),
+        seed=_optional(sampling, "seed"),
+        logit_bias=tuple((token, round(bias, 6)) for token, bias in sampling.logit_bias.items()),
+        max_tokens=max_tokens,
+        stop=tuple(sampling.stop),
+        stop_token_ids=tuple(sampling.stop_token_ids),
+        ignore_eos=sampling.ignore_eos,
+        logprobs=logprobs,
+        n=n,
+        use_beam_search=sampling.use_beam_search,
+        best_of=best_of,
+        length_penalty=given("length_penalty", 1.0),
+    )
+
+
+# --- requests, written by the grpc backend ---
+
+
+def chat_to_pb(request: GenerateRequest, model: str) -> pb.ChatRequest:
+    messages = [pb.ChatMessage(role=ROLE_TO_PB[m.role], content=m.content) for m in request.messages or ()]
+    return pb.ChatRequest(model=model, messages=messages, sampling=sampling_to_pb(request.sampling))
+
+
+def complete_to_pb(request: GenerateRequest, model: str) -> pb.CompleteRequest:
+    out = pb.CompleteRequest(model=model, sampling=sampling_to_pb(request.sampling))
+    if request.prompt is not None:
+        out.text = request.prompt
+    else:
+        out.token_ids.ids.extend(request.prompt_token_ids or ())
+    return out
+
+
+def sampling_to_pb(params: SamplingParams) -> pb.SamplingParams:
+    """Every value set explicitly, so the worker applies no default of its own."""
+    out = pb.SamplingParams(
+        temperature=params.temperature,
+        top_p=params.top_p,
+        top_k=params.top_k,
+        min_p=params.min_p,
+        presence_penalty=params.presence_penalty,
+        frequency_penalty=params.frequency_penalty,
+        repetition_penalty=params.repetition_penalty,
+        stop=params.stop,
+        stop_token_ids=params.stop_token_ids,
+        logit_bias=dict(params.logit_bias),
+        ignore_eos=params.ignore_eos,
+        n=params.n,
+        use_beam_search=params.use_beam_search,
+        length_penalty=params.length_penalty,
+    )
+    for name in ("max_tokens", "seed", "logprobs", "best_of"):
+        value = getattr(params, name)
+        if value is not None:
+            setattr(out, name, value)
+    return out
+
+
+# --- deltas and usage ---
+
+R = TypeVar("R", pb.ChatResponse, pb.CompleteResponse)
+
+
+def delta_to_pb(message_type: type[R], request_id: str, model: str, delta: TokenDelta) -> R:
+    """One stream message for ``delta``; a choice's last carries its ``choice_usage``."""
+    message = message_type(
+        id=request_id,
+        model=model,
+        index=delta.index,
+        text=delta.text,
+        token_ids=delta.token_ids,
+        logprobs=[_logprob_to_pb(lp) for lp in delta.logprobs],
+        finish_reason=FINISH_TO_PB[delta.finish_reason] if delta.finish_reason else pb.FINISH_REASON_UNSPECIFIED,
+    )
+    if delta.usage is not None:
+        message.choice_usage.CopyFrom(usage_to_pb(delta.usage))
+    return message
+
+
+def delta_from_pb(message: pb.ChatResponse | pb.CompleteResponse) -> TokenDelta:
+    usage = usage_from_pb(message.choice_usage) if message.HasField("choice_usage") else None
+    logprobs = tuple(_logprob_from_pb(lp) for lp in message.logprobs)
+    reason = FINISH_FROM_PB.get(message.finish_reason)
+    return TokenDelta(message.index, message.text, tuple(message.token_ids), logprobs, reason, usage)
+
+
+def usage_to_pb(usage: Usage) -> pb.Usage:
+    return pb.Usage(
+        prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens, cached_tokens=usage.cached_tokens
+    )
+
+
+def usage_from_pb(usage: pb.Usage) -> Usage:
+    return Usage(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
+
+
+def _logprob_to_pb(lp: TokenLogprob) -> pb.TokenLogprob:
+    top = [pb.TopLogprob(token_id=t.token_id, token=t.token, logprob=t.logprob, bytes=t.bytes) for t in lp.top]
+    return pb.TokenLogprob(token_id=lp.token_id, token=lp.token, logprob=lp.logprob, bytes=lp.bytes, top=top)
+
+
+def _logprob_from_pb(lp: pb.TokenLogprob) -> TokenLogprob:
+    top = tuple(TopLogprob(t.token_id, t.token, t.logprob, t.bytes) for t in lp.top)
+    return TokenLogprob(lp.token_id, lp.token, lp.logprob, lp.bytes, top)
