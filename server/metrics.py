@@ -44,7 +44,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from lmgate.backends.types import FinishReason, TokenDelta
+from lmgate.backends.types import FinishReason, TokenDelta, Usage
 from lmgate.server.closing_stream import ClosingStream
 from lmgate.server.errors import ClientDisconnected, LmgateError, ModelNotFoundError
 from lmgate.server.placement.registry import ModelRegistry, ModelState
@@ -118,11 +118,14 @@ class Metrics:
         self._rates: dict[tuple[str, str], TokenRate] = {}
         self.registry.register(_EngineCollector(models))
 
-    def labels_for(self, model: str) -> tuple[str, str]:
-        """(canonical name, backend kind) of a requested model; ("unknown", "unknown") if not served."""
+    def labels_for(self, model: object) -> tuple[str, str]:
+        """(canonical name, backend kind) of a requested model; ("unknown", "unknown") if it is not
+        served (or not a name at all), so that clients cannot grow the metrics' label sets."""
         try:
-            name = self.models.resolve(model)
+            name = self.models.resolve(model) if isinstance(model, str) else None
         except ModelNotFoundError:
+            name = None
+        if name is None:
             return UNKNOWN, UNKNOWN
         return name, self.models.pools[name].backend_kind
 
@@ -133,11 +136,14 @@ class Metrics:
             self.tokens_per_second.labels(model, backend).set_function(rate.rate)
         return self._rates[key]
 
-    def rejected(self, transport: str, endpoint: str, error: LmgateError, request_id: str | None = None) -> None:
-        """A request refused before its model was known (a malformed body, a missing API key): counted
-        under model ``unknown`` and logged."""
-        self.requests.labels(UNKNOWN, UNKNOWN, transport, error.outcome).inc()
-        line = _log_line(request_id, transport, endpoint, UNKNOWN, UNKNOWN, error.outcome, error)
+    def rejected(
+        self, transport: str, endpoint: str, error: LmgateError, request_id: str | None = None, model: object = None
+    ) -> None:
+        """A request refused before it reached a route (a malformed body, a missing API key): counted
+        and logged under the model it named when that model is served, else under ``unknown``."""
+        name, backend = self.labels_for(model)
+        self.requests.labels(name, backend, transport, error.outcome).inc()
+        line = _log_line(request_id, transport, endpoint, name, backend, error.outcome, error)
         access_log.info(json.dumps(line))
 
     @contextlib.contextmanager
@@ -161,27 +167,24 @@ class Metrics:
 
 
 class RequestTracker:
-    """Measures one request from its deltas; ``finish`` records it exactly once."""
+    """Measures one request from its deltas, and keeps its usage; ``finish`` records it exactly once.
+
+    Labels are the model the request named (resolved to its pool, or ``unknown``) until
+    ``placed`` says which pool serves it: a request served by a fallback pool is counted there.
+    """
 
     def __init__(self, metrics: Metrics, transport: str, endpoint: str, model: str, request_id: str) -> None:
         self.metrics = metrics
-        self.model, self.backend = metrics.labels_for(model)
         self.transport = transport
         self.endpoint = endpoint
         self.request_id = request_id
         self.prompt: str | None = None
-        self._labels = (self.model, self.backend, transport)
-        # Children exist from the first request on, so every series is there even at zero.
-        self._ttft = metrics.ttft.labels(*self._labels)
-        self._itl = metrics.itl.labels(*self._labels)
-        self._e2e = metrics.e2e.labels(*self._labels)
-        self._queue_histogram = metrics.queue.labels(*self._labels)
-        self._rate = metrics.rate(self.model, self.backend)
+        self.placed(*metrics.labels_for(model))
         self._started = time.monotonic()
         self._first: float | None = None
         self._last: dict[int, float] = {}
         self._prompt_tokens: dict[int, int] = {}
-        self._cached_tokens = 0
+        self._cached: dict[int, int] = {}
         self._completion: dict[int, int] = {}
         """Tokens of each choice: counted as they stream, replaced by the choice's usage when it ends
         (a stream cut short has no usage, and still generated what it sent)."""
@@ -189,6 +192,21 @@ class RequestTracker:
         self._finish_reasons: dict[int, str] = {}
         self._aborted = False
         self._done = False
+
+    def placed(self, model: str, backend: str) -> None:
+        """The pool that serves the request (the placement's result): its labels from now on."""
+        self.model, self.backend = model, backend
+        self._labels = (model, backend, self.transport)
+        # Children exist from the first request on, so every series is there even at zero.
+        m = self.metrics
+        self._ttft, self._itl = m.ttft.labels(*self._labels), m.itl.labels(*self._labels)
+        self._e2e, self._queue_histogram = m.e2e.labels(*self._labels), m.queue.labels(*self._labels)
+        self._rate = m.rate(model, backend)
+
+    def usage(self) -> Usage:
+        """The request's usage so far: each prompt's tokens once (choice i belongs to prompt i // n),
+        every choice's completion tokens, cached tokens summed over the prompts."""
+        return Usage(sum(self._prompt_tokens.values()), sum(self._completion.values()), sum(self._cached.values()))
 
     def watch(self, stream: AsyncIterator[TokenDelta], n: int) -> AsyncIterator[TokenDelta]:
         """``stream``, measured; choice i belongs to prompt i // n. Records the outcome at its end
@@ -235,7 +253,7 @@ class RequestTracker:
         if delta.usage is not None:
             usage = delta.usage
             self._prompt_tokens[delta.index // n] = usage.prompt_tokens
-            self._cached_tokens = max(self._cached_tokens, usage.cached_tokens)
+            self._cached[delta.index // n] = usage.cached_tokens
             self._completion[delta.index] = usage.completion_tokens
             if usage.queue_time_s is not None and self._queue is None:
                 self._queue = usage.queue_time_s
@@ -248,19 +266,18 @@ class RequestTracker:
         self._done = True
         m, duration = self.metrics, time.monotonic() - self._started
         m.requests.labels(*self._labels, status).inc()
-        prompt_tokens = sum(self._prompt_tokens.values())
+        usage = self.usage()
         if status == "ok":
             self._e2e.observe(duration)
         if self._queue is not None:
             self._queue_histogram.observe(self._queue)
-        m.prompt_tokens.labels(self.model, self.backend).inc(prompt_tokens)
-        completion_tokens = sum(self._completion.values())
-        m.generation_tokens.labels(self.model, self.backend).inc(completion_tokens)
+        m.prompt_tokens.labels(self.model, self.backend).inc(usage.prompt_tokens)
+        m.generation_tokens.labels(self.model, self.backend).inc(usage.completion_tokens)
         line = _log_line(self.request_id, self.transport, self.endpoint, self.model, self.backend, status, error)
         choices = sorted(self._last.keys() | self._finish_reasons.keys())  # those that sent or ended
         line |= {
-            "finish_reasons": [self._finish_reasons.get(i) for i in choices], "prompt_tokens": prompt_tokens,
-            "cached_tokens": self._cached_tokens, "completion_tokens": completion_tokens,
+            "finish_reasons": [self._finish_reasons.get(i) for i in choices], "prompt_tokens": usage.prompt_tokens,
+            "cached_tokens": usage.cached_tokens, "completion_tokens": usage.completion_tokens,
             "ttft_s": None if self._first is None else round(self._first - self._started, 6),
             "duration_s": round(duration, 6),
         }  # fmt: skip

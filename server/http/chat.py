@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from lmgate.backends.types import TokenDelta
+from lmgate.backends.types import TokenDelta, Usage
 from lmgate.server.http.common import (
     answered,
     base_request_id,
@@ -18,7 +18,7 @@ from lmgate.server.http.common import (
     streamed,
     until_disconnect,
 )
-from lmgate.server.http.convert import ChoiceText, UsageTally, chat_logprobs, chat_request
+from lmgate.server.http.convert import ChoiceText, chat_logprobs, chat_request, usage_out
 from lmgate.server.http.protocol import (
     ChatChoice,
     ChatChunkChoice,
@@ -42,23 +42,25 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     with metrics.request("http", "/v1/chat/completions", body.model, base_id) as tracker:
         if metrics.log_prompts:
             tracker.prompt = json.dumps([m.model_dump(exclude_none=True) for m in body.messages])
-        dispatched = await until_disconnect(request, dispatcher.open(body.model, [chat_request(body, base_id)]))
+        dispatched = await until_disconnect(
+            request, dispatcher.open(body.model, [chat_request(body, base_id)], tracker.placed)
+        )
         stream = tracker.watch(dispatched.streams[0], body.n)
     response_id, model = f"chatcmpl-{base_id}", dispatched.pool.name
     headers = response_headers(base_id, dispatched.ignored_params)
     if body.stream:
-        return streamed(_events(stream, response_id, model, body.n, include_usage=body.include_usage), stream, headers)
-    return await answered(request, _collect(stream, response_id, model, body.n, body.logprobs), headers)
+        events = _events(stream, response_id, model, body.n, tracker.usage, include_usage=body.include_usage)
+        return streamed(events, stream, headers)
+    return await answered(request, _collect(stream, response_id, model, body.n, tracker.usage, body.logprobs), headers)
 
 
 async def _collect(
-    stream: AsyncIterator[TokenDelta], response_id: str, model: str, n: int, logprobs: bool
+    stream: AsyncIterator[TokenDelta], response_id: str, model: str, n: int, usage: Callable[[], Usage], logprobs: bool
 ) -> ChatCompletion:
+    """The whole response; ``usage`` is the request's tally (its tracker's), read once ``stream`` ended."""
     choices = [ChoiceText() for _ in range(n)]
-    usage = UsageTally(n)
     async for delta in stream:
         choices[delta.index].add(delta)
-        usage.add(delta)
     return ChatCompletion(
         id=response_id,
         model=model,
@@ -71,23 +73,27 @@ async def _collect(
             )
             for i, c in enumerate(choices)
         ],
-        usage=usage.out(),
+        usage=usage_out(usage()),
     )
 
 
 async def _events(
-    stream: AsyncIterator[TokenDelta], response_id: str, model: str, n: int, *, include_usage: bool
+    stream: AsyncIterator[TokenDelta],
+    response_id: str,
+    model: str,
+    n: int,
+    usage: Callable[[], Usage],
+    *,
+    include_usage: bool,
 ) -> AsyncIterator[str]:
     created = int(time.time())
 
     def chunk(choice: ChatChunkChoice) -> str:
         return sse(ChatCompletionChunk(id=response_id, created=created, model=model, choices=[choice]))
 
-    usage = UsageTally(n)
     for i in range(n):
         yield chunk(ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content="")))
     async for delta in stream:
-        usage.add(delta)
         if delta.text or delta.logprobs or delta.finish_reason is not None:
             yield chunk(
                 ChatChunkChoice(
@@ -98,4 +104,6 @@ async def _events(
                 )
             )
     if include_usage:
-        yield sse(ChatCompletionChunk(id=response_id, created=created, model=model, choices=[], usage=usage.out()))
+        yield sse(
+            ChatCompletionChunk(id=response_id, created=created, model=model, choices=[], usage=usage_out(usage()))
+        )

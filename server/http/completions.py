@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import APIRouter, Depends, Request, Response
 
 from lmgate.backends.base import Backend
-from lmgate.backends.types import TokenDelta
+from lmgate.backends.types import TokenDelta, Usage
 from lmgate.server.http.common import (
     answered,
     base_request_id,
@@ -22,7 +22,7 @@ from lmgate.server.http.common import (
     streamed,
     until_disconnect,
 )
-from lmgate.server.http.convert import ChoiceText, UsageTally, completion_logprobs, completion_requests
+from lmgate.server.http.convert import ChoiceText, completion_logprobs, completion_requests, usage_out
 from lmgate.server.http.protocol import Completion, CompletionChoice, CompletionRequest
 from lmgate.server.metrics import Metrics
 from lmgate.server.placement.dispatch import Dispatcher
@@ -39,7 +39,9 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     with metrics.request("http", "/v1/completions", body.model, base_id) as tracker:
         if metrics.log_prompts:
             tracker.prompt = json.dumps(body.prompt)
-        dispatched = await until_disconnect(request, dispatcher.open(body.model, completion_requests(body, base_id)))
+        dispatched = await until_disconnect(
+            request, dispatcher.open(body.model, completion_requests(body, base_id), tracker.placed)
+        )
         deltas = tracker.watch(merge(dispatched.streams, body.n), body.n)
         try:
             echoes = await _echo_texts(dispatched.backend, body) if body.echo else None
@@ -49,9 +51,9 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     response_id, model = f"cmpl-{base_id}", dispatched.pool.name
     headers = response_headers(base_id, dispatched.ignored_params)
     if body.stream:
-        events = _events(deltas, response_id, model, body.n, echoes, include_usage=body.include_usage)
+        events = _events(deltas, response_id, model, body.n, echoes, tracker.usage, include_usage=body.include_usage)
         return streamed(events, deltas, headers)
-    return await answered(request, _collect(deltas, response_id, model, body, echoes), headers)
+    return await answered(request, _collect(deltas, response_id, model, body, echoes, tracker.usage), headers)
 
 
 async def _echo_texts(backend: Backend, body: CompletionRequest) -> list[str]:
@@ -64,13 +66,13 @@ async def _collect(
     model: str,
     body: CompletionRequest,
     echoes: list[str] | None,
+    usage: Callable[[], Usage],
 ) -> Completion:
+    """The whole response; ``usage`` is the request's tally (its tracker's), read once ``deltas`` ended."""
     n = body.n
     choices = [ChoiceText() for _ in range(n * len(body.prompts))]
-    usage = UsageTally(n)
     async for delta in deltas:
         choices[delta.index].add(delta)
-        usage.add(delta)
     out = []
     for i, c in enumerate(choices):
         prefix = echoes[i // n] if echoes else ""
@@ -78,7 +80,7 @@ async def _collect(
         out.append(
             CompletionChoice(index=i, text=prefix + "".join(c.text), logprobs=logprobs, finish_reason=c.finish_reason)
         )
-    return Completion(id=response_id, model=model, choices=out, usage=usage.out())
+    return Completion(id=response_id, model=model, choices=out, usage=usage_out(usage()))
 
 
 async def _events(
@@ -87,6 +89,7 @@ async def _events(
     model: str,
     n: int,
     echoes: list[str] | None,
+    usage: Callable[[], Usage],
     *,
     include_usage: bool,
 ) -> AsyncIterator[str]:
@@ -95,14 +98,12 @@ async def _events(
     def chunk(choice: CompletionChoice) -> str:
         return sse(Completion(id=response_id, created=created, model=model, choices=[choice]))
 
-    usage = UsageTally(n)
     offsets: dict[int, int] = {}
     for prompt_index, text in enumerate(echoes or []):
         for j in range(n):
             offsets[prompt_index * n + j] = len(text)
             yield chunk(CompletionChoice(index=prompt_index * n + j, text=text))
     async for delta in deltas:
-        usage.add(delta)
         if not (delta.text or delta.logprobs or delta.finish_reason is not None):
             continue
         index = delta.index
@@ -112,4 +113,4 @@ async def _events(
         reason = delta.finish_reason.value if delta.finish_reason else None
         yield chunk(CompletionChoice(index=index, text=delta.text, logprobs=logprobs, finish_reason=reason))
     if include_usage:
-        yield sse(Completion(id=response_id, created=created, model=model, choices=[], usage=usage.out()))
+        yield sse(Completion(id=response_id, created=created, model=model, choices=[], usage=usage_out(usage())))

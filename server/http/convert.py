@@ -15,6 +15,7 @@ from lmgate.backends.types import (
     SamplingParams,
     TokenDelta,
     TokenLogprob,
+    Usage,
 )
 from lmgate.server.http.protocol import (
     ChatCompletionRequest,
@@ -76,12 +77,12 @@ def completion_requests(body: CompletionRequest, request_id: str) -> list[Genera
     return requests
 
 
-def usage_out(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> UsageOut:
+def usage_out(usage: Usage) -> UsageOut:
     return UsageOut(
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        total_tokens=prompt_tokens + completion_tokens,
-        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens),
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        total_tokens=usage.prompt_tokens + usage.completion_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=usage.cached_tokens),
     )
 
 
@@ -109,33 +110,6 @@ def completion_logprobs(items: list[TokenLogprob], text_offset: int) -> Completi
         out.text_offset.append(text_offset)
         text_offset += len(lp.bytes.decode("utf-8", errors="replace"))
     return out
-
-
-@dataclass
-class UsageTally:
-    """Sums usage over the choices and prompts of one request.
-
-    Choice ``i`` belongs to prompt ``i // n``; each prompt's tokens count once, however many
-    choices it has (OpenAI's rule for n > 1).
-    """
-
-    n: int = 1
-    prompt_tokens: dict[int, int] = field(default_factory=dict)
-    cached_tokens: dict[int, int] = field(default_factory=dict)
-    completion_tokens: int = 0
-
-    def add(self, delta: TokenDelta) -> None:
-        """Count ``delta``'s usage, if it carries one (a choice's last delta)."""
-        usage = delta.usage
-        if usage is None:
-            return
-        prompt = delta.index // self.n
-        self.prompt_tokens[prompt] = usage.prompt_tokens
-        self.cached_tokens[prompt] = usage.cached_tokens
-        self.completion_tokens += usage.completion_tokens
-
-    def out(self) -> UsageOut:
-        return usage_out(sum(self.prompt_tokens.values()), self.completion_tokens, sum(self.cached_tokens.values()))
 
 
 @dataclass

@@ -21,7 +21,7 @@ import contextlib
 import dataclasses
 import itertools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from lmgate.backends.base import Backend
@@ -83,14 +83,20 @@ class Dispatcher:
         self.registry = registry
         self.drain = drain
 
-    async def open(self, model: str, requests: list[GenerateRequest]) -> Dispatched:
+    async def open(
+        self, model: str, requests: list[GenerateRequest], placed: Callable[[str, str], None] | None = None
+    ) -> Dispatched:
         """Open ``requests`` (the prompts of one client request) on one replica of the chosen pool.
 
+        ``placed(pool name, backend kind)`` is called once the pool is chosen (the model asked for,
+        or a fallback), before anything about the request can fail there: metrics label by it.
         The pool's ``request_timeout_s`` runs from here: queueing for a slot and waiting for the
         first token count, and a drain that times out cuts those waits too (server/placement/drain.py)."""
         if self.drain.draining:
             raise self.drain.refused()
         pool = await self._choose_pool(model)
+        if placed is not None:
+            placed(pool.name, pool.backend_kind)
         sampling = requests[0].sampling
         ignored = self._check_capabilities(pool, sampling, len(requests))
         info = pool.primary.info

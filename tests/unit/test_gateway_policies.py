@@ -11,6 +11,7 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from lmgate.server.app import create_app
 from lmgate.server.settings import validate_settings
@@ -61,6 +62,28 @@ async def test_a_saturated_pool_falls_back_then_both_full_is_429_with_retry_afte
             finally:
                 for response in (first, second, third):
                     await response.aclose()
+
+
+async def test_a_request_served_by_the_fallback_pool_is_counted_under_that_pool():
+    held = {"stall_after": 1, "max_running": 1, "max_waiting": 0}  # the one stream below holds the one slot
+    with ServerThread(settings(fake("small", fallback="spare", **held), fake("spare"))) as server:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
+            holder, *_ = await open_stream(client, "small")
+            try:
+                body = {"model": "small", "prompt": "a b c", "max_tokens": 3}
+                answer = (await client.post("/v1/completions", json=body)).json()
+                metrics = (await client.get("/metrics")).text
+            finally:
+                await holder.aclose()
+    assert answer["model"] == "spare"
+    counted = {
+        (s.labels["model"], s.labels["status"]): s.value
+        for family in text_string_to_metric_families(metrics)
+        for s in family.samples
+        if s.name == "lmgate_requests_total" and s.labels["transport"] == "http"
+    }
+    assert counted.get(("spare", "ok")) == 1
+    assert counted.get(("small", "ok"), 0) == 0
 
 
 async def test_a_full_running_limit_queues_until_a_slot_frees():
