@@ -19,6 +19,15 @@ class FinishReason(enum.StrEnum):
     LENGTH = "length"  # max_tokens or the context length was reached
     ABORT = "abort"  # the client went away, a deadline passed or the server is stopping
 
+    @classmethod
+    def named(cls, name: str | None) -> FinishReason | None:
+        """The reason an upstream (vLLM, an OpenAI-compatible server) names; None for none or one
+        lmgate does not know."""
+        try:
+            return cls(name) if name else None
+        except ValueError:
+            return None
+
 
 class Role(enum.StrEnum):
     """Chat roles a request may carry."""

@@ -3,12 +3,16 @@
 A token can end in the middle of a UTF-8 character, and a stop string can span tokens. This
 buffer emits only text that is final: complete characters, and never a tail that could still
 turn out to be the beginning of a stop string. When a stop string appears, the text is cut
-before it and nothing after it is ever emitted.
+before it and nothing after it is ever emitted. ``next_token`` holds the rules of when a choice
+ends, shared by every engine.
 """
 
 from __future__ import annotations
 
 import codecs
+from collections.abc import Callable
+
+from lmgate.backends.types import FinishReason
 
 
 class OutputText:
@@ -65,3 +69,35 @@ class OutputText:
                     longest = k
                     break
         return longest
+
+
+def _nothing() -> bytes:
+    return b""
+
+
+def next_token(
+    output: OutputText,
+    piece: Callable[[], bytes] | None,
+    at_length: Callable[[], bool],
+    rest: Callable[[], bytes] = _nothing,
+) -> tuple[str, FinishReason | None]:
+    """One sampled token's effect on its choice: the text to stream and why the choice ended, if it did.
+
+    ``piece`` gives the token's bytes, or is None for a token that stops the choice (a stop token id,
+    an end-of-generation token), which ends it with STOP and adds no text. Otherwise the bytes are
+    appended, and a stop string they complete ends it with STOP. Otherwise ``at_length()`` (the
+    token, already counted, reached ``max_tokens`` or the context) ends it with LENGTH. On an end,
+    ``rest`` (bytes a detokenizer still holds) and every held-back character are released.
+    """
+    if piece is None:
+        text, finish = "", FinishReason.STOP
+    else:
+        text = output.append(piece())
+        finish = FinishReason.STOP if output.stopped else None
+    if finish is None and at_length():
+        finish = FinishReason.LENGTH
+    if finish is not None:
+        if not output.stopped:
+            text += output.append(rest())
+        text += output.finish()
+    return text, finish

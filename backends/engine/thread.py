@@ -108,6 +108,7 @@ class EngineThread(abc.ABC, Generic[R]):
     # --- engine thread ---
 
     def _emit(self, request_id: str, deltas: list[TokenDelta]) -> None:
+        """Queue ``deltas`` of ``request_id``; published together after the step (``_deliver``)."""
         self._outbox.setdefault(request_id, []).extend(deltas)
 
     def _run(self) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lmgate.backends.engine.beam_search import BeamSearch
+from lmgate.backends.engine.output_text import next_token
 from lmgate.backends.engine.thread import EngineThread, Publish
 from lmgate.backends.llamacpp import beams
 from lmgate.backends.llamacpp.config import LlamaCppConfig
@@ -105,7 +106,7 @@ class Engine(EngineThread[Request]):
                 searches.setdefault(id(s.seq.beam), []).append(s)
                 continue
             s.seq.append(s.token_id)
-            self._outbox.setdefault(s.seq.request_id, []).append(self._advance(s))
+            self._emit(s.seq.request_id, [self._advance(s)])
         for group in searches.values():
             search = group[0].seq.beam
             assert search is not None
@@ -120,25 +121,18 @@ class Engine(EngineThread[Request]):
         request_id = search.root.request_id  # type: ignore[attr-defined]
         deltas = beams.finish(search, self.model, self.scheduler, self.runner)
         self._requests[request_id].unfinished -= len(deltas)
-        self._outbox.setdefault(request_id, []).extend(deltas)
+        self._emit(request_id, deltas)
 
     def _advance(self, s: Sampled) -> TokenDelta:
         """Apply one sampled token to its sequence: text, stop rules, limits."""
-        seq, token = s.seq, s.token_id
-        finish: FinishReason | None = None
-        text = ""
-        if token in seq.sampling.stop_token_ids or token in self.model.eog_ids:
-            finish = FinishReason.STOP
-        else:
-            text = seq.output.append(self.model.pieces[token])
-            if seq.output.stopped:
-                finish = FinishReason.STOP
-        if finish is None and (seq.num_output_tokens >= seq.max_tokens or seq.num_tokens >= self.model.max_model_len):
-            finish = FinishReason.LENGTH
-        usage = None
-        if finish is not None:
-            text += seq.output.finish()
-            usage = self._finish(seq, finish)
+        seq, token, model = s.seq, s.token_id, self.model
+        stops = token in seq.sampling.stop_token_ids or token in model.eog_ids
+        text, finish = next_token(
+            seq.output,
+            None if stops else lambda: model.pieces[token],
+            lambda: seq.num_output_tokens >= seq.max_tokens or seq.num_tokens >= model.max_model_len,
+        )
+        usage = None if finish is None else self._finish(seq, finish)
         logprobs = (s.logprob,) if s.logprob is not None else ()
         return TokenDelta(seq.index, text, (token,), logprobs, finish, usage)
 
@@ -153,18 +147,19 @@ class Engine(EngineThread[Request]):
         request = self._requests.get(request_id)
         if request is None:
             return  # finished already, or never seen
-        outbox = self._outbox.setdefault(request_id, [])
         search = request.seqs[0].beam
         if search is not None and not search.closed:
             beams.close(search, self.scheduler, self.runner)
             usage = Usage(search.root.num_prompt_tokens, 0)  # type: ignore[attr-defined]
-            outbox.extend(TokenDelta(i, "", finish_reason=FinishReason.ABORT, usage=usage) for i in range(search.n))
+            self._emit(
+                request_id, [TokenDelta(i, "", finish_reason=FinishReason.ABORT, usage=usage) for i in range(search.n)]
+            )
             request.unfinished = 0
             return
         for seq in request.seqs:
             if seq.status is not SequenceStatus.FINISHED:
                 usage = self._finish(seq, FinishReason.ABORT)
-                outbox.append(TokenDelta(seq.index, "", finish_reason=FinishReason.ABORT, usage=usage))
+                self._emit(request_id, [TokenDelta(seq.index, "", finish_reason=FinishReason.ABORT, usage=usage)])
 
     def _after_step(self) -> None:
         kv = self.scheduler.kv

@@ -31,8 +31,6 @@ from lmgate.backends.types import (
 )
 from lmgate.backends.upstream_usage import UsageSplitter
 
-_FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": FinishReason.ABORT}
-
 
 class OpenAIBackend(Backend):
     def __init__(self, name: str, config: OpenAIConfig) -> None:
@@ -163,7 +161,7 @@ def _delta(choice: Any, *, chat: bool) -> TokenDelta:
                          tuple(TopLogprob(-1, t.token, t.logprob, bytes(t.bytes or b"")) for t in lp.top_logprobs))
             for lp in content
         )  # fmt: skip
-    return TokenDelta(choice.index, text, (), logprobs, _FINISH.get(choice.finish_reason or ""))
+    return TokenDelta(choice.index, text, (), logprobs, FinishReason.named(choice.finish_reason))
 
 
 def _usage_counts(usage: Any) -> tuple[int, int | None, int]:

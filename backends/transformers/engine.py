@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 
 from lmgate.backends.engine.beam_search import BeamSearch, final_deltas
-from lmgate.backends.engine.output_text import OutputText
+from lmgate.backends.engine.output_text import OutputText, next_token
 from lmgate.backends.engine.thread import EngineThread, Publish
 from lmgate.backends.transformers.batch_cache import BatchCache, new_cache
 from lmgate.backends.transformers.detokenizer import Detokenizer
@@ -159,28 +159,20 @@ class Engine(EngineThread[Request]):
         request, s, token = row.request, row.request.sampling, choice.token_id
         row.tokens.append(token)
         self._generated += 1
-        finish: FinishReason | None = None
-        text = ""
-        if token in s.stop_token_ids or (token in self.model.eos_ids and not s.ignore_eos):
-            finish = FinishReason.STOP
-        else:
-            text = row.output.append(row.detokenizer.add(token).encode())
-            if row.output.stopped:
-                finish = FinishReason.STOP
-        if finish is None and (row.num_output >= request.max_tokens or len(row.tokens) >= self.model.max_model_len):
-            finish = FinishReason.LENGTH
+        stops = token in s.stop_token_ids or (token in self.model.eos_ids and not s.ignore_eos)
+        text, finish = next_token(
+            row.output,
+            None if stops else lambda: row.detokenizer.add(token).encode(),
+            lambda: row.num_output >= request.max_tokens or len(row.tokens) >= self.model.max_model_len,
+            lambda: row.detokenizer.flush().encode(),
+        )
         usage = None
         if finish is not None:
-            if not row.output.stopped:
-                text += row.output.append(row.detokenizer.flush().encode())
-            text += row.output.finish()
             row.finish = finish
             request.unfinished -= 1
             usage = request.usage(row.num_output)
         logprobs = (self._logprob(choice),) if choice.logprob is not None else ()
-        self._outbox.setdefault(request.request_id, []).append(
-            TokenDelta(row.index, text, (token,), logprobs, finish, usage)
-        )
+        self._emit(request.request_id, [TokenDelta(row.index, text, (token,), logprobs, finish, usage)])
         return finish is None
 
     def _logprob(self, choice: Choice) -> TokenLogprob:
@@ -235,7 +227,7 @@ class Engine(EngineThread[Request]):
                               request.sampling.stop, request.usage)  # fmt: skip
         search.closed = True
         request.unfinished = 0
-        self._outbox.setdefault(request.request_id, []).extend(deltas)
+        self._emit(request.request_id, deltas)
 
     # --- book-keeping ---
 
@@ -254,11 +246,11 @@ class Engine(EngineThread[Request]):
             self._waiting.remove(request)
         done = {row.index for row in request.rows if row.finish is not None}
         outputs = {row.index: row.num_output for row in request.rows}
-        self._outbox.setdefault(request_id, []).extend(
+        self._emit(request_id, [
             TokenDelta(i, "", finish_reason=FinishReason.ABORT, usage=request.usage(outputs.get(i, 0)))
             for i in range(request.sampling.n)
             if i not in done
-        )
+        ])  # fmt: skip
         request.unfinished = 0
         if request.search is not None:
             request.search.closed = True

@@ -42,7 +42,6 @@ from lmgate.backends.types import (
 from lmgate.backends.vllm.config import VllmConfig
 
 SAMPLING_PARAMS = STANDARD_SAMPLING_PARAMS | BEAM_SEARCH_PARAMS
-_FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": FinishReason.ABORT}
 
 
 @dataclass
@@ -146,7 +145,7 @@ class VllmBackend(Backend):
     def _delta(self, completion: Any, output: Any, counts: dict[int, int], prompt_len: int) -> TokenDelta:
         index = completion.index
         counts[index] = counts.get(index, 0) + len(completion.token_ids)
-        finish = _FINISH.get(completion.finish_reason) if completion.finish_reason else None
+        finish = FinishReason.named(completion.finish_reason)
         usage = None
         if finish is not None:
             usage = Usage(prompt_len, counts[index], output.num_cached_tokens or 0)
