@@ -7,25 +7,30 @@ is not copied), turns end tokens into finished hypotheses and reports which beam
 search ends when every beam finished or hit ``max_tokens``, or early, once ``width`` hypotheses
 finished and no live beam can still beat the worst of them (HF's ``early_stopping=True``).
 Hypotheses are ranked by ``cum_logprob / length ** length_penalty`` (HF, vLLM).
+The search is generic over ``K``, the engine's handle on a beam's sequence (the llama.cpp engine
+keys beams by their ``Sequence``; engines that keep beams by batch row use ``BeamSearch[None]``).
 ``final_deltas`` turns the best ones into a request's last deltas, the same way for every engine.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from lmgate.backends.engine.output_text import OutputText
 from lmgate.backends.types import FinishReason, TokenDelta, Usage
 
+K = TypeVar("K")
+
 
 @dataclass(eq=False)
-class Beam:
+class Beam(Generic[K]):
     """A live beam: the output tokens so far and their summed log-probability."""
 
     output: list[int]
     logprob: float = 0.0
-    key: object = None  # the engine's handle on the beam's sequence
+    key: K | None = None  # the engine's handle on the beam's sequence; None for a fork not made yet
 
 
 @dataclass(frozen=True)
@@ -37,25 +42,25 @@ class Hypothesis:
 
 
 @dataclass(frozen=True)
-class Continuation:
+class Continuation(Generic[K]):
     """Beam ``parent`` continues with ``token``: the first continuation of a parent reuses its
     sequence, the others fork it."""
 
-    parent: Beam
+    parent: Beam[K]
     token: int
     logprob: float
 
 
 @dataclass
-class BeamSearch:
+class BeamSearch(Generic[K]):
     width: int
     n: int
     max_tokens: int
     end_tokens: frozenset[int]
     length_penalty: float = 1.0
-    live: list[Beam] = field(default_factory=list)
+    live: list[Beam[K]] = field(default_factory=list)
     finished: list[Hypothesis] = field(default_factory=list)
-    root: object = None  # the engine's handle on the prompt's sequence
+    root: K | None = None  # the engine's handle on the prompt's sequence
     closed: bool = False
     pending: dict[int, tuple[tuple[int, float], ...]] = field(default_factory=dict)
     """Candidates of beams decoded this round, by id(beam), until every live beam has some."""
@@ -67,9 +72,9 @@ class BeamSearch:
             self.live = [Beam([])]
 
     def score(self, logprob: float, length: int) -> float:
-        return logprob / max(length, 1) ** self.length_penalty
+        return logprob / float(max(length, 1) ** self.length_penalty)
 
-    def step(self, candidates: dict[int, list[tuple[int, float]]]) -> list[Continuation]:
+    def step(self, candidates: Mapping[int, Sequence[tuple[int, float]]]) -> list[Continuation[K]]:
         """``candidates``: id(beam) → [(token, logprob)] for every live beam, best first (2 × width
         of them, so that ends among them still leave ``width`` continuations).
 
@@ -82,7 +87,7 @@ class BeamSearch:
             key=lambda c: c[0],
             reverse=True,
         )
-        chosen: list[Continuation] = []
+        chosen: list[Continuation[K]] = []
         for rank, (total, beam, token, lp) in enumerate(ranked):
             if len(chosen) == self.width:
                 break

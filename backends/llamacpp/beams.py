@@ -17,10 +17,10 @@ from lmgate.backends.llamacpp.sequence import Sequence
 from lmgate.backends.types import TokenDelta, Usage
 
 
-def start_search(seq: Sequence, model: LlamaModel) -> BeamSearch:
+def start_search(seq: Sequence, model: LlamaModel) -> BeamSearch[Sequence]:
     """Attach a beam search to ``seq`` (the prompt) and return it."""
     params = seq.sampling
-    search = BeamSearch(
+    search = BeamSearch[Sequence](
         width=params.beam_width,
         n=params.n,
         max_tokens=seq.max_tokens,
@@ -32,7 +32,13 @@ def start_search(seq: Sequence, model: LlamaModel) -> BeamSearch:
     return search
 
 
-def advance(search: BeamSearch, sampled: list[Sampled], scheduler: Scheduler, runner: Runner) -> bool:
+def prompt_of(search: BeamSearch[Sequence]) -> Sequence:
+    """The prompt's sequence: ``start_search`` makes it the search's root."""
+    assert search.root is not None, "a search made by start_search has its prompt as root"
+    return search.root
+
+
+def advance(search: BeamSearch[Sequence], sampled: list[Sampled], scheduler: Scheduler, runner: Runner) -> bool:
     """Collect this step's candidates; once every live beam has some, take one search step.
 
     True when the search is over. A beam decoded before its siblings (the token budget cut the
@@ -42,42 +48,47 @@ def advance(search: BeamSearch, sampled: list[Sampled], scheduler: Scheduler, ru
     search.pending |= {id(beam): by_seq[id(beam.key)] for beam in search.live if id(beam.key) in by_seq}
     if len(search.pending) < len(search.live):
         return False
-    old = [beam.key for beam in search.live]
+    old = _sequences(search)
     candidates, search.pending = search.pending, {}
     continuations = search.step(candidates)
     # Forks copy their parent's tokens, so they go before the parents append theirs.
     pairs = list(zip(search.live, continuations, strict=True))
     for beam, c in pairs:
-        if beam.key is None:
-            beam.key = scheduler.fork(c.parent.key, c.token)  # type: ignore[arg-type]
+        if beam.key is None and c.parent.key is not None:  # a parent (a live beam) always has a sequence
+            beam.key = scheduler.fork(c.parent.key, c.token)
     pairs = [(beam, c) for beam, c in pairs if beam.key is not None]  # no room for a fork: dropped
     search.live = [beam for beam, _ in pairs]
     for beam, c in pairs:
-        if beam.key is c.parent.key:
-            beam.key.append(c.token)  # type: ignore[union-attr]
+        if beam.key is not None and beam.key is c.parent.key:
+            beam.key.append(c.token)
     alive = {id(beam.key) for beam in search.live}
     for seq in old:
         if id(seq) not in alive:
-            _retire(seq, scheduler, runner)  # type: ignore[arg-type]
+            _retire(seq, scheduler, runner)
     return search.done
 
 
-def close(search: BeamSearch, scheduler: Scheduler, runner: Runner) -> None:
+def close(search: BeamSearch[Sequence], scheduler: Scheduler, runner: Runner) -> None:
     """Retire every live beam; the search takes no more steps."""
-    for beam in search.live:
-        _retire(beam.key, scheduler, runner)  # type: ignore[arg-type]
+    for seq in _sequences(search):
+        _retire(seq, scheduler, runner)
     search.live, search.closed = [], True
 
 
-def finish(search: BeamSearch, model: LlamaModel, scheduler: Scheduler, runner: Runner) -> list[TokenDelta]:
+def finish(search: BeamSearch[Sequence], model: LlamaModel, scheduler: Scheduler, runner: Runner) -> list[TokenDelta]:
     """End the search (whatever its state) and return the n best hypotheses as final deltas."""
-    prompt: Sequence = search.root  # type: ignore[assignment]
+    prompt = prompt_of(search)
     best = search.best()
     close(search, scheduler, runner)
     return final_deltas(
         best, lambda ids: b"".join(model.pieces[t] for t in ids), prompt.sampling.stop,
         lambda n: Usage(prompt.num_prompt_tokens, n, prompt.num_cached_tokens, prompt.queue_time),
     )  # fmt: skip
+
+
+def _sequences(search: BeamSearch[Sequence]) -> list[Sequence]:
+    """The live beams' sequences (between steps every live beam has one: forks without room are dropped)."""
+    return [beam.key for beam in search.live if beam.key is not None]
 
 
 def _retire(seq: Sequence, scheduler: Scheduler, runner: Runner) -> None:

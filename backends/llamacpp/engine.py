@@ -99,7 +99,8 @@ class Engine(EngineThread[Request]):
     def _postprocess(self, output: SchedulerOutput, sampled: list[Sampled]) -> None:
         self.scheduler.update(output)
         for seq in output.starved:
-            self._end_search(seq.beam)  # type: ignore[arg-type]
+            if seq.beam is not None:  # only beams starve (scheduler.py)
+                self._end_search(seq.beam)
         searches: dict[int, list[Sampled]] = {}
         for s in sampled:
             if s.seq.beam is not None:
@@ -115,10 +116,10 @@ class Engine(EngineThread[Request]):
         self._generated += len(sampled)
         self._steps += 1
 
-    def _end_search(self, search: BeamSearch) -> None:
+    def _end_search(self, search: BeamSearch[Sequence]) -> None:
         if search.closed:
             return
-        request_id = search.root.request_id  # type: ignore[attr-defined]
+        request_id = beams.prompt_of(search).request_id
         deltas = beams.finish(search, self.model, self.scheduler, self.runner)
         self._requests[request_id].unfinished -= len(deltas)
         self._emit(request_id, deltas)
@@ -150,7 +151,7 @@ class Engine(EngineThread[Request]):
         search = request.seqs[0].beam
         if search is not None and not search.closed:
             beams.close(search, self.scheduler, self.runner)
-            usage = Usage(search.root.num_prompt_tokens, 0)  # type: ignore[attr-defined]
+            usage = Usage(beams.prompt_of(search).num_prompt_tokens, 0)
             self._emit(
                 request_id, [TokenDelta(i, "", finish_reason=FinishReason.ABORT, usage=usage) for i in range(search.n)]
             )

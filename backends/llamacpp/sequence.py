@@ -48,7 +48,7 @@ class Sequence:
     queued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
     """When its first chunk was scheduled (set by the engine)."""
-    beam: BeamSearch | None = None
+    beam: BeamSearch[Sequence] | None = None
     """The beam search this sequence is a beam of; its tokens are chosen by the search, not sampled."""
     _hashes: list[bytes] = field(default_factory=list, repr=False)
 

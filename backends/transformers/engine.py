@@ -189,10 +189,10 @@ class Engine(EngineThread[Request]):
 
     # --- beam search ---
 
-    def _new_search(self, request: Request) -> BeamSearch:
+    def _new_search(self, request: Request) -> BeamSearch[None]:
         s = request.sampling
         ends = frozenset(s.stop_token_ids) | (frozenset() if s.ignore_eos else self.model.eos_ids)
-        return BeamSearch(width=s.beam_width, n=s.n, max_tokens=request.max_tokens, end_tokens=ends,
+        return BeamSearch[None](width=s.beam_width, n=s.n, max_tokens=request.max_tokens, end_tokens=ends,
                           length_penalty=s.length_penalty)  # fmt: skip
 
     def _search_step(self, request: Request, beams: list[tuple[int, BeamRow]],

@@ -25,7 +25,7 @@ class Request:
     max_tokens: int
     rows: list[Row] = field(default_factory=list)
     """One per sampled choice, made at admission (none while waiting, none for a beam search)."""
-    search: BeamSearch | None = None
+    search: BeamSearch[None] | None = None
     queued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
     unfinished: int = field(init=False)
@@ -67,6 +67,6 @@ class BeamRow:
     """One live beam of a request's beam search."""
 
     request: Request
-    beam: Beam
+    beam: Beam[None]
     tokens: list[int]
     finish: FinishReason | None = None

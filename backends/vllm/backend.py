@@ -186,7 +186,7 @@ class VllmBackend(Backend):
         if s.logprobs is not None:
             raise InvalidRequest("logprobs are not returned with beam search", param="logprobs")
         ends = frozenset(s.stop_token_ids) | (frozenset() if s.ignore_eos else {tokenizer.eos_token_id})
-        search = BeamSearch(width=s.beam_width, n=s.n, max_tokens=max_tokens, end_tokens=ends,
+        search = BeamSearch[None](width=s.beam_width, n=s.n, max_tokens=max_tokens, end_tokens=ends,
                             length_penalty=s.length_penalty)  # fmt: skip
         one_step = VllmSamplingParams(max_tokens=1, temperature=0.0, logprobs=2 * s.beam_width, detokenize=False)
         base = f"{request.request_id}-{next(self._ids)}"
