@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from lmgate.backends.types import BackendStats, Capabilities, GenerateRequest, ModelInfo, TokenDelta
 
@@ -30,7 +30,7 @@ class Backend(abc.ABC):
         """Load the model and start the engine; returns when requests can be served."""
 
     @abc.abstractmethod
-    def generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
+    def generate(self, request: GenerateRequest) -> AsyncGenerator[TokenDelta, None]:
         """Stream the deltas of every choice until each has a finish reason.
 
         Raises ``InvalidRequest`` before the first delta for a request this model cannot serve

@@ -12,15 +12,27 @@ before the first item).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+class Closable(Protocol[T_co]):
+    """What the layers hand each other: a stream that can also be closed unread (an async generator,
+    a ``ClosingStream``); closing it is how a request is aborted."""
+
+    def __aiter__(self) -> AsyncIterator[T_co]: ...
+
+    def __anext__(self) -> Awaitable[T_co]: ...
+
+    def aclose(self) -> Awaitable[None]: ...
 
 
 class ClosingStream(Generic[T]):
     """Iterate ``source``; ``cleanup`` is awaited once, after ``source`` is closed."""
 
-    def __init__(self, source: AsyncIterator[T], cleanup: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, source: Closable[T], cleanup: Callable[[], Awaitable[None]]) -> None:
         self._source = source
         self._cleanup = cleanup
         self._closed = False
@@ -42,6 +54,6 @@ class ClosingStream(Generic[T]):
             return
         self._closed = True
         try:
-            await self._source.aclose()  # type: ignore[attr-defined]
+            await self._source.aclose()
         finally:
             await self._cleanup()

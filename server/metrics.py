@@ -30,7 +30,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -45,7 +45,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from lmgate.backends.types import FinishReason, TokenDelta, Usage
-from lmgate.server.closing_stream import ClosingStream
+from lmgate.server.closing_stream import Closable, ClosingStream
 from lmgate.server.errors import ClientDisconnected, LmgateError, ModelNotFoundError
 from lmgate.server.placement.registry import ModelRegistry, ModelState
 
@@ -68,13 +68,13 @@ UNKNOWN = "unknown"
 class TokenRate:
     """Tokens per second over the last ``window`` whole seconds (per-second buckets)."""
 
-    def __init__(self, window: int = RATE_WINDOW_S, clock: object = time.monotonic) -> None:
+    def __init__(self, window: int = RATE_WINDOW_S, clock: Callable[[], float] = time.monotonic) -> None:
         self._window = window
         self._clock = clock
         self._buckets: deque[list[int]] = deque()  # [second, tokens]
 
     def add(self, tokens: int) -> None:
-        second = int(self._clock())  # type: ignore[operator]
+        second = int(self._clock())
         if self._buckets and self._buckets[-1][0] == second:
             self._buckets[-1][1] += tokens
         else:
@@ -82,7 +82,7 @@ class TokenRate:
             self._trim(second)
 
     def rate(self) -> float:
-        now = int(self._clock())  # type: ignore[operator]
+        now = int(self._clock())
         self._trim(now)
         return sum(tokens for second, tokens in self._buckets if second < now) / self._window
 
@@ -208,19 +208,19 @@ class RequestTracker:
         every choice's completion tokens, cached tokens summed over the prompts."""
         return Usage(sum(self._prompt_tokens.values()), sum(self._completion.values()), sum(self._cached.values()))
 
-    def watch(self, stream: AsyncIterator[TokenDelta], n: int) -> AsyncIterator[TokenDelta]:
+    def watch(self, stream: Closable[TokenDelta], n: int) -> Closable[TokenDelta]:
         """``stream``, measured; choice i belongs to prompt i // n. Records the outcome at its end
         (``aborted`` when it is closed early, read or not) and closes ``stream``."""
 
         async def closed() -> None:
             try:
-                await stream.aclose()  # type: ignore[attr-defined]
+                await stream.aclose()
             finally:
                 self.finish("aborted")  # a no-op when the stream ran to its end
 
         return ClosingStream(self._watch(stream, n), closed)
 
-    async def _watch(self, stream: AsyncIterator[TokenDelta], n: int) -> AsyncIterator[TokenDelta]:
+    async def _watch(self, stream: Closable[TokenDelta], n: int) -> AsyncGenerator[TokenDelta, None]:
         status, error = "aborted", None  # unless it runs to its end: a client that leaves closes it early
         try:
             async for delta in stream:

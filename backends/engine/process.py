@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -104,7 +104,7 @@ class EngineProcess:
             raise outcome.exception()
         return outcome
 
-    async def generate(self, request_id: str, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
+    async def generate(self, request_id: str, request: GenerateRequest) -> AsyncGenerator[TokenDelta, None]:
         """Submit ``request`` under ``request_id`` (unique per process) and stream its deltas; leaving
         early aborts it in the engine."""
         if not self.alive:

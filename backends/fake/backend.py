@@ -8,7 +8,7 @@ run out. Stop strings and n are honoured, so transports can be tested exactly.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from lmgate.backends.base import Backend
 from lmgate.backends.engine.limits import check_token_ids
@@ -52,7 +52,7 @@ class FakeBackend(Backend):
             ids.append(self._words.index(word))
         return ids
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[TokenDelta, None]:
         if request.messages is not None:
             text = " ".join(m.content for m in request.messages)
         elif request.prompt is not None:

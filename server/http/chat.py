@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 from fastapi import APIRouter, Depends, Request, Response
 
@@ -85,7 +85,7 @@ async def _events(
     usage: Callable[[], Usage],
     *,
     include_usage: bool,
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str, None]:
     created = int(time.time())
 
     def chunk(choice: ChatChunkChoice) -> str:

@@ -6,13 +6,14 @@ import asyncio
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable
 from typing import TypeVar
 
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
+from lmgate.server.closing_stream import Closable
 from lmgate.server.errors import ClientDisconnected, InvalidRequestError, LmgateError
 
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -60,7 +61,7 @@ def sse_error(exc: LmgateError) -> str:
 SSE_DONE = "data: [DONE]\n\n"
 
 
-async def sse_stream(events: AsyncIterator[str], source: AsyncIterator[object]) -> AsyncIterator[str]:
+async def sse_stream(events: Closable[str], source: Closable[object]) -> AsyncGenerator[str, None]:
     """``events``, then ``[DONE]``; an error mid-stream becomes one error event, and ``source``
     (the backend stream) is closed however the stream ends, the client leaving included."""
     try:
@@ -69,8 +70,8 @@ async def sse_stream(events: AsyncIterator[str], source: AsyncIterator[object]) 
     except LmgateError as exc:
         yield sse_error(exc)
     finally:
-        await events.aclose()  # type: ignore[attr-defined]
-        await source.aclose()  # type: ignore[attr-defined]
+        await events.aclose()
+        await source.aclose()
     yield SSE_DONE
 
 
@@ -82,7 +83,7 @@ def response_headers(request_id: str, ignored_params: tuple[str, ...] = ()) -> d
     return headers
 
 
-def streamed(events: AsyncIterator[str], source: AsyncIterator[object], headers: dict[str, str]) -> StreamingResponse:
+def streamed(events: Closable[str], source: Closable[object], headers: dict[str, str]) -> StreamingResponse:
     return StreamingResponse(sse_stream(events, source), media_type="text/event-stream", headers=headers)
 
 

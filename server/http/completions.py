@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 from fastapi import APIRouter, Depends, Request, Response
 
@@ -46,7 +46,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
         try:
             echoes = await _echo_texts(dispatched.backend, body) if body.echo else None
         except BaseException:
-            await deltas.aclose()  # type: ignore[attr-defined]
+            await deltas.aclose()
             raise
     response_id, model = f"cmpl-{base_id}", dispatched.pool.name
     headers = response_headers(base_id, dispatched.ignored_params)
@@ -92,7 +92,7 @@ async def _events(
     usage: Callable[[], Usage],
     *,
     include_usage: bool,
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str, None]:
     created = int(time.time())
 
     def chunk(choice: CompletionChoice) -> str:

@@ -21,14 +21,14 @@ import contextlib
 import dataclasses
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 from lmgate.backends.base import Backend
 from lmgate.backends.engine.limits import check_prompt_size
 from lmgate.backends.errors import BackendError
 from lmgate.backends.types import GenerateRequest, Role, SamplingParams, TokenDelta
-from lmgate.server.closing_stream import ClosingStream
+from lmgate.server.closing_stream import Closable, ClosingStream
 from lmgate.server.errors import (
     InvalidRequestError,
     RateLimitError,
@@ -50,7 +50,7 @@ _PARAMS = tuple(f.name for f in dataclasses.fields(SamplingParams) if f.name != 
 class Dispatched:
     """The streams of one request, opened on one replica of ``pool``."""
 
-    streams: list[AsyncIterator[TokenDelta]]
+    streams: list[Closable[TokenDelta]]
     pool: ModelPool
     backend: Backend
     ignored_params: tuple[str, ...]
@@ -123,7 +123,7 @@ class Dispatcher:
 
     async def _admit_and_open(
         self, pool: ModelPool, requests: list[GenerateRequest]
-    ) -> tuple[Backend, int, list[AsyncIterator[TokenDelta]], int]:
+    ) -> tuple[Backend, int, list[Closable[TokenDelta]], int]:
         """A slot of the pool's gate, then the streams on a replica; the slot is given back on failure."""
         await pool.gate.acquire()
         try:
@@ -199,7 +199,7 @@ class Dispatcher:
 
     async def _open_on_replica(
         self, pool: ModelPool, requests: list[GenerateRequest]
-    ) -> tuple[Backend, int, list[AsyncIterator[TokenDelta]], int]:
+    ) -> tuple[Backend, int, list[Closable[TokenDelta]], int]:
         key = affinity_key(requests[0])
         cost = sum(_cost(r) for r in requests)
         tried: set[int] = set()
@@ -245,15 +245,15 @@ class _Release:
 
 
 def _guarded(
-    stream: AsyncIterator[TokenDelta], pool: ModelPool, index: int, deadline: float | None, release: _Release,
+    stream: Closable[TokenDelta], pool: ModelPool, index: int, deadline: float | None, release: _Release,
     drain: Drain,
-) -> ClosingStream[TokenDelta]:  # fmt: skip
+) -> Closable[TokenDelta]:  # fmt: skip
     """``stream`` within the request's deadline, cut by a drain that times out; its slot and the
     router's accounting are given back when it ends, fails or is closed, read or not."""
 
     async def give_back() -> None:
         try:
-            await stream.aclose()  # type: ignore[attr-defined]
+            await stream.aclose()
         finally:
             release.stream_ended()
 
@@ -261,8 +261,8 @@ def _guarded(
 
 
 async def _within_deadline(
-    stream: AsyncIterator[TokenDelta], pool: ModelPool, index: int, deadline: float | None, drain: Drain
-) -> AsyncIterator[TokenDelta]:
+    stream: Closable[TokenDelta], pool: ModelPool, index: int, deadline: float | None, drain: Drain
+) -> AsyncGenerator[TokenDelta, None]:
     while True:
         drain.check()
         try:

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from lmgate.backends.base import Backend
 from lmgate.backends.errors import BackendError
 from lmgate.backends.types import GenerateRequest, TokenDelta
-from lmgate.server.closing_stream import ClosingStream
+from lmgate.server.closing_stream import Closable, ClosingStream
 from lmgate.server.errors import from_backend_error
 
 
-async def open_stream(backend: Backend, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
+async def open_stream(backend: Backend, request: GenerateRequest) -> Closable[TokenDelta]:
     """Start ``request``; raises the gateway's error if the backend refuses it before any delta."""
     stream = backend.generate(request)
     try:
@@ -35,12 +35,12 @@ async def open_stream(backend: Backend, request: GenerateRequest) -> AsyncIterat
     return ClosingStream(_resume(first, stream), stream.aclose)  # closed unread: the engine aborts
 
 
-async def _empty() -> AsyncIterator[TokenDelta]:
+async def _empty() -> AsyncGenerator[TokenDelta, None]:
     return
     yield
 
 
-async def _resume(first: TokenDelta, stream: AsyncIterator[TokenDelta]) -> AsyncIterator[TokenDelta]:
+async def _resume(first: TokenDelta, stream: Closable[TokenDelta]) -> AsyncGenerator[TokenDelta, None]:
     try:
         yield first
         async for delta in stream:
@@ -49,19 +49,19 @@ async def _resume(first: TokenDelta, stream: AsyncIterator[TokenDelta]) -> Async
         raise from_backend_error(exc) from exc
 
 
-async def open_streams(backend: Backend, requests: list[GenerateRequest]) -> list[AsyncIterator[TokenDelta]]:
+async def open_streams(backend: Backend, requests: list[GenerateRequest]) -> list[Closable[TokenDelta]]:
     """``open_stream`` for all requests at once; if one is refused, the others are closed."""
     results = await asyncio.gather(*(open_stream(backend, r) for r in requests), return_exceptions=True)
     streams = [r for r in results if not isinstance(r, BaseException)]
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
         for stream in streams:
-            await stream.aclose()  # type: ignore[attr-defined]
+            await stream.aclose()
         raise errors[0]
     return streams
 
 
-def merge(streams: list[AsyncIterator[TokenDelta]], n: int) -> AsyncIterator[TokenDelta]:
+def merge(streams: list[Closable[TokenDelta]], n: int) -> Closable[TokenDelta]:
     """Interleave the streams of a batch of prompts as their deltas arrive; choice ``j`` of prompt
     ``i`` becomes choice ``i * n + j`` (OpenAI's numbering). Closing it closes them all, read or not."""
     if len(streams) == 1:
@@ -69,15 +69,15 @@ def merge(streams: list[AsyncIterator[TokenDelta]], n: int) -> AsyncIterator[Tok
 
     async def close_all() -> None:
         for stream in streams:
-            await stream.aclose()  # type: ignore[attr-defined]
+            await stream.aclose()
 
     return ClosingStream(_interleave(streams, n), close_all)
 
 
-async def _interleave(streams: list[AsyncIterator[TokenDelta]], n: int) -> AsyncIterator[TokenDelta]:
+async def _interleave(streams: list[Closable[TokenDelta]], n: int) -> AsyncGenerator[TokenDelta, None]:
     queue: asyncio.Queue[TokenDelta | BaseException | None] = asyncio.Queue()
 
-    async def pump(i: int, stream: AsyncIterator[TokenDelta]) -> None:
+    async def pump(i: int, stream: Closable[TokenDelta]) -> None:
         try:
             async for delta in stream:
                 await queue.put(dataclasses.replace(delta, index=i * n + delta.index))
