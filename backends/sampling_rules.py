@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
 MAX_N = 128
 """Choices (n, best_of, and prompts x n) one request may ask for."""
@@ -28,6 +29,15 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
+class FieldBounds(TypedDict, total=False):
+    """The ``pydantic.Field`` keyword arguments of a range (typed, so ``Field(**bounds)`` is checked)."""
+
+    ge: float
+    gt: float
+    le: float
+    lt: float
+
+
 @dataclass(frozen=True, slots=True)
 class Bounds:
     """A numeric range; a None side is open."""
@@ -37,10 +47,18 @@ class Bounds:
     le: float | None = None
     lt: float | None = None
 
-    def field(self) -> dict[str, float]:
+    def field(self) -> FieldBounds:
         """The ``pydantic.Field`` arguments for this range."""
-        sides = {"ge": self.ge, "gt": self.gt, "le": self.le, "lt": self.lt}
-        return {name: value for name, value in sides.items() if value is not None}
+        bounds = FieldBounds()
+        if self.ge is not None:
+            bounds["ge"] = self.ge
+        if self.gt is not None:
+            bounds["gt"] = self.gt
+        if self.le is not None:
+            bounds["le"] = self.le
+        if self.lt is not None:
+            bounds["lt"] = self.lt
+        return bounds
 
     def problem(self, value: float) -> str | None:
         """What is wrong with ``value``, in pydantic's words; None when it is in range."""

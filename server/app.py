@@ -54,7 +54,7 @@ def create_app(
         server = settings.server
         grpc = None
         if server.grpc_port is not None:
-            interceptors = ()
+            interceptors: tuple[ApiKeyInterceptor, ...] = ()
             if keys is not None:
 
                 def denied(method: str, message: str) -> None:

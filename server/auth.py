@@ -11,11 +11,15 @@ import hmac
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 
 from lmgate.backends.env_secret import why_no_secret
 from lmgate.server.settings import ConfigError, ServerSettings
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
 
 
 class ApiKeys:
@@ -53,8 +57,8 @@ class ApiKeys:
             return False
         given = key.encode()
         matched = False
-        for key in self._keys:
-            matched |= hmac.compare_digest(given, key)
+        for known in self._keys:
+            matched |= hmac.compare_digest(given, known)
         return matched
 
 
@@ -80,14 +84,15 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Req, Resp] | None]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Req, Resp] | None:
         handler = await continuation(details)
         if handler is None or details.method.startswith(self._open):
             return handler
         metadata = dict(details.invocation_metadata or ())
-        if self._keys.allows(metadata.get("authorization")):
+        authorization = metadata.get("authorization")  # bytes only for keys ending in -bin
+        if self._keys.allows(authorization if isinstance(authorization, str) else None):
             return handler
         if self._on_denied is not None:
             self._on_denied(details.method, _DENIED)
@@ -97,20 +102,17 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
 _DENIED = "Missing or invalid API key: send metadata `authorization: Bearer <key>`."
 
 
-def _denied(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def _denied(handler: grpc.RpcMethodHandler[Req, Resp]) -> grpc.RpcMethodHandler[Req, Resp]:
     """A handler of the same shape as ``handler`` that answers UNAUTHENTICATED."""
 
-    async def deny(request: object, context: grpc.aio.ServicerContext) -> None:
+    async def deny(request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> None:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, _DENIED)
 
-    async def deny_stream(request: object, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    async def deny_stream(request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> AsyncIterator[None]:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, _DENIED)
         yield  # pragma: no cover - abort raises
 
-    serializers = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
+    deserialize, serialize = handler.request_deserializer, handler.response_serializer
     if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(deny_stream, **serializers)
-    return grpc.unary_unary_rpc_method_handler(deny, **serializers)
+        return grpc.unary_stream_rpc_method_handler(deny_stream, deserialize, serialize)
+    return grpc.unary_unary_rpc_method_handler(deny, deserialize, serialize)

@@ -48,14 +48,14 @@ def version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = OneLineParser(add_help=False)
     common.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                         help="debug also prints the traceback of an error (serve: default info)")  # fmt: skip
     parser = OneLineParser(prog="lmgate", description="LLM serving gateway: OpenAI HTTP and gRPC APIs")
     parser.add_argument("--version", action="version", version=version())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, help: str, run: object, *, leaf: bool = True) -> argparse.ArgumentParser:
+    def command(name: str, help: str, run: object, *, leaf: bool = True) -> OneLineParser:
         sub = commands.add_parser(name, help=help, description=help, parents=[common] if leaf else [])
         sub.set_defaults(run=run)
         return sub
@@ -129,7 +129,7 @@ def _bench_arguments(bench: argparse.ArgumentParser) -> None:
     bench.add_argument("--plot", type=Path, help="also write a PNG plot (needs the `bench` extra: matplotlib)")
 
 
-def _quantize_arguments(formats: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def _quantize_arguments(formats: argparse._SubParsersAction[OneLineParser], common: OneLineParser) -> None:
     source_help = "local HF checkpoint directory: config.json, *.safetensors, tokenizer.json (docs/quantize.md)"
     architectures = ", ".join(name.removesuffix("ForCausalLM") for name in GGUF_ARCHITECTURES)
     what = f"an HF checkpoint ({architectures}) to a GGUF file"

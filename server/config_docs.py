@@ -61,9 +61,9 @@ def _table(model: type[BaseModel], *, skip: set[str] | None = None, only: set[st
             continue
         prop = schema["properties"][name]
         if field.default_factory in _FACTORIES:
-            default = _FACTORIES[field.default_factory]  # type: ignore[index]
+            default = _FACTORIES[field.default_factory]
         elif field.default_factory is not None:
-            default = f"`{_json(field.default_factory())}`"  # type: ignore[call-arg]
+            default = f"`{_json(field.default_factory())}`"  # type: ignore[call-arg]  # no settings factory takes the data argument
         elif field.is_required():
             default = "required"
         else:

@@ -152,7 +152,7 @@ def from_validation_errors(errors: Sequence[Any]) -> InvalidRequestError:
     value is quoted short (``quote_value``) and only for a field: a rule on the whole request names
     its fields in its message, and never echoes the request (the user's conversation) back.
     """
-    first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
+    first: dict[str, Any] = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
     if first["type"] == "json_invalid":
         return InvalidRequestError(f"The request body is not valid JSON: {first.get('ctx', {}).get('error', '')}")
     loc = [str(p) for p in first["loc"] if p != "body"]

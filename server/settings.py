@@ -214,7 +214,7 @@ def load_settings(path: Path) -> Settings:
     return validate_settings(read_config_file(path), source=str(path), base_dir=path.parent)
 
 
-def read_config_file(path: Path) -> dict:
+def read_config_file(path: Path) -> dict[str, Any]:
     """The YAML mapping of a config file, not yet validated; raises ConfigError."""
     try:
         raw = yaml.safe_load(path.read_text())
@@ -227,7 +227,7 @@ def read_config_file(path: Path) -> dict:
     return raw
 
 
-def validate_settings(raw: dict, *, source: str = "settings", base_dir: Path | None = None) -> Settings:
+def validate_settings(raw: dict[str, Any], *, source: str = "settings", base_dir: Path | None = None) -> Settings:
     """Typed settings from a YAML mapping; relative paths resolved against ``base_dir`` when given (a
     config file's directory). ConfigError naming every problem: where, the rule, the value."""
     try:

@@ -35,20 +35,21 @@ def _lenient(message_class: type[Message]) -> Callable[[bytes], Message | Malfor
     return deserialize
 
 
+Context = grpc.aio.ServicerContext[Message | MalformedRequest, Any]
+"""The context of a handler here: it is called with what ``_lenient`` made of the request bytes."""
+
 OnRefused = Callable[[str, str], None]
 """Told (method path, message) of each malformed request refused."""
 
 
-async def _refuse(
-    request: MalformedRequest, method: str, on_refused: OnRefused, context: grpc.aio.ServicerContext
-) -> None:
+async def _refuse(request: MalformedRequest, method: str, on_refused: OnRefused, context: Context) -> None:
     message = f"the request is not a valid {request.type_name} message: {request.error}"
     on_refused(method, message)
     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
 def _unary(behavior: Callable[..., Any], method: str, on_refused: OnRefused) -> Callable[..., Any]:
-    async def handle(request: Message | MalformedRequest, context: grpc.aio.ServicerContext) -> Any:
+    async def handle(request: Message | MalformedRequest, context: Context) -> Any:
         if isinstance(request, MalformedRequest):
             await _refuse(request, method, on_refused, context)
         return await behavior(request, context)
@@ -59,7 +60,7 @@ def _unary(behavior: Callable[..., Any], method: str, on_refused: OnRefused) -> 
 def _streaming(
     behavior: Callable[..., AsyncIterator[Any]], method: str, on_refused: OnRefused
 ) -> Callable[..., AsyncIterator[Any]]:
-    async def handle(request: Message | MalformedRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def handle(request: Message | MalformedRequest, context: Context) -> AsyncIterator[Any]:
         if isinstance(request, MalformedRequest):
             await _refuse(request, method, on_refused, context)
         async for response in behavior(request, context):

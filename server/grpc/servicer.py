@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -32,13 +32,16 @@ REQUEST_ID_KEY = "x-request-id"
 IGNORED_PARAMS_KEY = "x-lmgate-ignored-params"
 
 
+AnyContext = grpc.aio.ServicerContext[Any, Any]
+"""Any rpc's context, for the helpers that only read metadata, set trailers and abort."""
+
 MAX_DETAILS_CHARS = 2000
 """Status details travel in trailers, which clients cap (8 KB by default): a longer one would turn
 into RESOURCE_EXHAUSTED on the client, hiding the error."""
 
 
 @contextlib.asynccontextmanager
-async def _rpc_errors(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+async def _rpc_errors(context: AnyContext) -> AsyncIterator[None]:
     """The one place errors become gRPC status codes."""
     try:
         yield
@@ -56,7 +59,7 @@ async def _rpc_errors(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         await context.abort(grpc.StatusCode[error.grpc_status], error.message[:MAX_DETAILS_CHARS])
 
 
-def _request_id(context: grpc.aio.ServicerContext) -> str:
+def _request_id(context: AnyContext) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= 128:
             return value
@@ -73,12 +76,14 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self._dispatcher = dispatcher
         self._metrics = metrics
 
-    async def Chat(self, request: pb.ChatRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ChatResponse]:
+    async def Chat(
+        self, request: pb.ChatRequest, context: grpc.aio.ServicerContext[pb.ChatRequest, pb.ChatResponse]
+    ) -> AsyncIterator[pb.ChatResponse]:
         async for message in self._generate(request, context, "Chat", convert.chat_from_pb, pb.ChatResponse):
             yield message
 
     async def Complete(
-        self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext
+        self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext[pb.CompleteRequest, pb.CompleteResponse]
     ) -> AsyncIterator[pb.CompleteResponse]:
         responses = self._generate(request, context, "Complete", convert.complete_from_pb, pb.CompleteResponse)
         async for message in responses:
@@ -87,7 +92,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     async def _generate(
         self,
         request: Q,
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[Q, R],
         method: str,
         from_pb: Callable[[Q, str], GenerateRequest],
         message_type: type[R],
@@ -105,7 +110,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 stream = tracker.watch(dispatched.streams[0], internal.sampling.n)
                 model = dispatched.pool.name
                 # Closed however the call ends, a cancel before the first message included.
-                async with contextlib.aclosing(stream):  # type: ignore[type-var]
+                async with contextlib.aclosing(stream):
                     await context.send_initial_metadata(_metadata(request_id, dispatched.ignored_params))
                     async for delta in stream:
                         if delta.text or delta.logprobs or delta.finish_reason is not None:
@@ -113,7 +118,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 yield message_type(id=request_id, model=model, usage=convert.usage_to_pb(tracker.usage()))
 
     async def ListModels(
-        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ListModelsRequest,
+        context: grpc.aio.ServicerContext[pb.ListModelsRequest, pb.ListModelsResponse],
     ) -> pb.ListModelsResponse:
         models = []
         for name, pool in self._registry.pools.items():
@@ -126,7 +133,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             models.append(model)
         return pb.ListModelsResponse(models=models)
 
-    async def Tokenize(self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext) -> pb.TokenizeResponse:
+    async def Tokenize(
+        self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext[pb.TokenizeRequest, pb.TokenizeResponse]
+    ) -> pb.TokenizeResponse:
         async with _rpc_errors(context):
             backend = (await self._registry.loaded(request.model)).primary
             add_special = request.add_special if request.HasField("add_special") else True
@@ -134,7 +143,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         raise AssertionError("unreachable: _rpc_errors aborts")
 
     async def Detokenize(
-        self, request: pb.DetokenizeRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.DetokenizeRequest,
+        context: grpc.aio.ServicerContext[pb.DetokenizeRequest, pb.DetokenizeResponse],
     ) -> pb.DetokenizeResponse:
         async with _rpc_errors(context):
             backend = (await self._registry.loaded(request.model)).primary

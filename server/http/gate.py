@@ -45,7 +45,7 @@ class GatewayMiddleware:
         if self.keys is not None and scope["path"] not in self.open_paths:
             given = headers.get(b"authorization", b"").decode("latin-1")
             if not self.keys.allows(given):
-                error = AuthenticationError()
+                error: LmgateError = AuthenticationError()
                 self.metrics.rejected("http", scope["path"], error)
                 await _respond(send, error, {"www-authenticate": "Bearer"})
                 return

@@ -22,7 +22,7 @@ class _HeaderDeadlineProtocol(HttpToolsProtocol):
     header_timeout_s: ClassVar[float] = 15.0
     _head_timer: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # narrows BaseTransport, as uvicorn does
         super().connection_made(transport)
         self._arm()
 

@@ -194,8 +194,8 @@ class CompletionRequest(_Request):
         if isinstance(p, str):
             return [p]
         if all(isinstance(x, int) for x in p):
-            return [list(p)]  # type: ignore[arg-type]
-        return list(p)  # type: ignore[arg-type]
+            return [[x for x in p if isinstance(x, int)]]  # the filter only tells mypy what all() found
+        return [x for x in p if not isinstance(x, int)]
 
 
 # --- responses ---

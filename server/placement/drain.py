@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from lmgate.server.errors import ServiceUnavailableError
 from lmgate.server.placement.registry import ModelRegistry
@@ -35,7 +36,7 @@ class Drain:
         self.draining = False
         self.cut = False
         """The timeout passed with requests in flight: whatever still waits is ended with ``cut_error()``."""
-        self.on_begin: list[object] = []  # async callables run when draining begins (gRPC health)
+        self.on_begin: list[Callable[[], Awaitable[None]]] = []  # run when draining begins (gRPC health)
         self._timers: set[asyncio.Timeout] = set()
 
     def in_flight(self) -> int:
@@ -73,7 +74,7 @@ class Drain:
         self.draining = True
         log.info("draining: %d request(s) in flight, waiting up to %.0f s", self.in_flight(), self.timeout_s)
         for callback in self.on_begin:
-            await callback()  # type: ignore[operator]
+            await callback()
         if not await self._settled(self.timeout_s):
             log.warning("drain timeout (%.0f s) passed: cutting %d request(s)", self.timeout_s, self.in_flight())
             self._cut_now()

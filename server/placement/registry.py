@@ -163,7 +163,7 @@ class ModelPool:
             s = replica.stats()
             total = replace(
                 total,
-                **{f: getattr(total, f) + getattr(s, f) for f in BackendStats.__dataclass_fields__},  # type: ignore[arg-type]
+                **{f: getattr(total, f) + getattr(s, f) for f in BackendStats.__dataclass_fields__},
             )
         return total
 
