@@ -28,6 +28,6 @@ class Backoff:
         if self._up_since is not None and now - self._up_since >= self.stable_s:
             self.failures = 0
         self._up_since = None
-        delay = min(self.maximum_s, self.initial_s * 2**self.failures)
+        delay = min(self.maximum_s, self.initial_s * 2.0**self.failures)
         self.failures += 1
         return delay

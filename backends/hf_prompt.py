@@ -54,4 +54,5 @@ class HfPrompt:
 
     def detokenize(self, token_ids: list[int]) -> str:
         check_token_ids(token_ids, self.n_vocab, "tokens")
-        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+        text: str = self.tokenizer.decode(token_ids, skip_special_tokens=True)  # transformers is untyped
+        return text

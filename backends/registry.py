@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import importlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -43,5 +44,5 @@ def create_backend(name: str, config: Any) -> Backend:
         known = ", ".join(k.value for k in BackendKind)
         raise ValueError(f"unknown backend kind {config.backend!r}; known kinds: {known}") from None
     module_name, _, class_name = _BACKENDS[kind].partition(":")
-    backend_class = getattr(importlib.import_module(module_name), class_name)
+    backend_class: Callable[[str, Any], Backend] = getattr(importlib.import_module(module_name), class_name)
     return backend_class(name, config)

@@ -25,7 +25,7 @@ import signal
 import sys
 import threading
 from multiprocessing.connection import Connection
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from lmgate.backends.engine import messages as msg
 from lmgate.backends.engine.thread import EngineThread, StepOutputs
@@ -82,7 +82,7 @@ class EngineHost:
     def receive_load(self) -> msg.Load | None:
         """The gateway's first message; None if it went away before sending it."""
         try:
-            return self._conn.recv()
+            return cast(msg.Load, self._conn.recv())  # Connection.recv is untyped; Load is the gateway's first message
         except (EOFError, OSError):
             return None
 

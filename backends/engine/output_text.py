@@ -89,6 +89,7 @@ def next_token(
     token, already counted, reached ``max_tokens`` or the context) ends it with LENGTH. On an end,
     ``rest`` (bytes a detokenizer still holds) and every held-back character are released.
     """
+    finish: FinishReason | None
     if piece is None:
         text, finish = "", FinishReason.STOP
     else:

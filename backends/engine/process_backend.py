@@ -16,9 +16,9 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 from lmgate.backends.backoff import Backoff
 from lmgate.backends.base import Backend
@@ -103,7 +103,7 @@ class ProcessBackend(Backend):
             log.info("model %s: engine restarted (pid %s, restart %d)", self._name, process.pid, self.restarts)
             return
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[TokenDelta, None]:
         process = self._serving()
         internal_id = f"{request.request_id}/{uuid.uuid4().hex[:8]}"
         async for delta in process.generate(internal_id, request):
@@ -120,10 +120,11 @@ class ProcessBackend(Backend):
         return self._process
 
     async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
-        return await self._serving().call(msg.Method.TOKENIZE, text, add_special)
+        # call() answers with what the engine's method returned (host.py: Host.tokenize, Host.detokenize).
+        return cast(list[int], await self._serving().call(msg.Method.TOKENIZE, text, add_special))
 
     async def detokenize(self, token_ids: list[int]) -> str:
-        return await self._serving().call(msg.Method.DETOKENIZE, list(token_ids))
+        return cast(str, await self._serving().call(msg.Method.DETOKENIZE, list(token_ids)))
 
     def stats(self) -> BackendStats:
         base = self._process.stats if self._process is not None and self._process.alive else BackendStats()

@@ -23,7 +23,12 @@ from lmgate.backends.types import BackendStats, TokenDelta
 
 log = logging.getLogger(__name__)
 
-_STOP = object()
+
+class _Stop:
+    """The inbox command that ends the loop."""
+
+
+_STOP = _Stop()
 
 
 StepOutputs = dict[str, list[TokenDelta]]
@@ -51,7 +56,7 @@ class EngineThread(abc.ABC, Generic[R]):
     def __init__(self, name: str, publish: Publish, on_failure: Callable[[BaseException], None] | None = None) -> None:
         self._publish = publish
         self._on_failure = on_failure or _log_failure
-        self._inbox: queue.SimpleQueue[R | str | object] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[R | str | _Stop] = queue.SimpleQueue()
         self._requests: dict[str, R] = {}
         self._outbox: dict[str, list[TokenDelta]] = {}
         self._stats = BackendStats()
@@ -147,11 +152,10 @@ class EngineThread(abc.ABC, Generic[R]):
             except queue.Empty:
                 return True
             block = False
-            if command is _STOP:
+            if isinstance(command, _Stop):
                 return False
             if isinstance(command, str):
                 self._abort(command)
             else:
-                request: R = command  # type: ignore[assignment]
-                self._requests[request.request_id] = request
-                self._accept(request)
+                self._requests[command.request_id] = command
+                self._accept(command)

@@ -20,7 +20,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -45,6 +45,9 @@ class GrpcBackend(Backend):
         self._name = name
         self._config = config
         self._remote = config.remote_model or name
+        # One backend per worker: the registry makes a replica per target of a list (registry.py).
+        assert isinstance(config.target, str), "a GrpcBackend serves one target"
+        self._target: str = config.target
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.InferenceStub | None = None
         self._info: ModelInfo | None = None
@@ -71,21 +74,21 @@ class GrpcBackend(Backend):
         ModelLoadError when ``api_key_env`` names no set variable."""
         await self.shutdown()  # a retry after a failed start begins from a fresh channel
         self._auth = _authorization(self._config.api_key_env)
-        self._channel = grpc.aio.insecure_channel(self._config.target, options=self._channel_options())
+        self._channel = grpc.aio.insecure_channel(self._target, options=self._channel_options())
         self._stub = pb_grpc.InferenceStub(self._channel)
         try:
-            listing = await self._stub.ListModels(
+            listing: pb.ListModelsResponse = await self._stub.ListModels(
                 pb.ListModelsRequest(), timeout=self._config.connect_timeout_s, wait_for_ready=True,
                 metadata=self._auth,
             )  # fmt: skip
         except grpc.aio.AioRpcError as exc:
             await self.shutdown()
-            raise _error(exc, self._config.target) from exc
+            raise _error(exc, self._target) from exc
         model = next((m for m in listing.models if self._remote in (m.name, *m.aliases)), None)
         if model is None or not model.ready:
             await self.shutdown()
             state = "does not serve" if model is None else "has not loaded"
-            raise BackendUnavailable(f"worker {self._config.target} {state} model {self._remote!r}")
+            raise BackendUnavailable(f"worker {self._target} {state} model {self._remote!r}")
         self._info = ModelInfo(self._name, "grpc", model.context_length, model.quantization or None)
         self._capabilities = Capabilities(frozenset(model.supported_params), max_n=128)
         self._serving = True
@@ -114,20 +117,21 @@ class GrpcBackend(Backend):
         misses = 0
         while True:
             try:
-                reply = await stub.Check(request, timeout=self._config.health_timeout_s)
+                # types-grpcio-health-checking's HealthStub declares no methods (the generated one has Check).
+                reply = await stub.Check(request, timeout=self._config.health_timeout_s)  # type: ignore[attr-defined]  # the stubs lack Check
                 serving, why, misses = reply.status == health_pb2.HealthCheckResponse.SERVING, "it is not serving", 0
             except grpc.aio.AioRpcError as exc:
                 misses += 1
                 serving, why = misses < HEALTH_MISSES and self._serving, f"{exc.code().name}: {exc.details()}"
             if serving != self._serving:
                 if serving:
-                    log.warning("worker %s serves model %s again", self._config.target, self._remote)
+                    log.warning("worker %s serves model %s again", self._target, self._remote)
                 else:
-                    log.warning("worker %s marked unhealthy for model %s: %s", self._config.target, self._remote, why)
+                    log.warning("worker %s marked unhealthy for model %s: %s", self._target, self._remote, why)
             self._serving = serving
             await asyncio.sleep(self._config.health_interval_s)
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[TokenDelta, None]:
         stub = self._require_stub()
         metadata = (("x-request-id", request.request_id), *self._auth)
         if request.messages is not None:
@@ -141,7 +145,7 @@ class GrpcBackend(Backend):
                     return  # the request's total: each choice's came with its last delta
                 yield delta_from_pb(message)
         except grpc.aio.AioRpcError as exc:
-            raise _error(exc, self._config.target) from exc
+            raise _error(exc, self._target) from exc
         finally:
             call.cancel()  # closed early: the worker aborts the request
             self._open -= 1
@@ -158,20 +162,21 @@ class GrpcBackend(Backend):
 
     async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         try:
-            response = await self._require_stub().Tokenize(
+            response: pb.TokenizeResponse = await self._require_stub().Tokenize(
                 pb.TokenizeRequest(model=self._remote, text=text, add_special=add_special), metadata=self._auth
             )
         except grpc.aio.AioRpcError as exc:
-            raise _error(exc, self._config.target) from exc
+            raise _error(exc, self._target) from exc
         return list(response.token_ids)
 
     async def detokenize(self, token_ids: list[int]) -> str:
         try:
-            response = await self._require_stub().Detokenize(
+            # The generated stubs (inference_pb2_grpc) are untyped: the reply's type is the rpc's.
+            response: pb.DetokenizeResponse = await self._require_stub().Detokenize(
                 pb.DetokenizeRequest(model=self._remote, token_ids=token_ids), metadata=self._auth
             )
         except grpc.aio.AioRpcError as exc:
-            raise _error(exc, self._config.target) from exc
+            raise _error(exc, self._target) from exc
         return response.text
 
     def stats(self) -> BackendStats:

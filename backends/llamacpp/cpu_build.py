@@ -139,7 +139,7 @@ def unsafe_build_reason(system_info: str, flags: frozenset[str]) -> str | None:
 
 def pinned_version(pyproject: Path) -> str:
     """The llama-cpp-python version pinned in pyproject.toml (one pin for the project and its build)."""
-    dependencies = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    dependencies: list[str] = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
     for requirement in dependencies:
         name, _, version = requirement.partition("==")
         if name.strip() == "llama-cpp-python":

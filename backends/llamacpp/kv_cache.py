@@ -157,6 +157,7 @@ class KVCacheManager:
         if num_tokens - hit > self._room_keeping(chain, source):
             return None
         partial = self._partial(source, len(chain), tokens, num_tokens - 1) if source is not None else 0
+        slot: int | None
         if source is not None and self._slots[source].cached:
             slot = source
             self._truncate(slot, len(chain), keep=partial)

@@ -19,6 +19,7 @@ from lmgate.backends.errors import ModelLoadError
 from lmgate.backends.llamacpp import memory_plan
 from lmgate.backends.llamacpp.config import LlamaCppConfig
 from lmgate.backends.llamacpp.gguf_file import GGUFFileError
+from lmgate.backends.llamacpp.model_shape import read_shape
 
 log = logging.getLogger("lmgate.llama_cpp")
 
@@ -27,7 +28,7 @@ log = logging.getLogger("lmgate.llama_cpp")
 _LOG_LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING, 4: logging.ERROR}
 
 
-@llama_cpp.llama_log_callback
+@llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]  # llama_cpp's CFUNCTYPE is untyped
 def _log_callback(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
     message = text.decode("utf-8", errors="replace").rstrip()
     if message:
@@ -69,7 +70,7 @@ class LlamaModel:
         if not path.is_file():
             raise ModelLoadError(f"GGUF file not found: {path} (check the model's `gguf` setting)")
         try:
-            shape = memory_plan.read_shape(path)
+            shape = read_shape(path)
         except GGUFFileError as exc:
             raise ModelLoadError(f"{exc} (the model's `gguf` setting)") from exc
         self.requested_ctx = config.n_ctx or min(shape.context_train or _DEFAULT_MAX_CTX, _DEFAULT_MAX_CTX)
@@ -118,7 +119,8 @@ class LlamaModel:
         return max(max(map(len, self.pieces), default=1), longest_special, 1)
 
     def _context_params(self, config: LlamaCppConfig) -> llama_cpp.llama_context_params:
-        params = llama_cpp.llama_context_default_params()
+        # llama_cpp's ctypes bindings return Any: the annotations here say what the C functions return.
+        params: llama_cpp.llama_context_params = llama_cpp.llama_context_default_params()
         params.n_ctx = self.requested_ctx
         params.n_batch = config.n_batch
         params.n_ubatch = min(config.n_ubatch, config.n_batch)
@@ -171,7 +173,8 @@ class LlamaModel:
 
     def token_text(self, token_id: int) -> str:
         """The vocabulary's own text of a token, special tokens included (for logprobs)."""
-        return llama_cpp.llama_vocab_get_text(self.vocab, token_id).decode("utf-8", errors="replace")
+        text: bytes = llama_cpp.llama_vocab_get_text(self.vocab, token_id)
+        return text.decode("utf-8", errors="replace")
 
     def meta(self, key: str) -> str | None:
         buf = ctypes.create_string_buffer(1 << 16)

@@ -22,6 +22,9 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+import gguf
 
 from lmgate.backends.llamacpp.gguf_file import GGUFFileError, open_gguf
 
@@ -113,9 +116,7 @@ def read_shape(path: Path) -> ModelShape:
     arch = _gguf_field(reader, path, "general.architecture", str)
 
     def key(name: str, default: int | None = None) -> int:
-        value = _gguf_field(reader, path, f"{arch}.{name}", int, default)
-        assert value is not None
-        return value
+        return _gguf_field(reader, path, f"{arch}.{name}", int, default)
 
     heads = key("attention.head_count")
     embedding = key("embedding_length")
@@ -180,8 +181,13 @@ def _bytes(params: int, quant: str) -> int:
     return int(params * bits_per_weight(quant) / 8)
 
 
-def _gguf_field(reader: object, path: Path, name: str, kind: type, default: object = None) -> object:
-    field = reader.fields.get(name)  # type: ignore[attr-defined]
+Field = TypeVar("Field", str, int)
+
+
+def _gguf_field(
+    reader: gguf.GGUFReader, path: Path, name: str, kind: type[Field], default: Field | None = None
+) -> Field:
+    field = reader.fields.get(name)
     if field is None:
         if default is None:
             raise GGUFFileError(f"{path}: the GGUF metadata has no {name} (a model lmgate cannot serve?)")

@@ -83,7 +83,8 @@ class Runner:
 
     def cached_tokens(self, slot: int) -> int:
         """Tokens llama.cpp holds for ``slot`` (its highest position + 1)."""
-        return llama_cpp.llama_memory_seq_pos_max(self.model.memory, slot) + 1
+        pos_max: int = llama_cpp.llama_memory_seq_pos_max(self.model.memory, slot)  # the bindings return Any
+        return pos_max + 1
 
     def _fill_batch(self, output: SchedulerOutput) -> list[tuple[Sequence, int]]:
         batch, i = self._batch, 0
@@ -125,7 +126,8 @@ class Runner:
         ptr = llama_cpp.llama_get_logits_ith(self.model.ctx, batch_index)
         logits = np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).astype(np.float64)
         peak = logits.max()
-        return logits - (peak + np.log(np.exp(logits - peak).sum()))
+        log_probs: np.ndarray = logits - (peak + np.log(np.exp(logits - peak).sum()))  # numpy's arithmetic is Any here
+        return log_probs
 
     def _top_logprobs(self, batch_index: int, top_n: int) -> tuple[tuple[int, float], ...]:
         return _best(self._log_softmax(batch_index), top_n)

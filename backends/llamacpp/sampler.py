@@ -53,7 +53,8 @@ class SamplerChain:
 
     def sample(self, ctx: llama_cpp.llama_context_p, batch_index: int) -> int:
         """Sample from the logits of ``batch_index`` in the last decode, and accept the token."""
-        return llama_cpp.llama_sampler_sample(self._chain, ctx, batch_index)
+        token: int = llama_cpp.llama_sampler_sample(self._chain, ctx, batch_index)  # the bindings return Any
+        return token
 
     def close(self) -> None:
         if self._chain is not None:
@@ -63,4 +64,5 @@ class SamplerChain:
 
 def _logit_bias(n_vocab: int, bias: dict[int, float]) -> llama_cpp.llama_sampler_p:
     entries = (llama_cpp.llama_logit_bias * len(bias))(*(llama_cpp.llama_logit_bias(t, b) for t, b in bias.items()))
-    return llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(bias), entries)
+    sampler: llama_cpp.llama_sampler_p = llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(bias), entries)
+    return sampler

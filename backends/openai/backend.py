@@ -10,10 +10,11 @@ such servers learn that the client went away. Uses the official ``openai`` SDK.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator
+from typing import Any, cast
 
 import openai
+from openai.types.chat import ChatCompletionMessageParam
 
 from lmgate.backends.base import Backend
 from lmgate.backends.errors import BackendError, BackendUnavailable, InvalidRequest
@@ -67,16 +68,22 @@ class OpenAIBackend(Backend):
         length = extra.get("context_length") or extra.get("max_model_len") or self._config.context_length
         self._info = ModelInfo(self._name, "openai", int(length or 0), extra.get("quantization"))
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[TokenDelta, None]:
         client = self._require_client()
         params = self._params(request.sampling)
         try:
             if request.messages is not None:
-                messages = [{"role": m.role.value, "content": m.content} for m in request.messages]
-                stream = await client.chat.completions.create(model=self._remote, messages=messages, **params)
+                # lmgate's Role values are OpenAI's role names; the SDK has a TypedDict per role.
+                messages = cast(
+                    "list[ChatCompletionMessageParam]",
+                    [{"role": m.role.value, "content": m.content} for m in request.messages],
+                )
+                stream: openai.AsyncStream[Any] = await client.chat.completions.create(
+                    model=self._remote, messages=messages, stream=True, **params
+                )
             else:
                 prompt: Any = request.prompt if request.prompt is not None else list(request.prompt_token_ids or ())
-                stream = await client.completions.create(model=self._remote, prompt=prompt, **params)
+                stream = await client.completions.create(model=self._remote, prompt=prompt, stream=True, **params)
         except openai.OpenAIError as exc:
             raise _error(exc, self._config.base_url) from exc
         self._open += 1
@@ -100,8 +107,7 @@ class OpenAIBackend(Backend):
 
     def _params(self, sampling: SamplingParams) -> dict[str, Any]:
         supported = set(self._config.supported_params)
-        params: dict[str, Any] = {
-            "stream": True,
+        params: dict[str, Any] = {  # stream=True is passed on its own, for the SDK's overloads to see
             "stream_options": {"include_usage": True},
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,

@@ -36,12 +36,12 @@ class BatchCache:
 
     @property
     def rows(self) -> int:
-        return self.mask.shape[0]
+        return int(self.mask.shape[0])  # torch is untyped here (not in the test venv)
 
     @property
     def length(self) -> int:
         """Columns, padding included (the longest row)."""
-        return self.mask.shape[1]
+        return int(self.mask.shape[1])
 
     def real_tokens(self) -> torch.Tensor:
         """Each row's count of real (unpadded) cached tokens: the position of its next token."""

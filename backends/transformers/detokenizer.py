@@ -45,4 +45,5 @@ class Detokenizer:
         return after[len(before) :]
 
     def _decode(self, ids: list[int]) -> str:
-        return self._tokenizer.decode(ids, skip_special_tokens=True)
+        text: str = self._tokenizer.decode(ids, skip_special_tokens=True)  # transformers is untyped
+        return text

@@ -61,7 +61,8 @@ class Engine(EngineThread[Request]):
         self._waiting.append(request)
 
     def _thread_context(self) -> contextlib.AbstractContextManager[object]:
-        return torch.inference_mode()
+        mode: contextlib.AbstractContextManager[object] = torch.inference_mode()  # torch is untyped here
+        return mode
 
     def step(self) -> None:
         admitted = self._admit()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -117,7 +117,7 @@ class VllmBackend(Backend):
         self._prompt = HfPrompt(self._engine.get_tokenizer())
         self._max_model_len = self._engine.model_config.max_model_len
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[TokenDelta, None]:
         engine = self._require_engine()
         # Rendering and tokenizing run off the event loop (HF's Rust tokenizer releases the GIL): a
         # long prompt must not stall every other request's stream.
@@ -262,7 +262,7 @@ def _logger_factory(stats: _Stats) -> Any:
     """A vLLM stat-logger factory feeding ``stats`` (the interface is vLLM's, marked unstable)."""
     from vllm.v1.metrics.loggers import StatLoggerBase
 
-    class _StatLogger(StatLoggerBase):
+    class _StatLogger(StatLoggerBase):  # type: ignore[misc]  # vllm is not in this venv (make test-vllm): Any here
         def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
             cache = vllm_config.cache_config
             self._cells = (cache.num_gpu_blocks or 0) * cache.block_size
