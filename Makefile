@@ -1,6 +1,6 @@
 # The two commands of the README, plus set-up and maintenance targets.
 #   make serve   create .venv, install, serve the embedded model on 127.0.0.1:8000 (gRPC on 50051)
-#   make test    create .venv, install with test extras, lint and run the tests
+#   make test    create .venv, install with test extras, lint, type-check and run the tests
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -18,13 +18,14 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 LLAMA_TARGET ?= host
 LLAMA_INSTALL = backends/llamacpp/cpu_build.py install --target $(LLAMA_TARGET)
 
-.PHONY: serve test test-fuzz test-vllm test-quantize install install-test llama-cpp model bench protos config-docs lint format clean
+.PHONY: serve test test-fuzz test-vllm test-quantize install install-test llama-cpp model bench protos config-docs lint typecheck format clean
 
 serve: install
 	$(BIN)/lmgate serve --model $(MODEL) --host $(HOST) --port $(PORT) --grpc-port $(GRPC_PORT)
 
 test: install-test
 	$(BIN)/ruff check .
+	$(MAKE) --no-print-directory typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The fuzz tier: the HTTP API fuzzed from its OpenAPI schema (schemathesis) and the gRPC API from
@@ -118,10 +119,20 @@ protos: install-test
 lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(MAKE) --no-print-directory typecheck
+
+# mypy, strict on server/ and backends/ (settings: pyproject.toml [tool.mypy]). mypy cannot follow
+# setuptools' editable finder for the `lmgate` namespace, so .typecheck/lmgate/ links each part of
+# the namespace to its folder (the package-dir map of pyproject.toml) and mypy reads it from there.
+TYPECHECK_LINKS := server:server backends:backends quantize:quantize bench:bench protos:protos v1:protos/lmgate/v1
+typecheck: install-test
+	@mkdir -p .typecheck/lmgate
+	@$(foreach link,$(TYPECHECK_LINKS),ln -sfn ../../$(word 2,$(subst :, ,$(link))) .typecheck/lmgate/$(word 1,$(subst :, ,$(link)));)
+	$(BIN)/mypy
 
 format: install-test
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) $(QUANT_VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(QUANT_VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache .typecheck
