@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
+from lmgate.backends import structured_output
 from lmgate.backends.errors import InvalidRequest, field_problem
 from lmgate.backends.sampling_rules import (
     BOUNDS,
@@ -32,6 +33,8 @@ from lmgate.backends.types import (
     GenerateRequest,
     Role,
     SamplingParams,
+    StructuredOutput,
+    StructureKind,
     TokenDelta,
     TokenLogprob,
     TopLogprob,
@@ -45,6 +48,10 @@ ROLE_FROM_PB = {number: role for role, number in ROLE_TO_PB.items()}
 FINISH_TO_PB = {FinishReason.STOP: pb.FINISH_REASON_STOP, FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
                 FinishReason.ABORT: pb.FINISH_REASON_ABORT}  # fmt: skip
 FINISH_FROM_PB = {number: reason for reason, number in FINISH_TO_PB.items()}
+STRUCTURE_TO_PB = {StructureKind.JSON: pb.STRUCTURE_KIND_JSON, StructureKind.JSON_SCHEMA: pb.STRUCTURE_KIND_JSON_SCHEMA,
+                   StructureKind.REGEX: pb.STRUCTURE_KIND_REGEX, StructureKind.CHOICE: pb.STRUCTURE_KIND_CHOICE,
+                   StructureKind.GRAMMAR: pb.STRUCTURE_KIND_GRAMMAR}  # fmt: skip
+STRUCTURE_FROM_PB = {number: kind for kind, number in STRUCTURE_TO_PB.items()}
 _ROLE_RULE = "Input should be 'system', 'developer', 'user', 'assistant' or 'tool'"
 ERROR_PARAM_KEY = "lmgate-error-param"
 ERROR_CODE_KEY = "lmgate-error-code"
@@ -71,6 +78,7 @@ def chat_from_pb(request: pb.ChatRequest, request_id: str) -> GenerateRequest:
             problems.append((f"messages.{i}.role", _ROLE_RULE, "unspecified"))
     logprobs = sampling.logprobs if sampling.HasField("logprobs") else None
     problems += _bounds_problem("top_logprobs", LOGPROBS, logprobs)
+    problems += _structure_problems(sampling)
     _raise_first(problems)
     messages = tuple(ChatMessage(ROLE_FROM_PB[m.role], m.content) for m in request.messages)
     params = _sampling_from_pb(sampling, max_tokens=_optional(sampling, "max_tokens"), logprobs=logprobs)
@@ -90,6 +98,7 @@ def complete_from_pb(request: pb.CompleteRequest, request_id: str) -> GenerateRe
     problems += [(f"prompt.{i}", rule, t) for i, t in enumerate(ids) if (rule := TOKEN_ID.problem(t))]
     logprobs = sampling.logprobs if sampling.HasField("logprobs") else None
     problems += _bounds_problem("logprobs", LOGPROBS, logprobs)
+    problems += _structure_problems(sampling)
     _raise_first(problems)
     max_tokens = _optional(sampling, "max_tokens") or COMPLETION_MAX_TOKENS
     params = _sampling_from_pb(sampling, max_tokens=max_tokens, logprobs=logprobs)
@@ -139,10 +148,21 @@ def _logit_bias_problems(sampling: pb.SamplingParams) -> list[Problem]:
     return problems
 
 
+def _structure_problems(sampling: pb.SamplingParams) -> list[Problem]:
+    if not sampling.HasField("structured_output"):
+        return []
+    given = sampling.structured_output
+    if given.kind not in STRUCTURE_FROM_PB:
+        return [("structured_output.kind", "set a kind (STRUCTURE_KIND_JSON, ...)", "unspecified")]
+    rule = structured_output.problem(StructuredOutput(STRUCTURE_FROM_PB[given.kind], given.spec))
+    return [] if rule is None else [("structured_output", rule, None)]
+
+
 def _raise_first(problems: list[Problem]) -> None:
     if problems:
         param, rule, value = problems[0]
-        raise InvalidRequest(field_problem(param, rule, value, more=len(problems) - 1), param=param)
+        quoted = value is not None
+        raise InvalidRequest(field_problem(param, rule, value, quoted=quoted, more=len(problems) - 1), param=param)
 
 
 def _sampling_from_pb(sampling: pb.SamplingParams, *, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
@@ -176,7 +196,15 @@ def _sampling_from_pb(sampling: pb.SamplingParams, *, max_tokens: int | None, lo
         use_beam_search=sampling.use_beam_search,
         best_of=best_of,
         length_penalty=given("length_penalty", 1.0),
+        structured_output=_structure_from_pb(sampling),
     )
+
+
+def _structure_from_pb(sampling: pb.SamplingParams) -> StructuredOutput | None:
+    if not sampling.HasField("structured_output"):
+        return None
+    given = sampling.structured_output
+    return StructuredOutput(STRUCTURE_FROM_PB[given.kind], given.spec)
 
 
 # --- requests, written by the grpc backend ---
@@ -218,6 +246,9 @@ def sampling_to_pb(params: SamplingParams) -> pb.SamplingParams:
         value = getattr(params, name)
         if value is not None:
             setattr(out, name, value)
+    if params.structured_output is not None:
+        structured = params.structured_output
+        out.structured_output.CopyFrom(pb.StructuredOutput(kind=STRUCTURE_TO_PB[structured.kind], spec=structured.spec))
     return out
 
 

@@ -22,6 +22,7 @@ from lmgate.backends.errors import InvalidRequest, ModelLoadError
 from lmgate.backends.llamacpp import cpu_build
 from lmgate.backends.llamacpp.config import LlamaCppConfig
 from lmgate.backends.llamacpp.engine import Engine, Request
+from lmgate.backends.llamacpp.grammar import Grammars
 from lmgate.backends.llamacpp.llama_model import LlamaModel
 from lmgate.backends.llamacpp.sequence import Sequence
 from lmgate.backends.types import (
@@ -32,7 +33,7 @@ from lmgate.backends.types import (
     ModelInfo,
 )
 
-SAMPLING_PARAMS = STANDARD_SAMPLING_PARAMS | BEAM_SEARCH_PARAMS
+SAMPLING_PARAMS = STANDARD_SAMPLING_PARAMS | BEAM_SEARCH_PARAMS | {"structured_output"}
 
 
 def check_build() -> None:
@@ -60,6 +61,7 @@ class LlamaCppHost:
             bos=llama_cpp.llama_vocab_bos(model.vocab) if model.add_bos else None,
         )
         self.engine = Engine(model, config, publish, on_failure)
+        self._grammars = Grammars(model)
         self.info = ModelInfo(name, "llamacpp", model.max_model_len, model.quantization, model.max_token_bytes)
         self.capabilities = Capabilities(SAMPLING_PARAMS, max_n=config.max_seqs)
         self._arrivals = itertools.count()
@@ -71,12 +73,14 @@ class LlamaCppHost:
         arrival = next(self._arrivals)
         # A beam search starts from one sequence and forks its beams; sampling runs one per choice.
         count = 1 if request.sampling.use_beam_search else request.sampling.n
+        structured = request.sampling.structured_output
         seqs = [
             Sequence(
-                request_id, i, list(prompt), request.sampling, max_tokens, arrival, OutputText(request.sampling.stop)
+                request_id, i, list(prompt), request.sampling, max_tokens, arrival, OutputText(request.sampling.stop),
+                matcher=self._grammars.matcher(structured) if structured is not None else None,
             )
             for i in range(count)
-        ]
+        ]  # fmt: skip
         self.engine.add(Request(request_id, seqs))
 
     def _prompt_ids(self, request: GenerateRequest) -> list[int]:

@@ -13,11 +13,15 @@ import hashlib
 import time
 from array import array
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from lmgate.backends.engine.beam_search import BeamSearch
 from lmgate.backends.engine.output_text import OutputText
 from lmgate.backends.llamacpp.kv_cache import BLOCK_SIZE
 from lmgate.backends.types import FinishReason, SamplingParams
+
+if TYPE_CHECKING:
+    from llguidance import LLMatcher
 
 
 class SequenceStatus(enum.Enum):
@@ -50,6 +54,9 @@ class Sequence:
     """When its first chunk was scheduled (set by the engine)."""
     beam: BeamSearch | None = None
     """The beam search this sequence is a beam of; its tokens are chosen by the search, not sampled."""
+    matcher: LLMatcher | None = None
+    """Its structured output's ``llguidance.LLMatcher`` (backends/llamacpp/grammar.py), fed every
+    sampled token; None when the output is free."""
     _hashes: list[bytes] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:

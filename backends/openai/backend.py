@@ -9,6 +9,7 @@ such servers learn that the client went away. Uses the official ``openai`` SDK.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,6 +26,8 @@ from lmgate.backends.types import (
     GenerateRequest,
     ModelInfo,
     SamplingParams,
+    StructuredOutput,
+    StructureKind,
     TokenDelta,
     TokenLogprob,
     TopLogprob,
@@ -124,6 +127,8 @@ class OpenAIBackend(Backend):
             "stop_token_ids": list(sampling.stop_token_ids) or None,
         }
         extra = {k: v for k, v in extensions.items() if v is not None and k in supported and k not in OPENAI_PARAMS}
+        if sampling.structured_output is not None and "structured_output" in supported:
+            extra["structured_outputs"] = _structured_outputs(sampling.structured_output)
         if extra:
             params["extra_body"] = extra
         return params
@@ -177,3 +182,13 @@ def _error(exc: openai.OpenAIError, base_url: str) -> BackendError:
         body = exc.body if isinstance(exc.body, dict) else {}
         return InvalidRequest(str(body.get("message") or exc.message), param=body.get("param"), code=body.get("code"))
     return BackendUnavailable(f"upstream {base_url}: {exc}")
+
+
+def _structured_outputs(structured: StructuredOutput) -> dict[str, Any]:
+    """``structured`` as vLLM's ``structured_outputs`` request extension (vLLM and lmgate read it)."""
+    kind, spec = structured.kind, structured.spec
+    if kind is StructureKind.JSON:
+        return {"json_object": True}
+    if kind in (StructureKind.JSON_SCHEMA, StructureKind.CHOICE):
+        return {"json" if kind is StructureKind.JSON_SCHEMA else "choice": json.loads(spec)}
+    return {kind.value: spec}

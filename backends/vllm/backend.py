@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -34,6 +35,8 @@ from lmgate.backends.types import (
     GenerateRequest,
     ModelInfo,
     SamplingParams,
+    StructuredOutput,
+    StructureKind,
     TokenDelta,
     TokenLogprob,
     TopLogprob,
@@ -41,7 +44,7 @@ from lmgate.backends.types import (
 )
 from lmgate.backends.vllm.config import VllmConfig
 
-SAMPLING_PARAMS = STANDARD_SAMPLING_PARAMS | BEAM_SEARCH_PARAMS
+SAMPLING_PARAMS = STANDARD_SAMPLING_PARAMS | BEAM_SEARCH_PARAMS | {"structured_output"}
 
 
 @dataclass
@@ -123,6 +126,8 @@ class VllmBackend(Backend):
         # long prompt must not stall every other request's stream.
         prompt = await asyncio.to_thread(self._require_prompt().ids, request)
         if request.sampling.use_beam_search:
+            if request.sampling.structured_output is not None:
+                raise InvalidRequest("structured outputs are not decoded with beam search", param="use_beam_search")
             for delta in await self._beam_search(engine, request, prompt):
                 yield delta
             return
@@ -175,6 +180,7 @@ class VllmBackend(Backend):
             logprobs=s.logprobs,
             logit_bias=dict(s.logit_bias) or None,
             output_kind=RequestOutputKind.DELTA,
+            structured_outputs=_structured(s.structured_output),
         )
 
     async def _beam_search(self, engine: Any, request: GenerateRequest, prompt: list[int]) -> list[TokenDelta]:
@@ -275,3 +281,21 @@ def _logger_factory(stats: _Stats) -> Any:
             return None
 
     return _StatLogger
+
+
+def _structured(structured: StructuredOutput | None) -> Any:
+    """vLLM's own structured outputs for ``structured`` (its guidance/xgrammar backends), or None."""
+    if structured is None:
+        return None
+    from vllm.sampling_params import StructuredOutputsParams
+
+    kind, spec = structured.kind, structured.spec
+    if kind is StructureKind.JSON:
+        return StructuredOutputsParams(json_object=True)
+    if kind is StructureKind.JSON_SCHEMA:
+        return StructuredOutputsParams(json=spec)
+    if kind is StructureKind.CHOICE:
+        return StructuredOutputsParams(choice=json.loads(spec))
+    if kind is StructureKind.REGEX:
+        return StructuredOutputsParams(regex=spec)
+    return StructuredOutputsParams(grammar=spec)

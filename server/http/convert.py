@@ -51,6 +51,7 @@ def sampling_params(body: _Request, *, max_tokens: int | None, logprobs: int | N
         use_beam_search=body.use_beam_search,
         best_of=body.best_of,
         length_penalty=body.length_penalty,
+        structured_output=body.structured_output,
     )
 
 
