@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lmgate.server.auth import ApiKeyInterceptor, ApiKeys
 from lmgate.server.errors import AuthenticationError, ClientDisconnected, LmgateError, from_validation_errors
 from lmgate.server.grpc.servicer import GrpcFrontend, grpc_endpoints
-from lmgate.server.http import chat, completions, models
+from lmgate.server.http import chat, completions, models, tokenizer
 from lmgate.server.http.gate import GatewayMiddleware
 from lmgate.server.metrics import CONTENT_TYPE, Metrics, start_http_server
 from lmgate.server.placement.dispatch import Dispatcher
@@ -113,7 +113,7 @@ def create_app(
     app.state.settings = settings
     app.state.grpc = None
     app.state.metrics = metrics
-    routers = [m.router for m in (chat, completions, models)]
+    routers = [m.router for m in (chat, completions, models, tokenizer)]
     for router in routers:
         app.include_router(router)
     _add_probes(app, registry, metrics, drain)
