@@ -24,8 +24,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lmgate.server.auth import ApiKeyInterceptor, ApiKeys
 from lmgate.server.errors import AuthenticationError, ClientDisconnected, LmgateError, from_validation_errors
 from lmgate.server.grpc.servicer import GrpcFrontend, grpc_endpoints
-from lmgate.server.http import chat, completions, models, tokenizer
+from lmgate.server.http import chat, completions, models, responses, tokenizer
 from lmgate.server.http.gate import GatewayMiddleware
+from lmgate.server.http.responses_store import ResponseStore
 from lmgate.server.metrics import CONTENT_TYPE, Metrics, start_http_server
 from lmgate.server.placement.dispatch import Dispatcher
 from lmgate.server.placement.drain import Drain
@@ -113,7 +114,8 @@ def create_app(
     app.state.settings = settings
     app.state.grpc = None
     app.state.metrics = metrics
-    routers = [m.router for m in (chat, completions, models, tokenizer)]
+    app.state.responses = ResponseStore(settings.server.responses_store_max, settings.server.responses_store_ttl_s)
+    routers = [m.router for m in (chat, completions, models, responses, tokenizer)]
     for router in routers:
         app.include_router(router)
     _add_probes(app, registry, metrics, drain)
