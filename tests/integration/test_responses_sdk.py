@@ -120,3 +120,16 @@ def test_a_stream_closed_early_frees_the_engine(server):
                 break
     stats = server.wait_idle(MODEL)
     assert stats.running == 0 and stats.waiting == 0
+
+
+def test_logprobs_come_with_the_text_when_included(client):
+    response = client.responses.create(
+        model=MODEL, input="What does a cow say?", include=["message.output_text.logprobs"], top_logprobs=2, **GREEDY
+    )
+    logprobs = response.output[0].content[0].logprobs
+    assert len(logprobs) == response.usage.output_tokens
+    assert all(len(lp.top_logprobs) == 2 and lp.logprob <= 0 for lp in logprobs)
+    tokens = "".join(lp.token for lp in logprobs).replace("▁", " ").strip()
+    assert tokens.startswith(response.output_text.strip())  # then the end-of-turn token, as in chat
+    plain = client.responses.create(model=MODEL, input="What does a cow say?", **GREEDY)
+    assert plain.output[0].content[0].logprobs is None and plain.output_text == response.output_text
