@@ -45,6 +45,7 @@ def grammar(structured: StructuredOutput) -> str:
     """The llguidance grammar of ``structured`` (checked: call ``check`` first)."""
     if structured.kind in (StructureKind.JSON, StructureKind.JSON_SCHEMA):
         spec = _ANY_OBJECT if structured.kind is StructureKind.JSON else structured.spec
+        spec = "{}" if spec.strip() == "true" else spec  # the schema true: any JSON
         return llguidance.LLMatcher.grammar_from_json_schema(spec, overrides=JSON_LAYOUT)
     return llguidance.grammar_from(_FORMATS[structured.kind], structured.spec)
 
@@ -79,6 +80,8 @@ def _schema_problem(spec: str) -> str | None:
         return f"the schema is not valid JSON: {exc}"
     except RecursionError:
         return f"the schema nests more than {MAX_DEPTH} levels deep"
+    if schema is False:
+        return "the schema false matches nothing"
     if not isinstance(schema, dict | bool):
         return "a JSON Schema is an object (or true / false)"
     depth = _depth(schema)

@@ -24,8 +24,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lmgate.server.auth import ApiKeyInterceptor, ApiKeys
 from lmgate.server.errors import AuthenticationError, ClientDisconnected, LmgateError, from_validation_errors
 from lmgate.server.grpc.frontend import GrpcFrontend
-from lmgate.server.http import chat, completions, models
+from lmgate.server.grpc.servicer import grpc_endpoints
+from lmgate.server.http import chat, completions, models, responses, tokenizer
 from lmgate.server.http.gate import GatewayMiddleware
+from lmgate.server.http.responses_store import ResponseStore
 from lmgate.server.metrics import CONTENT_TYPE, Metrics, start_http_server
 from lmgate.server.placement.dispatch import Dispatcher
 from lmgate.server.placement.drain import Drain
@@ -113,10 +115,14 @@ def create_app(
     app.state.settings = settings
     app.state.grpc = None
     app.state.metrics = metrics
-    app.include_router(chat.router)
-    app.include_router(completions.router)
-    app.include_router(models.router)
+    app.state.responses = ResponseStore(settings.server.responses_store_max, settings.server.responses_store_ttl_s)
+    routers = [m.router for m in (chat, completions, models, responses, tokenizer)]
+    for router in routers:
+        app.include_router(router)
     _add_probes(app, registry, metrics, drain)
+    routes = [*app.routes, *(route for router in routers for route in router.routes)]
+    paths = {path for path in (getattr(route, "path", None) for route in routes) if path and "{" not in path}
+    metrics.endpoints = frozenset(paths) | grpc_endpoints()
     _add_error_handlers(app, metrics)
     open_paths = {"/health", "/ready"} | ({"/metrics"} if not settings.server.metrics_auth else set())
     app.add_middleware(

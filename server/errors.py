@@ -4,6 +4,7 @@
     ├── InvalidRequestError          400 invalid_request_error   INVALID_ARGUMENT
     ├── AuthenticationError          401 invalid_request_error   UNAUTHENTICATED
     ├── ModelNotFoundError           404 invalid_request_error   NOT_FOUND
+    ├── NotFoundError                404 invalid_request_error   NOT_FOUND           (a stored response)
     ├── ClientTimeoutError           408 invalid_request_error   DEADLINE_EXCEEDED   (the body came too slowly)
     ├── PayloadTooLargeError         413 invalid_request_error   INVALID_ARGUMENT
     ├── RateLimitError               429 rate_limit_error        RESOURCE_EXHAUSTED  (+ Retry-After)
@@ -82,6 +83,15 @@ class ModelNotFoundError(LmgateError):
             param="model",
             code="model_not_found",
         )
+
+
+class NotFoundError(LmgateError):
+    """Something a request names by id (a stored response) does not exist, or no longer."""
+
+    http_status = 404
+    error_type = "invalid_request_error"
+    grpc_status = "NOT_FOUND"
+    outcome_name = "not_found"
 
 
 class AuthenticationError(LmgateError):

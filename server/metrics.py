@@ -5,7 +5,7 @@ Every request, whatever its transport and backend, is measured here from its str
 knows (running and waiting sequences, KV usage, prefix-cache hits, preemptions) is read from each
 backend's ``stats()`` at scrape time. One ``Metrics`` per app, on its own ``CollectorRegistry``.
 
-    lmgate_requests_total{model,backend,transport,status}       counter
+    lmgate_requests_total{model,backend,transport,endpoint,status} counter
     lmgate_time_to_first_token_seconds{model,backend,transport} histogram
     lmgate_inter_token_latency_seconds{...}                     histogram
     lmgate_e2e_request_latency_seconds{...}                     histogram
@@ -63,6 +63,7 @@ E2E_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0
                960.0, 1920.0)  # fmt: skip
 RATE_WINDOW_S = 10
 UNKNOWN = "unknown"
+OTHER_ENDPOINT = "other"
 
 
 class TokenRate:
@@ -98,8 +99,10 @@ class Metrics:
         self.registry = CollectorRegistry()
         request_labels = ["model", "backend", "transport"]
         model_labels = ["model", "backend"]
-        self.requests = Counter("lmgate_requests", "Requests by outcome.", [*request_labels, "status"],
-                                registry=self.registry)  # fmt: skip
+        self.requests = Counter("lmgate_requests", "Requests by endpoint and outcome.",
+                                [*request_labels, "endpoint", "status"], registry=self.registry)  # fmt: skip
+        self.endpoints: frozenset[str] = frozenset()
+        """The endpoints a request can name (routes, gRPC methods); any other path is counted as ``other``."""
         self.ttft = Histogram("lmgate_time_to_first_token_seconds", "Time to the first token.", request_labels,
                               buckets=TTFT_BUCKETS, registry=self.registry)  # fmt: skip
         self.itl = Histogram("lmgate_inter_token_latency_seconds", "Time between two tokens of a choice.",
@@ -136,13 +139,17 @@ class Metrics:
             self.tokens_per_second.labels(model, backend).set_function(rate.rate)
         return self._rates[key]
 
+    def endpoint_label(self, endpoint: str) -> str:
+        """``endpoint`` as the ``endpoint`` label: a client chooses its path, the label's values stay bounded."""
+        return endpoint if endpoint in self.endpoints else OTHER_ENDPOINT
+
     def rejected(
         self, transport: str, endpoint: str, error: LmgateError, request_id: str | None = None, model: object = None
     ) -> None:
         """A request refused before it reached a route (a malformed body, a missing API key): counted
         and logged under the model it named when that model is served, else under ``unknown``."""
         name, backend = self.labels_for(model)
-        self.requests.labels(name, backend, transport, error.outcome).inc()
+        self.requests.labels(name, backend, transport, self.endpoint_label(endpoint), error.outcome).inc()
         line = _log_line(request_id, transport, endpoint, name, backend, error.outcome, error)
         access_log.info(json.dumps(line))
 
@@ -265,7 +272,7 @@ class RequestTracker:
             return
         self._done = True
         m, duration = self.metrics, time.monotonic() - self._started
-        m.requests.labels(*self._labels, status).inc()
+        m.requests.labels(*self._labels, m.endpoint_label(self.endpoint), status).inc()
         usage = self.usage()
         if status == "ok":
             self._e2e.observe(duration)

@@ -82,6 +82,15 @@ class ServerSettings(BaseModel):
     body_timeout_s: float = Field(
         default=60.0, gt=0, description="A request's body must arrive within this after its headers (408 beyond)."
     )
+    responses_store_max: int = Field(
+        default=1000,
+        ge=0,
+        description="Responses API: finished responses kept in memory for previous_response_id "
+        "and GET /v1/responses/{id} (least recently used out first; 0: none kept).",
+    )
+    responses_store_ttl_s: float = Field(
+        default=3600.0, gt=0, description="Responses API: how long a stored response lives after it was created."
+    )
 
     @property
     def auth_enabled(self) -> bool:

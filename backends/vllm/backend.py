@@ -26,6 +26,7 @@ from lmgate.backends.engine.beam_search import BeamSearch, final_deltas
 from lmgate.backends.engine.limits import output_budget
 from lmgate.backends.errors import BackendUnavailable, InvalidRequest
 from lmgate.backends.hf_prompt import HfPrompt
+from lmgate.backends.tokenization import Tokenized, TokenizeRequest
 from lmgate.backends.types import (
     BEAM_SEARCH_PARAMS,
     STANDARD_SAMPLING_PARAMS,
@@ -224,6 +225,9 @@ class VllmBackend(Backend):
 
     async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         return await asyncio.to_thread(self._require_prompt().tokenize, text, add_special=add_special)
+
+    async def tokenize_request(self, request: TokenizeRequest) -> Tokenized:
+        return await asyncio.to_thread(self._require_prompt().tokenized, request)
 
     async def detokenize(self, token_ids: list[int]) -> str:
         return await asyncio.to_thread(self._require_prompt().detokenize, token_ids)

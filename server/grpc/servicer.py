@@ -56,6 +56,11 @@ async def _rpc_errors(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         await context.abort(grpc.StatusCode[error.grpc_status], error.message[:MAX_DETAILS_CHARS])
 
 
+def grpc_endpoints() -> frozenset[str]:
+    """The paths of the service's methods, as metrics and the request log name them."""
+    return frozenset(f"/{SERVICE}/{name}" for name in pb.DESCRIPTOR.services_by_name["Inference"].methods_by_name)
+
+
 def _request_id(context: grpc.aio.ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= 128:

@@ -205,7 +205,7 @@ class ResponseFormat(BaseModel):
             return StructuredOutput(StructureKind.JSON)
         if self.json_schema is not None:
             schema = self.json_schema.schema_
-            return StructuredOutput(StructureKind.JSON_SCHEMA, json.dumps(True if schema is None else schema))
+            return StructuredOutput(StructureKind.JSON_SCHEMA, json.dumps({} if schema in (None, True) else schema))
         return None
 
 

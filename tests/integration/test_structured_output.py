@@ -59,6 +59,15 @@ def test_parse_with_a_pydantic_model_returns_a_parsed_object(client, temperature
     jsonschema.validate(json.loads(message.content), Weather.model_json_schema())
 
 
+def test_responses_parse_with_a_pydantic_model_returns_a_parsed_object(client):
+    response = client.responses.parse(
+        model=MODEL, input="What is the weather in Paris?", text_format=Weather, temperature=1.0, max_output_tokens=120
+    )
+    assert response.status == "completed"
+    assert isinstance(response.output_parsed, Weather)
+    assert response.text.format.type == "json_schema"
+
+
 def test_n_choices_each_follow_the_schema(client):
     completion = client.chat.completions.create(
         model=MODEL, messages=QUESTION, response_format=schema_format(WEATHER_SCHEMA), n=3, temperature=1.2,
