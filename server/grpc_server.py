@@ -9,6 +9,7 @@ cancels the handler, which closes the backend stream and so aborts the sequences
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -27,6 +28,8 @@ from lmgate.server.errors import InvalidRequestError, LmgateError, from_backend_
 from lmgate.server.grpc_registration import add_inference_service
 from lmgate.server.metrics import Metrics
 from lmgate.server.model_registry import ModelRegistry
+from lmgate.server.tenant_scope import check_model, visible
+from lmgate.server.tenants import Tenant, Tenants
 from lmgate.v1 import inference_pb2 as pb
 from lmgate.v1 import inference_pb2_grpc as pb_grpc
 
@@ -37,6 +40,7 @@ REQUEST_ID_KEY = "x-request-id"
 IGNORED_PARAMS_KEY = "x-lmgate-ignored-params"
 
 
+MAX_SALT_CHARS = 128
 MAX_DETAILS_CHARS = 2000
 """Status details travel in trailers, which clients cap (8 KB by default): a longer one would turn
 into RESOURCE_EXHAUSTED on the client, hiding the error."""
@@ -64,10 +68,19 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
 
 
 class InferenceServicer(pb_grpc.InferenceServicer):
-    def __init__(self, registry: ModelRegistry, dispatcher: Dispatcher, metrics: Metrics) -> None:
+    def __init__(
+        self, registry: ModelRegistry, dispatcher: Dispatcher, metrics: Metrics, tenants: Tenants | None = None
+    ) -> None:
         self._registry = registry
         self._dispatcher = dispatcher
         self._metrics = metrics
+        self._tenants = tenants
+
+    def _tenant(self, context: grpc.aio.ServicerContext) -> Tenant | None:
+        """The caller's key record (the interceptor let only known keys in), None without records."""
+        if self._tenants is None:
+            return None
+        return self._tenants.identify(dict(context.invocation_metadata() or ()).get("authorization"))
 
     async def Chat(self, request: pb.ChatRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ChatResponse]:
         async for fields in self._generate(request, context, "Chat", _chat_requests):
@@ -89,9 +102,11 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         """Both streaming rpcs: validate as HTTP does, dispatch, measure, stream the fields."""
         request_id = _request_id(context)
         async with _rpc_errors(context):
+            tenant = self._tenant(context)
             with self._metrics.request("grpc", f"/{SERVICE}/{method}", request.model, request_id) as tracker:
+                tracker.tenant = tenant.name if tenant is not None else None
                 n, requests = to_internal(request, request_id)
-                dispatched = await self._dispatcher.open(request.model, requests)
+                dispatched = await self._dispatcher.open(request.model, requests, tenant)
                 stream = tracker.watch(dispatched.streams[0], n)
                 # Closed however the call ends, a cancel before the first message included.
                 async with contextlib.aclosing(stream):  # type: ignore[type-var]
@@ -103,7 +118,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
         models = []
-        for name, pool in self._registry.pools.items():
+        for pool in visible(self._registry, self._tenant(context)):
+            name = pool.name
             model = pb.Model(name=name, aliases=pool.settings.aliases, backend=pool.backend_kind, ready=pool.healthy())
             if pool.healthy():
                 info, capabilities = pool.primary.info, pool.primary.capabilities
@@ -115,6 +131,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
     async def Tokenize(self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext) -> pb.TokenizeResponse:
         async with _rpc_errors(context):
+            check_model(self._registry, request.model, self._tenant(context))
             backend = (await self._registry.loaded(request.model)).primary
             add_special = request.add_special if request.HasField("add_special") else True
             return pb.TokenizeResponse(token_ids=await backend.tokenize(request.text, add_special=add_special))
@@ -124,6 +141,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self, request: pb.DetokenizeRequest, context: grpc.aio.ServicerContext
     ) -> pb.DetokenizeResponse:
         async with _rpc_errors(context):
+            check_model(self._registry, request.model, self._tenant(context))
             backend = (await self._registry.loaded(request.model)).primary
             return pb.DetokenizeResponse(text=await backend.detokenize(list(request.token_ids)))
         raise AssertionError("unreachable: _rpc_errors aborts")
@@ -131,12 +149,20 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
 def _chat_requests(request: pb.ChatRequest, request_id: str) -> tuple[int, list[GenerateRequest]]:
     body = grpc_convert.chat_request(request)
-    return body.n, [convert.chat_request(body, request_id)]
+    return body.n, _with_salt(request, [convert.chat_request(body, request_id)])
 
 
 def _complete_requests(request: pb.CompleteRequest, request_id: str) -> tuple[int, list[GenerateRequest]]:
     body = grpc_convert.complete_request(request)
-    return body.n, convert.completion_requests(body, request_id)
+    return body.n, _with_salt(request, convert.completion_requests(body, request_id))
+
+
+def _with_salt(request: pb.ChatRequest | pb.CompleteRequest, requests: list[GenerateRequest]) -> list[GenerateRequest]:
+    """The request's ``cache_salt`` (a gateway's tenant), which the dispatcher keeps or replaces
+    by the caller's own (server/tenant_scope.py)."""
+    if not request.HasField("cache_salt") or not request.cache_salt:
+        return requests
+    return [dataclasses.replace(r, cache_salt=request.cache_salt[:MAX_SALT_CHARS]) for r in requests]
 
 
 def _metadata(request_id: str, ignored_params: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
@@ -185,6 +211,7 @@ class GrpcFrontend:
     async def start(
         cls, registry: ModelRegistry, dispatcher: Dispatcher, metrics: Metrics, host: str, port: int,
         interceptors: tuple[grpc.aio.ServerInterceptor, ...] = (), max_connection_age_s: float | None = None,
+        tenants: Tenants | None = None,
     ) -> GrpcFrontend:  # fmt: skip
         """Serve on ``host:port``; ``max_connection_age_s`` makes clients reconnect that often (see settings)."""
         options = list(_SERVER_OPTIONS)
@@ -197,7 +224,7 @@ class GrpcFrontend:
         def refused(method: str, message: str) -> None:
             metrics.rejected("grpc", method, InvalidRequestError(message))
 
-        add_inference_service(InferenceServicer(registry, dispatcher, metrics), server, refused)
+        add_inference_service(InferenceServicer(registry, dispatcher, metrics, tenants), server, refused)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

@@ -144,9 +144,13 @@ class GrpcBackend(Backend):
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
         stub = self._require_stub()
         metadata = (("x-request-id", request.request_id), *self._auth)
+        # The tenant's prefix-cache salt crosses the hop in the request (a proto field, not metadata):
+        # it is part of what is asked, like the prompt, and a worker with key records decides whether
+        # to keep it (the gateway's key has forward_cache_salt) or to put its caller's own in its place.
+        salt = {"cache_salt": request.cache_salt} if request.cache_salt else {}
         if request.messages is not None:
             messages = [pb.ChatMessage(role=_ROLES[m.role.value], content=m.content) for m in request.messages]
-            chat = pb.ChatRequest(model=self._remote, messages=messages, sampling=_sampling(request.sampling))
+            chat = pb.ChatRequest(model=self._remote, messages=messages, sampling=_sampling(request.sampling), **salt)
             call = stub.Chat(chat, metadata=metadata)
         else:
             prompt = (
@@ -155,7 +159,7 @@ class GrpcBackend(Backend):
                 else {"token_ids": pb.TokenIds(ids=request.prompt_token_ids or ())}
             )
             call = stub.Complete(
-                pb.CompleteRequest(model=self._remote, sampling=_sampling(request.sampling), **prompt),
+                pb.CompleteRequest(model=self._remote, sampling=_sampling(request.sampling), **prompt, **salt),
                 metadata=metadata,
             )
         self._open += 1

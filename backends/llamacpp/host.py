@@ -73,7 +73,14 @@ class LlamaCppHost:
         count = 1 if request.sampling.use_beam_search else request.sampling.n
         seqs = [
             Sequence(
-                request_id, i, list(prompt), request.sampling, max_tokens, arrival, OutputText(request.sampling.stop)
+                request_id,
+                i,
+                list(prompt),
+                request.sampling,
+                max_tokens,
+                arrival,
+                OutputText(request.sampling.stop),
+                cache_salt=(request.cache_salt or "").encode(),
             )
             for i in range(count)
         ]
