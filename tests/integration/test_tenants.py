@@ -8,17 +8,21 @@ another's identical prompt, unless both keys name the same cache group.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
+import re
 import signal
 import time
+from pathlib import Path
 
 import grpc
 import httpx
 import openai
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from lmgate.server.settings import validate_settings
 from lmgate.v1 import inference_pb2 as pb
@@ -174,30 +178,42 @@ def test_max_concurrent_refuses_a_second_request_in_flight(server):
 
 
 async def test_one_keys_flood_does_not_keep_another_keys_requests_out(server):
-    """`slow` runs one request at a time and queues 8: alpha floods it, then beta asks three times."""
+    """`slow` runs one request at a time and queues 8: alpha floods it without pause, and while its
+    requests fill the queue, beta asks three times."""
     gate = server.app.state.models.pools["slow"].gate
-    finished: list[str] = []
+    stop = asyncio.Event()
+    flooded: list[str] = []
 
-    async def ask(name: str) -> str:
-        aclient = openai.AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key=SECRETS[name], max_retries=0)
+    def aclient(name: str) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key=SECRETS[name], max_retries=0)
+
+    async def ask(client: openai.AsyncOpenAI) -> str:
         try:
-            await aclient.completions.create(model="slow", prompt="one two", max_tokens=6)
+            await client.completions.create(model="slow", prompt=TEN_WORDS, max_tokens=10)  # 0.5 s each
         except openai.RateLimitError:
             return "refused"
-        finished.append(name)
         return "ok"
 
-    flood = [asyncio.ensure_future(ask("alpha")) for _ in range(20)]
-    for _ in range(int(30 / POLL_S)):
-        if gate.waiting == gate.max_waiting:
-            break
-        await asyncio.sleep(POLL_S)
-    assert gate.waiting == gate.max_waiting, "the flood never filled the queue"
-    others = await asyncio.gather(*(ask("beta") for _ in range(3)))
-    flooded = await asyncio.gather(*flood)
+    async def flood() -> None:
+        client = aclient("alpha")
+        while not stop.is_set():
+            flooded.append(await ask(client))
+            await asyncio.sleep(0.01)
+
+    flooders = [asyncio.ensure_future(flood()) for _ in range(20)]
+    try:
+        for _ in range(int(30 / 0.05)):
+            if gate.waiting == gate.max_waiting:
+                break
+            await asyncio.sleep(0.05)
+        assert gate.waiting == gate.max_waiting, "the flood never filled the queue"
+        beta = aclient("beta")
+        others = await asyncio.gather(*(ask(beta) for _ in range(3)))
+    finally:
+        stop.set()
+        await asyncio.gather(*flooders)
     assert others == ["ok", "ok", "ok"]
-    assert "refused" in flooded  # the flood was refused beyond the queue, not beta
-    assert finished[-1] == "alpha"  # beta was served in turn, ahead of alpha's earlier queue
+    assert "refused" in flooded  # the flood was refused beyond its share of the queue, not beta
 
 
 PROMPT = "You are a careful assistant for the accounts team. " * 6 + "Answer briefly."
@@ -274,3 +290,16 @@ def test_keys_reload_on_sighup_without_dropping_a_stream(tmp_path):
         assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
     finally:
         process.stop()
+
+
+def test_the_dashboards_tenant_row_queries_metrics_the_server_exposes(server):
+
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "deploy/grafana/lmgate.json").read_text())
+    (row,) = [p for p in dashboard["panels"] if p["type"] == "row" and p["title"].startswith("Tenants")]
+    queried = {n for p in row["panels"] for t in p["targets"] for n in re.findall(r"lmgate_\w+", t["expr"])}
+    for _ in range(2):
+        with contextlib.suppress(openai.RateLimitError):
+            complete(server, "limited")
+    text = httpx.get(f"{server.base_url}/metrics", headers={"authorization": f"Bearer {SECRETS['alpha']}"}).text
+    exposed = {s.name for family in text_string_to_metric_families(text) for s in family.samples}
+    assert len(queried) == 4 and queried <= exposed
