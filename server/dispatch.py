@@ -117,7 +117,7 @@ class Dispatcher:
             return await self._open_within_deadline(pool, requests, ignored, tenant, lease)
         except BaseException:
             if lease is not None:
-                lease.settle()
+                lease.cancel()
             raise
 
     async def _open_within_deadline(

@@ -76,7 +76,8 @@ class ServerSettings(BaseModel):
     keys_env: str | None = Field(
         default=None,
         description="Name of an environment variable holding the same key records as YAML or JSON (keys_file's "
-        "alternative; re-read on SIGHUP too). Not with api_keys_*.",
+        "alternative, e.g. from a Kubernetes Secret; a process's environment cannot change, so a reload needs "
+        "keys_file). Not with api_keys_*.",
     )
     metrics_auth: bool = Field(default=False, description="Require an API key for /metrics too.")
     max_body_bytes: int = Field(default=8 * 2**20, ge=1024, description="Largest request body accepted (413 beyond).")

@@ -11,7 +11,7 @@ the event loop; the clock is passed in.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from lmgate.backends.types import GenerateRequest, TokenDelta
 from lmgate.server.closing_stream import ClosingStream
@@ -42,7 +42,9 @@ def token_estimate(requests: list[GenerateRequest]) -> int:
 class TenantQuota:
     """The buckets and the in-flight count of one key; limits follow the key's record on reload."""
 
-    def __init__(self, record: KeyRecord, now: float) -> None:
+    def __init__(self, record: KeyRecord, now: float, clock: Callable[[], float] = time.monotonic) -> None:
+        """``clock`` dates the corrections made when a request ends (the same clock as ``now``)."""
+        self.clock = clock
         self.running = 0
         self.requests: TokenBucket | None = None
         self.tokens: TokenBucket | None = None
@@ -115,6 +117,13 @@ class Lease:
 
         return ClosingStream(counted(), closed)
 
+    def cancel(self) -> None:
+        """The request never started (refused after its charge: the model's capacity, a timeout in
+        the queue, no replica): give back everything, its request-per-minute token included."""
+        if not self._settled and self._quota.requests is not None:
+            self._quota.requests.give_back(1, self._quota.clock())
+        self.settle()
+
     def settle(self) -> None:
         """Give back the in-flight slot and the unused estimate (once); also when nothing was opened."""
         if self._settled:
@@ -122,7 +131,7 @@ class Lease:
         self._settled = True
         self._quota.running -= 1
         if self._quota.tokens is not None:
-            self._quota.tokens.give_back(self._estimate - self.used, time.monotonic())
+            self._quota.tokens.give_back(self._estimate - self.used, self._quota.clock())
 
 
 class _Meter:

@@ -21,6 +21,11 @@ from lmgate.server.token_bucket import TokenBucket, retry_after
 SECRET = hashlib.sha256(b"sk-a").hexdigest()
 
 
+def FROZEN() -> float:
+    """A clock that stands still at 0: the tests move time by hand."""
+    return 0.0
+
+
 def record(**limits: object) -> KeyRecord:
     return KeyRecord(name="a", secret_sha256=SECRET, **limits)
 
@@ -55,7 +60,7 @@ def test_retry_after_rounds_up_to_whole_seconds():
 
 
 def test_quota_names_the_spent_limit_with_a_retry_after_from_its_bucket():
-    quota = TenantQuota(record(requests_per_minute=2), now=0.0)
+    quota = TenantQuota(record(requests_per_minute=2), now=0.0, clock=FROZEN)
     quota.admit(ask(), 0.0).settle()
     quota.admit(ask(), 0.0).settle()
     with pytest.raises(QuotaExceededError) as refused:
@@ -65,7 +70,7 @@ def test_quota_names_the_spent_limit_with_a_retry_after_from_its_bucket():
 
 
 def test_quota_charges_the_estimate_then_the_usage():
-    quota = TenantQuota(record(tokens_per_minute=100), now=0.0)
+    quota = TenantQuota(record(tokens_per_minute=100), now=0.0, clock=FROZEN)
     lease = quota.admit(ask(max_tokens=50), 0.0)  # 39 bytes / 4 + 1 = 10, + 50
     assert quota.tokens is not None and quota.tokens.level == pytest.approx(40, abs=1)
     lease.used = 20
@@ -74,7 +79,7 @@ def test_quota_charges_the_estimate_then_the_usage():
 
 
 def test_quota_refuses_beyond_max_concurrent_and_frees_the_slot_on_settle():
-    quota = TenantQuota(record(max_concurrent=1), now=0.0)
+    quota = TenantQuota(record(max_concurrent=1), now=0.0, clock=FROZEN)
     lease = quota.admit(ask(), 0.0)
     with pytest.raises(QuotaExceededError) as refused:
         quota.admit(ask(), 0.0)
@@ -86,7 +91,7 @@ def test_quota_refuses_beyond_max_concurrent_and_frees_the_slot_on_settle():
 
 
 def test_quota_keeps_what_was_spent_across_a_reload():
-    quota = TenantQuota(record(requests_per_minute=2), now=0.0)
+    quota = TenantQuota(record(requests_per_minute=2), now=0.0, clock=FROZEN)
     quota.admit(ask(), 0.0).settle()
     quota.update(record(requests_per_minute=1), now=0.0)
     with pytest.raises(QuotaExceededError):
@@ -178,3 +183,10 @@ def test_salt_changes_every_block_hash_and_no_salt_hashes_as_before():
     first = hashlib.blake2b(b"", digest_size=16)
     first.update(__import__("array").array("i", range(16)).tobytes())
     assert plain.block_hashes()[0] == first.digest()
+
+
+def test_a_request_refused_after_its_charge_gets_everything_back():
+    quota = TenantQuota(record(requests_per_minute=1, tokens_per_minute=100), now=0.0, clock=FROZEN)
+    quota.admit(ask(max_tokens=50), 0.0).cancel()
+    assert quota.running == 0 and quota.tokens is not None and quota.tokens.level == pytest.approx(100, abs=1)
+    quota.admit(ask(max_tokens=50), 0.0)  # its request-per-minute token was given back too
