@@ -1,9 +1,10 @@
 """Per-model admission: at most ``max_running`` requests served at once, ``max_waiting`` queued.
 
 A request beyond both is refused at once with 429 / RESOURCE_EXHAUSTED and a Retry-After, rather
-than queued without bound. Waiting requests are let in round robin across tenants (API keys with
-records, server/tenants.py), first-come first-served within one (server/fair_queue.py); without
-key records every request is tenant ``""`` and the queue is one FIFO. Owned by the event loop.
+than queued without bound. Waiting requests are let in by deficit round robin across tenants (API
+keys with records, server/tenants.py) weighted by their keys' ``weight`` and costed in tokens,
+first-come first-served within one (server/fair_queue.py); without key records every request is
+tenant ``""`` and the queue is one FIFO. Owned by the event loop.
 """
 
 from __future__ import annotations
@@ -42,9 +43,10 @@ class AdmissionGate:
         """A request of ``tenant`` would be refused (a full queue still takes a tenant with a short line)."""
         return not self.has_room and self.waiting >= self.max_waiting and not self._waiters.can_displace(tenant)
 
-    async def acquire(self, tenant: str = "") -> None:
+    async def acquire(self, tenant: str = "", cost: int = 1, weight: int = 1) -> None:
         """Wait for a running slot; RateLimitError when the queue is full too (or when this waiter
-        is displaced by another tenant's, server/fair_queue.py)."""
+        is displaced by another tenant's). ``cost`` (the request's token estimate) and ``weight``
+        (its tenant's share) order the tenants' turns (server/fair_queue.py)."""
         if self.has_room:
             self.running += 1
             return
@@ -54,7 +56,7 @@ class AdmissionGate:
                 raise self._at_capacity()
             displaced.set_exception(self._at_capacity())
         waiter = asyncio.get_running_loop().create_future()
-        self._waiters.push(tenant, waiter)
+        self._waiters.push(tenant, waiter, cost, weight)
         try:
             await waiter  # release() hands its slot over: running stays counted
         except BaseException:

@@ -39,7 +39,7 @@ from lmgate.server.errors import (
 )
 from lmgate.server.generation import open_stream, open_streams
 from lmgate.server.model_registry import ModelPool, ModelRegistry
-from lmgate.server.tenant_quota import Lease
+from lmgate.server.tenant_quota import Lease, token_estimate
 from lmgate.server.tenant_scope import check_model, salted
 from lmgate.server.tenants import Tenant
 
@@ -146,7 +146,10 @@ class Dispatcher:
         self, pool: ModelPool, requests: list[GenerateRequest], tenant: Tenant | None = None
     ) -> tuple[Backend, int, list[AsyncIterator[TokenDelta]], int]:
         """A slot of the pool's gate, then the streams on a replica; the slot is given back on failure."""
-        await pool.gate.acquire(tenant.name if tenant is not None else "")
+        if tenant is None:
+            await pool.gate.acquire()
+        else:
+            await pool.gate.acquire(tenant.name, token_estimate(requests), tenant.record.weight)
         try:
             return await self._open_on_replica(pool, requests)
         except BaseException:

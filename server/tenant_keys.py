@@ -9,6 +9,7 @@
         requests_per_minute: 600
         tokens_per_minute: 100000          # prompt + completion
         max_concurrent: 16
+        weight: 2                          # twice the tokens of a weight-1 key when a model is saturated
         cache_group: team-a-shared         # keys of one group share prefix-cache entries
 
 Secrets are stored as SHA-256 digests. NOTE: a fast hash is enough for high-entropy keys (random
@@ -44,6 +45,9 @@ class KeyRecord(BaseModel):
     requests_per_minute: int | None = Field(default=None, ge=1, description="Requests admitted per minute.")
     tokens_per_minute: int | None = Field(default=None, ge=1, description="Prompt + completion tokens per minute.")
     max_concurrent: int | None = Field(default=None, ge=1, description="Requests in flight at once.")
+    weight: int = Field(
+        default=1, ge=1, le=1000, description="Share of a saturated model's admissions, in tokens, against other keys."
+    )
     cache_group: str | None = Field(
         default=None, min_length=1, description="Keys naming the same group share prefix-cache entries."
     )

@@ -99,7 +99,7 @@ def test_quota_keeps_what_was_spent_across_a_reload():
 
 
 def test_fair_queue_serves_tenants_in_turn_and_each_in_order():
-    queue: FairQueue[str] = FairQueue()
+    queue: FairQueue[str] = FairQueue(quantum=1)
     for waiter in ("a1", "a2", "a3"):
         queue.push("a", waiter)
     queue.push("b", "b1")
@@ -116,6 +116,20 @@ def test_fair_queue_lets_a_short_line_displace_the_longest_lines_newest():
     queue.push("b", "b1")
     assert queue.displace("c") is None  # a: 1, c: 0, not two fewer
     assert len(queue) == 2
+
+
+def test_fair_queue_shares_tokens_by_weight_whatever_the_request_sizes():
+    queue: FairQueue[str] = FairQueue(quantum=100)
+    for i in range(8):
+        queue.push("big", f"B{i}", cost=200)  # weight 1, 200 tokens each: one every other turn
+        queue.push("small", f"s{i}", cost=50)  # weight 1, 50 tokens: two a turn
+        queue.push("heavy", f"H{i}", cost=100, weight=2)  # weight 2: two a turn
+    served = [queue.pop() for _ in range(18)]  # two rounds of credit each: 1 + 4 + 4 pops a round
+    tokens = {"B": 200, "s": 50, "H": 100}
+    spent = {k: sum(tokens[k] for w in served if w is not None and w[0] == k) for k in tokens}
+    assert spent["H"] == 2 * spent["s"] and spent["B"] == spent["s"]
+    assert spent["s"] == 400
+    assert [w for w in served if w and w[0] == "s"] == [f"s{i}" for i in range(8)]  # in order within a key
 
 
 def test_fair_queue_without_tenants_is_one_fifo():
