@@ -31,7 +31,7 @@ from lmgate.v1 import inference_pb2_grpc as pb_grpc
 from server_helpers import Process, ServerThread, wait_ready
 
 SECRETS = {name: f"sk-{name}-0123456789abcdef0123456789abcdef" for name in
-           ("alpha", "beta", "gamma", "delta", "limited", "metered", "single")}  # fmt: skip
+           ("alpha", "beta", "gamma", "delta", "limited", "metered", "single", "scraper")}  # fmt: skip
 POLL_S = 0.2
 
 
@@ -47,6 +47,7 @@ KEYS = [
     record("limited", requests_per_minute=1),
     record("metered", tokens_per_minute=240),
     record("single", max_concurrent=1),
+    record("scraper", endpoints=["metrics"]),
 ]
 
 
@@ -103,9 +104,13 @@ def grpc_call(server: ServerThread, name: str, model: str) -> grpc.aio.AioRpcErr
 
 
 def test_a_model_outside_the_keys_scope_does_not_exist_for_it(server):
-    with pytest.raises(openai.NotFoundError) as missing:
+    with pytest.raises(openai.NotFoundError) as hidden:
         complete(server, "beta", model="private")
-    assert missing.value.body["code"] == "model_not_found" and "private" not in missing.value.body["message"][20:]
+    with pytest.raises(openai.NotFoundError) as missing:
+        complete(server, "beta", model="nowhere")
+    assert hidden.value.body["code"] == "model_not_found"
+    assert hidden.value.body["message"].replace("private", "nowhere") == missing.value.body["message"]
+    assert "quick" not in hidden.value.body["message"]  # only the key's models are listed
     assert {m.id for m in client(server, "beta").models.list()} == {"tiny-chat", "slow"}
     assert "private" in {m.id for m in client(server, "alpha").models.list()}
     assert complete(server, "alpha", model="private").choices[0].finish_reason is not None
@@ -122,6 +127,12 @@ def test_an_endpoint_outside_the_keys_groups_is_forbidden(server):
     forbidden = scrape("beta")
     assert forbidden.status_code == 403 and forbidden.json()["error"]["code"] == "permission_denied"
     assert scrape(None).status_code == 401
+    assert scrape("scraper").status_code == 200
+    with pytest.raises(openai.PermissionDeniedError) as denied:
+        complete(server, "scraper")
+    assert "inference" in denied.value.body["message"]
+    rpc = grpc_call(server, "scraper", "quick")
+    assert rpc is not None and rpc.code() is grpc.StatusCode.PERMISSION_DENIED
     wrong = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="sk-nobody", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         wrong.models.list()
