@@ -53,6 +53,7 @@ def chat_request(request: pb.ChatRequest) -> ChatCompletionRequest:
         "model": request.model,
         "messages": [{"role": _ROLES.get(m.role, "unspecified"), "content": m.content} for m in request.messages],
         **_sampling(request.sampling),
+        **_salt(request),
     }
     if request.sampling.HasField("logprobs"):
         body |= {"logprobs": True, "top_logprobs": request.sampling.logprobs}
@@ -65,10 +66,15 @@ def complete_request(request: pb.CompleteRequest) -> CompletionRequest:
     if kind is None:
         raise InvalidRequestError("prompt: set text or token_ids", param="prompt")
     prompt: str | list[int] = request.text if kind == "text" else list(request.token_ids.ids)
-    body = {"model": request.model, "prompt": prompt, **_sampling(request.sampling)}
+    body = {"model": request.model, "prompt": prompt, **_sampling(request.sampling), **_salt(request)}
     if request.sampling.HasField("logprobs"):
         body["logprobs"] = request.sampling.logprobs
     return _validate(CompletionRequest, body)
+
+
+def _salt(request: pb.ChatRequest | pb.CompleteRequest) -> dict[str, str]:
+    """The request's ``cache_salt`` (a gateway's tenant), validated as the HTTP field is."""
+    return {"cache_salt": request.cache_salt} if request.HasField("cache_salt") else {}
 
 
 M = TypeVar("M", ChatCompletionRequest, CompletionRequest)

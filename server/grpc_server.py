@@ -9,7 +9,6 @@ cancels the handler, which closes the backend stream and so aborts the sequences
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -40,7 +39,6 @@ REQUEST_ID_KEY = "x-request-id"
 IGNORED_PARAMS_KEY = "x-lmgate-ignored-params"
 
 
-MAX_SALT_CHARS = 128
 MAX_DETAILS_CHARS = 2000
 """Status details travel in trailers, which clients cap (8 KB by default): a longer one would turn
 into RESOURCE_EXHAUSTED on the client, hiding the error."""
@@ -149,20 +147,12 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
 def _chat_requests(request: pb.ChatRequest, request_id: str) -> tuple[int, list[GenerateRequest]]:
     body = grpc_convert.chat_request(request)
-    return body.n, _with_salt(request, [convert.chat_request(body, request_id)])
+    return body.n, [convert.chat_request(body, request_id)]
 
 
 def _complete_requests(request: pb.CompleteRequest, request_id: str) -> tuple[int, list[GenerateRequest]]:
     body = grpc_convert.complete_request(request)
-    return body.n, _with_salt(request, convert.completion_requests(body, request_id))
-
-
-def _with_salt(request: pb.ChatRequest | pb.CompleteRequest, requests: list[GenerateRequest]) -> list[GenerateRequest]:
-    """The request's ``cache_salt`` (a gateway's tenant), which the dispatcher keeps or replaces
-    by the caller's own (server/tenant_scope.py)."""
-    if not request.HasField("cache_salt") or not request.cache_salt:
-        return requests
-    return [dataclasses.replace(r, cache_salt=request.cache_salt[:MAX_SALT_CHARS]) for r in requests]
+    return body.n, convert.completion_requests(body, request_id)
 
 
 def _metadata(request_id: str, ignored_params: tuple[str, ...]) -> tuple[tuple[str, str], ...]:

@@ -57,6 +57,11 @@ class _Request(BaseModel):
     stop: Text | list[Text] | None = None
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
+    cache_salt: str | None = Field(
+        default=None, min_length=1, max_length=128,
+        description="vLLM extension: prompt-cache partition (requests share cached prefixes only with the same "
+        "salt). With API key records the caller's own key's salt replaces it (docs/routing.md#tenants).",
+    )  # fmt: skip
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)

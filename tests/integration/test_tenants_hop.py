@@ -1,7 +1,8 @@
-"""The tenant's cache salt across the gateway → worker hop (the grpc backend's `cache_salt` field).
+"""The tenant's cache salt across the gateway → worker hop: the grpc backend's `cache_salt` field,
+and the openai backend's `cache_salt` body field (vLLM's, which lmgate's HTTP API takes too).
 
-The worker has key records too: the gateway's key forwards its tenants' salts; any other caller's
-salt is replaced by its own, so a client that sends another tenant's salt still misses its cache.
+The gRPC worker has key records too: the gateway's key forwards its tenants' salts; any other
+caller's salt is replaced by its own, so a client that sends another tenant's salt still misses.
 """
 
 from __future__ import annotations
@@ -53,6 +54,27 @@ def fleet(tiny_chat_path, tmp_path_factory, monkeypatch_module):
 
 
 @pytest.fixture(scope="module")
+def openai_fleet(tiny_chat_path, tmp_path_factory):
+    """A gateway with key records in front of a plain lmgate (no keys) through the openai backend."""
+    tmp = tmp_path_factory.mktemp("openai-hop")
+    (tmp / "front.yaml").write_text(yaml.safe_dump({"keys": [record("alpha"), record("beta")]}))
+    upstream_settings = validate_settings({
+        "server": {"grpc_port": None},
+        "models": [{"name": "tiny-chat", "gguf": str(tiny_chat_path), "max_seqs": 4, "n_ctx": 2048}],
+    })  # fmt: skip
+    with ServerThread(upstream_settings, wait_ready=False) as upstream:
+        wait_ready(upstream.base_url)
+        front_settings = validate_settings({
+            "server": {"grpc_port": None, "keys_file": str(tmp / "front.yaml")},
+            "models": [{"name": "chat", "backend": "openai", "base_url": f"{upstream.base_url}/v1",
+                        "remote_model": "tiny-chat", "send_cache_salt": True}],
+        })  # fmt: skip
+        with ServerThread(front_settings, wait_ready=False) as front:
+            wait_ready(front.base_url)
+            yield front, upstream
+
+
+@pytest.fixture(scope="module")
 def monkeypatch_module():
     with pytest.MonkeyPatch.context() as patch:
         yield patch
@@ -100,3 +122,10 @@ def test_a_callers_own_salt_replaces_the_one_it_sends(fleet):
     cached_via_front(front, worker, "alpha")
     alpha_salt = KeyRecord.model_validate(record("alpha")).cache_salt  # what a thief would have to know
     assert cached_direct(worker, alpha_salt) == 0
+
+
+def test_the_salt_reaches_an_openai_compatible_upstream_in_the_body(openai_fleet):
+    front, upstream = openai_fleet
+    assert cached_via_front(front, upstream, "alpha") == 0
+    assert cached_via_front(front, upstream, "alpha") > 0
+    assert cached_via_front(front, upstream, "beta") == 0
