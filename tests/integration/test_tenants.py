@@ -31,7 +31,7 @@ from lmgate.v1 import inference_pb2_grpc as pb_grpc
 from server_helpers import Process, ServerThread, wait_ready
 
 SECRETS = {name: f"sk-{name}-0123456789abcdef0123456789abcdef" for name in
-           ("alpha", "beta", "gamma", "delta", "limited", "metered", "single", "scraper")}  # fmt: skip
+           ("alpha", "beta", "gamma", "delta", "limited", "metered", "single", "scraper", "careful")}  # fmt: skip
 POLL_S = 0.2
 
 
@@ -48,6 +48,7 @@ KEYS = [
     record("metered", tokens_per_minute=240),
     record("single", max_concurrent=1),
     record("scraper", endpoints=["metrics"]),
+    record("careful", requests_per_minute=1),
 ]
 
 
@@ -151,6 +152,12 @@ def test_requests_per_minute_are_refused_with_a_retry_after_from_the_bucket(serv
 
 
 TEN_WORDS = "one two three four five six seven eight nine ten"
+
+
+def test_a_request_refused_as_invalid_is_not_charged(server):
+    with pytest.raises(openai.BadRequestError):
+        complete(server, "careful", n=9)  # more choices than the model serves (max_n 8): 400 at dispatch
+    assert complete(server, "careful").choices  # its one request a minute is still there
 
 
 def test_tokens_per_minute_are_refused_until_the_bucket_refills(server):
