@@ -49,7 +49,7 @@ from lmgate.backends.types import FinishReason, TokenDelta
 from lmgate.server.closing_stream import ClosingStream
 from lmgate.server.errors import ClientDisconnected, LmgateError, ModelNotFoundError
 from lmgate.server.model_registry import ModelRegistry, ModelState
-from lmgate.server.tenant_metrics import TenantMetrics
+from lmgate.server.tenant_metrics import TenantMetrics, tenant_fields
 
 access_log = logging.getLogger("lmgate.access")
 __all__ = ["CONTENT_TYPE", "Metrics", "RequestTracker", "TokenRate", "start_http_server"]
@@ -270,7 +270,7 @@ class RequestTracker:
             "duration_s": round(duration, 6),
         }  # fmt: skip
         if self.tenant is not None:
-            line["tenant"] = self.tenant
+            line |= tenant_fields(self.tenant, error)
             m.tenants.record(self.tenant, self.model, status, prompt_tokens, completion_tokens, error)
         if m.log_prompts and self.prompt is not None:
             line["prompt"] = self.prompt

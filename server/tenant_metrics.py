@@ -17,6 +17,13 @@ MODEL_CAPACITY = "model_capacity"
 """The ``limit`` of a 429 that the model's own max_running/max_waiting caused, not the key's."""
 
 
+def tenant_fields(tenant: str, error: LmgateError | None) -> dict[str, str]:
+    """The request log line's tenant fields: the key's name, and the limit a 429 was for."""
+    if error is not None and error.http_status == 429:
+        return {"tenant": tenant, "limit": error.limit if isinstance(error, QuotaExceededError) else MODEL_CAPACITY}
+    return {"tenant": tenant}
+
+
 class TenantMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter("lmgate_tenant_requests", "Requests by API key and outcome.",
@@ -36,6 +43,6 @@ class TenantMetrics:
         self.requests.labels(tenant, model, status).inc()
         self.prompt_tokens.labels(tenant, model).inc(prompt_tokens)
         self.generation_tokens.labels(tenant, model).inc(completion_tokens)
-        if error is not None and error.http_status == 429:
-            limit = error.limit if isinstance(error, QuotaExceededError) else MODEL_CAPACITY
+        limit = tenant_fields(tenant, error).get("limit")
+        if limit is not None:
             self.rate_limited.labels(tenant, limit).inc()

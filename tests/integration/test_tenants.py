@@ -258,8 +258,12 @@ def test_a_tenants_cached_prompt_is_never_hit_by_another_tenant(server):
 def test_metrics_and_logs_name_the_tenant_never_the_secret(server, caplog):
     with caplog.at_level(logging.INFO, logger="lmgate.access"):
         complete(server, "beta", model="slow")
+        for _ in range(2):
+            with contextlib.suppress(openai.RateLimitError):
+                complete(server, "limited")
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "lmgate.access"]
     assert any(line.get("tenant") == "beta" and line["status"] == "ok" for line in lines)
+    assert any(line.get("limit") == "requests_per_minute" and line["tenant"] == "limited" for line in lines)
     text = httpx.get(f"{server.base_url}/metrics", headers={"authorization": f"Bearer {SECRETS['alpha']}"}).text
     assert 'lmgate_tenant_requests_total{model="slow",status="ok",tenant="beta"}' in text
     assert 'lmgate_tenant_rate_limited_total{limit="requests_per_minute",tenant="limited"}' in text
