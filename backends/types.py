@@ -127,6 +127,9 @@ class GenerateRequest:
     prompt: str | None = None
     prompt_token_ids: tuple[int, ...] | None = None
     messages: tuple[ChatMessage, ...] | None = None
+    cache_salt: str | None = None
+    """Set by the gateway per tenant (server/tenancy/scope.py): prefix-cache entries are shared only
+    between requests with the same salt. None: shared by every request without one."""
 
     def __post_init__(self) -> None:
         given = sum(x is not None for x in (self.prompt, self.prompt_token_ids, self.messages))

@@ -20,6 +20,7 @@ backend's ``stats()`` at scrape time. One ``Metrics`` per app, on its own ``Coll
     lmgate_engine_restarts_total{model,backend}                 counter
     lmgate_replicas{model,backend} / lmgate_replicas_usable     gauges: configured / loaded and healthy
     lmgate_admission_running / _waiting{model,backend}          gauges, the gateway's own gate (max_running…)
+    lmgate_tenant_*{tenant,...}                                 per API key record (server/tenancy/metrics.py)
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from lmgate.backends.types import FinishReason, TokenDelta, Usage
 from lmgate.server.closing_stream import ClosingStream
 from lmgate.server.errors import ClientDisconnected, LmgateError, ModelNotFoundError
 from lmgate.server.placement.registry import ModelRegistry, ModelState
+from lmgate.server.tenancy.metrics import TenantMetrics, tenant_fields
 
 access_log = logging.getLogger("lmgate.access")
 __all__ = ["CONTENT_TYPE", "Metrics", "RequestTracker", "TokenRate", "start_http_server"]
@@ -120,6 +122,7 @@ class Metrics:
                                        model_labels, registry=self.registry)  # fmt: skip
         self._rates: dict[tuple[str, str], TokenRate] = {}
         self.registry.register(_EngineCollector(models))
+        self.tenants = TenantMetrics(self.registry)
 
     def labels_for(self, model: object) -> tuple[str, str]:
         """(canonical name, backend kind) of a requested model; ("unknown", "unknown") if it is not
@@ -186,6 +189,8 @@ class RequestTracker:
         self.endpoint = endpoint
         self.request_id = request_id
         self.prompt: str | None = None
+        self.tenant: str | None = None
+        """The API key record's name, when key records are on: a label and a log field."""
         self.placed(*metrics.labels_for(model))
         self._started = time.monotonic()
         self._first: float | None = None
@@ -288,6 +293,9 @@ class RequestTracker:
             "ttft_s": None if self._first is None else round(self._first - self._started, 6),
             "duration_s": round(duration, 6),
         }  # fmt: skip
+        if self.tenant is not None:
+            line |= tenant_fields(self.tenant, error)
+            m.tenants.record(self.tenant, self.model, status, usage.prompt_tokens, usage.completion_tokens, error)
         if m.log_prompts and self.prompt is not None:
             line["prompt"] = self.prompt
         access_log.info(json.dumps(line))

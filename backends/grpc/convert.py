@@ -24,6 +24,7 @@ from lmgate.backends.sampling_rules import (
     TOKEN_ID,
     Bounds,
     best_of_problem,
+    cache_salt_problem,
     logit_bias_key_problem,
     stop_problem,
 )
@@ -70,7 +71,7 @@ Problem = tuple[str | None, str, object]
 def chat_from_pb(request: pb.ChatRequest, request_id: str) -> GenerateRequest:
     """Raises ``InvalidRequest`` naming the first bad field, as the HTTP API would."""
     sampling = request.sampling
-    problems = _model_problems(request.model) + _sampling_problems(sampling)
+    problems = _model_problems(request.model) + _sampling_problems(sampling) + _salt_problems(request)
     if not request.messages:
         problems.append(("messages", "List should have at least 1 item after validation, not 0", []))
     for i, message in enumerate(request.messages):
@@ -82,7 +83,8 @@ def chat_from_pb(request: pb.ChatRequest, request_id: str) -> GenerateRequest:
     _raise_first(problems)
     messages = tuple(ChatMessage(ROLE_FROM_PB[m.role], m.content) for m in request.messages)
     params = _sampling_from_pb(sampling, max_tokens=_optional(sampling, "max_tokens"), logprobs=logprobs)
-    return GenerateRequest(request_id, request.model, params, messages=messages)
+    salt = _optional(request, "cache_salt")
+    return GenerateRequest(request_id, request.model, params, messages=messages, cache_salt=salt)
 
 
 def complete_from_pb(request: pb.CompleteRequest, request_id: str) -> GenerateRequest:
@@ -91,7 +93,7 @@ def complete_from_pb(request: pb.CompleteRequest, request_id: str) -> GenerateRe
     if kind is None:
         raise InvalidRequest("prompt: set text or token_ids", param="prompt")
     sampling = request.sampling
-    problems = _model_problems(request.model) + _sampling_problems(sampling)
+    problems = _model_problems(request.model) + _sampling_problems(sampling) + _salt_problems(request)
     ids = tuple(request.token_ids.ids)
     if kind == "token_ids" and not ids:
         problems.append(("prompt", "prompt must not be an empty list", []))
@@ -102,9 +104,10 @@ def complete_from_pb(request: pb.CompleteRequest, request_id: str) -> GenerateRe
     _raise_first(problems)
     max_tokens = _optional(sampling, "max_tokens") or COMPLETION_MAX_TOKENS
     params = _sampling_from_pb(sampling, max_tokens=max_tokens, logprobs=logprobs)
+    salt = _optional(request, "cache_salt")
     if kind == "text":
-        return GenerateRequest(request_id, request.model, params, prompt=request.text)
-    return GenerateRequest(request_id, request.model, params, prompt_token_ids=ids)
+        return GenerateRequest(request_id, request.model, params, prompt=request.text, cache_salt=salt)
+    return GenerateRequest(request_id, request.model, params, prompt_token_ids=ids, cache_salt=salt)
 
 
 def _optional(message: Any, name: str) -> Any:
@@ -117,6 +120,15 @@ def _optional(message: Any, name: str) -> Any:
 
 def _model_problems(model: str) -> list[Problem]:
     return [] if model else [("model", "String should have at least 1 character", model)]
+
+
+def _salt_problems(request: pb.ChatRequest | pb.CompleteRequest) -> list[Problem]:
+    salt = _optional(request, "cache_salt")
+    if salt is None:
+        return []
+    if rule := cache_salt_problem(salt):
+        return [("cache_salt", rule, salt)]
+    return []
 
 
 def _bounds_problem(name: str, bounds: Bounds, value: float | None) -> list[Problem]:
@@ -212,11 +224,18 @@ def _structure_from_pb(sampling: pb.SamplingParams) -> StructuredOutput | None:
 
 def chat_to_pb(request: GenerateRequest, model: str) -> pb.ChatRequest:
     messages = [pb.ChatMessage(role=ROLE_TO_PB[m.role], content=m.content) for m in request.messages or ()]
-    return pb.ChatRequest(model=model, messages=messages, sampling=sampling_to_pb(request.sampling))
+    out = pb.ChatRequest(model=model, messages=messages, sampling=sampling_to_pb(request.sampling))
+    # The tenant's prefix-cache salt crosses the hop in the request (a field, not metadata): it is
+    # part of what is asked, like the prompt; a worker with key records decides whether to keep it.
+    if request.cache_salt:
+        out.cache_salt = request.cache_salt
+    return out
 
 
 def complete_to_pb(request: GenerateRequest, model: str) -> pb.CompleteRequest:
     out = pb.CompleteRequest(model=model, sampling=sampling_to_pb(request.sampling))
+    if request.cache_salt:
+        out.cache_salt = request.cache_salt
     if request.prompt is not None:
         out.text = request.prompt
     else:

@@ -79,6 +79,7 @@ class LlamaCppHost:
             Sequence(
                 request_id, i, list(prompt), request.sampling, max_tokens, arrival, OutputText(request.sampling.stop),
                 matcher=self._grammars.matcher(structured) if structured is not None else None,
+                cache_salt=(request.cache_salt or "").encode(),
             )
             for i in range(count)
         ]  # fmt: skip

@@ -73,6 +73,8 @@ class OpenAIBackend(Backend):
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
         client = self._require_client()
         params = self._params(request.sampling)
+        if self._config.send_cache_salt and request.cache_salt:
+            params["extra_body"] = {**params.get("extra_body", {}), "cache_salt": request.cache_salt}
         try:
             if request.messages is not None:
                 messages = [{"role": m.role.value, "content": m.content} for m in request.messages]

@@ -137,7 +137,7 @@ class VllmBackend(Backend):
         counts: dict[int, int] = {}
         unfinished = request.sampling.n
         try:
-            async for output in engine.generate({"prompt_token_ids": prompt}, params, internal):
+            async for output in engine.generate(_prompt(prompt, request.cache_salt), params, internal):
                 for completion in output.outputs:
                     delta = self._delta(completion, output, counts, len(prompt))
                     unfinished -= delta.finish_reason is not None
@@ -201,7 +201,8 @@ class VllmBackend(Backend):
             if search.done:
                 break
             tops = await asyncio.gather(*(
-                self._top_logprobs(engine, prompt + beam.output, one_step, f"{base}-{step}-{i}")
+                self._top_logprobs(engine, _prompt(prompt + beam.output, request.cache_salt), one_step,
+                                   f"{base}-{step}-{i}")
                 for i, beam in enumerate(search.live)
             ))  # fmt: skip
             search.step({id(beam): top for beam, top in zip(search.live, tops, strict=True)})
@@ -209,10 +210,12 @@ class VllmBackend(Backend):
                             s.stop, lambda n: Usage(len(prompt), n))  # fmt: skip
 
     @staticmethod
-    async def _top_logprobs(engine: Any, ids: list[int], params: Any, request_id: str) -> list[tuple[int, float]]:
-        """The top log-probabilities of the token after ``ids``, best first."""
+    async def _top_logprobs(
+        engine: Any, prompt: dict[str, Any], params: Any, request_id: str
+    ) -> list[tuple[int, float]]:
+        """The top log-probabilities of the token after ``prompt``'s ids, best first."""
         last = None
-        async for output in engine.generate({"prompt_token_ids": ids}, params, request_id):
+        async for output in engine.generate(prompt, params, request_id):
             last = output
         assert last is not None and last.outputs[0].logprobs
         entries = last.outputs[0].logprobs[0]
@@ -303,3 +306,10 @@ def _structured(structured: StructuredOutput | None) -> Any:
     if kind is StructureKind.REGEX:
         return StructuredOutputsParams(regex=spec)
     return StructuredOutputsParams(grammar=spec)
+
+
+def _prompt(ids: list[int], cache_salt: str | None) -> dict[str, Any]:
+    """vLLM's TokensPrompt; with the tenant's ``cache_salt``, which vLLM mixes into the hash of the
+    prompt's first block so that other tenants' requests cannot hit (and time) its cached blocks
+    (CVE-2025-46570)."""
+    return {"prompt_token_ids": ids} | ({"cache_salt": cache_salt} if cache_salt else {})

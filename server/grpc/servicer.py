@@ -24,6 +24,8 @@ from lmgate.server.errors import LmgateError, from_backend_error
 from lmgate.server.metrics import Metrics
 from lmgate.server.placement.dispatch import Dispatcher
 from lmgate.server.placement.registry import ModelRegistry
+from lmgate.server.tenancy.records import Tenant, Tenants
+from lmgate.server.tenancy.scope import check_model, visible
 from lmgate.v1 import inference_pb2 as pb
 from lmgate.v1 import inference_pb2_grpc as pb_grpc
 
@@ -73,10 +75,19 @@ R = TypeVar("R", pb.ChatResponse, pb.CompleteResponse)
 
 
 class InferenceServicer(pb_grpc.InferenceServicer):
-    def __init__(self, registry: ModelRegistry, dispatcher: Dispatcher, metrics: Metrics) -> None:
+    def __init__(
+        self, registry: ModelRegistry, dispatcher: Dispatcher, metrics: Metrics, tenants: Tenants | None = None
+    ) -> None:
         self._registry = registry
         self._dispatcher = dispatcher
         self._metrics = metrics
+        self._tenants = tenants
+
+    def _tenant(self, context: grpc.aio.ServicerContext) -> Tenant | None:
+        """The caller's key record (the interceptor let only known keys in), None without records."""
+        if self._tenants is None:
+            return None
+        return self._tenants.identify(dict(context.invocation_metadata() or ()).get("authorization"))
 
     async def Chat(self, request: pb.ChatRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ChatResponse]:
         async for message in self._generate(request, context, "Chat", convert.chat_from_pb, pb.ChatResponse):
@@ -101,12 +112,14 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         (a choice's last with its usage), then one with the request's usage."""
         request_id = _request_id(context)
         async with _rpc_errors(context):
+            tenant = self._tenant(context)
             with self._metrics.request("grpc", f"/{SERVICE}/{method}", request.model, request_id) as tracker:
+                tracker.tenant = tenant.name if tenant is not None else None
                 try:
                     internal = from_pb(request, request_id)
                 except BackendError as exc:
                     raise from_backend_error(exc) from None  # counted as the client error it is
-                dispatched = await self._dispatcher.open(request.model, [internal], tracker.placed)
+                dispatched = await self._dispatcher.open(request.model, [internal], tenant, tracker.placed)
                 stream = tracker.watch(dispatched.streams[0], internal.sampling.n)
                 model = dispatched.pool.name
                 # Closed however the call ends, a cancel before the first message included.
@@ -121,7 +134,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
         models = []
-        for name, pool in self._registry.pools.items():
+        for pool in visible(self._registry, self._tenant(context)):
+            name = pool.name
             model = pb.Model(name=name, aliases=pool.settings.aliases, backend=pool.backend_kind, ready=pool.healthy())
             if pool.healthy():
                 info, capabilities = pool.primary.info, pool.primary.capabilities
@@ -133,6 +147,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
     async def Tokenize(self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext) -> pb.TokenizeResponse:
         async with _rpc_errors(context):
+            check_model(self._registry, request.model, self._tenant(context))
             backend = (await self._registry.loaded(request.model)).primary
             add_special = request.add_special if request.HasField("add_special") else True
             return pb.TokenizeResponse(token_ids=await backend.tokenize(request.text, add_special=add_special))
@@ -142,6 +157,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self, request: pb.DetokenizeRequest, context: grpc.aio.ServicerContext
     ) -> pb.DetokenizeResponse:
         async with _rpc_errors(context):
+            check_model(self._registry, request.model, self._tenant(context))
             backend = (await self._registry.loaded(request.model)).primary
             return pb.DetokenizeResponse(text=await backend.detokenize(list(request.token_ids)))
         raise AssertionError("unreachable: _rpc_errors aborts")

@@ -19,6 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, f
 from lmgate.backends import structured_output
 from lmgate.backends.sampling_rules import (
     BOUNDS,
+    CACHE_SALT_CHARS,
     LOGIT_BIAS,
     LOGPROBS,
     TOKEN_ID,
@@ -98,6 +99,11 @@ class _Request(BaseModel):
     stop: Text | list[Text] | None = None
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
+    cache_salt: str | None = Field(
+        default=None, min_length=1, max_length=CACHE_SALT_CHARS,
+        description="vLLM extension: prompt-cache partition (requests share cached prefixes only with the same "
+        "salt). With API key records the caller's own key's salt replaces it (docs/routing.md#tenants).",
+    )  # fmt: skip
     presence_penalty: float | None = Field(default=None, **BOUNDS["presence_penalty"].field())
     frequency_penalty: float | None = Field(default=None, **BOUNDS["frequency_penalty"].field())
     repetition_penalty: float | None = Field(default=None, **BOUNDS["repetition_penalty"].field())

@@ -40,6 +40,7 @@ from lmgate.server.http.responses_protocol import ResponsesRequest
 from lmgate.server.http.responses_store import ResponseStore
 from lmgate.server.metrics import Metrics
 from lmgate.server.placement.dispatch import Dispatcher
+from lmgate.server.tenancy.http import tenant_of
 
 router = APIRouter(tags=["responses"])
 ENDPOINT = "/v1/responses"
@@ -51,12 +52,14 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     metrics: Metrics = request.app.state.metrics
     store: ResponseStore = request.app.state.responses
     base_id = base_request_id(request)
+    tenant = tenant_of(request)
     with metrics.request("http", ENDPOINT, body.model, base_id) as tracker:
+        tracker.tenant = tenant.name if tenant is not None else None
         conversation = history(body, store) + input_messages(body)
         if metrics.log_prompts:
             tracker.prompt = json.dumps([{"role": m.role.value, "content": m.content} for m in conversation])
         internal = generate_request(body, base_id, conversation)
-        dispatched = await until_disconnect(request, dispatcher.open(body.model, [internal], tracker.placed))
+        dispatched = await until_disconnect(request, dispatcher.open(body.model, [internal], tenant, tracker.placed))
         stream = tracker.watch(dispatched.streams[0], 1)
     draft = ResponseDraft(body, dispatched.pool.name)
     answer = ResponseText(logprobs=body.logprobs is not None, usage=tracker.usage)

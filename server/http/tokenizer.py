@@ -17,6 +17,8 @@ from lmgate.server.http.common import base_request_id, json_body, response_heade
 from lmgate.server.http.tokenize_protocol import DetokenizeBody, DetokenizeResponse, TokenizeBody, TokenizeResponse
 from lmgate.server.metrics import Metrics
 from lmgate.server.placement.registry import ModelRegistry
+from lmgate.server.tenancy.http import tenant_of
+from lmgate.server.tenancy.scope import check_model
 
 router = APIRouter(tags=["tokenizer"])
 
@@ -36,19 +38,21 @@ def _model(request: Request, model: str | None, endpoint: str, request_id: str) 
     raise error
 
 
-async def _backend(registry: ModelRegistry, model: str) -> Backend:
+async def _backend(request: Request, model: str) -> Backend:
+    """The model's backend, for a caller whose key may reach it (else 404, as for a missing model)."""
+    registry: ModelRegistry = request.app.state.models
+    check_model(registry, model, tenant_of(request))
     return (await registry.loaded(model)).primary
 
 
 @router.post("/tokenize", response_model=TokenizeResponse, dependencies=[Depends(json_body)])
 async def tokenize(body: TokenizeBody, request: Request) -> Response:
-    registry: ModelRegistry = request.app.state.models
     metrics: Metrics = request.app.state.metrics
     request_id = base_request_id(request)
     model = _model(request, body.model, "/tokenize", request_id)
     with metrics.request("http", "/tokenize", model, request_id) as tracker:
         try:
-            backend = await _backend(registry, model)
+            backend = await _backend(request, model)
             tokenized = await backend.tokenize_request(body.internal())
             out = TokenizeResponse(
                 count=len(tokenized.token_ids),
@@ -64,13 +68,12 @@ async def tokenize(body: TokenizeBody, request: Request) -> Response:
 
 @router.post("/detokenize", response_model=DetokenizeResponse, dependencies=[Depends(json_body)])
 async def detokenize(body: DetokenizeBody, request: Request) -> Response:
-    registry: ModelRegistry = request.app.state.models
     metrics: Metrics = request.app.state.metrics
     request_id = base_request_id(request)
     model = _model(request, body.model, "/detokenize", request_id)
     with metrics.request("http", "/detokenize", model, request_id) as tracker:
         try:
-            text = await (await _backend(registry, model)).detokenize(list(body.tokens))
+            text = await (await _backend(request, model)).detokenize(list(body.tokens))
         except BackendError as exc:
             raise from_backend_error(exc) from exc
         tracker.finish("ok")

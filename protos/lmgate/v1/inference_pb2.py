@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19lmgate/v1/inference.proto\x12\tlmgate.v1\"=\n\x0b\x43hatMessage\x12\x1d\n\x04role\x18\x01 \x01(\x0e\x32\x0f.lmgate.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x81\x06\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\x05min_p\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x05 \x01(\rH\x04\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x06 \x01(\x02H\x05\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x07 \x01(\x02H\x06\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x08 \x01(\x02H\x07\x88\x01\x01\x12\x11\n\x04seed\x18\t \x01(\x03H\x08\x88\x01\x01\x12\x0c\n\x04stop\x18\n \x03(\t\x12\x16\n\x0estop_token_ids\x18\x0b \x03(\r\x12<\n\nlogit_bias\x18\x0c \x03(\x0b\x32(.lmgate.v1.SamplingParams.LogitBiasEntry\x12\x12\n\nignore_eos\x18\r \x01(\x08\x12\x0e\n\x01n\x18\x0e \x01(\rH\t\x88\x01\x01\x12\x15\n\x08logprobs\x18\x0f \x01(\rH\n\x88\x01\x01\x12\x17\n\x0fuse_beam_search\x18\x10 \x01(\x08\x12\x14\n\x07\x62\x65st_of\x18\x11 \x01(\rH\x0b\x88\x01\x01\x12\x1b\n\x0elength_penalty\x18\x12 \x01(\x02H\x0c\x88\x01\x01\x12\x36\n\x11structured_output\x18\x13 \x01(\x0b\x32\x1b.lmgate.v1.StructuredOutput\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\r\n\x0b_max_tokensB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x15\n\x13_repetition_penaltyB\x07\n\x05_seedB\x04\n\x02_nB\x0b\n\t_logprobsB\n\n\x08_best_ofB\x11\n\x0f_length_penalty\"H\n\x10StructuredOutput\x12&\n\x04kind\x18\x01 \x01(\x0e\x32\x18.lmgate.v1.StructureKind\x12\x0c\n\x04spec\x18\x02 \x01(\t\"s\n\x0b\x43hatRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x08messages\x18\x02 \x03(\x0b\x32\x16.lmgate.v1.ChatMessage\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.lmgate.v1.SamplingParams\"\x91\x01\n\x0f\x43ompleteRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12(\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x13.lmgate.v1.TokenIdsH\x00\x12+\n\x08sampling\x18\x04 \x01(\x0b\x32\x19.lmgate.v1.SamplingParamsB\x08\n\x06prompt\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"s\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12\r\n\x05\x62ytes\x18\x04 \x01(\x0c\x12\"\n\x03top\x18\x05 \x03(\x0b\x32\x15.lmgate.v1.TopLogprob\"M\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12\r\n\x05\x62ytes\x18\x04 \x01(\x0c\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\"\xfd\x01\n\x0c\x43hatResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\r\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x11\n\ttoken_ids\x18\x05 \x03(\r\x12)\n\x08logprobs\x18\x06 \x03(\x0b\x32\x17.lmgate.v1.TokenLogprob\x12.\n\rfinish_reason\x18\x07 \x01(\x0e\x32\x17.lmgate.v1.FinishReason\x12\x1f\n\x05usage\x18\x08 \x01(\x0b\x32\x10.lmgate.v1.Usage\x12&\n\x0c\x63hoice_usage\x18\t \x01(\x0b\x32\x10.lmgate.v1.Usage\"\x81\x02\n\x10\x43ompleteResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\r\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x11\n\ttoken_ids\x18\x05 \x03(\r\x12)\n\x08logprobs\x18\x06 \x03(\x0b\x32\x17.lmgate.v1.TokenLogprob\x12.\n\rfinish_reason\x18\x07 \x01(\x0e\x32\x17.lmgate.v1.FinishReason\x12\x1f\n\x05usage\x18\x08 \x01(\x0b\x32\x10.lmgate.v1.Usage\x12&\n\x0c\x63hoice_usage\x18\t \x01(\x0b\x32\x10.lmgate.v1.Usage\"\x13\n\x11ListModelsRequest\"\x8e\x01\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61liases\x18\x02 \x03(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x04 \x01(\r\x12\x14\n\x0cquantization\x18\x05 \x01(\t\x12\x18\n\x10supported_params\x18\x06 \x03(\t\x12\r\n\x05ready\x18\x07 \x01(\x08\"6\n\x12ListModelsResponse\x12 \n\x06models\x18\x01 \x03(\x0b\x32\x10.lmgate.v1.Model\"X\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x18\n\x0b\x61\x64\x64_special\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\x0e\n\x0c_add_special\"%\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\"5\n\x11\x44\x65tokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\"\"\n\x12\x44\x65tokenizeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t*x\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03*s\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03\x12\x12\n\x0eROLE_DEVELOPER\x10\x04\x12\r\n\tROLE_TOOL\x10\x05*\xb9\x01\n\rStructureKind\x12\x1e\n\x1aSTRUCTURE_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13STRUCTURE_KIND_JSON\x10\x01\x12\x1e\n\x1aSTRUCTURE_KIND_JSON_SCHEMA\x10\x02\x12\x18\n\x14STRUCTURE_KIND_REGEX\x10\x03\x12\x19\n\x15STRUCTURE_KIND_CHOICE\x10\x04\x12\x1a\n\x16STRUCTURE_KIND_GRAMMAR\x10\x05\x32\xe8\x02\n\tInference\x12\x39\n\x04\x43hat\x12\x16.lmgate.v1.ChatRequest\x1a\x17.lmgate.v1.ChatResponse0\x01\x12\x45\n\x08\x43omplete\x12\x1a.lmgate.v1.CompleteRequest\x1a\x1b.lmgate.v1.CompleteResponse0\x01\x12I\n\nListModels\x12\x1c.lmgate.v1.ListModelsRequest\x1a\x1d.lmgate.v1.ListModelsResponse\x12\x43\n\x08Tokenize\x12\x1a.lmgate.v1.TokenizeRequest\x1a\x1b.lmgate.v1.TokenizeResponse\x12I\n\nDetokenize\x12\x1c.lmgate.v1.DetokenizeRequest\x1a\x1d.lmgate.v1.DetokenizeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19lmgate/v1/inference.proto\x12\tlmgate.v1\"=\n\x0b\x43hatMessage\x12\x1d\n\x04role\x18\x01 \x01(\x0e\x32\x0f.lmgate.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x81\x06\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\x05min_p\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x05 \x01(\rH\x04\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x06 \x01(\x02H\x05\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x07 \x01(\x02H\x06\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x08 \x01(\x02H\x07\x88\x01\x01\x12\x11\n\x04seed\x18\t \x01(\x03H\x08\x88\x01\x01\x12\x0c\n\x04stop\x18\n \x03(\t\x12\x16\n\x0estop_token_ids\x18\x0b \x03(\r\x12<\n\nlogit_bias\x18\x0c \x03(\x0b\x32(.lmgate.v1.SamplingParams.LogitBiasEntry\x12\x12\n\nignore_eos\x18\r \x01(\x08\x12\x0e\n\x01n\x18\x0e \x01(\rH\t\x88\x01\x01\x12\x15\n\x08logprobs\x18\x0f \x01(\rH\n\x88\x01\x01\x12\x17\n\x0fuse_beam_search\x18\x10 \x01(\x08\x12\x14\n\x07\x62\x65st_of\x18\x11 \x01(\rH\x0b\x88\x01\x01\x12\x1b\n\x0elength_penalty\x18\x12 \x01(\x02H\x0c\x88\x01\x01\x12\x36\n\x11structured_output\x18\x13 \x01(\x0b\x32\x1b.lmgate.v1.StructuredOutput\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\r\n\x0b_max_tokensB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x15\n\x13_repetition_penaltyB\x07\n\x05_seedB\x04\n\x02_nB\x0b\n\t_logprobsB\n\n\x08_best_ofB\x11\n\x0f_length_penalty\"H\n\x10StructuredOutput\x12&\n\x04kind\x18\x01 \x01(\x0e\x32\x18.lmgate.v1.StructureKind\x12\x0c\n\x04spec\x18\x02 \x01(\t\"\x9b\x01\n\x0b\x43hatRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x08messages\x18\x02 \x03(\x0b\x32\x16.lmgate.v1.ChatMessage\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.lmgate.v1.SamplingParams\x12\x17\n\ncache_salt\x18\x04 \x01(\tH\x00\x88\x01\x01\x42\r\n\x0b_cache_salt\"\xb9\x01\n\x0f\x43ompleteRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12(\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x13.lmgate.v1.TokenIdsH\x00\x12+\n\x08sampling\x18\x04 \x01(\x0b\x32\x19.lmgate.v1.SamplingParams\x12\x17\n\ncache_salt\x18\x05 \x01(\tH\x01\x88\x01\x01\x42\x08\n\x06promptB\r\n\x0b_cache_salt\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"s\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12\r\n\x05\x62ytes\x18\x04 \x01(\x0c\x12\"\n\x03top\x18\x05 \x03(\x0b\x32\x15.lmgate.v1.TopLogprob\"M\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12\r\n\x05\x62ytes\x18\x04 \x01(\x0c\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\"\xfd\x01\n\x0c\x43hatResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\r\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x11\n\ttoken_ids\x18\x05 \x03(\r\x12)\n\x08logprobs\x18\x06 \x03(\x0b\x32\x17.lmgate.v1.TokenLogprob\x12.\n\rfinish_reason\x18\x07 \x01(\x0e\x32\x17.lmgate.v1.FinishReason\x12\x1f\n\x05usage\x18\x08 \x01(\x0b\x32\x10.lmgate.v1.Usage\x12&\n\x0c\x63hoice_usage\x18\t \x01(\x0b\x32\x10.lmgate.v1.Usage\"\x81\x02\n\x10\x43ompleteResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\r\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x11\n\ttoken_ids\x18\x05 \x03(\r\x12)\n\x08logprobs\x18\x06 \x03(\x0b\x32\x17.lmgate.v1.TokenLogprob\x12.\n\rfinish_reason\x18\x07 \x01(\x0e\x32\x17.lmgate.v1.FinishReason\x12\x1f\n\x05usage\x18\x08 \x01(\x0b\x32\x10.lmgate.v1.Usage\x12&\n\x0c\x63hoice_usage\x18\t \x01(\x0b\x32\x10.lmgate.v1.Usage\"\x13\n\x11ListModelsRequest\"\x8e\x01\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61liases\x18\x02 \x03(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x04 \x01(\r\x12\x14\n\x0cquantization\x18\x05 \x01(\t\x12\x18\n\x10supported_params\x18\x06 \x03(\t\x12\r\n\x05ready\x18\x07 \x01(\x08\"6\n\x12ListModelsResponse\x12 \n\x06models\x18\x01 \x03(\x0b\x32\x10.lmgate.v1.Model\"X\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x18\n\x0b\x61\x64\x64_special\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\x0e\n\x0c_add_special\"%\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\"5\n\x11\x44\x65tokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\"\"\n\x12\x44\x65tokenizeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t*x\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03*s\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03\x12\x12\n\x0eROLE_DEVELOPER\x10\x04\x12\r\n\tROLE_TOOL\x10\x05*\xb9\x01\n\rStructureKind\x12\x1e\n\x1aSTRUCTURE_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13STRUCTURE_KIND_JSON\x10\x01\x12\x1e\n\x1aSTRUCTURE_KIND_JSON_SCHEMA\x10\x02\x12\x18\n\x14STRUCTURE_KIND_REGEX\x10\x03\x12\x19\n\x15STRUCTURE_KIND_CHOICE\x10\x04\x12\x1a\n\x16STRUCTURE_KIND_GRAMMAR\x10\x05\x32\xe8\x02\n\tInference\x12\x39\n\x04\x43hat\x12\x16.lmgate.v1.ChatRequest\x1a\x17.lmgate.v1.ChatResponse0\x01\x12\x45\n\x08\x43omplete\x12\x1a.lmgate.v1.CompleteRequest\x1a\x1b.lmgate.v1.CompleteResponse0\x01\x12I\n\nListModels\x12\x1c.lmgate.v1.ListModelsRequest\x1a\x1d.lmgate.v1.ListModelsResponse\x12\x43\n\x08Tokenize\x12\x1a.lmgate.v1.TokenizeRequest\x1a\x1b.lmgate.v1.TokenizeResponse\x12I\n\nDetokenize\x12\x1c.lmgate.v1.DetokenizeRequest\x1a\x1d.lmgate.v1.DetokenizeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,12 +33,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._loaded_options = None
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_options = b'8\001'
-  _globals['_FINISHREASON']._serialized_start=2475
-  _globals['_FINISHREASON']._serialized_end=2595
-  _globals['_ROLE']._serialized_start=2597
-  _globals['_ROLE']._serialized_end=2712
-  _globals['_STRUCTUREKIND']._serialized_start=2715
-  _globals['_STRUCTUREKIND']._serialized_end=2900
+  _globals['_FINISHREASON']._serialized_start=2556
+  _globals['_FINISHREASON']._serialized_end=2676
+  _globals['_ROLE']._serialized_start=2678
+  _globals['_ROLE']._serialized_end=2793
+  _globals['_STRUCTUREKIND']._serialized_start=2796
+  _globals['_STRUCTUREKIND']._serialized_end=2981
   _globals['_CHATMESSAGE']._serialized_start=40
   _globals['_CHATMESSAGE']._serialized_end=101
   _globals['_SAMPLINGPARAMS']._serialized_start=104
@@ -47,36 +47,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=687
   _globals['_STRUCTUREDOUTPUT']._serialized_start=875
   _globals['_STRUCTUREDOUTPUT']._serialized_end=947
-  _globals['_CHATREQUEST']._serialized_start=949
-  _globals['_CHATREQUEST']._serialized_end=1064
-  _globals['_COMPLETEREQUEST']._serialized_start=1067
-  _globals['_COMPLETEREQUEST']._serialized_end=1212
-  _globals['_TOKENIDS']._serialized_start=1214
-  _globals['_TOKENIDS']._serialized_end=1237
-  _globals['_TOKENLOGPROB']._serialized_start=1239
-  _globals['_TOKENLOGPROB']._serialized_end=1354
-  _globals['_TOPLOGPROB']._serialized_start=1356
-  _globals['_TOPLOGPROB']._serialized_end=1433
-  _globals['_USAGE']._serialized_start=1435
-  _globals['_USAGE']._serialized_end=1515
-  _globals['_CHATRESPONSE']._serialized_start=1518
-  _globals['_CHATRESPONSE']._serialized_end=1771
-  _globals['_COMPLETERESPONSE']._serialized_start=1774
-  _globals['_COMPLETERESPONSE']._serialized_end=2031
-  _globals['_LISTMODELSREQUEST']._serialized_start=2033
-  _globals['_LISTMODELSREQUEST']._serialized_end=2052
-  _globals['_MODEL']._serialized_start=2055
-  _globals['_MODEL']._serialized_end=2197
-  _globals['_LISTMODELSRESPONSE']._serialized_start=2199
-  _globals['_LISTMODELSRESPONSE']._serialized_end=2253
-  _globals['_TOKENIZEREQUEST']._serialized_start=2255
-  _globals['_TOKENIZEREQUEST']._serialized_end=2343
-  _globals['_TOKENIZERESPONSE']._serialized_start=2345
-  _globals['_TOKENIZERESPONSE']._serialized_end=2382
-  _globals['_DETOKENIZEREQUEST']._serialized_start=2384
-  _globals['_DETOKENIZEREQUEST']._serialized_end=2437
-  _globals['_DETOKENIZERESPONSE']._serialized_start=2439
-  _globals['_DETOKENIZERESPONSE']._serialized_end=2473
-  _globals['_INFERENCE']._serialized_start=2903
-  _globals['_INFERENCE']._serialized_end=3263
+  _globals['_CHATREQUEST']._serialized_start=950
+  _globals['_CHATREQUEST']._serialized_end=1105
+  _globals['_COMPLETEREQUEST']._serialized_start=1108
+  _globals['_COMPLETEREQUEST']._serialized_end=1293
+  _globals['_TOKENIDS']._serialized_start=1295
+  _globals['_TOKENIDS']._serialized_end=1318
+  _globals['_TOKENLOGPROB']._serialized_start=1320
+  _globals['_TOKENLOGPROB']._serialized_end=1435
+  _globals['_TOPLOGPROB']._serialized_start=1437
+  _globals['_TOPLOGPROB']._serialized_end=1514
+  _globals['_USAGE']._serialized_start=1516
+  _globals['_USAGE']._serialized_end=1596
+  _globals['_CHATRESPONSE']._serialized_start=1599
+  _globals['_CHATRESPONSE']._serialized_end=1852
+  _globals['_COMPLETERESPONSE']._serialized_start=1855
+  _globals['_COMPLETERESPONSE']._serialized_end=2112
+  _globals['_LISTMODELSREQUEST']._serialized_start=2114
+  _globals['_LISTMODELSREQUEST']._serialized_end=2133
+  _globals['_MODEL']._serialized_start=2136
+  _globals['_MODEL']._serialized_end=2278
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2280
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2334
+  _globals['_TOKENIZEREQUEST']._serialized_start=2336
+  _globals['_TOKENIZEREQUEST']._serialized_end=2424
+  _globals['_TOKENIZERESPONSE']._serialized_start=2426
+  _globals['_TOKENIZERESPONSE']._serialized_end=2463
+  _globals['_DETOKENIZEREQUEST']._serialized_start=2465
+  _globals['_DETOKENIZEREQUEST']._serialized_end=2518
+  _globals['_DETOKENIZERESPONSE']._serialized_start=2520
+  _globals['_DETOKENIZERESPONSE']._serialized_end=2554
+  _globals['_INFERENCE']._serialized_start=2984
+  _globals['_INFERENCE']._serialized_end=3344
 # @@protoc_insertion_point(module_scope)
