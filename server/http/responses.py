@@ -55,7 +55,8 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     tenant = tenant_of(request)
     with metrics.request("http", ENDPOINT, body.model, base_id) as tracker:
         tracker.tenant = tenant.name if tenant is not None else None
-        conversation = history(body, store) + input_messages(body)
+        owner = tenant.name if tenant is not None else None
+        conversation = history(body, store, owner) + input_messages(body)
         if metrics.log_prompts:
             tracker.prompt = json.dumps([{"role": m.role.value, "content": m.content} for m in conversation])
         internal = generate_request(body, base_id, conversation)
@@ -63,7 +64,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
         stream = tracker.watch(dispatched.streams[0], 1)
     draft = ResponseDraft(body, dispatched.pool.name)
     answer = ResponseText(logprobs=body.logprobs is not None, usage=tracker.usage)
-    turn = _Turn(draft, answer, store if body.store else None, conversation)
+    turn = _Turn(draft, answer, store if body.store else None, conversation, owner)
     headers = response_headers(base_id, dispatched.ignored_params)
     if body.stream:
         events = _closing(_events(stream, turn), stream)
@@ -76,18 +77,19 @@ class _Turn:
 
     def __init__(
         self, draft: ResponseDraft, answer: ResponseText, store: ResponseStore | None,
-        conversation: tuple[ChatMessage, ...],
+        conversation: tuple[ChatMessage, ...], owner: str | None,
     ) -> None:  # fmt: skip
         self.draft = draft
         self.answer = answer
         self.store = store
         self.conversation = conversation
+        self.owner = owner
 
     def finish(self) -> ResponseObject:
         """The final response, stored when asked and it did not fail."""
         final = self.answer.final(self.draft)
         if self.store is not None and final.status != "failed":
-            self.store.put(final, (*self.conversation, ChatMessage(Role.ASSISTANT, self.answer.text)))
+            self.store.put(final, (*self.conversation, ChatMessage(Role.ASSISTANT, self.answer.text)), self.owner)
         return final
 
 
@@ -137,9 +139,15 @@ async def _closing(events: AsyncIterator[str], source: AsyncIterator[TokenDelta]
         await source.aclose()  # type: ignore[attr-defined]
 
 
+def _owner(request: Request) -> str | None:
+    """Whose stored responses a request may read: its tenant's (None without key records)."""
+    tenant = tenant_of(request)
+    return tenant.name if tenant is not None else None
+
+
 def _stored(request: Request, response_id: str) -> ResponseObject:
     store: ResponseStore = request.app.state.responses
-    entry = store.get(response_id)
+    entry = store.get(response_id, _owner(request))
     if entry is None:
         shown = response_id[:80]
         raise NotFoundError(f"Response with id '{shown}' not found.", param="response_id")
@@ -156,5 +164,5 @@ async def retrieve_response(response_id: str, request: Request) -> ResponseObjec
 async def delete_response(response_id: str, request: Request) -> DeletedResponse:
     """Forget a stored response: it can no longer be continued or retrieved."""
     _stored(request, response_id)
-    request.app.state.responses.delete(response_id)
+    request.app.state.responses.delete(response_id, _owner(request))
     return DeletedResponse(id=response_id)

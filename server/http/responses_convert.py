@@ -32,12 +32,12 @@ def input_messages(body: ResponsesRequest) -> tuple[ChatMessage, ...]:
     return tuple(ChatMessage(Role(item.role), item.text) for item in body.input)
 
 
-def history(body: ResponsesRequest, store: ResponseStore) -> tuple[ChatMessage, ...]:
+def history(body: ResponsesRequest, store: ResponseStore, owner: str | None = None) -> tuple[ChatMessage, ...]:
     """The conversation ``previous_response_id`` closes (empty without one); a 400 naming the field,
     with OpenAI's code, when it is not stored (never was, ``store: false``, expired, pushed out)."""
     if body.previous_response_id is None:
         return ()
-    entry = store.get(body.previous_response_id)
+    entry = store.get(body.previous_response_id, owner)
     if entry is None:
         raise InvalidRequestError(
             f"Previous response with id '{body.previous_response_id}' not found. Responses are kept "

@@ -29,6 +29,8 @@ class StoredResponse:
     conversation: tuple[ChatMessage, ...]
     """Every message up to and including this response's output, without instructions."""
     expires_at: float
+    owner: str | None = None
+    """The tenant (API key record) that created it: no other tenant finds it. None without records."""
 
 
 class ResponseStore:
@@ -43,19 +45,20 @@ class ResponseStore:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def put(self, response: ResponseObject, conversation: tuple[ChatMessage, ...]) -> None:
-        """Keep ``response``; the least recently used entries leave when the store is full."""
+    def put(self, response: ResponseObject, conversation: tuple[ChatMessage, ...], owner: str | None = None) -> None:
+        """Keep ``response`` for ``owner``; the least recently used entries leave when the store is full."""
         if self.max_entries == 0:
             return
-        self._entries[response.id] = StoredResponse(response, conversation, self._clock() + self.ttl_s)
+        self._entries[response.id] = StoredResponse(response, conversation, self._clock() + self.ttl_s, owner)
         self._entries.move_to_end(response.id)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 
-    def get(self, response_id: str) -> StoredResponse | None:
-        """The entry, None when it was never stored, expired or was pushed out."""
+    def get(self, response_id: str, owner: str | None = None) -> StoredResponse | None:
+        """The entry, None when it was never stored, expired, was pushed out or is another tenant's
+        (which reads exactly as one that does not exist)."""
         entry = self._entries.get(response_id)
-        if entry is None:
+        if entry is None or entry.owner != owner:
             return None
         if entry.expires_at <= self._clock():
             del self._entries[response_id]
@@ -63,9 +66,9 @@ class ResponseStore:
         self._entries.move_to_end(response_id)
         return entry
 
-    def delete(self, response_id: str) -> bool:
-        """Forget the entry; False if there was none (or it had expired)."""
-        if self.get(response_id) is None:
+    def delete(self, response_id: str, owner: str | None = None) -> bool:
+        """Forget the entry; False if there was none for ``owner`` (or it had expired)."""
+        if self.get(response_id, owner) is None:
             return False
         del self._entries[response_id]
         return True

@@ -255,6 +255,23 @@ def test_a_tenants_cached_prompt_is_never_hit_by_another_tenant(server):
     assert cached(server, "delta") > 0
 
 
+def test_a_stored_response_is_its_tenants_alone(server):
+    """Another key can neither read, continue nor delete it: to that key it does not exist."""
+    alpha, beta = client(server, "alpha"), client(server, "beta")
+    kept = alpha.responses.create(model="tiny-chat", input="What does a cow say?", max_output_tokens=8)
+    assert alpha.responses.retrieve(kept.id).id == kept.id
+    with pytest.raises(openai.NotFoundError):
+        beta.responses.retrieve(kept.id)
+    with pytest.raises(openai.BadRequestError) as err:
+        beta.responses.create(model="tiny-chat", input="And a dog?", previous_response_id=kept.id, max_output_tokens=8)
+    assert err.value.body["code"] == "previous_response_not_found"
+    with pytest.raises(openai.NotFoundError):
+        beta.responses.delete(kept.id)
+    follow_up = alpha.responses.create(model="tiny-chat", input="And a dog?", previous_response_id=kept.id,
+                                       max_output_tokens=8)  # fmt: skip
+    assert follow_up.status in {"completed", "incomplete"}
+
+
 def test_metrics_and_logs_name_the_tenant_never_the_secret(server, caplog):
     with caplog.at_level(logging.INFO, logger="lmgate.access"):
         complete(server, "beta", model="slow")
