@@ -5,6 +5,8 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncGenerator
 
+from lmgate.backends.errors import InvalidRequest
+from lmgate.backends.tokenization import Tokenized, TokenizeRequest
 from lmgate.backends.types import BackendStats, Capabilities, GenerateRequest, ModelInfo, TokenDelta
 
 
@@ -42,6 +44,28 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         """Token ids of ``text`` as ``generate`` would see it as a prompt."""
+
+    async def tokenize_request(self, request: TokenizeRequest) -> Tokenized:
+        """The token ids ``request`` would be prompted with (HTTP ``/tokenize``).
+
+        This default covers what ``tokenize`` can: a raw prompt. Chat messages (the model's template)
+        and token strings (its vocabulary) need the model itself, which an upstream does not expose:
+        they raise ``InvalidRequest`` naming the field. Backends that hold the model override this.
+        """
+        if request.messages is not None:
+            raise InvalidRequest(
+                f"model {self.info.name!r} is served by a `{self.info.backend}` backend, which cannot apply its chat "
+                "template here: send `prompt` instead of `messages`",
+                param="messages",
+            )
+        if request.token_strings:
+            raise InvalidRequest(
+                f"model {self.info.name!r} is served by a `{self.info.backend}` backend, which does not expose its "
+                "vocabulary: send the request without `return_token_strs`",
+                param="return_token_strs",
+            )
+        assert request.prompt is not None
+        return Tokenized(tuple(await self.tokenize(request.prompt, add_special=request.add_special)))
 
     @abc.abstractmethod
     async def detokenize(self, token_ids: list[int]) -> str:

@@ -13,6 +13,7 @@ from lmgate.backends.chat_template import ChatTemplate
 from lmgate.backends.chat_tokens import ChatTokenizer
 from lmgate.backends.engine.limits import check_token_ids
 from lmgate.backends.errors import InvalidRequest
+from lmgate.backends.tokenization import Tokenized, TokenizeRequest
 from lmgate.backends.types import GenerateRequest
 
 
@@ -34,13 +35,13 @@ class HfPrompt:
             bos=tokenizer.bos_token_id,
         )
 
-    def ids(self, request: GenerateRequest) -> list[int]:
+    def ids(self, request: GenerateRequest, *, add_generation_prompt: bool = True) -> list[int]:
         """The prompt of ``request`` as token ids; raises ``InvalidRequest`` for an empty prompt or a bad id."""
         if request.prompt_token_ids is not None:
             ids = list(request.prompt_token_ids)
             check_token_ids(ids, self.n_vocab, "prompt")
         elif request.messages is not None:
-            text = self.template.render(request.messages)
+            text = self.template.render(request.messages, add_generation_prompt=add_generation_prompt)
             add_special = not (self._bos and text.startswith(self._bos))
             ids = self._chat_tokens.tokenize(text, [m.content for m in request.messages], add_special=add_special)
         else:
@@ -48,6 +49,15 @@ class HfPrompt:
         if not ids:
             raise InvalidRequest("the prompt is empty", param="prompt" if request.messages is None else "messages")
         return ids
+
+    def tokenized(self, request: TokenizeRequest) -> Tokenized:
+        """See ``Backend.tokenize_request``: chat messages go through ``ids``, as a chat generation's."""
+        if request.messages is not None:
+            ids = self.ids(request.chat_request(""), add_generation_prompt=request.add_generation_prompt)
+        else:
+            ids = self.tokenize(request.prompt or "", add_special=request.add_special)
+        strings = tuple(self.tokenizer.convert_ids_to_tokens(ids)) if request.token_strings else None
+        return Tokenized(tuple(ids), strings)
 
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=add_special))

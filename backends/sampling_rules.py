@@ -118,6 +118,18 @@ def best_of_problem(n: int, best_of: int | None, use_beam_search: bool) -> str |
     return None
 
 
+CACHE_SALT_CHARS = 128
+
+
+def cache_salt_problem(salt: str) -> str | None:
+    """``cache_salt`` (vLLM's): 1 to 128 characters."""
+    if not salt:
+        return "String should have at least 1 character"
+    if len(salt) > CACHE_SALT_CHARS:
+        return f"String should have at most {CACHE_SALT_CHARS} characters"
+    return None
+
+
 def choices_problem(prompts: int, n: int) -> str | None:
     choices = prompts * n
     if choices > MAX_N:

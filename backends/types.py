@@ -45,6 +45,25 @@ class ChatMessage:
     content: str
 
 
+class StructureKind(enum.StrEnum):
+    """What a structured output must be."""
+
+    JSON = "json"  # any JSON object (OpenAI's json_object)
+    JSON_SCHEMA = "json_schema"  # JSON valid against ``spec``, a JSON Schema written as JSON text
+    REGEX = "regex"  # text matching ``spec``, a regular expression
+    CHOICE = "choice"  # exactly one of the strings of ``spec``, a JSON list of strings
+    GRAMMAR = "grammar"  # text of ``spec``, a Lark or GBNF grammar
+
+
+@dataclass(frozen=True, slots=True)
+class StructuredOutput:
+    """A constraint on every choice's text, enforced token by token while decoding (the checks on
+    ``spec`` are backends/structured_output.py's, made at the edge)."""
+
+    kind: StructureKind
+    spec: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
     """How tokens are chosen and when a choice stops.
@@ -74,6 +93,8 @@ class SamplingParams:
     best_of: int | None = None
     """Beam width with ``use_beam_search`` (default ``n``); the ``n`` best beams are returned."""
     length_penalty: float = 1.0
+    structured_output: StructuredOutput | None = None
+    """Decode only text of this shape (None: any text)."""
 
     @property
     def greedy(self) -> bool:
@@ -106,6 +127,9 @@ class GenerateRequest:
     prompt: str | None = None
     prompt_token_ids: tuple[int, ...] | None = None
     messages: tuple[ChatMessage, ...] | None = None
+    cache_salt: str | None = None
+    """Set by the gateway per tenant (server/tenancy/scope.py): prefix-cache entries are shared only
+    between requests with the same salt. None: shared by every request without one."""
 
     def __post_init__(self) -> None:
         given = sum(x is not None for x in (self.prompt, self.prompt_token_ids, self.messages))

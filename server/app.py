@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI, Request, Response
@@ -24,13 +25,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lmgate.server.auth import ApiKeyInterceptor, ApiKeys
 from lmgate.server.errors import AuthenticationError, ClientDisconnected, LmgateError, from_validation_errors
 from lmgate.server.grpc.frontend import GrpcFrontend
-from lmgate.server.http import chat, completions, models
+from lmgate.server.grpc.servicer import grpc_endpoints
+from lmgate.server.http import chat, completions, models, responses, tokenizer
 from lmgate.server.http.gate import GatewayMiddleware
+from lmgate.server.http.responses_store import ResponseStore
 from lmgate.server.metrics import CONTENT_TYPE, Metrics, start_http_server
 from lmgate.server.placement.dispatch import Dispatcher
 from lmgate.server.placement.drain import Drain
 from lmgate.server.placement.registry import ModelRegistry
 from lmgate.server.settings import Settings
+from lmgate.server.tenancy.grpc import TenantInterceptor
+from lmgate.server.tenancy.http import TenantMiddleware
+from lmgate.server.tenancy.records import Tenants
 
 log = logging.getLogger(__name__)
 
@@ -48,23 +54,26 @@ def create_app(
     dispatcher = Dispatcher(registry, drain)
     metrics = Metrics(registry, log_prompts=settings.server.log_prompts)
     keys = ApiKeys.from_settings(settings.server)
+    tenants = Tenants.from_settings(settings.server)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         server = settings.server
         grpc = None
         if server.grpc_port is not None:
-            interceptors: tuple[ApiKeyInterceptor, ...] = ()
+            interceptors: tuple[ApiKeyInterceptor | TenantInterceptor, ...] = ()
             if keys is not None:
 
                 def denied(method: str, message: str) -> None:
                     metrics.rejected("grpc", method, AuthenticationError(message))
 
                 interceptors = (ApiKeyInterceptor(keys, on_denied=denied),)
+            elif tenants is not None:
+                interceptors = (TenantInterceptor(tenants, on_denied=lambda m, e: metrics.rejected("grpc", m, e)),)
             try:
                 grpc = app.state.grpc = await GrpcFrontend.start(
                     registry, dispatcher, metrics, server.host, server.grpc_port, interceptors,
-                    server.grpc_max_connection_age_s,
+                    server.grpc_max_connection_age_s, tenants,
                 )  # fmt: skip
             except OSError as exc:
                 if on_fatal is None:
@@ -94,9 +103,12 @@ def create_app(
                 await asyncio.sleep(HEALTH_REPORT_INTERVAL_S)
 
         loading = asyncio.create_task(load())
+        reloading = tenants is not None and reload_on_sighup(tenants)
         try:
             yield
         finally:
+            if reloading:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             loading.cancel()
             await asyncio.gather(loading, return_exceptions=True)
             # Draining happened before (server/placement/drain.py, on SIGTERM): what still runs is cut now.
@@ -113,10 +125,15 @@ def create_app(
     app.state.settings = settings
     app.state.grpc = None
     app.state.metrics = metrics
-    app.include_router(chat.router)
-    app.include_router(completions.router)
-    app.include_router(models.router)
+    app.state.tenants = tenants
+    app.state.responses = ResponseStore(settings.server.responses_store_max, settings.server.responses_store_ttl_s)
+    routers = [m.router for m in (chat, completions, models, responses, tokenizer)]
+    for router in routers:
+        app.include_router(router)
     _add_probes(app, registry, metrics, drain)
+    routes = [*app.routes, *(route for router in routers for route in router.routes)]
+    paths = {path for path in (getattr(route, "path", None) for route in routes) if path and "{" not in path}
+    metrics.endpoints = frozenset(paths) | grpc_endpoints()
     _add_error_handlers(app, metrics)
     open_paths = {"/health", "/ready"} | ({"/metrics"} if not settings.server.metrics_auth else set())
     app.add_middleware(
@@ -127,7 +144,19 @@ def create_app(
         body_timeout_s=settings.server.body_timeout_s,
         metrics=metrics,
     )
+    if tenants is not None:  # added last: outermost, the key is checked before the body is read
+        app.add_middleware(TenantMiddleware, tenants=tenants, open_paths=frozenset(open_paths), metrics=metrics)
     return app
+
+
+def reload_on_sighup(tenants: Tenants) -> bool:
+    """Re-read the key records on SIGHUP (connections and requests in flight are untouched); False
+    where signals cannot be handled here (a server running off the main thread, as in tests)."""
+    try:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, tenants.reload)
+    except (ValueError, RuntimeError, NotImplementedError):
+        return False
+    return True
 
 
 def _add_probes(app: FastAPI, registry: ModelRegistry, metrics: Metrics, drain: Drain) -> None:

@@ -29,8 +29,8 @@ class ApiKeys:
     @classmethod
     def from_settings(cls, server: ServerSettings) -> ApiKeys | None:
         """The configured keys, or None when auth is off; ConfigError when it is on but has no key."""
-        if not server.auth_enabled:
-            return None
+        if server.api_keys_env is None and server.api_keys_file is None:
+            return None  # no auth, or key records (server/tenancy/records.py)
         keys: list[str] = []
         if server.api_keys_env is not None:
             keys += [k.strip() for k in os.environ.get(server.api_keys_env, "").split(",") if k.strip()]

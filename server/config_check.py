@@ -2,7 +2,7 @@
 with them on this machine, now.
 
 - API keys: ``api_keys_env`` / ``api_keys_file`` give at least one key (``serve`` refuses otherwise;
-  the same code reads them).
+  the same code reads them); ``keys_file`` / ``keys_env`` hold valid key records.
 - ``llamacpp`` models: the ``gguf`` file exists and its header reads (the check the engine makes
   before loading: not a GGUF file, damaged, cut short).
 - ``transformers`` models: ``model`` is an HF checkpoint directory (config.json, safetensors).
@@ -29,6 +29,7 @@ from lmgate.server.settings import (
     Settings,
     TransformersModelSettings,
 )
+from lmgate.server.tenancy.records import Tenants
 
 
 def serving_problems(settings: Settings) -> list[str]:
@@ -36,6 +37,7 @@ def serving_problems(settings: Settings) -> list[str]:
     problems = []
     try:
         ApiKeys.from_settings(settings.server)
+        Tenants.from_settings(settings.server)
     except ConfigError as exc:
         problems.append(f"server: {exc}")
     for i, model in enumerate(settings.models):

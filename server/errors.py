@@ -3,10 +3,13 @@
     LmgateError                      500 internal_error          INTERNAL
     ├── InvalidRequestError          400 invalid_request_error   INVALID_ARGUMENT
     ├── AuthenticationError          401 invalid_request_error   UNAUTHENTICATED
+    ├── PermissionDeniedError        403 invalid_request_error   PERMISSION_DENIED   (a key outside its endpoints)
     ├── ModelNotFoundError           404 invalid_request_error   NOT_FOUND
+    ├── NotFoundError                404 invalid_request_error   NOT_FOUND           (a stored response)
     ├── ClientTimeoutError           408 invalid_request_error   DEADLINE_EXCEEDED   (the body came too slowly)
     ├── PayloadTooLargeError         413 invalid_request_error   INVALID_ARGUMENT
     ├── RateLimitError               429 rate_limit_error        RESOURCE_EXHAUSTED  (+ Retry-After)
+    │   └── QuotaExceededError       429 rate_limit_error        RESOURCE_EXHAUSTED  (a key's own limit, named)
     ├── ServiceUnavailableError      503 service_unavailable     UNAVAILABLE         (+ Retry-After if known)
     └── RequestTimeoutError          504 timeout                 DEADLINE_EXCEEDED
     ClientDisconnected               (nothing is sent)                                (counted as aborted)
@@ -84,6 +87,15 @@ class ModelNotFoundError(LmgateError):
         )
 
 
+class NotFoundError(LmgateError):
+    """Something a request names by id (a stored response) does not exist, or no longer."""
+
+    http_status = 404
+    error_type = "invalid_request_error"
+    grpc_status = "NOT_FOUND"
+    outcome_name = "not_found"
+
+
 class AuthenticationError(LmgateError):
     http_status = 401
     error_type = "invalid_request_error"
@@ -92,6 +104,18 @@ class AuthenticationError(LmgateError):
 
     def __init__(self, message: str = "Missing or invalid API key: send `Authorization: Bearer <key>`.") -> None:
         super().__init__(message, code="invalid_api_key")
+
+
+class PermissionDeniedError(LmgateError):
+    """The API key is valid but not allowed this endpoint (its ``endpoints``)."""
+
+    http_status = 403
+    error_type = "invalid_request_error"
+    grpc_status = "PERMISSION_DENIED"
+    outcome_name = "permission_denied"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="permission_denied")
 
 
 class ClientTimeoutError(LmgateError):
@@ -118,6 +142,18 @@ class RateLimitError(LmgateError):
     def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
         super().__init__(message, code="rate_limit_exceeded")
         self.retry_after_s = retry_after_s
+
+
+class QuotaExceededError(RateLimitError):
+    """One API key's own limit (``limit``: requests_per_minute, tokens_per_minute, max_concurrent) is spent;
+    ``retry_after_s`` is when its bucket holds enough again."""
+
+    outcome_name = "quota_exceeded"
+
+    def __init__(self, message: str, *, limit: str, retry_after_s: int) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.limit = limit
+        self.code = f"{limit}_exceeded"
 
 
 class RequestTimeoutError(LmgateError):

@@ -5,7 +5,7 @@ Every request, whatever its transport and backend, is measured here from its str
 knows (running and waiting sequences, KV usage, prefix-cache hits, preemptions) is read from each
 backend's ``stats()`` at scrape time. One ``Metrics`` per app, on its own ``CollectorRegistry``.
 
-    lmgate_requests_total{model,backend,transport,status}       counter
+    lmgate_requests_total{model,backend,transport,endpoint,status} counter
     lmgate_time_to_first_token_seconds{model,backend,transport} histogram
     lmgate_inter_token_latency_seconds{...}                     histogram
     lmgate_e2e_request_latency_seconds{...}                     histogram
@@ -20,6 +20,7 @@ backend's ``stats()`` at scrape time. One ``Metrics`` per app, on its own ``Coll
     lmgate_engine_restarts_total{model,backend}                 counter
     lmgate_replicas{model,backend} / lmgate_replicas_usable     gauges: configured / loaded and healthy
     lmgate_admission_running / _waiting{model,backend}          gauges, the gateway's own gate (max_running…)
+    lmgate_tenant_*{tenant,...}                                 per API key record (server/tenancy/metrics.py)
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from lmgate.backends.types import FinishReason, TokenDelta, Usage
 from lmgate.server.closing_stream import Closable, ClosingStream
 from lmgate.server.errors import ClientDisconnected, LmgateError, ModelNotFoundError
 from lmgate.server.placement.registry import ModelRegistry, ModelState
+from lmgate.server.tenancy.metrics import TenantMetrics, tenant_fields
 
 access_log = logging.getLogger("lmgate.access")
 __all__ = ["CONTENT_TYPE", "Metrics", "RequestTracker", "TokenRate", "start_http_server"]
@@ -63,6 +65,7 @@ E2E_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0
                960.0, 1920.0)  # fmt: skip
 RATE_WINDOW_S = 10
 UNKNOWN = "unknown"
+OTHER_ENDPOINT = "other"
 
 
 class TokenRate:
@@ -98,8 +101,10 @@ class Metrics:
         self.registry = CollectorRegistry()
         request_labels = ["model", "backend", "transport"]
         model_labels = ["model", "backend"]
-        self.requests = Counter("lmgate_requests", "Requests by outcome.", [*request_labels, "status"],
-                                registry=self.registry)  # fmt: skip
+        self.requests = Counter("lmgate_requests", "Requests by endpoint and outcome.",
+                                [*request_labels, "endpoint", "status"], registry=self.registry)  # fmt: skip
+        self.endpoints: frozenset[str] = frozenset()
+        """The endpoints a request can name (routes, gRPC methods); any other path is counted as ``other``."""
         self.ttft = Histogram("lmgate_time_to_first_token_seconds", "Time to the first token.", request_labels,
                               buckets=TTFT_BUCKETS, registry=self.registry)  # fmt: skip
         self.itl = Histogram("lmgate_inter_token_latency_seconds", "Time between two tokens of a choice.",
@@ -117,6 +122,7 @@ class Metrics:
                                        model_labels, registry=self.registry)  # fmt: skip
         self._rates: dict[tuple[str, str], TokenRate] = {}
         self.registry.register(_EngineCollector(models))
+        self.tenants = TenantMetrics(self.registry)
 
     def labels_for(self, model: object) -> tuple[str, str]:
         """(canonical name, backend kind) of a requested model; ("unknown", "unknown") if it is not
@@ -136,13 +142,17 @@ class Metrics:
             self.tokens_per_second.labels(model, backend).set_function(rate.rate)
         return self._rates[key]
 
+    def endpoint_label(self, endpoint: str) -> str:
+        """``endpoint`` as the ``endpoint`` label: a client chooses its path, the label's values stay bounded."""
+        return endpoint if endpoint in self.endpoints else OTHER_ENDPOINT
+
     def rejected(
         self, transport: str, endpoint: str, error: LmgateError, request_id: str | None = None, model: object = None
     ) -> None:
         """A request refused before it reached a route (a malformed body, a missing API key): counted
         and logged under the model it named when that model is served, else under ``unknown``."""
         name, backend = self.labels_for(model)
-        self.requests.labels(name, backend, transport, error.outcome).inc()
+        self.requests.labels(name, backend, transport, self.endpoint_label(endpoint), error.outcome).inc()
         line = _log_line(request_id, transport, endpoint, name, backend, error.outcome, error)
         access_log.info(json.dumps(line))
 
@@ -179,6 +189,8 @@ class RequestTracker:
         self.endpoint = endpoint
         self.request_id = request_id
         self.prompt: str | None = None
+        self.tenant: str | None = None
+        """The API key record's name, when key records are on: a label and a log field."""
         self.placed(*metrics.labels_for(model))
         self._started = time.monotonic()
         self._first: float | None = None
@@ -265,7 +277,7 @@ class RequestTracker:
             return
         self._done = True
         m, duration = self.metrics, time.monotonic() - self._started
-        m.requests.labels(*self._labels, status).inc()
+        m.requests.labels(*self._labels, m.endpoint_label(self.endpoint), status).inc()
         usage = self.usage()
         if status == "ok":
             self._e2e.observe(duration)
@@ -281,6 +293,9 @@ class RequestTracker:
             "ttft_s": None if self._first is None else round(self._first - self._started, 6),
             "duration_s": round(duration, 6),
         }  # fmt: skip
+        if self.tenant is not None:
+            line |= tenant_fields(self.tenant, error)
+            m.tenants.record(self.tenant, self.model, status, usage.prompt_tokens, usage.completion_tokens, error)
         if m.log_prompts and self.prompt is not None:
             line["prompt"] = self.prompt
         access_log.info(json.dumps(line))

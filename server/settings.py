@@ -68,6 +68,17 @@ class ServerSettings(BaseModel):
     api_keys_file: Path | None = Field(
         default=None, description="A file of API keys, one per line (`#` comments); relative to the config file's."
     )
+    keys_file: Path | None = Field(
+        default=None,
+        description="A YAML file of API key records (name, secret_sha256, models, endpoints, limits; see "
+        "docs/routing.md#tenants), re-read on SIGHUP; relative to the config file's. Not with api_keys_*.",
+    )
+    keys_env: str | None = Field(
+        default=None,
+        description="Name of an environment variable holding the same key records as YAML or JSON (keys_file's "
+        "alternative, e.g. from a Kubernetes Secret; a process's environment cannot change, so a reload needs "
+        "keys_file). Not with api_keys_*.",
+    )
     metrics_auth: bool = Field(default=False, description="Require an API key for /metrics too.")
     max_body_bytes: int = Field(default=8 * 2**20, ge=1024, description="Largest request body accepted (413 beyond).")
     grpc_max_connection_age_s: float | None = Field(
@@ -82,13 +93,33 @@ class ServerSettings(BaseModel):
     body_timeout_s: float = Field(
         default=60.0, gt=0, description="A request's body must arrive within this after its headers (408 beyond)."
     )
+    responses_store_max: int = Field(
+        default=1000,
+        ge=0,
+        description="Responses API: finished responses kept in memory for previous_response_id "
+        "and GET /v1/responses/{id} (least recently used out first; 0: none kept).",
+    )
+    responses_store_ttl_s: float = Field(
+        default=3600.0, gt=0, description="Responses API: how long a stored response lives after it was created."
+    )
 
     @property
     def auth_enabled(self) -> bool:
-        return self.api_keys_env is not None or self.api_keys_file is not None
+        return self.api_keys_env is not None or self.api_keys_file is not None or self.tenants_enabled
+
+    @property
+    def tenants_enabled(self) -> bool:
+        """API keys are records with scopes and limits (keys_file / keys_env), not plain keys."""
+        return self.keys_file is not None or self.keys_env is not None
 
     @model_validator(mode="after")
     def _metrics_auth_covers_every_port(self) -> ServerSettings:
+        plain = self.api_keys_env is not None or self.api_keys_file is not None
+        if self.tenants_enabled and plain:
+            raise ValueError(
+                "keys_file/keys_env (key records) and api_keys_env/api_keys_file (plain keys) cannot be combined: "
+                "give each plain key a record (a name and its secret_sha256) in the keys file"
+            )
         if self.metrics_auth and self.metrics_port is not None:
             raise ValueError(
                 "metrics_port serves /metrics without authentication, so it cannot be combined with "

@@ -30,6 +30,7 @@ from typing import Any, Protocol, cast
 from lmgate.backends.engine import messages as msg
 from lmgate.backends.engine.thread import EngineThread, StepOutputs
 from lmgate.backends.errors import BackendError, ModelLoadError
+from lmgate.backends.tokenization import Tokenized, TokenizeRequest
 from lmgate.backends.types import BackendStats, Capabilities, GenerateRequest, ModelInfo
 
 log = logging.getLogger("lmgate.engine_host")
@@ -52,6 +53,8 @@ class Host(Protocol):
         """Queue ``request`` on the engine; raises ``InvalidRequest`` if this model cannot serve it."""
 
     def tokenize(self, text: str, add_special: bool) -> list[int]: ...
+
+    def tokenize_request(self, request: TokenizeRequest) -> Tokenized: ...
 
     def detokenize(self, token_ids: list[int]) -> str: ...
 
@@ -146,6 +149,8 @@ class EngineHost:
         try:
             if method is msg.Method.TOKENIZE:
                 return msg.Reply(call_id, self._host.tokenize(*args))
+            if method is msg.Method.TOKENIZE_REQUEST:
+                return msg.Reply(call_id, self._host.tokenize_request(*args))
             return msg.Reply(call_id, self._host.detokenize(*args))
         except Exception as exc:
             self._log_unexpected(exc)

@@ -81,5 +81,10 @@ def check_sampling(sampling: SamplingParams, *, max_seqs: int, n_vocab: int) -> 
             )
         if sampling.logprobs is not None:
             raise InvalidRequest("logprobs are not returned with beam search", param="logprobs")
+        if sampling.structured_output is not None:
+            raise InvalidRequest("structured outputs are not decoded with beam search", param="use_beam_search")
+    if sampling.structured_output is not None and sampling.ignore_eos:
+        # A finished structure allows only the end of generation, which ignore_eos bans.
+        raise InvalidRequest("ignore_eos cannot be combined with a structured output", param="ignore_eos")
     check_token_ids((t for t, _ in sampling.logit_bias), n_vocab, "logit_bias")
     check_token_ids(sampling.stop_token_ids, n_vocab, "stop_token_ids")

@@ -69,6 +69,7 @@ class Abort:
 
 class Method(enum.StrEnum):
     TOKENIZE = "tokenize"
+    TOKENIZE_REQUEST = "tokenize_request"
     DETOKENIZE = "detokenize"
 
 

@@ -25,6 +25,7 @@ from lmgate.backends.base import Backend
 from lmgate.backends.engine import messages as msg
 from lmgate.backends.engine.process import EngineProcess, ExitStatus
 from lmgate.backends.errors import BackendUnavailable
+from lmgate.backends.tokenization import Tokenized, TokenizeRequest
 from lmgate.backends.types import BackendStats, Capabilities, GenerateRequest, ModelInfo, TokenDelta
 
 log = logging.getLogger("lmgate.engine")
@@ -122,6 +123,9 @@ class ProcessBackend(Backend):
     async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         # call() answers with what the engine's method returned (host.py: Host.tokenize, Host.detokenize).
         return cast(list[int], await self._serving().call(msg.Method.TOKENIZE, text, add_special))
+
+    async def tokenize_request(self, request: TokenizeRequest) -> Tokenized:
+        return cast(Tokenized, await self._serving().call(msg.Method.TOKENIZE_REQUEST, request))
 
     async def detokenize(self, token_ids: list[int]) -> str:
         return cast(str, await self._serving().call(msg.Method.DETOKENIZE, list(token_ids)))

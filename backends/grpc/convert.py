@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
+from lmgate.backends import structured_output
 from lmgate.backends.errors import InvalidRequest, field_problem
 from lmgate.backends.sampling_rules import (
     BOUNDS,
@@ -23,6 +24,7 @@ from lmgate.backends.sampling_rules import (
     TOKEN_ID,
     Bounds,
     best_of_problem,
+    cache_salt_problem,
     logit_bias_key_problem,
     stop_problem,
 )
@@ -32,6 +34,8 @@ from lmgate.backends.types import (
     GenerateRequest,
     Role,
     SamplingParams,
+    StructuredOutput,
+    StructureKind,
     TokenDelta,
     TokenLogprob,
     TopLogprob,
@@ -45,6 +49,10 @@ ROLE_FROM_PB = {number: role for role, number in ROLE_TO_PB.items()}
 FINISH_TO_PB = {FinishReason.STOP: pb.FINISH_REASON_STOP, FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
                 FinishReason.ABORT: pb.FINISH_REASON_ABORT}  # fmt: skip
 FINISH_FROM_PB = {number: reason for reason, number in FINISH_TO_PB.items()}
+STRUCTURE_TO_PB = {StructureKind.JSON: pb.STRUCTURE_KIND_JSON, StructureKind.JSON_SCHEMA: pb.STRUCTURE_KIND_JSON_SCHEMA,
+                   StructureKind.REGEX: pb.STRUCTURE_KIND_REGEX, StructureKind.CHOICE: pb.STRUCTURE_KIND_CHOICE,
+                   StructureKind.GRAMMAR: pb.STRUCTURE_KIND_GRAMMAR}  # fmt: skip
+STRUCTURE_FROM_PB = {number: kind for kind, number in STRUCTURE_TO_PB.items()}
 _ROLE_RULE = "Input should be 'system', 'developer', 'user', 'assistant' or 'tool'"
 ERROR_PARAM_KEY = "lmgate-error-param"
 ERROR_CODE_KEY = "lmgate-error-code"
@@ -63,7 +71,7 @@ Problem = tuple[str | None, str, object]
 def chat_from_pb(request: pb.ChatRequest, request_id: str) -> GenerateRequest:
     """Raises ``InvalidRequest`` naming the first bad field, as the HTTP API would."""
     sampling = request.sampling
-    problems = _model_problems(request.model) + _sampling_problems(sampling)
+    problems = _model_problems(request.model) + _sampling_problems(sampling) + _salt_problems(request)
     if not request.messages:
         problems.append(("messages", "List should have at least 1 item after validation, not 0", []))
     for i, message in enumerate(request.messages):
@@ -71,10 +79,12 @@ def chat_from_pb(request: pb.ChatRequest, request_id: str) -> GenerateRequest:
             problems.append((f"messages.{i}.role", _ROLE_RULE, "unspecified"))
     logprobs = sampling.logprobs if sampling.HasField("logprobs") else None
     problems += _bounds_problem("top_logprobs", LOGPROBS, logprobs)
+    problems += _structure_problems(sampling)
     _raise_first(problems)
     messages = tuple(ChatMessage(ROLE_FROM_PB[m.role], m.content) for m in request.messages)
     params = _sampling_from_pb(sampling, max_tokens=_optional(sampling, "max_tokens"), logprobs=logprobs)
-    return GenerateRequest(request_id, request.model, params, messages=messages)
+    salt = _optional(request, "cache_salt")
+    return GenerateRequest(request_id, request.model, params, messages=messages, cache_salt=salt)
 
 
 def complete_from_pb(request: pb.CompleteRequest, request_id: str) -> GenerateRequest:
@@ -83,19 +93,21 @@ def complete_from_pb(request: pb.CompleteRequest, request_id: str) -> GenerateRe
     if kind is None:
         raise InvalidRequest("prompt: set text or token_ids", param="prompt")
     sampling = request.sampling
-    problems = _model_problems(request.model) + _sampling_problems(sampling)
+    problems = _model_problems(request.model) + _sampling_problems(sampling) + _salt_problems(request)
     ids = tuple(request.token_ids.ids)
     if kind == "token_ids" and not ids:
         problems.append(("prompt", "prompt must not be an empty list", []))
     problems += [(f"prompt.{i}", rule, t) for i, t in enumerate(ids) if (rule := TOKEN_ID.problem(t))]
     logprobs = sampling.logprobs if sampling.HasField("logprobs") else None
     problems += _bounds_problem("logprobs", LOGPROBS, logprobs)
+    problems += _structure_problems(sampling)
     _raise_first(problems)
     max_tokens = _optional(sampling, "max_tokens") or COMPLETION_MAX_TOKENS
     params = _sampling_from_pb(sampling, max_tokens=max_tokens, logprobs=logprobs)
+    salt = _optional(request, "cache_salt")
     if kind == "text":
-        return GenerateRequest(request_id, request.model, params, prompt=request.text)
-    return GenerateRequest(request_id, request.model, params, prompt_token_ids=ids)
+        return GenerateRequest(request_id, request.model, params, prompt=request.text, cache_salt=salt)
+    return GenerateRequest(request_id, request.model, params, prompt_token_ids=ids, cache_salt=salt)
 
 
 def _optional(message: Any, name: str) -> Any:
@@ -108,6 +120,15 @@ def _optional(message: Any, name: str) -> Any:
 
 def _model_problems(model: str) -> list[Problem]:
     return [] if model else [("model", "String should have at least 1 character", model)]
+
+
+def _salt_problems(request: pb.ChatRequest | pb.CompleteRequest) -> list[Problem]:
+    salt = _optional(request, "cache_salt")
+    if salt is None:
+        return []
+    if rule := cache_salt_problem(salt):
+        return [("cache_salt", rule, salt)]
+    return []
 
 
 def _bounds_problem(name: str, bounds: Bounds, value: float | None) -> list[Problem]:
@@ -139,10 +160,21 @@ def _logit_bias_problems(sampling: pb.SamplingParams) -> list[Problem]:
     return problems
 
 
+def _structure_problems(sampling: pb.SamplingParams) -> list[Problem]:
+    if not sampling.HasField("structured_output"):
+        return []
+    given = sampling.structured_output
+    if given.kind not in STRUCTURE_FROM_PB:
+        return [("structured_output.kind", "set a kind (STRUCTURE_KIND_JSON, ...)", "unspecified")]
+    rule = structured_output.problem(StructuredOutput(STRUCTURE_FROM_PB[given.kind], given.spec))
+    return [] if rule is None else [("structured_output", rule, None)]
+
+
 def _raise_first(problems: list[Problem]) -> None:
     if problems:
         param, rule, value = problems[0]
-        raise InvalidRequest(field_problem(param, rule, value, more=len(problems) - 1), param=param)
+        quoted = value is not None
+        raise InvalidRequest(field_problem(param, rule, value, quoted=quoted, more=len(problems) - 1), param=param)
 
 
 def _sampling_from_pb(sampling: pb.SamplingParams, *, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
@@ -176,7 +208,15 @@ def _sampling_from_pb(sampling: pb.SamplingParams, *, max_tokens: int | None, lo
         use_beam_search=sampling.use_beam_search,
         best_of=best_of,
         length_penalty=given("length_penalty", 1.0),
+        structured_output=_structure_from_pb(sampling),
     )
+
+
+def _structure_from_pb(sampling: pb.SamplingParams) -> StructuredOutput | None:
+    if not sampling.HasField("structured_output"):
+        return None
+    given = sampling.structured_output
+    return StructuredOutput(STRUCTURE_FROM_PB[given.kind], given.spec)
 
 
 # --- requests, written by the grpc backend ---
@@ -184,11 +224,18 @@ def _sampling_from_pb(sampling: pb.SamplingParams, *, max_tokens: int | None, lo
 
 def chat_to_pb(request: GenerateRequest, model: str) -> pb.ChatRequest:
     messages = [pb.ChatMessage(role=ROLE_TO_PB[m.role], content=m.content) for m in request.messages or ()]
-    return pb.ChatRequest(model=model, messages=messages, sampling=sampling_to_pb(request.sampling))
+    out = pb.ChatRequest(model=model, messages=messages, sampling=sampling_to_pb(request.sampling))
+    # The tenant's prefix-cache salt crosses the hop in the request (a field, not metadata): it is
+    # part of what is asked, like the prompt; a worker with key records decides whether to keep it.
+    if request.cache_salt:
+        out.cache_salt = request.cache_salt
+    return out
 
 
 def complete_to_pb(request: GenerateRequest, model: str) -> pb.CompleteRequest:
     out = pb.CompleteRequest(model=model, sampling=sampling_to_pb(request.sampling))
+    if request.cache_salt:
+        out.cache_salt = request.cache_salt
     if request.prompt is not None:
         out.text = request.prompt
     else:
@@ -218,6 +265,9 @@ def sampling_to_pb(params: SamplingParams) -> pb.SamplingParams:
         value = getattr(params, name)
         if value is not None:
             setattr(out, name, value)
+    if params.structured_output is not None:
+        structured = params.structured_output
+        out.structured_output.CopyFrom(pb.StructuredOutput(kind=STRUCTURE_TO_PB[structured.kind], spec=structured.spec))
     return out
 
 

@@ -22,8 +22,10 @@ from lmgate.backends.errors import InvalidRequest, ModelLoadError
 from lmgate.backends.llamacpp import cpu_build
 from lmgate.backends.llamacpp.config import LlamaCppConfig
 from lmgate.backends.llamacpp.engine import Engine, Request
+from lmgate.backends.llamacpp.grammar import Grammars
 from lmgate.backends.llamacpp.llama_model import LlamaModel
 from lmgate.backends.llamacpp.sequence import Sequence
+from lmgate.backends.tokenization import Tokenized, TokenizeRequest
 from lmgate.backends.types import (
     BEAM_SEARCH_PARAMS,
     STANDARD_SAMPLING_PARAMS,
@@ -32,7 +34,7 @@ from lmgate.backends.types import (
     ModelInfo,
 )
 
-SAMPLING_PARAMS = STANDARD_SAMPLING_PARAMS | BEAM_SEARCH_PARAMS
+SAMPLING_PARAMS = STANDARD_SAMPLING_PARAMS | BEAM_SEARCH_PARAMS | {"structured_output"}
 
 
 def check_build() -> None:
@@ -60,6 +62,7 @@ class LlamaCppHost:
             bos=llama_cpp.llama_vocab_bos(model.vocab) if model.add_bos else None,
         )
         self.engine = Engine(model, config, publish, on_failure)
+        self._grammars = Grammars(model)
         self.info = ModelInfo(name, "llamacpp", model.max_model_len, model.quantization, model.max_token_bytes)
         self.capabilities = Capabilities(SAMPLING_PARAMS, max_n=config.max_seqs)
         self._arrivals = itertools.count()
@@ -71,21 +74,24 @@ class LlamaCppHost:
         arrival = next(self._arrivals)
         # A beam search starts from one sequence and forks its beams; sampling runs one per choice.
         count = 1 if request.sampling.use_beam_search else request.sampling.n
+        structured = request.sampling.structured_output
         seqs = [
             Sequence(
-                request_id, i, list(prompt), request.sampling, max_tokens, arrival, OutputText(request.sampling.stop)
+                request_id, i, list(prompt), request.sampling, max_tokens, arrival, OutputText(request.sampling.stop),
+                matcher=self._grammars.matcher(structured) if structured is not None else None,
+                cache_salt=(request.cache_salt or "").encode(),
             )
             for i in range(count)
-        ]
+        ]  # fmt: skip
         self.engine.add(Request(request_id, seqs))
 
-    def _prompt_ids(self, request: GenerateRequest) -> list[int]:
+    def _prompt_ids(self, request: GenerateRequest, *, add_generation_prompt: bool = True) -> list[int]:
         model = self.model
         if request.prompt_token_ids is not None:
             ids = list(request.prompt_token_ids)
             check_token_ids(ids, model.n_vocab, "prompt")
         elif request.messages is not None:
-            text = self._template.render(request.messages)
+            text = self._template.render(request.messages, add_generation_prompt=add_generation_prompt)
             # A template that writes BOS itself must not get a second one from the tokenizer.
             add_special = not (model.add_bos and model.bos_text and text.startswith(model.bos_text))
             # Message content is text: special-token strings in it are not parsed (backends/chat_tokens.py).
@@ -99,6 +105,17 @@ class LlamaCppHost:
 
     def tokenize(self, text: str, add_special: bool) -> list[int]:
         return self.model.tokenize(text, add_special=add_special, parse_special=True)
+
+    def tokenize_request(self, request: TokenizeRequest) -> Tokenized:
+        """See ``Backend.tokenize_request``: chat messages go through the generation's own prompt path."""
+        if request.messages is not None:
+            chat = request.chat_request(self.info.name)
+            ids = self._prompt_ids(chat, add_generation_prompt=request.add_generation_prompt)
+        else:
+            assert request.prompt is not None
+            ids = self.model.tokenize(request.prompt, add_special=request.add_special, parse_special=True)
+        strings = tuple(self.model.token_text(t) for t in ids) if request.token_strings else None
+        return Tokenized(tuple(ids), strings)
 
     def detokenize(self, token_ids: list[int]) -> str:
         check_token_ids(token_ids, self.model.n_vocab, "tokens")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import llama_cpp
 import numpy as np
 
+from lmgate.backends.llamacpp.grammar import consume, mask_logits
 from lmgate.backends.llamacpp.kv_cache import MemoryOp, RemoveOp
 from lmgate.backends.llamacpp.llama_model import LlamaModel
 from lmgate.backends.llamacpp.sampler import SamplerChain
@@ -116,15 +117,25 @@ class Runner:
                 prompt=seq.token_ids[: seq.num_prompt_tokens],
                 banned=self.model.eog_ids if seq.sampling.ignore_eos else frozenset(),
             )
+        # Log-probabilities are the model's own: read before a structured output's mask.
+        logprobs = self._log_softmax(batch_index) if seq.sampling.logprobs is not None else None
+        if seq.matcher is not None:
+            mask_logits(seq.matcher, self._raw_logits(batch_index))
         token_id = chain.sample(self.model.ctx, batch_index)
+        if seq.matcher is not None and not consume(seq.matcher, token_id):
+            seq.matcher = None
         logprob = None
-        if seq.sampling.logprobs is not None:
-            logprob = self._logprobs(batch_index, token_id, seq.sampling.logprobs)
+        if logprobs is not None and seq.sampling.logprobs is not None:
+            logprob = self._logprobs(logprobs, token_id, seq.sampling.logprobs)
         return Sampled(seq, token_id, logprob)
 
-    def _log_softmax(self, batch_index: int) -> np.ndarray:
+    def _raw_logits(self, batch_index: int) -> np.ndarray:
+        """The row of llama.cpp's logits at ``batch_index``, in place (writes change what is sampled)."""
         ptr = llama_cpp.llama_get_logits_ith(self.model.ctx, batch_index)
-        logits = np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).astype(np.float64)
+        return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,))
+
+    def _log_softmax(self, batch_index: int) -> np.ndarray:
+        logits = self._raw_logits(batch_index).astype(np.float64)
         peak = logits.max()
         log_probs: np.ndarray = logits - (peak + np.log(np.exp(logits - peak).sum()))  # numpy's arithmetic is Any here
         return log_probs
@@ -132,8 +143,7 @@ class Runner:
     def _top_logprobs(self, batch_index: int, top_n: int) -> tuple[tuple[int, float], ...]:
         return _best(self._log_softmax(batch_index), top_n)
 
-    def _logprobs(self, batch_index: int, token_id: int, top_n: int) -> TokenLogprob:
-        logprobs = self._log_softmax(batch_index)
+    def _logprobs(self, logprobs: np.ndarray, token_id: int, top_n: int) -> TokenLogprob:
         top = tuple(self._entry(t, lp) for t, lp in _best(logprobs, top_n)) if top_n > 0 else ()
         chosen = self._entry(token_id, float(logprobs[token_id]))
         return TokenLogprob(chosen.token_id, chosen.token, chosen.logprob, chosen.bytes, top)

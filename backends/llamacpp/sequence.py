@@ -13,11 +13,15 @@ import hashlib
 import time
 from array import array
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from lmgate.backends.engine.beam_search import BeamSearch
 from lmgate.backends.engine.output_text import OutputText
 from lmgate.backends.llamacpp.kv_cache import BLOCK_SIZE
 from lmgate.backends.types import FinishReason, SamplingParams
+
+if TYPE_CHECKING:
+    from llguidance import LLMatcher
 
 
 class SequenceStatus(enum.Enum):
@@ -50,6 +54,12 @@ class Sequence:
     """When its first chunk was scheduled (set by the engine)."""
     beam: BeamSearch[Sequence] | None = None
     """The beam search this sequence is a beam of; its tokens are chosen by the search, not sampled."""
+    matcher: LLMatcher | None = None
+    """Its structured output's ``llguidance.LLMatcher`` (backends/llamacpp/grammar.py), fed every
+    sampled token; None when the output is free."""
+    cache_salt: bytes = b""
+    """The tenant's prefix-cache partition (GenerateRequest.cache_salt): the first block's hash starts
+    from it, so blocks are found only by sequences with the same salt. Empty: today's shared cache."""
     _hashes: list[bytes] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
@@ -78,13 +88,14 @@ class Sequence:
     def block_hashes(self) -> list[bytes]:
         """Chained hashes of every full block of ``token_ids`` (computed once, extended as it grows).
 
-        Block i's hash covers its tokens and block i-1's hash, so equal hashes mean equal prefixes.
-        BLAKE2b, not Python's ``hash``: a collision would serve one user another's KV.
+        Block i's hash covers its tokens and block i-1's hash (block 0's: the cache salt), so equal
+        hashes mean equal prefixes of the same tenant. BLAKE2b, not Python's ``hash``: a collision
+        would serve one user another's KV.
         """
         full = len(self.token_ids) // BLOCK_SIZE
         while len(self._hashes) < full:
             i = len(self._hashes)
-            digest = hashlib.blake2b(self._hashes[-1] if self._hashes else b"", digest_size=16)
+            digest = hashlib.blake2b(self._hashes[-1] if self._hashes else _seed(self.cache_salt), digest_size=16)
             digest.update(array("i", self.token_ids[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE]).tobytes())
             self._hashes.append(digest.digest())
         return self._hashes
@@ -96,7 +107,7 @@ class Sequence:
         """A copy continuing with ``token_id`` whose KV (all computed positions) is shared in ``slot``."""
         child = Sequence(
             self.request_id, self.index, [*self.token_ids, token_id], self.sampling, self.max_tokens, self.arrival,
-            OutputText(), beam=self.beam,
+            OutputText(), beam=self.beam, cache_salt=self.cache_salt,
         )  # fmt: skip
         child.num_prompt_tokens = self.num_prompt_tokens
         child.num_computed_tokens = self.num_computed_tokens
@@ -111,3 +122,9 @@ class Sequence:
         self.slot = None
         self.num_computed_tokens = 0
         self.num_preemptions += 1
+
+
+def _seed(cache_salt: bytes) -> bytes:
+    """What block 0's hash starts from: nothing without a salt (hashes as before salts existed), else
+    a digest of it in a namespace of its own, so no salt can pose as a parent block's hash."""
+    return hashlib.blake2b(cache_salt, digest_size=16, person=b"lmgate-salt").digest() if cache_salt else b""

@@ -9,6 +9,7 @@ such servers learn that the client went away. Uses the official ``openai`` SDK.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import AsyncGenerator
 from typing import Any, cast
@@ -26,6 +27,8 @@ from lmgate.backends.types import (
     GenerateRequest,
     ModelInfo,
     SamplingParams,
+    StructuredOutput,
+    StructureKind,
     TokenDelta,
     TokenLogprob,
     TopLogprob,
@@ -71,6 +74,8 @@ class OpenAIBackend(Backend):
     async def generate(self, request: GenerateRequest) -> AsyncGenerator[TokenDelta, None]:
         client = self._require_client()
         params = self._params(request.sampling)
+        if self._config.send_cache_salt and request.cache_salt:
+            params["extra_body"] = {**params.get("extra_body", {}), "cache_salt": request.cache_salt}
         try:
             if request.messages is not None:
                 # lmgate's Role values are OpenAI's role names; the SDK has a TypedDict per role.
@@ -129,7 +134,11 @@ class OpenAIBackend(Backend):
             "ignore_eos": sampling.ignore_eos or None,
             "stop_token_ids": list(sampling.stop_token_ids) or None,
         }
-        extra = {k: v for k, v in extensions.items() if v is not None and k in supported and k not in OPENAI_PARAMS}
+        extra: dict[str, Any] = {
+            k: v for k, v in extensions.items() if v is not None and k in supported and k not in OPENAI_PARAMS
+        }
+        if sampling.structured_output is not None and "structured_output" in supported:
+            extra["structured_outputs"] = _structured_outputs(sampling.structured_output)
         if extra:
             params["extra_body"] = extra
         return params
@@ -183,3 +192,13 @@ def _error(exc: openai.OpenAIError, base_url: str) -> BackendError:
         body = exc.body if isinstance(exc.body, dict) else {}
         return InvalidRequest(str(body.get("message") or exc.message), param=body.get("param"), code=body.get("code"))
     return BackendUnavailable(f"upstream {base_url}: {exc}")
+
+
+def _structured_outputs(structured: StructuredOutput) -> dict[str, Any]:
+    """``structured`` as vLLM's ``structured_outputs`` request extension (vLLM and lmgate read it)."""
+    kind, spec = structured.kind, structured.spec
+    if kind is StructureKind.JSON:
+        return {"json_object": True}
+    if kind in (StructureKind.JSON_SCHEMA, StructureKind.CHOICE):
+        return {"json" if kind is StructureKind.JSON_SCHEMA else "choice": json.loads(spec)}
+    return {kind.value: spec}

@@ -23,5 +23,12 @@ class OpenAIConfig(BaseModel):
     supported_params: list[str] = Field(
         default_factory=lambda: list(OPENAI_PARAMS),
         description="Sampling parameters the upstream honours; vLLM / llama-server / lmgate also take top_k, "
-        "min_p, repetition_penalty, ignore_eos, stop_token_ids (sent in the request body as extensions).",
+        "min_p, repetition_penalty, ignore_eos, stop_token_ids, and vLLM / lmgate structured_output (sent in the "
+        "request body as extensions: `structured_outputs`).",
+    )
+    send_cache_salt: bool = Field(
+        default=False,
+        description="Send each tenant's prefix-cache salt as `cache_salt` in the request body (vLLM's OpenAI "
+        "server takes it, so tenants cannot probe each other's cached prompts there); off for servers that "
+        "refuse unknown fields.",
     )

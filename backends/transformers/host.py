@@ -15,6 +15,7 @@ from lmgate.backends.engine.limits import check_sampling, output_budget
 from lmgate.backends.engine.thread import Publish
 from lmgate.backends.errors import ModelLoadError
 from lmgate.backends.hf_prompt import HfPrompt
+from lmgate.backends.tokenization import Tokenized, TokenizeRequest
 from lmgate.backends.transformers.config import TransformersConfig
 from lmgate.backends.transformers.engine import Engine
 from lmgate.backends.transformers.hf_model import HfModel
@@ -52,6 +53,9 @@ class TransformersHost:
 
     def tokenize(self, text: str, add_special: bool) -> list[int]:
         return self._prompt.tokenize(text, add_special=add_special)
+
+    def tokenize_request(self, request: TokenizeRequest) -> Tokenized:
+        return self._prompt.tokenized(request)
 
     def detokenize(self, token_ids: list[int]) -> str:
         return self._prompt.detokenize(token_ids)

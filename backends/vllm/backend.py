@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -25,6 +26,7 @@ from lmgate.backends.engine.beam_search import BeamSearch, final_deltas
 from lmgate.backends.engine.limits import output_budget
 from lmgate.backends.errors import BackendUnavailable, InvalidRequest
 from lmgate.backends.hf_prompt import HfPrompt
+from lmgate.backends.tokenization import Tokenized, TokenizeRequest
 from lmgate.backends.types import (
     BEAM_SEARCH_PARAMS,
     STANDARD_SAMPLING_PARAMS,
@@ -34,6 +36,8 @@ from lmgate.backends.types import (
     GenerateRequest,
     ModelInfo,
     SamplingParams,
+    StructuredOutput,
+    StructureKind,
     TokenDelta,
     TokenLogprob,
     TopLogprob,
@@ -41,7 +45,7 @@ from lmgate.backends.types import (
 )
 from lmgate.backends.vllm.config import VllmConfig
 
-SAMPLING_PARAMS = STANDARD_SAMPLING_PARAMS | BEAM_SEARCH_PARAMS
+SAMPLING_PARAMS = STANDARD_SAMPLING_PARAMS | BEAM_SEARCH_PARAMS | {"structured_output"}
 
 
 @dataclass
@@ -123,6 +127,8 @@ class VllmBackend(Backend):
         # long prompt must not stall every other request's stream.
         prompt = await asyncio.to_thread(self._require_prompt().ids, request)
         if request.sampling.use_beam_search:
+            if request.sampling.structured_output is not None:
+                raise InvalidRequest("structured outputs are not decoded with beam search", param="use_beam_search")
             for delta in await self._beam_search(engine, request, prompt):
                 yield delta
             return
@@ -131,7 +137,7 @@ class VllmBackend(Backend):
         counts: dict[int, int] = {}
         unfinished = request.sampling.n
         try:
-            async for output in engine.generate({"prompt_token_ids": prompt}, params, internal):
+            async for output in engine.generate(_prompt(prompt, request.cache_salt), params, internal):
                 for completion in output.outputs:
                     delta = self._delta(completion, output, counts, len(prompt))
                     unfinished -= delta.finish_reason is not None
@@ -175,6 +181,7 @@ class VllmBackend(Backend):
             logprobs=s.logprobs,
             logit_bias=dict(s.logit_bias) or None,
             output_kind=RequestOutputKind.DELTA,
+            structured_outputs=_structured(s.structured_output),
         )
 
     async def _beam_search(self, engine: Any, request: GenerateRequest, prompt: list[int]) -> list[TokenDelta]:
@@ -194,7 +201,8 @@ class VllmBackend(Backend):
             if search.done:
                 break
             tops = await asyncio.gather(*(
-                self._top_logprobs(engine, prompt + beam.output, one_step, f"{base}-{step}-{i}")
+                self._top_logprobs(engine, _prompt(prompt + beam.output, request.cache_salt), one_step,
+                                   f"{base}-{step}-{i}")
                 for i, beam in enumerate(search.live)
             ))  # fmt: skip
             search.step({id(beam): top for beam, top in zip(search.live, tops, strict=True)})
@@ -202,10 +210,12 @@ class VllmBackend(Backend):
                             s.stop, lambda n: Usage(len(prompt), n))  # fmt: skip
 
     @staticmethod
-    async def _top_logprobs(engine: Any, ids: list[int], params: Any, request_id: str) -> list[tuple[int, float]]:
-        """The top log-probabilities of the token after ``ids``, best first."""
+    async def _top_logprobs(
+        engine: Any, prompt: dict[str, Any], params: Any, request_id: str
+    ) -> list[tuple[int, float]]:
+        """The top log-probabilities of the token after ``prompt``'s ids, best first."""
         last = None
-        async for output in engine.generate({"prompt_token_ids": ids}, params, request_id):
+        async for output in engine.generate(prompt, params, request_id):
             last = output
         assert last is not None and last.outputs[0].logprobs
         entries = last.outputs[0].logprobs[0]
@@ -218,6 +228,9 @@ class VllmBackend(Backend):
 
     async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         return await asyncio.to_thread(self._require_prompt().tokenize, text, add_special=add_special)
+
+    async def tokenize_request(self, request: TokenizeRequest) -> Tokenized:
+        return await asyncio.to_thread(self._require_prompt().tokenized, request)
 
     async def detokenize(self, token_ids: list[int]) -> str:
         return await asyncio.to_thread(self._require_prompt().detokenize, token_ids)
@@ -275,3 +288,28 @@ def _logger_factory(stats: _Stats) -> Any:
             return None
 
     return _StatLogger
+
+
+def _structured(structured: StructuredOutput | None) -> Any:
+    """vLLM's own structured outputs for ``structured`` (its guidance/xgrammar backends), or None."""
+    if structured is None:
+        return None
+    from vllm.sampling_params import StructuredOutputsParams
+
+    kind, spec = structured.kind, structured.spec
+    if kind is StructureKind.JSON:
+        return StructuredOutputsParams(json_object=True)
+    if kind is StructureKind.JSON_SCHEMA:
+        return StructuredOutputsParams(json=spec)
+    if kind is StructureKind.CHOICE:
+        return StructuredOutputsParams(choice=json.loads(spec))
+    if kind is StructureKind.REGEX:
+        return StructuredOutputsParams(regex=spec)
+    return StructuredOutputsParams(grammar=spec)
+
+
+def _prompt(ids: list[int], cache_salt: str | None) -> dict[str, Any]:
+    """vLLM's TokensPrompt; with the tenant's ``cache_salt``, which vLLM mixes into the hash of the
+    prompt's first block so that other tenants' requests cannot hit (and time) its cached blocks
+    (CVE-2025-46570)."""
+    return {"prompt_token_ids": ids} | ({"cache_salt": cache_salt} if cache_salt else {})

@@ -18,6 +18,7 @@ from lmgate.server.grpc.servicer import SERVICE, InferenceServicer
 from lmgate.server.metrics import Metrics
 from lmgate.server.placement.dispatch import Dispatcher
 from lmgate.server.placement.registry import ModelRegistry
+from lmgate.server.tenancy.records import Tenants
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class GrpcFrontend:
     async def start(
         cls, registry: ModelRegistry, dispatcher: Dispatcher, metrics: Metrics, host: str, port: int,
         interceptors: tuple[grpc.aio.ServerInterceptor, ...] = (), max_connection_age_s: float | None = None,
+        tenants: Tenants | None = None,
     ) -> GrpcFrontend:  # fmt: skip
         """Serve on ``host:port``; ``max_connection_age_s`` makes clients reconnect that often (see settings)."""
         options = list(_SERVER_OPTIONS)
@@ -58,7 +60,7 @@ class GrpcFrontend:
         def refused(method: str, message: str) -> None:
             metrics.rejected("grpc", method, InvalidRequestError(message))
 
-        add_inference_service(InferenceServicer(registry, dispatcher, metrics), server, refused)
+        add_inference_service(InferenceServicer(registry, dispatcher, metrics, tenants), server, refused)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

@@ -24,6 +24,8 @@ from lmgate.server.errors import LmgateError, from_backend_error
 from lmgate.server.metrics import Metrics
 from lmgate.server.placement.dispatch import Dispatcher
 from lmgate.server.placement.registry import ModelRegistry
+from lmgate.server.tenancy.records import Tenant, Tenants
+from lmgate.server.tenancy.scope import check_model, visible
 from lmgate.v1 import inference_pb2 as pb
 from lmgate.v1 import inference_pb2_grpc as pb_grpc
 
@@ -59,6 +61,11 @@ async def _rpc_errors(context: AnyContext) -> AsyncIterator[None]:
         await context.abort(grpc.StatusCode[error.grpc_status], error.message[:MAX_DETAILS_CHARS])
 
 
+def grpc_endpoints() -> frozenset[str]:
+    """The paths of the service's methods, as metrics and the request log name them."""
+    return frozenset(f"/{SERVICE}/{name}" for name in pb.DESCRIPTOR.services_by_name["Inference"].methods_by_name)
+
+
 def _request_id(context: AnyContext) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= 128:
@@ -71,10 +78,20 @@ R = TypeVar("R", pb.ChatResponse, pb.CompleteResponse)
 
 
 class InferenceServicer(pb_grpc.InferenceServicer):
-    def __init__(self, registry: ModelRegistry, dispatcher: Dispatcher, metrics: Metrics) -> None:
+    def __init__(
+        self, registry: ModelRegistry, dispatcher: Dispatcher, metrics: Metrics, tenants: Tenants | None = None
+    ) -> None:
         self._registry = registry
         self._dispatcher = dispatcher
         self._metrics = metrics
+        self._tenants = tenants
+
+    def _tenant(self, context: AnyContext) -> Tenant | None:
+        """The caller's key record (the interceptor let only known keys in), None without records."""
+        if self._tenants is None:
+            return None
+        authorization = dict(context.invocation_metadata() or ()).get("authorization")  # bytes only for -bin keys
+        return self._tenants.identify(authorization if isinstance(authorization, str) else None)
 
     async def Chat(
         self, request: pb.ChatRequest, context: grpc.aio.ServicerContext[pb.ChatRequest, pb.ChatResponse]
@@ -101,12 +118,14 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         (a choice's last with its usage), then one with the request's usage."""
         request_id = _request_id(context)
         async with _rpc_errors(context):
+            tenant = self._tenant(context)
             with self._metrics.request("grpc", f"/{SERVICE}/{method}", request.model, request_id) as tracker:
+                tracker.tenant = tenant.name if tenant is not None else None
                 try:
                     internal = from_pb(request, request_id)
                 except BackendError as exc:
                     raise from_backend_error(exc) from None  # counted as the client error it is
-                dispatched = await self._dispatcher.open(request.model, [internal], tracker.placed)
+                dispatched = await self._dispatcher.open(request.model, [internal], tenant, tracker.placed)
                 stream = tracker.watch(dispatched.streams[0], internal.sampling.n)
                 model = dispatched.pool.name
                 # Closed however the call ends, a cancel before the first message included.
@@ -123,7 +142,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         context: grpc.aio.ServicerContext[pb.ListModelsRequest, pb.ListModelsResponse],
     ) -> pb.ListModelsResponse:
         models = []
-        for name, pool in self._registry.pools.items():
+        for pool in visible(self._registry, self._tenant(context)):
+            name = pool.name
             model = pb.Model(name=name, aliases=pool.settings.aliases, backend=pool.backend_kind, ready=pool.healthy())
             if pool.healthy():
                 info, capabilities = pool.primary.info, pool.primary.capabilities
@@ -137,6 +157,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext[pb.TokenizeRequest, pb.TokenizeResponse]
     ) -> pb.TokenizeResponse:
         async with _rpc_errors(context):
+            check_model(self._registry, request.model, self._tenant(context))
             backend = (await self._registry.loaded(request.model)).primary
             add_special = request.add_special if request.HasField("add_special") else True
             return pb.TokenizeResponse(token_ids=await backend.tokenize(request.text, add_special=add_special))
@@ -148,6 +169,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         context: grpc.aio.ServicerContext[pb.DetokenizeRequest, pb.DetokenizeResponse],
     ) -> pb.DetokenizeResponse:
         async with _rpc_errors(context):
+            check_model(self._registry, request.model, self._tenant(context))
             backend = (await self._registry.loaded(request.model)).primary
             return pb.DetokenizeResponse(text=await backend.detokenize(list(request.token_ids)))
         raise AssertionError("unreachable: _rpc_errors aborts")

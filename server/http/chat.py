@@ -30,6 +30,7 @@ from lmgate.server.http.protocol import (
 )
 from lmgate.server.metrics import Metrics
 from lmgate.server.placement.dispatch import Dispatcher
+from lmgate.server.tenancy.http import tenant_of
 
 router = APIRouter()
 
@@ -39,12 +40,13 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     dispatcher: Dispatcher = request.app.state.dispatcher
     metrics: Metrics = request.app.state.metrics
     base_id = base_request_id(request)
+    tenant = tenant_of(request)
     with metrics.request("http", "/v1/chat/completions", body.model, base_id) as tracker:
+        tracker.tenant = tenant.name if tenant is not None else None
         if metrics.log_prompts:
             tracker.prompt = json.dumps([m.model_dump(exclude_none=True) for m in body.messages])
-        dispatched = await until_disconnect(
-            request, dispatcher.open(body.model, [chat_request(body, base_id)], tracker.placed)
-        )
+        opening = dispatcher.open(body.model, [chat_request(body, base_id)], tenant, tracker.placed)
+        dispatched = await until_disconnect(request, opening)
         stream = tracker.watch(dispatched.streams[0], body.n)
     response_id, model = f"chatcmpl-{base_id}", dispatched.pool.name
     headers = response_headers(base_id, dispatched.ignored_params)

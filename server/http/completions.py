@@ -27,6 +27,7 @@ from lmgate.server.http.protocol import Completion, CompletionChoice, Completion
 from lmgate.server.metrics import Metrics
 from lmgate.server.placement.dispatch import Dispatcher
 from lmgate.server.placement.generation import merge
+from lmgate.server.tenancy.http import tenant_of
 
 router = APIRouter()
 
@@ -36,12 +37,13 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     dispatcher: Dispatcher = request.app.state.dispatcher
     metrics: Metrics = request.app.state.metrics
     base_id = base_request_id(request)
+    tenant = tenant_of(request)
     with metrics.request("http", "/v1/completions", body.model, base_id) as tracker:
+        tracker.tenant = tenant.name if tenant is not None else None
         if metrics.log_prompts:
             tracker.prompt = json.dumps(body.prompt)
-        dispatched = await until_disconnect(
-            request, dispatcher.open(body.model, completion_requests(body, base_id), tracker.placed)
-        )
+        opening = dispatcher.open(body.model, completion_requests(body, base_id), tenant, tracker.placed)
+        dispatched = await until_disconnect(request, opening)
         deltas = tracker.watch(merge(dispatched.streams, body.n), body.n)
         try:
             echoes = await _echo_texts(dispatched.backend, body) if body.echo else None

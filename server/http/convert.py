@@ -51,6 +51,7 @@ def sampling_params(body: _Request, *, max_tokens: int | None, logprobs: int | N
         use_beam_search=body.use_beam_search,
         best_of=body.best_of,
         length_penalty=body.length_penalty,
+        structured_output=body.structured_output,
     )
 
 
@@ -61,6 +62,7 @@ def chat_request(body: ChatCompletionRequest, request_id: str) -> GenerateReques
         model=body.model,
         sampling=sampling_params(body, max_tokens=body.output_limit, logprobs=logprobs),
         messages=tuple(ChatMessage(Role(m.role), m.text) for m in body.messages),
+        cache_salt=body.cache_salt,
     )
 
 
@@ -68,12 +70,13 @@ def completion_requests(body: CompletionRequest, request_id: str) -> list[Genera
     """One request per prompt of the batch; choice indexes are offset by the caller."""
     sampling = sampling_params(body, max_tokens=body.max_tokens or 16, logprobs=body.logprobs)
     requests = []
+    salt = body.cache_salt
     for i, prompt in enumerate(body.prompts):
         rid = request_id if i == 0 else f"{request_id}-{i}"
         if isinstance(prompt, str):
-            requests.append(GenerateRequest(rid, body.model, sampling, prompt=prompt))
+            requests.append(GenerateRequest(rid, body.model, sampling, prompt=prompt, cache_salt=salt))
         else:
-            requests.append(GenerateRequest(rid, body.model, sampling, prompt_token_ids=tuple(prompt)))
+            requests.append(GenerateRequest(rid, body.model, sampling, prompt_token_ids=tuple(prompt), cache_salt=salt))
     return requests
 
 

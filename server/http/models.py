@@ -6,6 +6,8 @@ from fastapi import APIRouter, Request
 
 from lmgate.server.http.protocol import ModelCard, ModelList
 from lmgate.server.placement.registry import ModelPool, ModelRegistry, ModelState
+from lmgate.server.tenancy.http import tenant_of
+from lmgate.server.tenancy.scope import check_model, visible
 
 router = APIRouter()
 
@@ -27,11 +29,12 @@ def _card(pool: ModelPool) -> ModelCard:
 async def list_models(request: Request) -> ModelList:
     """Models that serve now, and lazy ones that load at their first request."""
     registry: ModelRegistry = request.app.state.models
-    listed = [p for p in registry.pools.values() if p.healthy() or p.state is ModelState.UNLOADED]
+    listed = [p for p in visible(registry, tenant_of(request)) if p.healthy() or p.state is ModelState.UNLOADED]
     return ModelList(data=[_card(p) for p in listed])
 
 
 @router.get("/v1/models/{model:path}")
 async def retrieve_model(model: str, request: Request) -> ModelCard:
     registry: ModelRegistry = request.app.state.models
+    check_model(registry, model, tenant_of(request))
     return _card(registry.pool(model))

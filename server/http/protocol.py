@@ -2,19 +2,24 @@
 
 Requests validate every value a client sends (ranges as OpenAI documents them, plus vLLM's
 extensions ``top_k``, ``min_p``, ``repetition_penalty``, ``ignore_eos``, ``stop_token_ids``);
-unknown fields are ignored as OpenAI-compatible servers do. Features lmgate does not implement
-(tools, structured output, ``suffix``, ``best_of`` > n) are refused by name rather than ignored.
+unknown fields are ignored as OpenAI-compatible servers do. Structured outputs come as OpenAI's
+``response_format`` (chat) or vLLM's ``structured_outputs`` (chat and completions), checked here
+(backends/structured_output.py) before any model sees them. Features lmgate does not implement
+(tools, ``suffix``, ``best_of`` > n) are refused by name rather than ignored.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
+from lmgate.backends import structured_output
 from lmgate.backends.sampling_rules import (
     BOUNDS,
+    CACHE_SALT_CHARS,
     LOGIT_BIAS,
     LOGPROBS,
     TOKEN_ID,
@@ -23,6 +28,7 @@ from lmgate.backends.sampling_rules import (
     logit_bias_key_problem,
     stop_problem,
 )
+from lmgate.backends.types import StructuredOutput, StructureKind
 
 
 def _unicode_text(value: str) -> str:
@@ -44,6 +50,40 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class StructuredOutputsParam(BaseModel):
+    """vLLM's ``structured_outputs``: exactly one of its fields."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    json_: dict[str, Any] | bool | str | None = Field(default=None, alias="json", description="A JSON Schema.")
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = Field(default=None, description="A Lark or GBNF grammar.")
+    json_object: bool | None = Field(default=None, description="Any JSON object.")
+
+    def to_internal(self) -> StructuredOutput:
+        given = [name for name in ("json_", "regex", "choice", "grammar", "json_object") if getattr(self, name)]
+        if len(given) != 1:
+            raise ValueError("set exactly one of json, regex, choice, grammar and json_object")
+        name = given[0]
+        if name == "json_":
+            spec = self.json_ if isinstance(self.json_, str) else json.dumps(self.json_)
+            return StructuredOutput(StructureKind.JSON_SCHEMA, spec)
+        if name == "choice":
+            return StructuredOutput(StructureKind.CHOICE, json.dumps(self.choice))
+        if name == "json_object":
+            return StructuredOutput(StructureKind.JSON)
+        kind = StructureKind.REGEX if name == "regex" else StructureKind.GRAMMAR
+        return StructuredOutput(kind, getattr(self, name))
+
+
+def _checked(structured: StructuredOutput | None) -> StructuredOutput | None:
+    """``structured`` if it can be compiled; a ValueError saying why not (pydantic names the field)."""
+    if structured is not None and (rule := structured_output.problem(structured)):
+        raise ValueError(rule)
+    return structured
+
+
 class _Request(BaseModel):
     """Fields chat and completions share."""
 
@@ -59,6 +99,11 @@ class _Request(BaseModel):
     stop: Text | list[Text] | None = None
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
+    cache_salt: str | None = Field(
+        default=None, min_length=1, max_length=CACHE_SALT_CHARS,
+        description="vLLM extension: prompt-cache partition (requests share cached prefixes only with the same "
+        "salt). With API key records the caller's own key's salt replaces it (docs/routing.md#tenants).",
+    )  # fmt: skip
     presence_penalty: float | None = Field(default=None, **BOUNDS["presence_penalty"].field())
     frequency_penalty: float | None = Field(default=None, **BOUNDS["frequency_penalty"].field())
     repetition_penalty: float | None = Field(default=None, **BOUNDS["repetition_penalty"].field())
@@ -74,6 +119,20 @@ class _Request(BaseModel):
         default=1.0, **BOUNDS["length_penalty"].field(), description="Beam score = logprob / len**this."
     )
     user: str | None = None
+    structured_outputs: StructuredOutputsParam | None = Field(
+        default=None, description="vLLM extension: constrain the output to a JSON Schema, regex, choice or grammar."
+    )
+
+    @field_validator("structured_outputs")
+    @classmethod
+    def _check_structured_outputs(cls, value: StructuredOutputsParam | None) -> StructuredOutputsParam | None:
+        _checked(value.to_internal() if value is not None else None)
+        return value
+
+    @property
+    def structured_output(self) -> StructuredOutput | None:
+        """The request's constraint on its output, from whichever field set it."""
+        return self.structured_outputs.to_internal() if self.structured_outputs is not None else None
 
     @field_validator("stop")
     @classmethod
@@ -126,13 +185,43 @@ class ChatMessageParam(BaseModel):
         return self.content or ""
 
 
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] | bool | None = Field(default=None, alias="schema")
+    strict: bool | None = Field(default=None, description="Always enforced: decoding follows the schema.")
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's ``response_format``."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is given with type json_schema, and only then")
+        return self
+
+    def to_internal(self) -> StructuredOutput | None:
+        if self.type == "json_object":
+            return StructuredOutput(StructureKind.JSON)
+        if self.json_schema is not None:
+            schema = self.json_schema.schema_
+            return StructuredOutput(StructureKind.JSON_SCHEMA, json.dumps({} if schema in (None, True) else schema))
+        return None
+
+
 class ChatCompletionRequest(_Request):
     messages: list[ChatMessageParam] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, **BOUNDS["max_tokens"].field())
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, **LOGPROBS.field())
     tools: list[Any] | None = None
-    response_format: dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
 
     @field_validator("tools")
     @classmethod
@@ -143,19 +232,22 @@ class ChatCompletionRequest(_Request):
 
     @field_validator("response_format")
     @classmethod
-    def _refuse_structured_output(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value and value.get("type", "text") != "text":
-            raise ValueError(
-                "structured output (json_object, json_schema) is not supported by lmgate yet: send the request "
-                'without `response_format`, or with {"type": "text"}'
-            )
+    def _check_response_format(cls, value: ResponseFormat | None) -> ResponseFormat | None:
+        _checked(value.to_internal() if value is not None else None)
         return value
 
     @model_validator(mode="after")
     def _check_chat(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs to be true")
+        if self.response_format is not None and self.response_format.type != "text" and self.structured_outputs:
+            raise ValueError("set response_format or structured_outputs, not both")
         return self
+
+    @property
+    def structured_output(self) -> StructuredOutput | None:
+        from_format = self.response_format.to_internal() if self.response_format is not None else None
+        return from_format or super().structured_output
 
     @property
     def output_limit(self) -> int | None:

@@ -39,6 +39,9 @@ from lmgate.server.errors import (
 from lmgate.server.placement.drain import Drain
 from lmgate.server.placement.generation import open_stream, open_streams
 from lmgate.server.placement.registry import ModelPool, ModelRegistry
+from lmgate.server.tenancy.quota import Lease, token_estimate
+from lmgate.server.tenancy.records import Tenant
+from lmgate.server.tenancy.scope import check_model, salted
 
 AFFINITY_BYTES = 512
 _INSTRUCTIONS = (Role.SYSTEM, Role.DEVELOPER)
@@ -61,8 +64,14 @@ def affinity_key(request: GenerateRequest) -> bytes:
 
     A chat's is its leading system/developer messages, which many users' conversations share (the
     users' own text would scatter them); without any, its first message, which every later turn of
-    the same conversation repeats. A raw prompt's is its start.
+    the same conversation repeats. A raw prompt's is its start. A tenant's requests start theirs
+    with its cache salt: its prefixes are cached apart from other tenants' (server/tenancy/scope.py).
     """
+    salt = (request.cache_salt or "").encode()
+    return salt + _shared_prefix(request)
+
+
+def _shared_prefix(request: GenerateRequest) -> bytes:
     if request.messages is not None:
         shared = list(itertools.takewhile(lambda m: m.role in _INSTRUCTIONS, request.messages)) or request.messages[:1]
         text = "".join(f"<{m.role.value}>{m.content[:AFFINITY_BYTES]}" for m in shared)
@@ -84,17 +93,25 @@ class Dispatcher:
         self.drain = drain
 
     async def open(
-        self, model: str, requests: list[GenerateRequest], placed: Callable[[str, str], None] | None = None
+        self,
+        model: str,
+        requests: list[GenerateRequest],
+        tenant: Tenant | None = None,
+        placed: Callable[[str, str], None] | None = None,
     ) -> Dispatched:
         """Open ``requests`` (the prompts of one client request) on one replica of the chosen pool.
 
         ``placed(pool name, backend kind)`` is called once the pool is chosen (the model asked for,
         or a fallback), before anything about the request can fail there: metrics label by it.
         The pool's ``request_timeout_s`` runs from here: queueing for a slot and waiting for the
-        first token count, and a drain that times out cuts those waits too (server/placement/drain.py)."""
+        first token count, and a drain that times out cuts those waits too (server/placement/drain.py).
+        ``tenant`` (a key with a record): a model outside its scope is not found, its requests carry
+        its cache salt, its quota is charged after the checks, and it queues in its own line."""
         if self.drain.draining:
             raise self.drain.refused()
-        pool = await self._choose_pool(model)
+        check_model(self.registry, model, tenant)
+        requests = salted(requests, tenant)
+        pool = await self._choose_pool(model, tenant.name if tenant else "")
         if placed is not None:
             placed(pool.name, pool.backend_kind)
         sampling = requests[0].sampling
@@ -105,6 +122,18 @@ class Dispatcher:
                 check_prompt_size(request, info.context_length, info.max_token_bytes)
         except BackendError as exc:
             raise from_backend_error(exc) from None
+        lease = tenant.quota.admit(requests, time.monotonic()) if tenant is not None else None
+        try:
+            return await self._open_within_deadline(pool, requests, ignored, tenant, lease)
+        except BaseException:
+            if lease is not None:
+                lease.cancel()
+            raise
+
+    async def _open_within_deadline(
+        self, pool: ModelPool, requests: list[GenerateRequest], ignored: tuple[str, ...], tenant: Tenant | None,
+        lease: Lease | None,
+    ) -> Dispatched:  # fmt: skip
         deadline = None
         if pool.settings.request_timeout_s is not None:
             deadline = asyncio.get_running_loop().time() + pool.settings.request_timeout_s
@@ -112,27 +141,32 @@ class Dispatcher:
             async with asyncio.timeout_at(deadline) as timer:
                 self.drain.watch(timer)
                 try:
-                    backend, index, streams, cost = await self._admit_and_open(pool, requests)
+                    backend, index, streams, cost = await self._admit_and_open(pool, requests, tenant)
                 finally:
                     self.drain.unwatch(timer)
         except TimeoutError:
             raise self.drain.cut_error() if self.drain.cut else _timed_out(pool) from None
         released = _Release(pool, index, cost, len(streams))
         guarded = [_guarded(s, pool, index, deadline, released, self.drain) for s in streams]
+        if lease is not None:
+            guarded = [lease.watch(s, r) for s, r in zip(guarded, requests, strict=True)]
         return Dispatched(guarded, pool, backend, ignored)
 
     async def _admit_and_open(
-        self, pool: ModelPool, requests: list[GenerateRequest]
+        self, pool: ModelPool, requests: list[GenerateRequest], tenant: Tenant | None = None
     ) -> tuple[Backend, int, list[Closable[TokenDelta]], int]:
         """A slot of the pool's gate, then the streams on a replica; the slot is given back on failure."""
-        await pool.gate.acquire()
+        if tenant is None:
+            await pool.gate.acquire()
+        else:
+            await pool.gate.acquire(tenant.name, token_estimate(requests), tenant.record.weight)
         try:
             return await self._open_on_replica(pool, requests)
         except BaseException:
             pool.gate.release()
             raise
 
-    async def _choose_pool(self, model: str) -> ModelPool:
+    async def _choose_pool(self, model: str, tenant: str = "") -> ModelPool:
         pool = self.registry.pool(model)
         usable: list[ModelPool] = []
         now = time.monotonic()
@@ -146,7 +180,7 @@ class Dispatcher:
                 return candidate
             usable.append(candidate)
         for candidate in usable:
-            if not candidate.gate.full:
+            if not candidate.gate.full_for(tenant):
                 return candidate
         if usable:
             raise RateLimitError(

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 
 from conftest import MODELS, assert_idle
 
-REQUEST_SCHEMAS = ("ChatCompletionRequest", "CompletionRequest")
+REQUEST_SCHEMAS = ("ChatCompletionRequest", "CompletionRequest", "ResponsesRequest", "TokenizeBody", "DetokenizeBody")
 
 
 @pytest.fixture(scope="session")
@@ -26,9 +26,12 @@ def api_schema(fuzz_server):
     return schemathesis.openapi.from_dict(document)
 
 
-OPERATIONS = ("POST /v1/chat/completions", "POST /v1/completions", "GET /v1/models", "GET /v1/models/{model}",
+OPERATIONS = ("POST /v1/chat/completions", "POST /v1/completions", "POST /v1/responses", "GET /v1/models",
+              "GET /v1/models/{model}", "POST /tokenize", "POST /detokenize", "GET /v1/responses/{response_id}",
               "GET /health", "GET /ready", "GET /metrics")  # fmt: skip
-EXAMPLES = {"POST /v1/chat/completions": 300, "POST /v1/completions": 300}
+EXAMPLES = {"POST /v1/chat/completions": 300, "POST /v1/completions": 300, "POST /v1/responses": 200,
+            "POST /tokenize": 100, "POST /detokenize": 100}  # fmt: skip
+RESPONSE_ENDS = ("response.completed", "response.incomplete", "response.failed")
 
 
 @pytest.mark.parametrize("label", OPERATIONS)
@@ -46,12 +49,22 @@ def test_no_request_gets_a_server_error(api_schema, fuzz_server, label):
             error = response.json()["error"]
             assert isinstance(error["message"], str) and error["type"], response.text[:500]
         elif "text/event-stream" in response.headers.get("content-type", ""):
-            events = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
-            assert events[-1] == "[DONE]"
-            for event in events[:-1]:
-                assert "internal_error" not in json.loads(event).get("error", {}).get("type", ""), event
+            assert_stream_ended_cleanly(response.text, typed=label == "POST /v1/responses")
 
     served_without_a_server_error()
+
+
+def assert_stream_ended_cleanly(text: str, *, typed: bool) -> None:
+    """Chat and completions end with ``[DONE]``, the Responses API with a final lifecycle event; neither
+    carries an internal error."""
+    events = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+    if typed:
+        assert json.loads(events[-1])["type"] in RESPONSE_ENDS, events[-1]
+        assert all(json.loads(e).get("code") != "internal_error" for e in events), text[-500:]
+        return
+    assert events[-1] == "[DONE]"
+    for event in events[:-1]:
+        assert "internal_error" not in json.loads(event).get("error", {}).get("type", ""), event
 
 
 def test_the_server_is_idle_after_the_fuzzing(fuzz_server):

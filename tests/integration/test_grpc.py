@@ -1,5 +1,6 @@
 """The public gRPC API with generated stubs against a real server, and a gateway → worker chain."""
 
+import json
 import time
 
 import grpc
@@ -69,6 +70,21 @@ def test_greedy_grpc_text_equals_greedy_http_text(server, stub):
         model=MODEL, text="Once upon a time", sampling=pb.SamplingParams(temperature=0, max_tokens=24)
     )))  # fmt: skip
     assert grpc_text == http.choices[0].text
+
+
+def test_structured_output_over_grpc_constrains_and_refuses_as_http_does(stub):
+    schema = (
+        '{"type": "object", "properties": {"answer": {"enum": ["yes", "no"]}}, "required": ["answer"], '
+        '"additionalProperties": false}'
+    )
+    request = chat("Is the sky blue?", temperature=1.0, max_tokens=40, structured_output=pb.StructuredOutput(
+        kind=pb.STRUCTURE_KIND_JSON_SCHEMA, spec=schema))  # fmt: skip
+    assert json.loads(text_of(stub.Chat(request)))["answer"] in {"yes", "no"}
+    hostile = chat("hi", structured_output=pb.StructuredOutput(kind=pb.STRUCTURE_KIND_REGEX, spec="(unclosed"))
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.Chat(hostile))
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert ("lmgate-error-param", "structured_output") in tuple(err.value.trailing_metadata())
 
 
 def test_each_choice_s_last_message_carries_that_choice_s_usage(stub):
@@ -204,6 +220,13 @@ def test_a_gateway_streams_the_same_tokens_as_its_worker(server, stub):
         with pytest.raises(openai.BadRequestError) as err:
             client.chat.completions.create(model="chain", messages=[{"role": "user", "content": "x" * 20000}])
         assert "context length" in err.value.message
+        # The worker's field and code cross the hop as data (trailers), not parsed out of the text.
+        assert (err.value.body["param"], err.value.body["code"]) == ("messages", "context_length_exceeded")
+        constrained = client.chat.completions.create(
+            model="chain", messages=[{"role": "user", "content": "Is the sky blue?"}], temperature=1.0, max_tokens=8,
+            extra_body={"structured_outputs": {"choice": ["yes", "no"]}},
+        )  # fmt: skip
+        assert constrained.choices[0].message.content in {"yes", "no"}
         [card] = client.models.list().data
         assert (card.id, card.backend, card.context_length) == ("chain", "grpc", 2048)
 

@@ -22,8 +22,9 @@ def body(**extra: object) -> dict:
     [
         ({"tools": [{"type": "function", "function": {"name": "f", "description": SECRET}}]}, "tools",
          "tools: function calling is not supported by lmgate yet: send the request without `tools` (got a list of 1"),
-        ({"response_format": {"type": "json_schema", "json_schema": {"name": SECRET}}}, "response_format",
-         "response_format: structured output (json_object, json_schema) is not supported by lmgate yet"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+            "type": "object", "description": SECRET, "properties": {"a": {"type": "strin"}}}}}}, "response_format",
+         "response_format: Invalid type: strin"),
         ({"top_logprobs": 2}, None, "body: top_logprobs requires logprobs to be true"),
         ({"stream_options": {"include_usage": True}}, None, "body: stream_options is only allowed when stream is true"),
         ({"temperature": "x" * 10_000}, "temperature", "temperature: Input should be a valid number"),

@@ -161,6 +161,12 @@ def test_capabilities_strict_refuses_lenient_serves_and_reports():
         )
         [card] = [m for m in client.get("/v1/models").json()["data"] if m["id"] == "strict"]
         assert "temperature" in card["supported_params"] and "top_k" not in card["supported_params"]
+        assert "structured_output" not in card["supported_params"]  # the fake backend cannot constrain
+        chat = {"messages": [{"role": "user", "content": "a b"}], "response_format": {"type": "json_object"}}
+        refused = client.post("/v1/chat/completions", json={"model": "strict", **chat})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "structured_output"
+        served = client.post("/v1/chat/completions", json={"model": "lenient", **chat})
+        assert served.headers["x-lmgate-ignored-params"] == "structured_output"
 
 
 def test_limits_max_tokens_cap_body_size_and_request_timeout():

@@ -6,7 +6,17 @@ from pydantic import ValidationError
 
 from lmgate.backends.errors import InvalidRequest
 from lmgate.backends.grpc import convert
-from lmgate.backends.types import ChatMessage, FinishReason, GenerateRequest, Role, SamplingParams, TokenDelta, Usage
+from lmgate.backends.types import (
+    ChatMessage,
+    FinishReason,
+    GenerateRequest,
+    Role,
+    SamplingParams,
+    StructuredOutput,
+    StructureKind,
+    TokenDelta,
+    Usage,
+)
 from lmgate.server.errors import from_validation_errors
 from lmgate.server.http import convert as http_convert
 from lmgate.server.http.protocol import ChatCompletionRequest, CompletionRequest
@@ -87,7 +97,8 @@ def test_a_bad_prompt_names_its_field():
 FULL = SamplingParams(
     temperature=0.7, top_p=0.9, top_k=5, min_p=0.1, repetition_penalty=1.1, presence_penalty=0.5,
     frequency_penalty=-0.5, seed=42, logit_bias=((5, 1.5), (7, -100.0)), max_tokens=7, stop=("a", "b"),
-    stop_token_ids=(1, 2), ignore_eos=True, logprobs=3, n=2,
+    stop_token_ids=(1, 2), logprobs=3, n=2,
+    structured_output=StructuredOutput(StructureKind.JSON_SCHEMA, '{"type": "object"}'),
 )  # fmt: skip
 BEAM = SamplingParams(n=2, use_beam_search=True, best_of=4, length_penalty=0.5, max_tokens=9)
 MESSAGES = tuple(ChatMessage(role, role.value) for role in Role)

@@ -154,7 +154,12 @@ def test_unknown_route_is_an_openai_shaped_404(client):
         ({"stream_options": {"include_usage": True}}, None),
         ({"top_logprobs": 3}, None),
         ({"tools": [{"type": "function"}]}, "tools"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"response_format": {"type": "json_schema"}}, "response_format"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 5}}}},
+            "response_format",
+        ),
+        ({"structured_outputs": {"regex": "("}}, "structured_outputs"),
         ({"model": ""}, "model"),
     ],
 )

@@ -33,7 +33,9 @@ def samples(client) -> dict[tuple[str, frozenset], float]:
 
 
 def value(snapshot, name, **labels) -> float:
-    return snapshot.get((name, frozenset(labels.items())), 0.0)
+    """The sum over the series of ``name`` that have these labels (and any others)."""
+    wanted = frozenset(labels.items())
+    return sum(v for (n, series), v in snapshot.items() if n == name and wanted <= series)
 
 
 @pytest.fixture

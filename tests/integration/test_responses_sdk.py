@@ -1,0 +1,135 @@
+"""The Responses API with the official openai SDK (responses.create / responses.stream) against a real
+server running the embedded model: it answers as chat does, streams OpenAI's typed events, and
+continues a stored conversation with previous_response_id."""
+
+import httpx
+import openai
+import pytest
+
+from conftest import MODEL
+
+GREEDY = {"temperature": 0, "max_output_tokens": 48}
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+
+
+def chat(client, messages, max_tokens=48):
+    completion = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=max_tokens)
+    return completion.choices[0].message.content, completion.usage
+
+
+def test_a_response_is_the_chat_answer_to_the_same_conversation(client):
+    response = client.responses.create(model=MODEL, input="What is the capital of France?", **GREEDY)
+    text, usage = chat(client, [{"role": "user", "content": "What is the capital of France?"}])
+    assert response.status == "completed" and response.output_text == text and "Paris" in text
+    assert response.id.startswith("resp_") and response.output[0].role == "assistant"
+    assert response.usage.input_tokens == usage.prompt_tokens
+    assert response.usage.output_tokens == usage.completion_tokens
+    assert response.usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
+def test_instructions_and_message_items_become_the_chat_messages(client):
+    items = [{"role": "user", "content": [{"type": "input_text", "text": "Tell me a story about Tom."}]}]
+    response = client.responses.create(model=MODEL, instructions="You are a storyteller.", input=items, **GREEDY)
+    text, _ = chat(client, [{"role": "system", "content": "You are a storyteller."}, *items_as_chat(items)])
+    assert response.output_text == text and response.instructions == "You are a storyteller."
+
+
+def items_as_chat(items):
+    return [{"role": i["role"], "content": "".join(p["text"] for p in i["content"])} for i in items]
+
+
+def test_streamed_events_come_in_openais_order_and_add_up_to_the_answer(client):
+    with client.responses.stream(model=MODEL, input="What does a cow say?", **GREEDY) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    kinds = [e.type for e in events]
+    assert kinds[:4] == [
+        "response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"
+    ]  # fmt: skip
+    assert kinds[-4:] == [
+        "response.output_text.done", "response.content_part.done", "response.output_item.done", "response.completed"
+    ]  # fmt: skip
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    created = client.responses.create(model=MODEL, input="What does a cow say?", **GREEDY)
+    assert deltas == final.output_text == created.output_text != ""
+    assert final.usage.output_tokens == created.usage.output_tokens
+
+
+def test_previous_response_id_continues_the_stored_conversation(client):
+    first = client.responses.create(model=MODEL, input="What is the capital of France?", **GREEDY)
+    second = client.responses.create(model=MODEL, input="What does a cow say?", previous_response_id=first.id, **GREEDY)
+    text, usage = chat(client, [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": first.output_text},
+        {"role": "user", "content": "What does a cow say?"},
+    ])  # fmt: skip
+    assert second.output_text == text and second.previous_response_id == first.id
+    assert second.usage.input_tokens == usage.prompt_tokens
+    assert client.responses.retrieve(second.id).output_text == second.output_text
+
+
+def test_a_streamed_response_is_stored_too(client):
+    with client.responses.stream(model=MODEL, input="What is the capital of France?", **GREEDY) as stream:
+        first = stream.get_final_response()
+    second = client.responses.create(model=MODEL, input="And the opposite of hot?", previous_response_id=first.id,
+                                     **GREEDY)  # fmt: skip
+    assert second.status == "completed" and second.usage.input_tokens > first.usage.total_tokens
+
+
+def test_store_false_keeps_nothing(client):
+    unstored = client.responses.create(model=MODEL, input="What is the capital of France?", store=False, **GREEDY)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model=MODEL, input="And Italy?", previous_response_id=unstored.id, **GREEDY)
+    assert caught.value.code == "previous_response_not_found" and caught.value.param == "previous_response_id"
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(unstored.id)
+
+
+def test_max_output_tokens_makes_an_incomplete_response(client):
+    response = client.responses.create(model=MODEL, input="Tell me a story.", temperature=0, max_output_tokens=5)
+    assert response.status == "incomplete" and response.incomplete_details.reason == "max_output_tokens"
+    assert response.usage.output_tokens == 5 and response.output_text
+
+
+def test_a_deleted_response_cannot_be_continued(client):
+    response = client.responses.create(model=MODEL, input="What is the capital of France?", **GREEDY)
+    client.responses.delete(response.id)
+    with pytest.raises(openai.BadRequestError):
+        client.responses.create(model=MODEL, input="And Italy?", previous_response_id=response.id, **GREEDY)
+
+
+def test_refusals_name_the_field(client):
+    tool = {"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}}}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model=MODEL, input="hi", tools=[tool])
+    assert caught.value.param == "tools" and "function calling" in caught.value.message
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(model="nope", input="hi")
+
+
+def test_a_stream_closed_early_frees_the_engine(server):
+    body = {"model": MODEL, "input": "Tell me a story.", "stream": True, "max_output_tokens": 400}
+    with httpx.stream("POST", f"{server.base_url}/v1/responses", json=body, timeout=60) as response:
+        for line in response.iter_lines():
+            if "response.output_text.delta" in line:
+                break
+    stats = server.wait_idle(MODEL)
+    assert stats.running == 0 and stats.waiting == 0
+
+
+def test_logprobs_come_with_the_text_when_included(client):
+    response = client.responses.create(
+        model=MODEL, input="What does a cow say?", include=["message.output_text.logprobs"], top_logprobs=2, **GREEDY
+    )
+    logprobs = response.output[0].content[0].logprobs
+    assert len(logprobs) == response.usage.output_tokens
+    assert all(len(lp.top_logprobs) == 2 and lp.logprob <= 0 for lp in logprobs)
+    tokens = "".join(lp.token for lp in logprobs).replace("▁", " ").strip()
+    assert tokens.startswith(response.output_text.strip())  # then the end-of-turn token, as in chat
+    plain = client.responses.create(model=MODEL, input="What does a cow say?", **GREEDY)
+    assert plain.output[0].content[0].logprobs is None and plain.output_text == response.output_text
