@@ -43,6 +43,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     tenant = tenant_of(request)
     with metrics.request("http", "/v1/chat/completions", body.model, base_id) as tracker:
         tracker.tenant = tenant.name if tenant is not None else None
+        tracker.ignored_fields = body.ignored_fields
         if metrics.log_prompts:
             tracker.prompt = json.dumps([m.model_dump(exclude_none=True) for m in body.messages])
         opening = dispatcher.open(body.model, [chat_request(body, base_id)], tenant, tracker.placed)

@@ -40,6 +40,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     tenant = tenant_of(request)
     with metrics.request("http", "/v1/completions", body.model, base_id) as tracker:
         tracker.tenant = tenant.name if tenant is not None else None
+        tracker.ignored_fields = body.ignored_fields
         if metrics.log_prompts:
             tracker.prompt = json.dumps(body.prompt)
         opening = dispatcher.open(body.model, completion_requests(body, base_id), tenant, tracker.placed)

@@ -55,6 +55,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     tenant = tenant_of(request)
     with metrics.request("http", ENDPOINT, body.model, base_id) as tracker:
         tracker.tenant = tenant.name if tenant is not None else None
+        tracker.ignored_fields = body.ignored_fields
         owner = tenant.name if tenant is not None else None
         conversation = history(body, store, owner) + input_messages(body)
         if metrics.log_prompts:
