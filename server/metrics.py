@@ -191,6 +191,8 @@ class RequestTracker:
         self.prompt: str | None = None
         self.tenant: str | None = None
         """The API key record's name, when key records are on: a label and a log field."""
+        self.ignored_fields: list[str] = []
+        """Fields the client sent that lmgate accepts without effect (OpenAI's ``store``...): logged."""
         self.placed(*metrics.labels_for(model))
         self._started = time.monotonic()
         self._first: float | None = None
@@ -293,6 +295,8 @@ class RequestTracker:
             "ttft_s": None if self._first is None else round(self._first - self._started, 6),
             "duration_s": round(duration, 6),
         }  # fmt: skip
+        if self.ignored_fields:
+            line["ignored_fields"] = self.ignored_fields
         if self.tenant is not None:
             line |= tenant_fields(self.tenant, error)
             m.tenants.record(self.tenant, self.model, status, usage.prompt_tokens, usage.completion_tokens, error)

@@ -28,9 +28,9 @@ from lmgate.server.http.protocol import (
     ChatDelta,
     ChatMessageOut,
 )
+from lmgate.server.http.tracked import tracked
 from lmgate.server.metrics import Metrics
 from lmgate.server.placement.dispatch import Dispatcher
-from lmgate.server.tenancy.http import tenant_of
 
 router = APIRouter()
 
@@ -40,9 +40,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     dispatcher: Dispatcher = request.app.state.dispatcher
     metrics: Metrics = request.app.state.metrics
     base_id = base_request_id(request)
-    tenant = tenant_of(request)
-    with metrics.request("http", "/v1/chat/completions", body.model, base_id) as tracker:
-        tracker.tenant = tenant.name if tenant is not None else None
+    with tracked(request, "/v1/chat/completions", body, base_id) as (tracker, tenant):
         if metrics.log_prompts:
             tracker.prompt = json.dumps([m.model_dump(exclude_none=True) for m in body.messages])
         opening = dispatcher.open(body.model, [chat_request(body, base_id)], tenant, tracker.placed)

@@ -24,10 +24,10 @@ from lmgate.server.http.common import (
 )
 from lmgate.server.http.convert import ChoiceText, completion_logprobs, completion_requests, usage_out
 from lmgate.server.http.protocol import Completion, CompletionChoice, CompletionRequest
+from lmgate.server.http.tracked import tracked
 from lmgate.server.metrics import Metrics
 from lmgate.server.placement.dispatch import Dispatcher
 from lmgate.server.placement.generation import merge
-from lmgate.server.tenancy.http import tenant_of
 
 router = APIRouter()
 
@@ -37,9 +37,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     dispatcher: Dispatcher = request.app.state.dispatcher
     metrics: Metrics = request.app.state.metrics
     base_id = base_request_id(request)
-    tenant = tenant_of(request)
-    with metrics.request("http", "/v1/completions", body.model, base_id) as tracker:
-        tracker.tenant = tenant.name if tenant is not None else None
+    with tracked(request, "/v1/completions", body, base_id) as (tracker, tenant):
         if metrics.log_prompts:
             tracker.prompt = json.dumps(body.prompt)
         opening = dispatcher.open(body.model, completion_requests(body, base_id), tenant, tracker.placed)

@@ -1,11 +1,13 @@
 """The OpenAI HTTP schema: request and response models for chat, completions and models.
 
 Requests validate every value a client sends (ranges as OpenAI documents them, plus vLLM's
-extensions ``top_k``, ``min_p``, ``repetition_penalty``, ``ignore_eos``, ``stop_token_ids``);
-unknown fields are ignored as OpenAI-compatible servers do. Structured outputs come as OpenAI's
-``response_format`` (chat) or vLLM's ``structured_outputs`` (chat and completions), checked here
-(backends/structured_output.py) before any model sees them. Features lmgate does not implement
-(tools, ``suffix``, ``best_of`` > n) are refused by name rather than ignored.
+extensions ``top_k``, ``min_p``, ``repetition_penalty``, ``ignore_eos``, ``stop_token_ids``). A
+field nobody defines is a 400 (``Unrecognized request argument supplied``, as OpenAI answers); the
+fields OpenAI defines that change nothing here (``ACCEPTED_WITHOUT_EFFECT``: ``store``,
+``metadata``, ``service_tier``...) are accepted and named in the request's log line. Structured
+outputs come as OpenAI's ``response_format`` (chat) or vLLM's ``structured_outputs`` (chat and
+completions), checked here (backends/structured_output.py) before any model sees them. Features
+lmgate does not implement (tools, ``suffix``, ``best_of`` > n) are refused by name rather than ignored.
 """
 
 from __future__ import annotations
@@ -84,10 +86,23 @@ def _checked(structured: StructuredOutput | None) -> StructuredOutput | None:
     return structured
 
 
-class _Request(BaseModel):
-    """Fields chat and completions share."""
+ACCEPTED_WITHOUT_EFFECT = frozenset({
+    "store", "metadata", "service_tier", "safety_identifier", "prompt_cache_key", "prompt_cache_retention",
+    "verbosity", "reasoning_effort", "modalities", "parallel_tool_calls",
+})  # fmt: skip
+"""Fields OpenAI defines that change nothing here: accepted, and named in the request's log line
+(``ignored_fields``). Any other field nobody defines is refused, as OpenAI refuses it."""
 
-    model_config = ConfigDict(extra="ignore")
+
+def _unknown_field(name: str) -> str:
+    shown = name if len(name) <= 60 else f"{name[:60]}..."
+    return f"Unrecognized request argument supplied: {shown}"
+
+
+class _Request(BaseModel):
+    """Fields chat and completions share; a field no one defines is a 400 (``ACCEPTED_WITHOUT_EFFECT``)."""
+
+    model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1)
     temperature: float | None = Field(default=None, **BOUNDS["temperature"].field())
@@ -148,6 +163,18 @@ class _Request(BaseModel):
             if problem := logit_bias_key_problem(key):
                 raise ValueError(problem)
         return value
+
+    @model_validator(mode="after")
+    def _refuse_unknown_fields(self) -> _Request:
+        for name in self.model_extra or {}:
+            if name not in ACCEPTED_WITHOUT_EFFECT:
+                raise ValueError(_unknown_field(name))
+        return self
+
+    @property
+    def ignored_fields(self) -> list[str]:
+        """The accepted fields that have no effect here, as the client sent them."""
+        return sorted(self.model_extra or {})
 
     @model_validator(mode="after")
     def _check_stream_options(self) -> _Request:
@@ -221,13 +248,23 @@ class ChatCompletionRequest(_Request):
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, **LOGPROBS.field())
     tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = Field(default=None, description="Only none or auto (no tools yet).")
+    functions: list[Any] | None = Field(default=None, description="Legacy tools: refused, as tools are.")
+    function_call: str | dict[str, Any] | None = None
     response_format: ResponseFormat | None = None
 
-    @field_validator("tools")
+    @field_validator("tools", "functions")
     @classmethod
     def _refuse_tools(cls, value: list[Any] | None) -> list[Any] | None:
         if value:
             raise ValueError("function calling is not supported by lmgate yet: send the request without `tools`")
+        return value
+
+    @field_validator("tool_choice", "function_call")
+    @classmethod
+    def _refuse_forced_calls(cls, value: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+        if value not in (None, "none", "auto"):
+            raise ValueError("function calling is not supported by lmgate yet: send none or auto, or leave it out")
         return value
 
     @field_validator("response_format")

@@ -39,6 +39,7 @@ from lmgate.server.http.responses_objects import (
 )
 from lmgate.server.http.responses_protocol import ResponsesRequest
 from lmgate.server.http.responses_store import ResponseStore
+from lmgate.server.http.tracked import tracked
 from lmgate.server.metrics import Metrics
 from lmgate.server.placement.dispatch import Dispatcher
 from lmgate.server.tenancy.http import tenant_of
@@ -53,9 +54,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     metrics: Metrics = request.app.state.metrics
     store: ResponseStore = request.app.state.responses
     base_id = base_request_id(request)
-    tenant = tenant_of(request)
-    with metrics.request("http", ENDPOINT, body.model, base_id) as tracker:
-        tracker.tenant = tenant.name if tenant is not None else None
+    with tracked(request, ENDPOINT, body, base_id) as (tracker, tenant):
         owner = tenant.name if tenant is not None else None
         conversation = history(body, store, owner) + input_messages(body)
         if metrics.log_prompts:

@@ -243,3 +243,30 @@ def test_values_no_tokenizer_or_protobuf_can_hold_are_400s_not_500s(client, path
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error" and error["param"], error
+
+
+@pytest.mark.parametrize("path", [CHAT, COMPLETIONS])
+def test_a_field_nobody_defines_is_refused_as_openai_refuses_it(client, path):
+    body = chat_body(temprature=0.5) if path == CHAT else {"model": "echo", "prompt": "x", "temprature": 0.5}
+    response = client.post(path, json=body)
+    assert_openai_error(response, 400, None)
+    assert "Unrecognized request argument supplied: temprature" in response.json()["error"]["message"]
+
+
+def test_fields_openai_defines_without_effect_here_are_accepted_and_logged(client, caplog):
+    extra = {"store": True, "metadata": {"team": "a"}, "service_tier": "auto", "parallel_tool_calls": False,
+             "tool_choice": "none", "user": "u-1"}  # fmt: skip
+    with caplog.at_level("INFO", logger="lmgate.access"):
+        response = client.post(CHAT, json=chat_body(**extra))
+    assert response.status_code == 200, response.text
+    [line] = [json.loads(r.message) for r in caplog.records if r.name == "lmgate.access"]
+    assert line["ignored_fields"] == ["metadata", "parallel_tool_calls", "service_tier", "store"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [({"tool_choice": "required"}, "tool_choice"), ({"functions": [{"name": "f"}]}, "functions"),
+     ({"function_call": {"name": "f"}}, "function_call")],
+)  # fmt: skip
+def test_forcing_a_function_call_is_refused_until_lmgate_calls_tools(client, extra, param):
+    assert_openai_error(client.post(CHAT, json=chat_body(**extra)), 400, param)
