@@ -26,6 +26,7 @@ from lmgate.server.auth import ApiKeyInterceptor, ApiKeys
 from lmgate.server.errors import AuthenticationError, ClientDisconnected, LmgateError, from_validation_errors
 from lmgate.server.grpc.frontend import GrpcFrontend
 from lmgate.server.grpc.servicer import grpc_endpoints
+from lmgate.server.grpc.tls import server_credentials
 from lmgate.server.http import chat, completions, models, responses, tokenizer
 from lmgate.server.http.gate import GatewayMiddleware
 from lmgate.server.http.responses_store import ResponseStore
@@ -33,7 +34,7 @@ from lmgate.server.metrics import CONTENT_TYPE, Metrics, start_http_server
 from lmgate.server.placement.dispatch import Dispatcher
 from lmgate.server.placement.drain import Drain
 from lmgate.server.placement.registry import ModelRegistry
-from lmgate.server.settings import Settings
+from lmgate.server.settings import ConfigError, Settings
 from lmgate.server.tenancy.grpc import TenantInterceptor
 from lmgate.server.tenancy.http import TenantMiddleware
 from lmgate.server.tenancy.records import Tenants
@@ -73,9 +74,9 @@ def create_app(
             try:
                 grpc = app.state.grpc = await GrpcFrontend.start(
                     registry, dispatcher, metrics, server.host, server.grpc_port, interceptors,
-                    server.grpc_max_connection_age_s, tenants,
+                    server.grpc_max_connection_age_s, tenants, server_credentials(server),
                 )  # fmt: skip
-            except OSError as exc:
+            except (OSError, ConfigError) as exc:
                 if on_fatal is None:
                     raise
                 # Not raised: uvicorn would log the lifespan's traceback. The CLI checks the port before

@@ -81,6 +81,16 @@ class ServerSettings(BaseModel):
     )
     metrics_auth: bool = Field(default=False, description="Require an API key for /metrics too.")
     max_body_bytes: int = Field(default=8 * 2**20, ge=1024, description="Largest request body accepted (413 beyond).")
+    grpc_tls_cert_file: Path | None = Field(
+        default=None,
+        description="PEM certificate (chain) of the gRPC server: serve gRPC over TLS, with grpc_tls_key_file "
+        "(none: plaintext); relative to the config file's.",
+    )
+    grpc_tls_key_file: Path | None = Field(default=None, description="The gRPC server certificate's private key (PEM).")
+    grpc_tls_client_ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA bundle: every gRPC client must present a certificate it signed (mutual TLS).",
+    )
     grpc_max_connection_age_s: float | None = Field(
         default=300.0,
         gt=0,
@@ -111,6 +121,14 @@ class ServerSettings(BaseModel):
     def tenants_enabled(self) -> bool:
         """API keys are records with scopes and limits (keys_file / keys_env), not plain keys."""
         return self.keys_file is not None or self.keys_env is not None
+
+    @model_validator(mode="after")
+    def _tls_files_together(self) -> ServerSettings:
+        if (self.grpc_tls_cert_file is None) != (self.grpc_tls_key_file is None):
+            raise ValueError("grpc_tls_cert_file and grpc_tls_key_file go together (the certificate and its key)")
+        if self.grpc_tls_client_ca_file is not None and self.grpc_tls_cert_file is None:
+            raise ValueError("grpc_tls_client_ca_file (mutual TLS) needs grpc_tls_cert_file and grpc_tls_key_file")
+        return self
 
     @model_validator(mode="after")
     def _metrics_auth_covers_every_port(self) -> ServerSettings:

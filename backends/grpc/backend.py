@@ -19,17 +19,16 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 from collections.abc import AsyncGenerator
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lmgate.backends.base import Backend
-from lmgate.backends.env_secret import why_no_secret
-from lmgate.backends.errors import BackendError, BackendUnavailable, InvalidRequest, ModelLoadError
+from lmgate.backends.errors import BackendError, BackendUnavailable, InvalidRequest
 from lmgate.backends.grpc.config import GrpcConfig
 from lmgate.backends.grpc.convert import ERROR_CODE_KEY, ERROR_PARAM_KEY, chat_to_pb, complete_to_pb, delta_from_pb
+from lmgate.backends.grpc.credentials import authorization, channel_credentials
 from lmgate.backends.types import BackendStats, Capabilities, GenerateRequest, ModelInfo, TokenDelta
 from lmgate.v1 import inference_pb2 as pb
 from lmgate.v1 import inference_pb2_grpc as pb_grpc
@@ -71,10 +70,14 @@ class GrpcBackend(Backend):
     async def start(self) -> None:
         """Connect, find the model on the worker and start watching its health; raises
         BackendUnavailable (the pool tries again later) when the worker does not serve it yet, and
-        ModelLoadError when ``api_key_env`` names no set variable."""
+        ModelLoadError when its key or TLS files cannot be read (backends/grpc/credentials.py)."""
         await self.shutdown()  # a retry after a failed start begins from a fresh channel
-        self._auth = _authorization(self._config.api_key_env)
-        self._channel = grpc.aio.insecure_channel(self._target, options=self._channel_options())
+        self._auth = authorization(self._config)
+        credentials = channel_credentials(self._config)
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(self._target, options=self._channel_options())
+        else:
+            self._channel = grpc.aio.secure_channel(self._target, credentials, options=self._channel_options())
         self._stub = pb_grpc.InferenceStub(self._channel)
         try:
             listing: pb.ListModelsResponse = await self._stub.ListModels(
@@ -97,7 +100,7 @@ class GrpcBackend(Backend):
     def _channel_options(self) -> list[tuple[str, str | int]]:
         config = self._config
         service_config = json.dumps({"loadBalancingConfig": [{config.load_balancing: {}}]})
-        return [
+        options: list[tuple[str, str | int]] = [
             ("grpc.service_config", service_config),
             ("grpc.keepalive_time_ms", int(config.keepalive_s * 1000)),
             ("grpc.keepalive_timeout_ms", int(config.keepalive_timeout_s * 1000)),
@@ -106,6 +109,9 @@ class GrpcBackend(Backend):
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
         ]
+        if config.tls_server_name:
+            options.append(("grpc.ssl_target_name_override", config.tls_server_name))
+        return options
 
     async def _watch_health(self, service: str) -> None:
         """Check the model's health on the worker for ever. ``_serving`` follows the worker's answer
@@ -197,15 +203,6 @@ class GrpcBackend(Backend):
             await self._channel.close()
             self._channel = None
             self._stub = None
-
-
-def _authorization(api_key_env: str | None) -> tuple[tuple[str, str], ...]:
-    """``authorization`` metadata with the key in ``api_key_env``; ModelLoadError when it is unset or empty."""
-    if api_key_env is None:
-        return ()
-    if (why := why_no_secret(api_key_env)) is not None:
-        raise ModelLoadError(f"api_key_env: {why}")
-    return (("authorization", f"Bearer {os.environ[api_key_env].strip()}"),)
 
 
 def _error(exc: grpc.aio.AioRpcError, target: str) -> BackendError:

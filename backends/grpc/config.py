@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, model_validator
 
 
 class GrpcConfig(BaseModel):
@@ -19,6 +20,24 @@ class GrpcConfig(BaseModel):
         default=None,
         description="Environment variable holding an API key of the worker (its server.api_keys_env / "
         "api_keys_file), sent as `authorization: Bearer <key>` on every call.",
+    )
+    api_key_file: Path | None = Field(
+        default=None,
+        description="A file holding that API key instead (a mounted Kubernetes Secret); relative to the config file's.",
+    )
+    tls_ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA bundle that signed the worker's certificate: connect over TLS and check the worker "
+        "(none: plaintext, for workers on the same node or a trusted network).",
+    )
+    tls_cert_file: Path | None = Field(
+        default=None, description="PEM client certificate (chain) for workers that require mutual TLS."
+    )
+    tls_key_file: Path | None = Field(default=None, description="Its private key (PEM).")
+    tls_server_name: str | None = Field(
+        default=None,
+        description="The name the worker's certificate is checked against, when it is not the target's host "
+        "(a target given as an IP address, a Service name the certificate does not carry).",
     )
     connect_timeout_s: PositiveFloat = Field(default=60.0, description="How long start() waits for the worker.")
     health_interval_s: PositiveFloat = Field(
@@ -42,3 +61,13 @@ class GrpcConfig(BaseModel):
         description="gRPC's own balancing over the addresses a target resolves to: with a Kubernetes headless "
         "Service (`dns:///workers:50051`) and round_robin, calls spread over every worker pod as it comes and goes.",
     )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GrpcConfig:
+        if self.api_key_env is not None and self.api_key_file is not None:
+            raise ValueError("give the worker's API key by api_key_env or by api_key_file, not both")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together (a client certificate and its key)")
+        if self.tls_ca_file is None and (self.tls_cert_file is not None or self.tls_server_name is not None):
+            raise ValueError("tls_cert_file / tls_server_name need tls_ca_file (TLS to the worker)")
+        return self

@@ -47,9 +47,10 @@ class GrpcFrontend:
     async def start(
         cls, registry: ModelRegistry, dispatcher: Dispatcher, metrics: Metrics, host: str, port: int,
         interceptors: tuple[grpc.aio.ServerInterceptor, ...] = (), max_connection_age_s: float | None = None,
-        tenants: Tenants | None = None,
+        tenants: Tenants | None = None, credentials: grpc.ServerCredentials | None = None,
     ) -> GrpcFrontend:  # fmt: skip
-        """Serve on ``host:port``; ``max_connection_age_s`` makes clients reconnect that often (see settings)."""
+        """Serve on ``host:port`` (over TLS with ``credentials``); ``max_connection_age_s`` makes clients
+        reconnect that often (see settings)."""
         options = list(_SERVER_OPTIONS)
         if max_connection_age_s is not None:
             # GOAWAY after the age; calls in flight get the grace to finish (a long generation included).
@@ -65,7 +66,12 @@ class GrpcFrontend:
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         try:
-            bound = server.add_insecure_port(f"{host}:{port}")
+            address = f"{host}:{port}"
+            bound = (
+                server.add_insecure_port(address)
+                if credentials is None
+                else server.add_secure_port(address, credentials)
+            )
         except RuntimeError:
             where = f"{host}:{port}"
             raise OSError(f"cannot serve gRPC on {where}: the port is in use (server.grpc_port, --grpc-port)") from None
