@@ -94,6 +94,7 @@ class VllmBackend(Backend):
         return Capabilities(SAMPLING_PARAMS, max_n=256)
 
     async def start(self) -> None:
+        from vllm.config import StructuredOutputsConfig
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -112,6 +113,9 @@ class VllmBackend(Backend):
             kv_cache_dtype=c.kv_cache_dtype,
             enforce_eager=c.enforce_eager,
             load_format=c.load_format,
+            # llguidance, as on the llama.cpp engine, and JSON on one line as it writes it (vLLM reads the
+            # whitespace rule per engine, not per request).
+            structured_outputs_config=StructuredOutputsConfig(backend="guidance", disable_any_whitespace=True),
             **{k: v for k, v in optional.items() if v is not None},
         )
         try:
@@ -298,9 +302,9 @@ def _structured(structured: StructuredOutput | None) -> Any:
 
     kind, spec = structured.kind, structured.spec
     if kind is StructureKind.JSON:
-        return StructuredOutputsParams(json_object=True)
+        return StructuredOutputsParams(json_object=True, disable_any_whitespace=True)
     if kind is StructureKind.JSON_SCHEMA:
-        return StructuredOutputsParams(json=spec)
+        return StructuredOutputsParams(json=spec, disable_any_whitespace=True)
     if kind is StructureKind.CHOICE:
         return StructuredOutputsParams(choice=json.loads(spec))
     if kind is StructureKind.REGEX:
