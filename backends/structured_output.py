@@ -16,15 +16,22 @@ grammar, so a malformed or hostile schema is a 400 naming its field, never an en
 from __future__ import annotations
 
 import json
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import llguidance
+import numpy as np
+import numpy.typing as npt
 
 from lmgate.backends.errors import InvalidRequest, field_problem
 from lmgate.backends.types import StructuredOutput, StructureKind
 
 if TYPE_CHECKING:
     from llguidance._lib import JsonCompileOptions  # a TypedDict the package does not re-export
+
+log = logging.getLogger(__name__)
 
 MAX_SPEC_BYTES = 64 * 1024
 """A schema, regex, grammar or choice list larger than this is refused before any parsing."""
@@ -115,3 +122,54 @@ def _depth(value: Any) -> int:
             return level
         stack.extend((child, level + 1) for child in children if isinstance(child, dict | list))
     return deepest
+
+
+CACHED_GRAMMARS = 32
+
+
+class Matchers:
+    """The compiled constraints of one model's vocabulary, for the engines that decode them.
+
+    ``matcher`` compiles (or finds in a small LRU cache) and returns a fresh copy per sequence; call
+    it where requests are submitted, never in an engine's step (a large grammar takes 100 ms or more
+    to compile). ``vocabulary`` builds llguidance's view of the tokenizer, once, on first use.
+    One thread at a time.
+    """
+
+    def __init__(self, vocabulary: Callable[[], llguidance.LLTokenizer]) -> None:
+        self._vocabulary = vocabulary
+        self._tokenizer: llguidance.LLTokenizer | None = None
+        self._compiled: OrderedDict[StructuredOutput, llguidance.LLMatcher] = OrderedDict()
+
+    def matcher(self, structured: StructuredOutput) -> llguidance.LLMatcher:
+        """A fresh matcher for one sequence; ``InvalidRequest`` if the constraint does not compile for
+        this vocabulary (the edge checked it for any vocabulary already)."""
+        compiled = self._compiled.get(structured)
+        if compiled is None:
+            if self._tokenizer is None:
+                self._tokenizer = self._vocabulary()
+            compiled = llguidance.LLMatcher(self._tokenizer, grammar(structured), log_level=0)
+            if compiled.is_error():
+                raise InvalidRequest(f"structured output: {compiled.get_error()[:500]}", param="response_format")
+            self._compiled[structured] = compiled
+            if len(self._compiled) > CACHED_GRAMMARS:
+                self._compiled.popitem(last=False)
+        self._compiled.move_to_end(structured)
+        return compiled.deep_copy()
+
+
+def allowed(matcher: llguidance.LLMatcher, n_vocab: int) -> npt.NDArray[np.bool_]:
+    """Which of the ``n_vocab`` tokens ``matcher`` allows next."""
+    words = np.empty((n_vocab + 31) // 32, dtype=np.int32)
+    matcher.unsafe_compute_mask_ptr(words.ctypes.data, words.nbytes)
+    return np.unpackbits(words.view(np.uint8), bitorder="little")[:n_vocab].astype(bool)
+
+
+def consume(matcher: llguidance.LLMatcher, token: int) -> bool:
+    """Feed the sampled ``token``; False if the matcher refused it. The mask allowed it, so it never
+    should: if a bug ever made it, the caller drops the matcher and the choice goes on unconstrained
+    rather than taking the engine down."""
+    if matcher.consume_token(token):
+        return True
+    log.error("structured output: the matcher refused token %d: %s", token, matcher.get_error())
+    return False

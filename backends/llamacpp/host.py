@@ -22,7 +22,7 @@ from lmgate.backends.errors import InvalidRequest, ModelLoadError
 from lmgate.backends.llamacpp import cpu_build
 from lmgate.backends.llamacpp.config import LlamaCppConfig
 from lmgate.backends.llamacpp.engine import Engine, Request
-from lmgate.backends.llamacpp.grammar import Grammars
+from lmgate.backends.llamacpp.grammar import matchers
 from lmgate.backends.llamacpp.llama_model import LlamaModel
 from lmgate.backends.llamacpp.sequence import Sequence
 from lmgate.backends.tokenization import Tokenized, TokenizeRequest
@@ -62,7 +62,7 @@ class LlamaCppHost:
             bos=llama_cpp.llama_vocab_bos(model.vocab) if model.add_bos else None,
         )
         self.engine = Engine(model, config, publish, on_failure)
-        self._grammars = Grammars(model)
+        self._matchers = matchers(model)
         self.info = ModelInfo(name, "llamacpp", model.max_model_len, model.quantization, model.max_token_bytes)
         self.capabilities = Capabilities(SAMPLING_PARAMS, max_n=config.max_seqs)
         self._arrivals = itertools.count()
@@ -78,7 +78,7 @@ class LlamaCppHost:
         seqs = [
             Sequence(
                 request_id, i, list(prompt), request.sampling, max_tokens, arrival, OutputText(request.sampling.stop),
-                matcher=self._grammars.matcher(structured) if structured is not None else None,
+                matcher=self._matchers.matcher(structured) if structured is not None else None,
                 cache_salt=(request.cache_salt or "").encode(),
             )
             for i in range(count)

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 import llama_cpp
 import numpy as np
 
-from lmgate.backends.llamacpp.grammar import consume, mask_logits
+from lmgate.backends.llamacpp.grammar import mask_logits
 from lmgate.backends.llamacpp.kv_cache import MemoryOp, RemoveOp
 from lmgate.backends.llamacpp.llama_model import LlamaModel
 from lmgate.backends.llamacpp.sampler import SamplerChain
 from lmgate.backends.llamacpp.scheduler import SchedulerOutput
 from lmgate.backends.llamacpp.sequence import Sequence
+from lmgate.backends.structured_output import consume
 from lmgate.backends.types import TokenLogprob, TopLogprob
 
 

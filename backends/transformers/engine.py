@@ -147,7 +147,9 @@ class Engine(EngineThread[Request]):
         tok = self.model.tokenizer
         request.rows = [
             Row(
-                request, i, list(request.prompt), RowSampler(s, seed=s.choice_seed(i), banned=banned),
+                request, i, list(request.prompt),
+                RowSampler(s, seed=s.choice_seed(i), banned=banned,
+                           matcher=request.matchers[i] if request.matchers else None),
                 Detokenizer(tok, request.prompt), OutputText(s.stop),
             )
             for i in range(s.n)

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import llguidance.hf
+
 from lmgate.backends.engine.limits import check_sampling, output_budget
 from lmgate.backends.engine.thread import Publish
 from lmgate.backends.errors import ModelLoadError
 from lmgate.backends.hf_prompt import HfPrompt
+from lmgate.backends.structured_output import Matchers
 from lmgate.backends.tokenization import Tokenized, TokenizeRequest
 from lmgate.backends.transformers.config import TransformersConfig
 from lmgate.backends.transformers.engine import Engine
@@ -43,13 +46,19 @@ class TransformersHost:
             raise ModelLoadError(f"cannot serve {config.model}: {exc}") from exc
         self._prompt = HfPrompt(model.tokenizer)
         self.info = ModelInfo(name, "transformers", model.max_model_len, model.quantization)
-        self.capabilities = Capabilities(STANDARD_SAMPLING_PARAMS | BEAM_SEARCH_PARAMS, max_n=config.max_seqs)
+        params = STANDARD_SAMPLING_PARAMS | BEAM_SEARCH_PARAMS | {"structured_output"}
+        self.capabilities = Capabilities(params, max_n=config.max_seqs)
+        self._matchers = Matchers(lambda: llguidance.hf.from_tokenizer(
+            model.tokenizer, n_vocab=model.n_vocab, eos_token=sorted(model.eos_ids)))  # fmt: skip
 
     def submit(self, request_id: str, request: GenerateRequest) -> None:
         prompt = self._prompt.ids(request)
         max_tokens = output_budget(request, len(prompt), self.engine.model.max_model_len)
         check_sampling(request.sampling, max_seqs=self._config.max_seqs, n_vocab=self._prompt.n_vocab)
-        self.engine.add(Request(request_id, prompt, request.sampling, max_tokens))
+        structured = request.sampling.structured_output
+        # Compiled here, on the engine process's command thread, never in a step of the engine's.
+        matchers = [self._matchers.matcher(structured) for _ in range(request.sampling.n)] if structured else []
+        self.engine.add(Request(request_id, prompt, request.sampling, max_tokens, matchers=matchers))
 
     def tokenize(self, text: str, add_special: bool) -> list[int]:
         return self._prompt.tokenize(text, add_special=add_special)

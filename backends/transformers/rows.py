@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from lmgate.backends.engine.beam_search import Beam, BeamSearch
 from lmgate.backends.engine.output_text import OutputText
 from lmgate.backends.transformers.detokenizer import Detokenizer
 from lmgate.backends.transformers.sampler import RowSampler
 from lmgate.backends.types import FinishReason, SamplingParams, Usage
+
+if TYPE_CHECKING:
+    from llguidance import LLMatcher
 
 
 @dataclass(eq=False)
@@ -25,6 +29,8 @@ class Request:
     max_tokens: int
     rows: list[Row] = field(default_factory=list)
     """One per sampled choice, made at admission (none while waiting, none for a beam search)."""
+    matchers: list[LLMatcher] = field(default_factory=list)
+    """One per choice when the output is structured, compiled when the request was submitted."""
     search: BeamSearch[None] | None = None
     queued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None

@@ -1,8 +1,9 @@
 """Choosing the next token from a row of logits with ``SamplingParams``, in torch.
 
 The order is llama-server's (and the llamacpp backend's): logit bias, repetition / frequency /
-presence penalties over the last ``penalty_last_n`` tokens (prompt included), then top-k, top-p and
-min-p on the untempered distribution, temperature, and a draw from the row's own seeded generator;
+presence penalties over the last ``penalty_last_n`` tokens (prompt included), a structured output's
+mask (backends/structured_output.py), then top-k, top-p and min-p on the untempered distribution,
+temperature, and a draw from the row's own seeded generator;
 ``temperature == 0`` takes the arg-max instead. Log-probabilities are the model's own (before any
 of this), as vLLM and OpenAI report them.
 """
@@ -10,10 +11,15 @@ of this), as vLLM and OpenAI report them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
+from lmgate.backends.structured_output import allowed, consume
 from lmgate.backends.types import SamplingParams
+
+if TYPE_CHECKING:
+    from llguidance import LLMatcher
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,8 +33,12 @@ class Choice:
 class RowSampler:
     """One sequence's sampling state: its parameters, its generator and its banned ids."""
 
-    def __init__(self, params: SamplingParams, *, seed: int, banned: frozenset[int]) -> None:
+    def __init__(
+        self, params: SamplingParams, *, seed: int, banned: frozenset[int], matcher: LLMatcher | None = None
+    ) -> None:
         self.params = params
+        self.matcher = matcher
+        """The row's structured output (None: free text), fed every token it samples."""
         self._generator = torch.Generator().manual_seed(seed)
         bias = dict(params.logit_bias)
         bias.update(dict.fromkeys(banned, float("-inf")))
@@ -43,7 +53,11 @@ class RowSampler:
             x[self._bias_ids] += self._bias_values
         if (p.repetition_penalty, p.frequency_penalty, p.presence_penalty) != (1.0, 0.0, 0.0) and p.penalty_last_n:
             _penalize(x, history[-p.penalty_last_n :] if p.penalty_last_n > 0 else history, p)  # -1: all of it
+        if self.matcher is not None:
+            x[~torch.from_numpy(allowed(self.matcher, x.shape[-1]))] = float("-inf")
         token = int(torch.argmax(x)) if p.greedy else self._draw(x)
+        if self.matcher is not None and not consume(self.matcher, token):
+            self.matcher = None
         if p.logprobs is None:
             return Choice(token)
         logprobs = torch.log_softmax(logits, dim=-1)

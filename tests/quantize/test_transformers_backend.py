@@ -2,9 +2,12 @@
 of the shipped model, on CPU, through the official openai SDK."""
 
 import asyncio
+import json
+import re
 import threading
 
 import httpx
+import jsonschema
 import openai
 import pytest
 
@@ -173,3 +176,27 @@ def test_special_token_text_in_a_message_is_plain_text(client, model):
         return reply.usage.prompt_tokens
 
     assert prompt_tokens("hi<|im_end|>") - prompt_tokens("hi") >= 4
+
+
+@pytest.mark.parametrize("model", ["tiny-hf", "qwen2-random"])
+def test_structured_outputs_constrain_every_row_of_the_batch(client, model):
+    """The same llguidance masks as on llama.cpp, over the HF tokenizer: a schema for n rows, a
+    choice and a regex, each output valid (jsonschema checks the JSON)."""
+    schema = {"type": "object", "properties": {"answer": {"enum": ["yes", "no"]}, "n": {"type": "integer",
+              "minimum": 0, "maximum": 9}}, "required": ["answer", "n"], "additionalProperties": False}  # fmt: skip
+    reply = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Is the sky blue?"}], temperature=1.0, max_tokens=48, n=3,
+        seed=3, response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
+    )  # fmt: skip
+    for choice in reply.choices:
+        jsonschema.validate(json.loads(choice.message.content), schema)
+    chosen = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Is the sky blue?"}], temperature=1.0, max_tokens=8,
+        extra_body={"structured_outputs": {"choice": ["yes", "no"]}},
+    )  # fmt: skip
+    assert chosen.choices[0].message.content in {"yes", "no"}
+    matched = client.completions.create(
+        model=model, prompt="Code:", temperature=1.0, max_tokens=12,
+        extra_body={"structured_outputs": {"regex": "[0-9]{3}-[a-z]{2}"}},
+    )  # fmt: skip
+    assert re.fullmatch("[0-9]{3}-[a-z]{2}", matched.choices[0].text)
