@@ -52,6 +52,7 @@ def test_no_request_gets_a_server_error(api_schema, fuzz_server, label):
             assert_stream_ended_cleanly(response.text, typed=label == "POST /v1/responses")
 
     served_without_a_server_error()
+    assert_idle(fuzz_server)  # after each operation: a leaked stream or slot is pinned to the one that leaked it
 
 
 def assert_stream_ended_cleanly(text: str, *, typed: bool) -> None:

@@ -191,3 +191,11 @@ def test_token_rate_is_the_sum_of_the_last_whole_seconds_over_the_window():
     assert rate.rate() == 5.0
     now[0] = 200.0
     assert rate.rate() == 0.0
+
+
+def test_the_endpoint_label_knows_every_served_route(client):
+    """FastAPI lists an included router as one entry without its paths: the label's set must still
+    hold every route (else each would be counted as ``other``)."""
+    endpoints = client.app.state.metrics.endpoints
+    assert {"/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/responses", "/tokenize"} <= endpoints
+    assert "/lmgate.v1.Inference/Chat" in endpoints
