@@ -22,8 +22,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lmgate.server.auth import ApiKeyInterceptor, ApiKeys
-from lmgate.server.errors import AuthenticationError, ClientDisconnected, LmgateError, from_validation_errors
+from lmgate.server.auth import ApiKeys, GateInterceptor
+from lmgate.server.errors import ClientDisconnected, LmgateError, from_validation_errors
 from lmgate.server.grpc.frontend import GrpcFrontend
 from lmgate.server.grpc.servicer import grpc_endpoints
 from lmgate.server.grpc.tls import server_credentials
@@ -35,7 +35,7 @@ from lmgate.server.placement.dispatch import Dispatcher
 from lmgate.server.placement.drain import Drain
 from lmgate.server.placement.registry import ModelRegistry
 from lmgate.server.settings import ConfigError, Settings
-from lmgate.server.tenancy.grpc import TenantInterceptor
+from lmgate.server.tenancy.grpc import tenant_check
 from lmgate.server.tenancy.http import TenantMiddleware
 from lmgate.server.tenancy.records import Tenants
 
@@ -62,15 +62,10 @@ def create_app(
         server = settings.server
         grpc = None
         if server.grpc_port is not None:
-            interceptors: tuple[ApiKeyInterceptor | TenantInterceptor, ...] = ()
-            if keys is not None:
-
-                def denied(method: str, message: str) -> None:
-                    metrics.rejected("grpc", method, AuthenticationError(message))
-
-                interceptors = (ApiKeyInterceptor(keys, on_denied=denied),)
-            elif tenants is not None:
-                interceptors = (TenantInterceptor(tenants, on_denied=lambda m, e: metrics.rejected("grpc", m, e)),)
+            check = keys.grpc_check if keys is not None else tenant_check(tenants) if tenants is not None else None
+            interceptors: tuple[GateInterceptor, ...] = ()
+            if check is not None:
+                interceptors = (GateInterceptor(check, on_denied=lambda m, e: metrics.rejected("grpc", m, e)),)
             try:
                 grpc = app.state.grpc = await GrpcFrontend.start(
                     registry, dispatcher, metrics, server.host, server.grpc_port, interceptors,

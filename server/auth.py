@@ -16,6 +16,7 @@ from typing import TypeVar
 import grpc
 
 from lmgate.backends.env_secret import why_no_secret
+from lmgate.server.errors import AuthenticationError, LmgateError
 from lmgate.server.settings import ConfigError, ServerSettings
 
 Req = TypeVar("Req")
@@ -49,6 +50,10 @@ class ApiKeys:
             )
         return cls(keys)
 
+    def grpc_check(self, authorization: str | None, method: str) -> LmgateError | None:
+        """For ``GateInterceptor``: UNAUTHENTICATED unless ``authorization`` holds a key."""
+        return None if self.allows(authorization) else AuthenticationError(GRPC_DENIED)
+
     def allows(self, authorization: str | None) -> bool:
         """``authorization`` is the header / metadata value: ``Bearer <key>`` (the scheme in any case, as
         RFC 9110 has it; one space; the key exactly, no whitespace around it)."""
@@ -70,15 +75,22 @@ def _read_key_file(path: Path) -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
-class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
-    """gRPC: ``authorization: Bearer <key>`` metadata on every method but the health checks."""
+GRPC_DENIED = "Missing or invalid API key: send metadata `authorization: Bearer <key>`."
+GrpcCheck = Callable[[str | None, str], LmgateError | None]
+"""(the ``authorization`` metadata, the method) -> why the call is refused, or None to let it in."""
+
+
+class GateInterceptor(grpc.aio.ServerInterceptor):
+    """gRPC: every method but the health checks passes ``check`` (plain keys: ``ApiKeys.grpc_check``;
+    key records: server/tenancy/grpc.py) before it reaches the servicer; a refused call answers its
+    error's status code."""
 
     def __init__(
-        self, keys: ApiKeys, open_prefixes: tuple[str, ...] = ("/grpc.health.v1.Health/",),
-        on_denied: Callable[[str, str], None] | None = None,
+        self, check: GrpcCheck, open_prefixes: tuple[str, ...] = ("/grpc.health.v1.Health/",),
+        on_denied: Callable[[str, LmgateError], None] | None = None,
     ) -> None:  # fmt: skip
-        """``on_denied(method, message)`` is told of each call refused (to count and log it)."""
-        self._keys = keys
+        """``on_denied(method, error)`` is told of each call refused (to count and log it)."""
+        self._check = check
         self._open = open_prefixes
         self._on_denied = on_denied
 
@@ -90,26 +102,24 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or details.method.startswith(self._open):
             return handler
-        metadata = dict(details.invocation_metadata or ())
-        authorization = metadata.get("authorization")  # bytes only for keys ending in -bin
-        if self._keys.allows(authorization if isinstance(authorization, str) else None):
+        authorization = dict(details.invocation_metadata or ()).get("authorization")  # bytes only for -bin keys
+        error = self._check(authorization if isinstance(authorization, str) else None, details.method)
+        if error is None:
             return handler
         if self._on_denied is not None:
-            self._on_denied(details.method, _DENIED)
-        return _denied(handler)
+            self._on_denied(details.method, error)
+        return _refusing(handler, error)
 
 
-_DENIED = "Missing or invalid API key: send metadata `authorization: Bearer <key>`."
-
-
-def _denied(handler: grpc.RpcMethodHandler[Req, Resp]) -> grpc.RpcMethodHandler[Req, Resp]:
-    """A handler of the same shape as ``handler`` that answers UNAUTHENTICATED."""
+def _refusing(handler: grpc.RpcMethodHandler[Req, Resp], error: LmgateError) -> grpc.RpcMethodHandler[Req, Resp]:
+    """A handler of the same shape as ``handler`` that answers ``error``'s status."""
+    code = grpc.StatusCode[error.grpc_status]
 
     async def deny(request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, _DENIED)
+        await context.abort(code, error.message)
 
     async def deny_stream(request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> AsyncIterator[None]:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, _DENIED)
+        await context.abort(code, error.message)
         yield  # pragma: no cover - abort raises
 
     deserialize, serialize = handler.request_deserializer, handler.response_serializer
