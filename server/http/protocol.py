@@ -234,12 +234,17 @@ class ResponseFormat(BaseModel):
         return self
 
     def to_internal(self) -> StructuredOutput | None:
-        if self.type == "json_object":
-            return StructuredOutput(StructureKind.JSON)
-        if self.json_schema is not None:
-            schema = self.json_schema.schema_
-            return StructuredOutput(StructureKind.JSON_SCHEMA, json.dumps({} if schema in (None, True) else schema))
-        return None
+        return json_output(self.type, self.json_schema.schema_ if self.json_schema is not None else None)
+
+
+def json_output(kind: str, schema: dict[str, Any] | bool | None) -> StructuredOutput | None:
+    """OpenAI's format types (chat's ``response_format``, the Responses API's ``text.format``) as the
+    internal constraint: ``json_object``, ``json_schema`` (no schema, or ``true``: any JSON), else none."""
+    if kind == "json_object":
+        return StructuredOutput(StructureKind.JSON)
+    if kind == "json_schema":
+        return StructuredOutput(StructureKind.JSON_SCHEMA, json.dumps({} if schema in (None, True) else schema))
+    return None
 
 
 class ChatCompletionRequest(_Request):

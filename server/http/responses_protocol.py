@@ -12,7 +12,6 @@ response has one output).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
@@ -20,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 
 from lmgate.backends import structured_output
 from lmgate.backends.sampling_rules import UINT32_MAX
-from lmgate.backends.types import StructuredOutput, StructureKind
-from lmgate.server.http.protocol import Text, _Request
+from lmgate.backends.types import StructuredOutput
+from lmgate.server.http.protocol import Text, _Request, json_output
 
 MAX_INPUT_ITEMS = 2048
 MAX_METADATA_KEYS = 16
@@ -100,13 +99,7 @@ class TextFormat(BaseModel):
         return self
 
     def to_internal(self) -> StructuredOutput | None:
-        if self.type == "json_object":
-            return StructuredOutput(StructureKind.JSON)
-        if self.type == "json_schema":
-            return StructuredOutput(
-                StructureKind.JSON_SCHEMA, json.dumps(True if self.schema_ is None else self.schema_)
-            )
-        return None
+        return json_output(self.type, self.schema_)
 
 
 class TextConfig(BaseModel):
