@@ -17,6 +17,8 @@ from typing import TypedDict
 MAX_N = 128
 """Choices (n, best_of, and prompts x n) one request may ask for."""
 MAX_STOP = 16
+COMPLETION_MAX_TOKENS = 16
+"""The legacy completions API's default ``max_tokens`` (chat's is the rest of the context)."""
 MAX_LOGPROBS = 20
 """Top alternatives returned per token, as OpenAI caps them."""
 UINT32_MAX = 2**32 - 1

@@ -19,6 +19,7 @@ from lmgate.backends import structured_output
 from lmgate.backends.errors import InvalidRequest, field_problem
 from lmgate.backends.sampling_rules import (
     BOUNDS,
+    COMPLETION_MAX_TOKENS,
     LOGIT_BIAS,
     LOGPROBS,
     TOKEN_ID,
@@ -58,9 +59,6 @@ ERROR_PARAM_KEY = "lmgate-error-param"
 ERROR_CODE_KEY = "lmgate-error-code"
 """Trailing metadata of an error status: the request field at fault and the error's code
 (``context_length_exceeded``…), as data, so that a gateway in front passes them on unparsed."""
-COMPLETION_MAX_TOKENS = 16
-"""The legacy completions API's default ``max_tokens`` (chat's is the rest of the context)."""
-
 Problem = tuple[str | None, str, object]
 """(field, rule, value) of one bad value."""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lmgate.backends.sampling_rules import COMPLETION_MAX_TOKENS
 from lmgate.backends.types import (
     ChatMessage,
     GenerateRequest,
@@ -68,7 +69,7 @@ def chat_request(body: ChatCompletionRequest, request_id: str) -> GenerateReques
 
 def completion_requests(body: CompletionRequest, request_id: str) -> list[GenerateRequest]:
     """One request per prompt of the batch; choice indexes are offset by the caller."""
-    sampling = sampling_params(body, max_tokens=body.max_tokens or 16, logprobs=body.logprobs)
+    sampling = sampling_params(body, max_tokens=body.max_tokens or COMPLETION_MAX_TOKENS, logprobs=body.logprobs)
     requests = []
     salt = body.cache_salt
     for i, prompt in enumerate(body.prompts):
