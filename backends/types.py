@@ -130,6 +130,9 @@ class GenerateRequest:
     cache_salt: str | None = None
     """Set by the gateway per tenant (server/tenancy/scope.py): prefix-cache entries are shared only
     between requests with the same salt. None: shared by every request without one."""
+    adapter: str | None = None
+    """The LoRA adapter (its configured name) the request runs with, set by the gateway when ``model``
+    names one (server/placement/dispatch.py); None: the base model. Its prefix-cache entries are its own."""
 
     def __post_init__(self) -> None:
         given = sum(x is not None for x in (self.prompt, self.prompt_token_ids, self.messages))

@@ -4,7 +4,8 @@ with them on this machine, now.
 - API keys: ``api_keys_env`` / ``api_keys_file`` give at least one key (``serve`` refuses otherwise;
   the same code reads them); ``keys_file`` / ``keys_env`` hold valid key records.
 - ``llamacpp`` models: the ``gguf`` file exists and its header reads (the check the engine makes
-  before loading: not a GGUF file, damaged, cut short).
+  before loading: not a GGUF file, damaged, cut short); each LoRA adapter fits it (the engine's check
+  too: backends/llamacpp/lora_file.py).
 - ``transformers`` models: ``model`` is an HF checkpoint directory (config.json, safetensors).
 - ``openai`` and ``grpc`` models: ``api_key_env``, when set, names a variable that holds a key.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from lmgate.backends.env_secret import why_no_secret
 from lmgate.backends.llamacpp.gguf_file import GGUFFileError, open_gguf
+from lmgate.backends.llamacpp.lora_file import LoraFileError, check_lora_file
 from lmgate.quantize.checkpoint import check_checkpoint
 from lmgate.quantize.errors import CheckpointError
 from lmgate.server.auth import ApiKeys
@@ -47,6 +49,12 @@ def serving_problems(settings: Settings) -> list[str]:
             except GGUFFileError as exc:
                 where = "" if model.gguf.exists() else " (a relative path is taken from the config file's directory)"
                 problems.append(f"models.{i}.gguf: {exc}{where}")
+                continue
+            for j, adapter in enumerate(model.lora_adapters):
+                try:
+                    check_lora_file(adapter.path, model.gguf, name=adapter.name)
+                except LoraFileError as exc:
+                    problems.append(f"models.{i}.lora_adapters.{j}: {exc}")
         elif isinstance(model, TransformersModelSettings):
             try:
                 check_checkpoint(model.model, tokenizer=False)

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 from lmgate.backends.fake.config import FakeConfig
 from lmgate.backends.grpc.config import GrpcConfig
 from lmgate.backends.llamacpp.config import LlamaCppConfig
+from lmgate.backends.lora import LoraAdapter
 from lmgate.backends.openai.config import OpenAIConfig
 from lmgate.backends.registry import BackendKind
 from lmgate.backends.transformers.config import TransformersConfig
@@ -236,13 +237,17 @@ class Settings(BaseModel):
     def _names_and_fallbacks(self) -> Settings:
         seen: dict[str, str] = {}
         where: dict[str, str] = {}
+        adapters: set[str] = set()
         for i, model in enumerate(self.models):
-            for j, name in enumerate([model.name, *model.aliases]):
-                here = f"models.{i}.name" if j == 0 else f"models.{i}.aliases.{j - 1}"
+            named = [(f"models.{i}.name", model.name)]
+            named += [(f"models.{i}.aliases.{j}", alias) for j, alias in enumerate(model.aliases)]
+            named += [(f"models.{i}.lora_adapters.{j}.name", a.name) for j, a in enumerate(adapters_of(model))]
+            adapters |= {a.name for a in adapters_of(model)}
+            for here, name in named:
                 if name in seen:
                     raise ValueError(
-                        f"{here}: {name!r} is already the name or an alias at {where[name]}: every model name and "
-                        "alias must be unique, so that a request's `model` picks one model"
+                        f"{here}: {name!r} is already the name, an alias or an adapter at {where[name]}: every model "
+                        "name, alias and LoRA adapter name must be unique, so that a request's `model` picks one model"
                     )
                 seen[name], where[name] = model.name, here
         for model in self.models:
@@ -250,11 +255,18 @@ class Settings(BaseModel):
             while current is not None:
                 if current not in seen:
                     raise ValueError(f"model {model.name!r}: fallback {current!r} is not a configured model")
+                if current in adapters:
+                    raise ValueError(f"model {model.name!r}: fallback {current!r} is a LoRA adapter; name a model")
                 if seen[current] in chain:
                     raise ValueError(f"model {model.name!r}: fallbacks loop ({' -> '.join([*chain, current])})")
                 chain.append(seen[current])
                 current = next(m.fallback for m in self.models if m.name == seen[current])
         return self
+
+
+def adapters_of(model: ModelSettings) -> list[LoraAdapter]:
+    """The LoRA adapters a model entry serves (only the llamacpp and vllm kinds have any)."""
+    return model.lora_adapters if isinstance(model, LlamaCppModelSettings | VllmModelSettings) else []
 
 
 def load_settings(path: Path) -> Settings:

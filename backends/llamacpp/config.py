@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
+from lmgate.backends.lora import LoraAdapter, adapters_named
+
 GGML_MAX_N_THREADS = 512
 """ggml's thread-pool limit: more aborts the engine."""
 
@@ -73,9 +75,19 @@ class LlamaCppConfig(BaseModel):
         cached = self.max_seqs if self.cache_slots is None else self.cache_slots
         return self.max_seqs + (cached if self.prefix_cache else 0)
 
+    lora_adapters: list[LoraAdapter] = Field(
+        default_factory=list,
+        description="GGUF LoRA adapters over this model, each served as a model name of its own (one copy of the "
+        "base weights; see docs/lora.md). A step decodes the sequences of one adapter (or of the base) at a time.",
+    )
     check_integrity: bool = Field(
         default=False, description="Check the KV book-keeping after every step (tests, debugging)."
     )
+
+    @model_validator(mode="after")
+    def _adapter_names(self) -> LlamaCppConfig:
+        adapters_named(self.lora_adapters)
+        return self
 
     @model_validator(mode="after")
     def _fits_llama_cpp(self) -> LlamaCppConfig:

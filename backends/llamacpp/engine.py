@@ -79,9 +79,10 @@ class Engine(EngineThread[Request]):
     def step(self) -> None:
         output = self.scheduler.schedule()
         if not output.chunks and not self.scheduler.running and self.scheduler.waiting:
-            # An idle cache admits anything that fits it (kv_cache.admit): the head cannot ever run.
-            # Ending it beats spinning on it for ever with everything behind it stuck.
-            head = self.scheduler.waiting[0]
+            # An idle cache admits anything that fits it (kv_cache.admit): the head (of the step's
+            # adapter: every adapter's was tried) cannot ever run. Ending it beats spinning on it for
+            # ever with everything behind it stuck.
+            head = next(s for s in self.scheduler.waiting if s.adapter == output.adapter)
             log.error("request %s cannot be admitted into an idle KV cache: aborted", head.request_id)
             self._abort(head.request_id)
             return

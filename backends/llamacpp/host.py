@@ -68,6 +68,8 @@ class LlamaCppHost:
         self._arrivals = itertools.count()
 
     def submit(self, request_id: str, request: GenerateRequest) -> None:
+        if request.adapter is not None and request.adapter not in self.model.loras.names:
+            raise InvalidRequest(f"model `{self.info.name}` has no LoRA adapter {request.adapter!r}", param="model")
         prompt = self._prompt_ids(request)
         max_tokens = output_budget(request, len(prompt), self.model.max_model_len)
         check_sampling(request.sampling, max_seqs=self._config.max_seqs, n_vocab=self.model.n_vocab)
@@ -79,7 +81,7 @@ class LlamaCppHost:
             Sequence(
                 request_id, i, list(prompt), request.sampling, max_tokens, arrival, OutputText(request.sampling.stop),
                 matcher=self._matchers.matcher(structured) if structured is not None else None,
-                cache_salt=(request.cache_salt or "").encode(),
+                cache_salt=(request.cache_salt or "").encode(), adapter=request.adapter,
             )
             for i in range(count)
         ]  # fmt: skip

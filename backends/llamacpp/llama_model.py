@@ -1,6 +1,6 @@
-"""A loaded GGUF model and its llama.cpp context: tokenizer, vocabulary facts, lifetime.
+"""A loaded GGUF model and its llama.cpp context: tokenizer, vocabulary facts, lifetime, LoRA adapters.
 
-Together with runner.py and sampler.py, the only modules that import ``llama_cpp``. The context is
+Together with runner.py, sampler.py and lora.py, the only modules that import ``llama_cpp``. The context is
 created with a unified KV cache (``kv_unified``) of ``n_ctx`` cells shared by ``config.num_slots``
 sequence ids. ``tokenize`` and ``piece`` read only the immutable vocabulary and may be called from any
 thread; everything touching the context belongs to the engine thread.
@@ -19,6 +19,7 @@ from lmgate.backends.errors import ModelLoadError
 from lmgate.backends.llamacpp import memory_plan
 from lmgate.backends.llamacpp.config import LlamaCppConfig
 from lmgate.backends.llamacpp.gguf_file import GGUFFileError
+from lmgate.backends.llamacpp.lora import LoraSet
 from lmgate.backends.llamacpp.model_shape import read_shape
 
 log = logging.getLogger("lmgate.llama_cpp")
@@ -93,6 +94,11 @@ class LlamaModel:
         if not self.ctx:
             llama_cpp.llama_model_free(self.model)
             raise ModelLoadError(f"llama.cpp could not create a context for {path} (out of memory?)")
+        try:
+            self.loras = LoraSet(self.model, self.ctx, path, config.lora_adapters)
+        except BaseException:
+            self.close()
+            raise
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
         self.n_batch = llama_cpp.llama_n_batch(self.ctx)
@@ -139,6 +145,9 @@ class LlamaModel:
         return params
 
     def close(self) -> None:
+        loras: LoraSet | None = getattr(self, "loras", None)  # absent when the adapters failed to load
+        if loras is not None:
+            loras.close()
         if self.ctx:
             llama_cpp.llama_free(self.ctx)
             self.ctx = None

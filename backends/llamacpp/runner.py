@@ -1,6 +1,7 @@
 """Executes a ``SchedulerOutput`` on llama.cpp: one multi-sequence batch, one ``llama_decode``.
 
-Every scheduled chunk goes into the same ``llama_batch`` under its slot's sequence id; logits are
+Every scheduled chunk goes into the same ``llama_batch`` under its slot's sequence id, with the step's
+LoRA adapter (if any) set on the context first; logits are
 requested only for a chunk's last token when that token is the sequence's last. Each such
 sequence then samples from its own chain at its batch index. Log-probabilities are those of the
 raw model distribution (before penalties, temperature and truncation), as vLLM and OpenAI report.
@@ -72,6 +73,7 @@ class Runner:
         if not output.chunks:
             return []
         to_sample = self._fill_batch(output)
+        self.model.loras.activate(output.adapter)  # one adapter per decode: scheduler.py
         rc = llama_cpp.llama_decode(self.model.ctx, self._batch)
         if rc != 0:
             raise DecodeError(f"llama_decode returned {rc} for {output.num_tokens} tokens")

@@ -8,6 +8,13 @@ the KV cache already holds. A prompt longer than the budget is prefilled in chun
 steps. When a running sequence cannot get cells, the newest running sequence is preempted: its
 slot becomes a cached slot (evicted first when cells are short) and it goes back to the front of
 the queue, to be recomputed (its tokens are kept) from whatever of its prefix is still cached.
+
+LoRA adapters: llama.cpp applies them per context, so one step decodes the sequences of one adapter
+(or of the base model, ``None``) only, as llama-server batches slots of one LoRA configuration
+together. Of the adapters with work, the one served least recently goes first (ties: the one whose
+oldest sequence is oldest), so base and adapter requests take turns step by step and all make
+progress; when that adapter has nothing that can run now (no cells for its queue), the next one is
+tried in the same step. Within an adapter, everything above holds (decode first, FIFO admission).
 """
 
 from __future__ import annotations
@@ -50,6 +57,8 @@ class SchedulerOutput:
     starved: tuple[Sequence, ...] = ()
     """Beams that got no cells: beams are never preempted (their search would lose step), so
     their search has to end here."""
+    adapter: str | None = None
+    """The LoRA adapter every chunk's sequence runs with (None: the base model)."""
 
     @property
     def num_tokens(self) -> int:
@@ -65,6 +74,9 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
+        self._served: dict[str | None, int] = {}
+        """Each adapter's (None: the base model's) last step."""
+        self._steps = 0
 
     @property
     def has_work(self) -> bool:
@@ -74,11 +86,36 @@ class Scheduler:
         self.waiting.append(seq)
 
     def schedule(self) -> SchedulerOutput:
-        budget = self.config.token_budget
+        """The next step's chunks, all of one adapter's sequences (the first in turn that has any)."""
         chunks: list[ScheduledChunk] = []
         preempted: list[Sequence] = []
         starved: list[Sequence] = []
-        for seq in sorted(self.running, key=lambda s: (s.num_uncomputed > 1, s.arrival)):
+        adapter: str | None = None
+        for adapter in self._turns():
+            self._schedule_adapter(adapter, chunks, preempted, starved)
+            if chunks or preempted or starved:
+                break
+        self._steps += 1
+        self._served[adapter] = self._steps
+        return SchedulerOutput(tuple(chunks), tuple(preempted), self.kv.take_ops(), tuple(starved), adapter)
+
+    def _turns(self) -> list[str | None]:
+        """The adapters with work (a running sequence with tokens to compute, or a waiting one), the
+        least recently served first, then by their oldest sequence."""
+        oldest: dict[str | None, int] = {}
+        for seq in self.running:
+            if seq.status is SequenceStatus.RUNNING and seq.num_uncomputed > 0:
+                oldest[seq.adapter] = min(oldest.get(seq.adapter, seq.arrival), seq.arrival)
+        for seq in self.waiting:
+            oldest[seq.adapter] = min(oldest.get(seq.adapter, seq.arrival), seq.arrival)
+        return sorted(oldest, key=lambda a: (self._served.get(a, 0), oldest[a]))
+
+    def _schedule_adapter(
+        self, adapter: str | None, chunks: list[ScheduledChunk], preempted: list[Sequence], starved: list[Sequence]
+    ) -> None:
+        budget = self.config.token_budget
+        mine = [s for s in self.running if s.adapter == adapter]
+        for seq in sorted(mine, key=lambda s: (s.num_uncomputed > 1, s.arrival)):
             if budget == 0:
                 break
             if seq.status is not SequenceStatus.RUNNING or seq.num_uncomputed == 0:
@@ -90,8 +127,7 @@ class Scheduler:
             elif seq.beam is not None:
                 starved.append(seq)
         if not preempted:
-            budget = self._admit(budget, chunks)
-        return SchedulerOutput(tuple(chunks), tuple(preempted), self.kv.take_ops(), tuple(starved))
+            self._admit(budget, chunks, adapter)
 
     def update(self, output: SchedulerOutput) -> None:
         """The runner decoded ``output``: those tokens' KV is now in the cache."""
@@ -145,13 +181,16 @@ class Scheduler:
         self.waiting.appendleft(seq)
         self.num_preemptions += 1
 
-    def _admit(self, budget: int, chunks: list[ScheduledChunk]) -> int:
-        while self.waiting and budget > 0 and len(self.running) < self.config.max_seqs:
-            seq = self.waiting[0]
+    def _admit(self, budget: int, chunks: list[ScheduledChunk], adapter: str | None) -> None:
+        """Admit ``adapter``'s waiting sequences, in arrival order, while they fit."""
+        queue = [s for s in self.waiting if s.adapter == adapter]
+        for seq in queue:
+            if budget == 0 or len(self.running) >= self.config.max_seqs:
+                break
             admission = self.kv.admit(seq.block_hashes(), seq.num_tokens, seq.token_ids)
             if admission is None:
                 break  # FIFO: a big prompt at the head waits for room rather than being overtaken
-            self.waiting.popleft()
+            self.waiting.remove(seq)
             seq.slot, seq.status = admission.slot, SequenceStatus.RUNNING
             seq.num_computed_tokens = admission.cached_tokens
             if seq.num_preemptions == 0:
@@ -162,7 +201,6 @@ class Scheduler:
                 raise AssertionError("admit() promised room for the whole prompt")
             chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, length))
             budget -= length
-        return budget
 
     def _cache_slot(self, seq: Sequence) -> None:
         assert seq.slot is not None

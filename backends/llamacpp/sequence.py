@@ -60,6 +60,10 @@ class Sequence:
     cache_salt: bytes = b""
     """The tenant's prefix-cache partition (GenerateRequest.cache_salt): the first block's hash starts
     from it, so blocks are found only by sequences with the same salt. Empty: today's shared cache."""
+    adapter: str | None = None
+    """The LoRA adapter it runs with (None: the base model). The scheduler decodes one adapter's
+    sequences per step, and the first block's hash starts from it too: KV computed with one adapter
+    is never shared with the base model or another adapter."""
     _hashes: list[bytes] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
@@ -88,14 +92,15 @@ class Sequence:
     def block_hashes(self) -> list[bytes]:
         """Chained hashes of every full block of ``token_ids`` (computed once, extended as it grows).
 
-        Block i's hash covers its tokens and block i-1's hash (block 0's: the cache salt), so equal
-        hashes mean equal prefixes of the same tenant. BLAKE2b, not Python's ``hash``: a collision
-        would serve one user another's KV.
+        Block i's hash covers its tokens and block i-1's hash (block 0's: the cache salt and the LoRA
+        adapter), so equal hashes mean equal prefixes of the same tenant computed with the same weights.
+        BLAKE2b, not Python's ``hash``: a collision would serve one user another's KV.
         """
         full = len(self.token_ids) // BLOCK_SIZE
         while len(self._hashes) < full:
             i = len(self._hashes)
-            digest = hashlib.blake2b(self._hashes[-1] if self._hashes else _seed(self.cache_salt), digest_size=16)
+            parent = self._hashes[-1] if self._hashes else _seed(self.cache_salt, self.adapter)
+            digest = hashlib.blake2b(parent, digest_size=16)
             digest.update(array("i", self.token_ids[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE]).tobytes())
             self._hashes.append(digest.digest())
         return self._hashes
@@ -107,7 +112,7 @@ class Sequence:
         """A copy continuing with ``token_id`` whose KV (all computed positions) is shared in ``slot``."""
         child = Sequence(
             self.request_id, self.index, [*self.token_ids, token_id], self.sampling, self.max_tokens, self.arrival,
-            OutputText(), beam=self.beam, cache_salt=self.cache_salt,
+            OutputText(), beam=self.beam, cache_salt=self.cache_salt, adapter=self.adapter,
         )  # fmt: skip
         child.num_prompt_tokens = self.num_prompt_tokens
         child.num_computed_tokens = self.num_computed_tokens
@@ -124,7 +129,11 @@ class Sequence:
         self.num_preemptions += 1
 
 
-def _seed(cache_salt: bytes) -> bytes:
-    """What block 0's hash starts from: nothing without a salt (hashes as before salts existed), else
-    a digest of it in a namespace of its own, so no salt can pose as a parent block's hash."""
-    return hashlib.blake2b(cache_salt, digest_size=16, person=b"lmgate-salt").digest() if cache_salt else b""
+def _seed(cache_salt: bytes, adapter: str | None) -> bytes:
+    """What block 0's hash starts from: nothing without a salt or an adapter (hashes as before salts
+    existed), else a digest of them in a namespace of its own, so that neither can pose as a parent
+    block's hash. The salt's digest goes first with its length, so salt and adapter name cannot run together."""
+    salt = hashlib.blake2b(cache_salt, digest_size=16, person=b"lmgate-salt").digest() if cache_salt else b""
+    if adapter is None:
+        return salt
+    return hashlib.blake2b(bytes([len(salt)]) + salt + adapter.encode(), digest_size=16, person=b"lmgate-lora").digest()

@@ -10,6 +10,8 @@ Beam search lives in vLLM's serving layer, not in AsyncLLM; here it runs lmgate'
 (backends/engine/beam_search.py) the way vLLM's server does: each step asks the engine for one token
 with the top 2 × width log-probabilities of every live beam (vLLM's prefix cache makes the
 repeated prompts cheap), and the policy picks the continuations.
+LoRA adapters are vLLM's multi-LoRA: a request naming an adapter carries its ``LoRARequest``, and
+vLLM batches requests of different adapters together (up to ``max_loras`` adapters a batch).
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ class VllmBackend(Backend):
         self._max_model_len = 0
         self._stats = _Stats()
         self._ids = itertools.count()
+        self._loras: dict[str, Any] = {}
+        """Each adapter's ``LoRARequest`` by name (vLLM keys its KV and its adapter cache on the int id)."""
 
     @property
     def info(self) -> ModelInfo:
@@ -103,8 +107,10 @@ class VllmBackend(Backend):
             "tokenizer": c.tokenizer, "max_model_len": c.max_model_len,
             "gpu_memory_utilization": c.gpu_memory_utilization, "kv_cache_memory_bytes": c.kv_cache_memory_bytes,
             "quantization": c.quantization, "max_num_seqs": c.max_num_seqs, "seed": c.seed,
-            "hf_overrides": c.hf_overrides,
+            "hf_overrides": c.hf_overrides, "max_loras": c.max_loras, "max_lora_rank": c.max_lora_rank,
         }  # fmt: skip
+        if c.lora_adapters:
+            optional["enable_lora"] = True
         args = AsyncEngineArgs(
             model=c.model,
             dtype=c.dtype,
@@ -124,6 +130,7 @@ class VllmBackend(Backend):
             raise BackendUnavailable(f"vLLM could not start {c.model}: {exc}") from exc
         self._prompt = HfPrompt(self._engine.get_tokenizer())
         self._max_model_len = self._engine.model_config.max_model_len
+        self._loras = _lora_requests(c)
 
     async def generate(self, request: GenerateRequest) -> AsyncGenerator[TokenDelta, None]:
         engine = self._require_engine()
@@ -141,7 +148,9 @@ class VllmBackend(Backend):
         counts: dict[int, int] = {}
         unfinished = request.sampling.n
         try:
-            async for output in engine.generate(_prompt(prompt, request.cache_salt), params, internal):
+            lora = self._lora(request)
+            prompt_in = _prompt(prompt, request.cache_salt)
+            async for output in engine.generate(prompt_in, params, internal, lora_request=lora):
                 for completion in output.outputs:
                     delta = self._delta(completion, output, counts, len(prompt))
                     unfinished -= delta.finish_reason is not None
@@ -206,7 +215,7 @@ class VllmBackend(Backend):
                 break
             tops = await asyncio.gather(*(
                 self._top_logprobs(engine, _prompt(prompt + beam.output, request.cache_salt), one_step,
-                                   f"{base}-{step}-{i}")
+                                   f"{base}-{step}-{i}", self._lora(request))
                 for i, beam in enumerate(search.live)
             ))  # fmt: skip
             search.step({id(beam): top for beam, top in zip(search.live, tops, strict=True)})
@@ -215,15 +224,25 @@ class VllmBackend(Backend):
 
     @staticmethod
     async def _top_logprobs(
-        engine: Any, prompt: dict[str, Any], params: Any, request_id: str
+        engine: Any, prompt: dict[str, Any], params: Any, request_id: str, lora: Any
     ) -> list[tuple[int, float]]:
         """The top log-probabilities of the token after ``prompt``'s ids, best first."""
         last = None
-        async for output in engine.generate(prompt, params, request_id):
+        async for output in engine.generate(prompt, params, request_id, lora_request=lora):
             last = output
         assert last is not None and last.outputs[0].logprobs
         entries = last.outputs[0].logprobs[0]
         return sorted(((t, lp.logprob) for t, lp in entries.items()), key=lambda e: e[1], reverse=True)
+
+    def _lora(self, request: GenerateRequest) -> Any:
+        """The request's ``LoRARequest`` (None: the base model); InvalidRequest for an adapter not configured."""
+        if request.adapter is None:
+            return None
+        try:
+            return self._loras[request.adapter]
+        except KeyError:
+            unknown = f"model `{self._name}` has no LoRA adapter {request.adapter!r}"
+            raise InvalidRequest(unknown, param="model") from None
 
     def _require_engine(self) -> Any:
         if self._engine is None or self._engine.errored:
@@ -310,6 +329,13 @@ def _structured(structured: StructuredOutput | None) -> Any:
     if kind is StructureKind.REGEX:
         return StructuredOutputsParams(regex=spec)
     return StructuredOutputsParams(grammar=spec)
+
+
+def _lora_requests(config: VllmConfig) -> dict[str, Any]:
+    """A ``LoRARequest`` per configured adapter, ids from 1 (vLLM's 0 is the base model)."""
+    from vllm.lora.request import LoRARequest
+
+    return {a.name: LoRARequest(a.name, i, str(a.path)) for i, a in enumerate(config.lora_adapters, start=1)}
 
 
 def _prompt(ids: list[int], cache_salt: str | None) -> dict[str, Any]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+
+from lmgate.backends.lora import LoraAdapter, adapters_named
 
 
 class VllmConfig(BaseModel):
@@ -36,3 +38,25 @@ class VllmConfig(BaseModel):
     hf_overrides: dict[str, Any] | None = Field(
         default=None, description="Overrides of the HF config, e.g. rope_scaling for a longer context."
     )
+    lora_adapters: list[LoraAdapter] = Field(
+        default_factory=list,
+        description="PEFT LoRA adapter directories, each served as a model name of its own through vLLM's "
+        "multi-LoRA (a LoRARequest per request; enable_lora is set when there are any).",
+    )
+    max_loras: PositiveInt | None = Field(
+        default=None, description="Adapters in one batch at most (vLLM's max_loras; default: vLLM's, 1)."
+    )
+    max_lora_rank: PositiveInt | None = Field(
+        default=None, description="The largest adapter rank served (vLLM's max_lora_rank; default: vLLM's, 16)."
+    )
+
+    @model_validator(mode="after")
+    def _adapters(self) -> VllmConfig:
+        adapters_named(self.lora_adapters)
+        for adapter in self.lora_adapters:
+            if adapter.scale != 1.0:
+                raise ValueError(
+                    f"lora_adapters: {adapter.name!r} has scale {adapter.scale}, but vLLM applies an adapter at the "
+                    "strength it was trained with (lora_alpha / r): drop scale, or scale the adapter's weights"
+                )
+        return self

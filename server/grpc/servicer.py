@@ -23,9 +23,9 @@ from lmgate.backends.types import GenerateRequest
 from lmgate.server.errors import LmgateError, from_backend_error
 from lmgate.server.metrics import Metrics
 from lmgate.server.placement.dispatch import Dispatcher
-from lmgate.server.placement.registry import ModelRegistry
+from lmgate.server.placement.registry import ModelPool, ModelRegistry
 from lmgate.server.tenancy.records import Tenant, Tenants
-from lmgate.server.tenancy.scope import check_model, visible
+from lmgate.server.tenancy.scope import check_model, visible, visible_adapters
 from lmgate.v1 import inference_pb2 as pb
 from lmgate.v1 import inference_pb2_grpc as pb_grpc
 
@@ -141,16 +141,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         request: pb.ListModelsRequest,
         context: grpc.aio.ServicerContext[pb.ListModelsRequest, pb.ListModelsResponse],
     ) -> pb.ListModelsResponse:
-        models = []
-        for pool in visible(self._registry, self._tenant(context)):
-            name = pool.name
-            model = pb.Model(name=name, aliases=pool.settings.aliases, backend=pool.backend_kind, ready=pool.healthy())
-            if pool.healthy():
-                info, capabilities = pool.primary.info, pool.primary.capabilities
-                model.context_length = info.context_length
-                model.quantization = info.quantization or ""
-                model.supported_params.extend(sorted(capabilities.sampling_params))
-            models.append(model)
+        tenant = self._tenant(context)
+        models = [_model_pb(pool) for pool in visible(self._registry, tenant)]
+        models += [_model_pb(pool, adapter) for pool, adapter in visible_adapters(self._registry, tenant)]
         return pb.ListModelsResponse(models=models)
 
     async def Tokenize(
@@ -179,3 +172,17 @@ def _metadata(request_id: str, ignored_params: tuple[str, ...]) -> tuple[tuple[s
     if ignored_params:
         return ((REQUEST_ID_KEY, request_id), (IGNORED_PARAMS_KEY, ",".join(ignored_params)))
     return ((REQUEST_ID_KEY, request_id),)
+
+
+def _model_pb(pool: ModelPool, adapter: str | None = None) -> pb.Model:
+    """A base model, or (``adapter``) a LoRA adapter with its base model in ``parent`` (revision 6)."""
+    if adapter is None:
+        model = pb.Model(name=pool.name, aliases=pool.settings.aliases, backend=pool.backend_kind, ready=pool.healthy())
+    else:
+        model = pb.Model(name=adapter, parent=pool.name, backend=pool.backend_kind, ready=pool.healthy())
+    if pool.healthy():
+        info, capabilities = pool.primary.info, pool.primary.capabilities
+        model.context_length = info.context_length
+        model.quantization = info.quantization or ""
+        model.supported_params.extend(sorted(capabilities.sampling_params))
+    return model

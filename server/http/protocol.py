@@ -437,6 +437,8 @@ class ModelCard(BaseModel):
     aliases: list[str] = Field(default_factory=list)
     replicas: int = 1
     supported_params: list[str] = Field(default_factory=list)
+    parent: str | None = None
+    """A LoRA adapter's base model (vLLM's field); None for a base model."""
 
 
 class ModelList(BaseModel):

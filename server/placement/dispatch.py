@@ -2,7 +2,8 @@
 
 1. The pool: the requested model's, or the next of its ``fallback`` chain when it is unavailable
    (not loaded, every replica ejected) or saturated (no room to run now); if every usable pool's
-   queue is full too, 429.
+   queue is full too, 429. A LoRA adapter's name reaches its base model's pool (never a fallback)
+   and marks the requests with the adapter (``GenerateRequest.adapter``).
 2. The capability contract: a sampling parameter the backend cannot honour is refused (``strict``)
    or served and reported (``lenient``); ``n`` and ``max_tokens`` caps are checked, and a prompt
    that cannot fit the context is refused before anything tokenizes it.
@@ -65,10 +66,12 @@ def affinity_key(request: GenerateRequest) -> bytes:
     A chat's is its leading system/developer messages, which many users' conversations share (the
     users' own text would scatter them); without any, its first message, which every later turn of
     the same conversation repeats. A raw prompt's is its start. A tenant's requests start theirs
-    with its cache salt: its prefixes are cached apart from other tenants' (server/tenancy/scope.py).
+    with its cache salt: its prefixes are cached apart from other tenants' (server/tenancy/scope.py),
+    and a LoRA adapter's with its name, as its KV is its own.
     """
     salt = (request.cache_salt or "").encode()
-    return salt + _shared_prefix(request)
+    adapter = f"lora:{request.adapter}\0".encode() if request.adapter is not None else b""
+    return salt + adapter + _shared_prefix(request)
 
 
 def _shared_prefix(request: GenerateRequest) -> bytes:
@@ -111,6 +114,9 @@ class Dispatcher:
             raise self.drain.refused()
         check_model(self.registry, model, tenant)
         requests = salted(requests, tenant)
+        adapter = self.registry.adapter_of(model)
+        if adapter is not None:
+            requests = [dataclasses.replace(r, adapter=adapter) for r in requests]
         pool = await self._choose_pool(model, tenant.name if tenant else "")
         if placed is not None:
             placed(pool.name, pool.backend_kind)
@@ -170,7 +176,9 @@ class Dispatcher:
         pool = self.registry.pool(model)
         usable: list[ModelPool] = []
         now = time.monotonic()
-        for candidate in self._chain(pool):
+        # A fallback model does not have the adapter: an adapter's requests wait for its base pool.
+        chain = [pool] if self.registry.adapter_of(model) is not None else self._chain(pool)
+        for candidate in chain:
             with contextlib.suppress(ServiceUnavailableError):
                 await candidate.ensure_loaded()
             if not candidate.routable(now):

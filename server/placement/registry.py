@@ -1,4 +1,5 @@
-"""The served models: one pool of replicas per configured model, found by name or alias.
+"""The served models: one pool of replicas per configured model, found by name or alias (or by the
+name of a LoRA adapter it serves).
 
 Each pool holds its replicas (backends built from the same settings, or one per gRPC target), its
 router (server/placement/router.py), its admission gate and its load state. Eager pools load concurrently in
@@ -25,7 +26,7 @@ from lmgate.backends.types import BackendStats
 from lmgate.server.errors import ModelNotFoundError, ServiceUnavailableError
 from lmgate.server.placement.admission import AdmissionGate
 from lmgate.server.placement.router import Router, RouterConfig
-from lmgate.server.settings import ModelSettings
+from lmgate.server.settings import ModelSettings, adapters_of
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,11 @@ class ModelPool:
         self._loading: asyncio.Task[None] | None = None
         self._retries: dict[int, asyncio.Task[None]] = {}
         self._load_errors: dict[int, BaseException] = {}
+
+    @property
+    def adapters(self) -> list[str]:
+        """The names of the LoRA adapters this pool serves besides its base model."""
+        return [a.name for a in adapters_of(self.settings)]
 
     @property
     def backend_kind(self) -> str:
@@ -174,6 +180,8 @@ class ModelRegistry:
     def __init__(self, models: list[ModelSettings]) -> None:
         self.pools = {m.name: ModelPool(m) for m in models}
         self._names = {alias: m.name for m in models for alias in [m.name, *m.aliases]}
+        self._adapters = {a.name: m.name for m in models for a in adapters_of(m)}
+        self._names |= self._adapters
         self._reaper: asyncio.Task[None] | None = None
 
     @property
@@ -207,6 +215,10 @@ class ModelRegistry:
             return self._names[model]
         except KeyError:
             raise ModelNotFoundError(model, sorted(self._names)) from None
+
+    def adapter_of(self, model: str) -> str | None:
+        """``model`` itself when it names a LoRA adapter (served by its base model's pool), else None."""
+        return model if model in self._adapters else None
 
     def pool(self, model: str) -> ModelPool:
         return self.pools[self.resolve(model)]

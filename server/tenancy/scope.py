@@ -19,13 +19,21 @@ from lmgate.server.tenancy.records import Tenant
 
 
 def names_of(pool: ModelPool) -> list[str]:
+    """The names that reach a pool's base model (a LoRA adapter is reached by its own name only)."""
     return [pool.name, *pool.settings.aliases]
 
 
 def visible(registry: ModelRegistry, tenant: Tenant | None) -> list[ModelPool]:
-    """The pools ``tenant`` may reach (all of them without key records)."""
+    """The pools whose base model ``tenant`` may reach (all of them without key records)."""
     pools = list(registry.pools.values())
     return pools if tenant is None else [p for p in pools if tenant.record.allows_model(names_of(p))]
+
+
+def visible_adapters(registry: ModelRegistry, tenant: Tenant | None) -> list[tuple[ModelPool, str]]:
+    """The LoRA adapters ``tenant`` may reach, with their base model's pool: a key's ``models`` globs
+    are matched against the adapter's own name."""
+    return [(pool, adapter) for pool in registry.pools.values() for adapter in pool.adapters
+            if tenant is None or tenant.record.allows_model([adapter])]  # fmt: skip
 
 
 def check_model(registry: ModelRegistry, model: str, tenant: Tenant | None) -> None:
@@ -33,12 +41,14 @@ def check_model(registry: ModelRegistry, model: str, tenant: Tenant | None) -> N
     outside the key's ``models``."""
     if tenant is None:
         return
-    known = sorted(name for pool in visible(registry, tenant) for name in names_of(pool))
+    known = sorted([name for pool in visible(registry, tenant) for name in names_of(pool)]
+                   + [adapter for _, adapter in visible_adapters(registry, tenant)])  # fmt: skip
     try:
         pool = registry.pool(model)
     except ModelNotFoundError:
         raise ModelNotFoundError(model, known) from None
-    if not tenant.record.allows_model(names_of(pool)):
+    adapter = registry.adapter_of(model)
+    if not tenant.record.allows_model([adapter] if adapter is not None else names_of(pool)):
         raise ModelNotFoundError(model, known)
 
 

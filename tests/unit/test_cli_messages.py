@@ -181,9 +181,9 @@ def test_check_config_refuses_api_keys_that_serve_would_refuse(tmp_path):
         ("[{name: m, backend: llama.cpp, gguf: m.gguf}]",
          ["models.0.backend: unknown backend kind 'llama.cpp' (did you mean 'llamacpp'?); the kinds are", "'vllm'"]),
         ("[{name: chat, backend: fake}, {name: chat, backend: fake}]",
-         ["models.1.name: 'chat' is already the name or an alias at models.0.name"]),
+         ["models.1.name: 'chat' is already the name, an alias or an adapter at models.0.name"]),
         ("[{name: a, backend: fake, aliases: [b]}, {name: b, backend: fake}]",
-         ["models.1.name: 'b' is already the name or an alias at models.0.aliases.0"]),
+         ["models.1.name: 'b' is already the name, an alias or an adapter at models.0.aliases.0"]),
     ],
 )  # fmt: skip
 def test_config_messages_name_the_setting_and_the_fix(tmp_path, models, fragments):

@@ -230,7 +230,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("name", "aliases", "backend", "context_length", "quantization", "supported_params", "ready")
+    __slots__ = ("name", "aliases", "backend", "context_length", "quantization", "supported_params", "ready", "parent")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ALIASES_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -238,6 +238,7 @@ class Model(_message.Message):
     QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
     SUPPORTED_PARAMS_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
     name: str
     aliases: _containers.RepeatedScalarFieldContainer[str]
     backend: str
@@ -245,7 +246,8 @@ class Model(_message.Message):
     quantization: str
     supported_params: _containers.RepeatedScalarFieldContainer[str]
     ready: bool
-    def __init__(self, name: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., backend: _Optional[str] = ..., context_length: _Optional[int] = ..., quantization: _Optional[str] = ..., supported_params: _Optional[_Iterable[str]] = ..., ready: _Optional[bool] = ...) -> None: ...
+    parent: str
+    def __init__(self, name: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., backend: _Optional[str] = ..., context_length: _Optional[int] = ..., quantization: _Optional[str] = ..., supported_params: _Optional[_Iterable[str]] = ..., ready: _Optional[bool] = ..., parent: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
