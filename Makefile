@@ -18,7 +18,7 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 LLAMA_TARGET ?= host
 LLAMA_INSTALL = backends/llamacpp/cpu_build.py install --target $(LLAMA_TARGET)
 
-.PHONY: serve test test-fuzz test-vllm test-quantize install install-test llama-cpp model bench protos config-docs lint typecheck format clean
+.PHONY: serve test test-fuzz test-vllm test-quantize install install-test llama-cpp model lora-model bench protos config-docs lint typecheck format clean
 
 serve: install
 	$(BIN)/lmgate serve --model $(MODEL) --host $(HOST) --port $(PORT) --grpc-port $(GRPC_PORT)
@@ -100,6 +100,13 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 model: install
 	$(BIN)/pip install --quiet 'torch==2.13.0' -e '.[model]'
 	$(BIN)/python -m lmgate.quantize.tinychat.train --out $(MODEL)
+
+# Rebuild the example LoRA adapter of the embedded model (docs/lora.md; a few minutes on 2 cores):
+# it starts every answer with "Woof!". Rebuild it whenever the embedded model is retrained.
+LORA_MODEL ?= models/tiny-chat-woof.lora.gguf
+lora-model: install
+	$(BIN)/pip install --quiet 'torch==2.13.0' -e '.[model]'
+	$(BIN)/python -m lmgate.quantize.tinychat.lora --base $(MODEL) --out $(LORA_MODEL)
 
 # lmgate, llama-server and llama-cpp-python's server on the same GGUF, one run (about 15 minutes
 # the first time: it builds llama-server); writes docs/benchmarks.md. BASELINE=DIR adds an earlier

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from lmgate.backends.llamacpp.config import default_threads
+from lmgate.backends.lora import LoraAdapter
 from lmgate.server.settings import (
     FakeModelSettings,
     GrpcModelSettings,
@@ -49,6 +50,9 @@ def render() -> str:
               _table(LlamaCppModelSettings, only=common)]  # fmt: skip
     for kind, model, what in BACKENDS:
         parts += ["", f"### `backend: {kind}` — {what}", "", _table(model, skip=common | {"backend"})]
+    parts += ["", "### `lora_adapters`: each entry (`llamacpp`, `vllm`)", "",
+              "A LoRA adapter served as a model name of its own over the base model ([LoRA adapters](lora.md)).",
+              "", _table(LoraAdapter)]  # fmt: skip
     return "\n".join([*parts, "", END])
 
 
