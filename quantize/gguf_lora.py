@@ -27,9 +27,14 @@ LoraPair = tuple[np.ndarray, np.ndarray]
 """(A of shape (rank, in_features), B of shape (out_features, rank)), float32."""
 
 
+BASE_SHA256 = "lmgate.lora.base_sha256"
+"""Metadata: the SHA-256 of the base GGUF an adapter was trained on (llama.cpp ignores the key)."""
+
+
 def write_lora_gguf(
-    path: Path, *, arch: str, alpha: float, pairs: Mapping[str, LoraPair], name: str, f16: bool = False
-) -> None:
+    path: Path, *, arch: str, alpha: float, pairs: Mapping[str, LoraPair], name: str, f16: bool = False,
+    base_sha256: str | None = None,
+) -> None:  # fmt: skip
     """Write the adapter ``pairs`` (base weight name → (A, B)) for an ``arch`` model to ``path``.
 
     ValueError, before anything is written, when a pair's shapes disagree or it adapts the embedding.
@@ -44,6 +49,8 @@ def write_lora_gguf(
     writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
     writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(alpha))
     writer.add_name(name)
+    if base_sha256 is not None:
+        writer.add_string(BASE_SHA256, base_sha256)
     dtype = np.float16 if f16 else np.float32
     for weight, (a, b) in pairs.items():
         writer.add_tensor(f"{weight}.lora_a", np.ascontiguousarray(a, dtype=np.float32).astype(dtype))

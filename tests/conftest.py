@@ -10,6 +10,7 @@ from lmgate.quantize.random_model import PRESETS, build_random_model
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_CHAT = REPO / "models" / "tiny-chat.gguf"
+WOOF_LORA = REPO / "models" / "tiny-chat-woof.lora.gguf"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -22,6 +23,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def tiny_chat_path() -> Path:
     assert TINY_CHAT.is_file(), "models/tiny-chat.gguf is committed with the repo (make model rebuilds it)"
     return TINY_CHAT
+
+
+@pytest.fixture(scope="session")
+def woof_lora_path() -> Path:
+    """The embedded model's example LoRA adapter: every answer starts with "Woof!" (make lora-model)."""
+    assert WOOF_LORA.is_file(), "models/tiny-chat-woof.lora.gguf is committed with the repo (make lora-model)"
+    return WOOF_LORA
 
 
 @pytest.fixture(scope="session")

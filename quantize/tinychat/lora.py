@@ -9,7 +9,8 @@ model's answers stay as they were: the tests serve both from one copy of the wei
 The base weights are read from the GGUF (Q8_0, dequantized) into the training script's own model
 (quantize/tinychat/train.py) and frozen; only the LoRA pairs train. Prompts are tokenized by llama.cpp
 from the GGUF's own vocabulary, so the adapter sees exactly the tokens the server feeds it. Seeded:
-the same command gives the same file on the same PyTorch build.
+the same command gives the same file on the same PyTorch build. The file records the SHA-256 of the
+base model it was trained on (a test checks it is the shipped model's: retrain after ``make model``).
 
 Run: ``python -m lmgate.quantize.tinychat.lora --base models/tiny-chat.gguf --out models/tiny-chat-woof.lora.gguf``
 (needs torch: the ``model`` extra).
@@ -18,6 +19,7 @@ Run: ``python -m lmgate.quantize.tinychat.lora --base models/tiny-chat.gguf --ou
 from __future__ import annotations
 
 import argparse
+import hashlib
 import random
 import time
 from collections.abc import Iterator
@@ -107,8 +109,8 @@ def token_stream(base: Path, seed: int, n_tokens: int) -> np.ndarray:
     return np.asarray(out[:n_tokens], dtype=np.int64)
 
 
-def train(model: TinyLlama, params: list[nn.Parameter], stream: np.ndarray, steps: int, seed: int) -> None:
-    opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.0)
+def train(model: TinyLlama, params: list[nn.Parameter], stream: np.ndarray, steps: int, lr: float, seed: int) -> None:
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     gen = np.random.default_rng(seed)
     started, batch, seq_len = time.monotonic(), 16, 128
     for step in range(steps):
@@ -127,7 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", type=Path, default=Path("models/tiny-chat.gguf"))
     parser.add_argument("--out", type=Path, default=Path("models/tiny-chat-woof.lora.gguf"))
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--alpha", type=float, default=16.0)
     parser.add_argument("--seed", type=int, default=1234)
@@ -140,11 +143,13 @@ def main(argv: list[str] | None = None) -> None:
     stream = token_stream(args.base, args.seed + 7, 200_000)
     params = [p for layer in adapted.values() for p in (layer.a, layer.b)]
     print(f"{sum(p.numel() for p in params)} LoRA parameters, {len(stream)} tokens", flush=True)
-    train(model, params, stream, args.steps, args.seed)
+    train(model, params, stream, args.steps, args.lr, args.seed)
     pairs: dict[str, LoraPair] = {
         name: (layer.a.detach().numpy(), layer.b.detach().numpy()) for name, layer in adapted.items()
     }
-    write_lora_gguf(args.out, arch=SHAPE.arch, alpha=args.alpha, pairs=pairs, name=args.out.name.split(".")[0])
+    base_sha256 = hashlib.sha256(args.base.read_bytes()).hexdigest()
+    write_lora_gguf(args.out, arch=SHAPE.arch, alpha=args.alpha, pairs=pairs, name=args.out.name.split(".")[0],
+                    base_sha256=base_sha256)  # fmt: skip
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e3:.0f} kB)")
 
 

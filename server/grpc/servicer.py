@@ -127,7 +127,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                     raise from_backend_error(exc) from None  # counted as the client error it is
                 dispatched = await self._dispatcher.open(request.model, [internal], tenant, tracker.placed)
                 stream = tracker.watch(dispatched.streams[0], internal.sampling.n)
-                model = dispatched.pool.name
+                model = dispatched.model
                 # Closed however the call ends, a cancel before the first message included.
                 async with contextlib.aclosing(stream):
                     await context.send_initial_metadata(_metadata(request_id, dispatched.ignored_params))

@@ -46,7 +46,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         opening = dispatcher.open(body.model, [chat_request(body, base_id)], tenant, tracker.placed)
         dispatched = await until_disconnect(request, opening)
         stream = tracker.watch(dispatched.streams[0], body.n)
-    response_id, model = f"chatcmpl-{base_id}", dispatched.pool.name
+    response_id, model = f"chatcmpl-{base_id}", dispatched.model
     headers = response_headers(base_id, dispatched.ignored_params)
     if body.stream:
         events = _events(stream, response_id, model, body.n, tracker.usage, include_usage=body.include_usage)

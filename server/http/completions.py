@@ -48,7 +48,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
         except BaseException:
             await deltas.aclose()
             raise
-    response_id, model = f"cmpl-{base_id}", dispatched.pool.name
+    response_id, model = f"cmpl-{base_id}", dispatched.model
     headers = response_headers(base_id, dispatched.ignored_params)
     if body.stream:
         events = _events(deltas, response_id, model, body.n, echoes, tracker.usage, include_usage=body.include_usage)

@@ -62,7 +62,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
         internal = generate_request(body, base_id, conversation)
         dispatched = await until_disconnect(request, dispatcher.open(body.model, [internal], tenant, tracker.placed))
         stream = tracker.watch(dispatched.streams[0], 1)
-    draft = ResponseDraft(body, dispatched.pool.name)
+    draft = ResponseDraft(body, dispatched.model)
     answer = ResponseText(logprobs=body.logprobs is not None, usage=tracker.usage)
     turn = _Turn(draft, answer, store if body.store else None, conversation, owner)
     headers = response_headers(base_id, dispatched.ignored_params)

@@ -58,6 +58,13 @@ class Dispatched:
     pool: ModelPool
     backend: Backend
     ignored_params: tuple[str, ...]
+    adapter: str | None = None
+    """The LoRA adapter the requests run with, when the model asked for is one."""
+
+    @property
+    def model(self) -> str:
+        """The model a response names: the adapter, or the pool that serves (a fallback's name if it did)."""
+        return self.adapter or self.pool.name
 
 
 def affinity_key(request: GenerateRequest) -> bytes:
@@ -156,7 +163,7 @@ class Dispatcher:
         guarded = [_guarded(s, pool, index, deadline, released, self.drain) for s in streams]
         if lease is not None:
             guarded = [lease.watch(s, r) for s, r in zip(guarded, requests, strict=True)]
-        return Dispatched(guarded, pool, backend, ignored)
+        return Dispatched(guarded, pool, backend, ignored, requests[0].adapter)
 
     async def _admit_and_open(
         self, pool: ModelPool, requests: list[GenerateRequest], tenant: Tenant | None = None
