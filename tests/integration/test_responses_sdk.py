@@ -46,7 +46,9 @@ def test_instructions_and_message_items_become_the_chat_messages(client):
     response = client.responses.create(
         model=MODEL, instructions="You are a storyteller.", input=items, **GREEDY, **cold("responses")
     )
-    text, _ = chat(client, [{"role": "system", "content": "You are a storyteller."}, *items_as_chat(items)], **cold("chat"))
+    text, _ = chat(
+        client, [{"role": "system", "content": "You are a storyteller."}, *items_as_chat(items)], **cold("chat")
+    )
     assert response.output_text == text and response.instructions == "You are a storyteller."
 
 
