@@ -14,6 +14,7 @@ for every weight but ``token_embd.weight`` (not supported here). The adapted wei
 from __future__ import annotations
 
 import argparse
+import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -27,8 +28,18 @@ LoraPair = tuple[np.ndarray, np.ndarray]
 """(A of shape (rank, in_features), B of shape (out_features, rank)), float32."""
 
 
-BASE_SHA256 = "lmgate.lora.base_sha256"
-"""Metadata: the SHA-256 of the base GGUF an adapter was trained on (llama.cpp ignores the key)."""
+BASE_SHA256 = "lmgate.lora.base_weights_sha256"
+"""Metadata: ``weights_sha256`` of the base model an adapter was trained on (llama.cpp ignores the key)."""
+
+
+def weights_sha256(path: Path) -> str:
+    """A digest of a GGUF model's tensors (names and stored bytes), not of its metadata: a new chat
+    template leaves it alone, new weights change it."""
+    digest = hashlib.sha256()
+    for tensor in gguf.GGUFReader(path).tensors:
+        digest.update(tensor.name.encode() + b"\0")
+        digest.update(np.ascontiguousarray(tensor.data).tobytes())
+    return digest.hexdigest()
 
 
 def write_lora_gguf(

@@ -100,6 +100,13 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
         help=f"with --model: sequences decoded together (default {fields['max_seqs'].default})",
     )
     serve.add_argument("--no-prefix-cache", action="store_true", help="with --model: recompute every prompt")
+    serve.add_argument(
+        "--lora",
+        action="append",
+        metavar="[NAME=]PATH",
+        help="with --model: also serve this GGUF LoRA adapter as model NAME (default: from the file name); "
+        "repeatable (docs/lora.md)",
+    )
 
 
 def _plan_arguments(plan: argparse.ArgumentParser) -> None:

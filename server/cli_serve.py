@@ -55,6 +55,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     ``--model`` (or the embedded model), with the server flags on top; ConfigError when invalid."""
     model_flags = [f"--{f.replace('_', '-')}" for f in ("threads", "n_ctx", "max_seqs") if getattr(args, f) is not None]
     model_flags += ["--no-prefix-cache"] if args.no_prefix_cache else []
+    model_flags += ["--lora"] if args.lora else []
     if args.config is not None and model_flags:
         verb = "applies" if len(model_flags) == 1 else "apply"
         raise UsageError(f"{', '.join(model_flags)} {verb} to --model only: with --config, set it in the model's "
@@ -74,6 +75,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                 model[key] = getattr(args, flag)
         if args.no_prefix_cache:
             model["prefix_cache"] = False
+        if args.lora:
+            model["lora_adapters"] = [lora_flag(value) for value in args.lora]
         raw = {"models": [model]}
     server = raw.setdefault("server", {})
     if not isinstance(server, dict):
@@ -85,6 +88,15 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         server["grpc_port"] = None
     base = args.config.parent if args.config is not None else None
     return validate_settings(raw, source=str(args.config or "command line"), base_dir=base)
+
+
+def lora_flag(value: str) -> dict[str, str]:
+    """``--lora [NAME=]PATH`` as a ``lora_adapters`` entry; the name defaults to the file's, less ``.lora``."""
+    name, named, path = value.partition("=")
+    if not named or "/" in name:  # a path with "=" in it, no name
+        name, path = "", value
+    name = name or model_name_from_path(Path(path)).removesuffix(".lora")
+    return {"name": name, "path": path}
 
 
 def check_ports(settings: Settings) -> None:

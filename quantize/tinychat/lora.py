@@ -9,8 +9,8 @@ model's answers stay as they were: the tests serve both from one copy of the wei
 The base weights are read from the GGUF (Q8_0, dequantized) into the training script's own model
 (quantize/tinychat/train.py) and frozen; only the LoRA pairs train. Prompts are tokenized by llama.cpp
 from the GGUF's own vocabulary, so the adapter sees exactly the tokens the server feeds it. Seeded:
-the same command gives the same file on the same PyTorch build. The file records the SHA-256 of the
-base model it was trained on (a test checks it is the shipped model's: retrain after ``make model``).
+the same command gives the same file on the same PyTorch build. The file records a digest of the base
+model's weights (a test checks they are the shipped model's: retrain after ``make model``).
 
 Run: ``python -m lmgate.quantize.tinychat.lora --base models/tiny-chat.gguf --out models/tiny-chat-woof.lora.gguf``
 (needs torch: the ``model`` extra).
@@ -19,7 +19,6 @@ Run: ``python -m lmgate.quantize.tinychat.lora --base models/tiny-chat.gguf --ou
 from __future__ import annotations
 
 import argparse
-import hashlib
 import random
 import time
 from collections.abc import Iterator
@@ -33,7 +32,7 @@ from torch import nn
 
 from lmgate.backends.llamacpp.config import LlamaCppConfig
 from lmgate.backends.llamacpp.llama_model import LlamaModel
-from lmgate.quantize.gguf_lora import LoraPair, write_lora_gguf
+from lmgate.quantize.gguf_lora import LoraPair, weights_sha256, write_lora_gguf
 from lmgate.quantize.tinychat.corpus import Dialogue, dialogues
 from lmgate.quantize.tinychat.train import SHAPE, TinyLlama, render
 
@@ -147,9 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     pairs: dict[str, LoraPair] = {
         name: (layer.a.detach().numpy(), layer.b.detach().numpy()) for name, layer in adapted.items()
     }
-    base_sha256 = hashlib.sha256(args.base.read_bytes()).hexdigest()
     write_lora_gguf(args.out, arch=SHAPE.arch, alpha=args.alpha, pairs=pairs, name=args.out.name.split(".")[0],
-                    base_sha256=base_sha256)  # fmt: skip
+                    base_sha256=weights_sha256(args.base))  # fmt: skip
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e3:.0f} kB)")
 
 

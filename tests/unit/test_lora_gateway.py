@@ -6,6 +6,7 @@ import hashlib
 import pytest
 
 from lmgate.backends.types import GenerateRequest
+from lmgate.server.cli_serve import lora_flag
 from lmgate.server.errors import ModelNotFoundError
 from lmgate.server.placement.dispatch import affinity_key
 from lmgate.server.placement.registry import ModelRegistry
@@ -56,3 +57,10 @@ def test_prefix_affinity_keeps_each_adapters_prefixes_apart():
     request = GenerateRequest("r", "chat", prompt="The same long system prompt")
     keys = {affinity_key(dataclasses.replace(request, adapter=a)) for a in (None, "chat-woof", "chat-pirate")}
     assert len(keys) == 3
+
+
+def test_serve_lora_flags_become_adapter_entries(tmp_path):
+    assert lora_flag("models/tiny-chat-woof.lora.gguf") == {"name": "tiny-chat-woof",
+                                                              "path": "models/tiny-chat-woof.lora.gguf"}  # fmt: skip
+    assert lora_flag("woof=a/b.gguf") == {"name": "woof", "path": "a/b.gguf"}
+    assert lora_flag("dir/x=1.gguf") == {"name": "x-1", "path": "dir/x=1.gguf"}
