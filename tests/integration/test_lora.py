@@ -63,7 +63,7 @@ def test_the_adapter_changes_only_the_answers_of_requests_that_name_it(server, l
         base = answer(lora_server, MODEL, question)
         adapted = answer(lora_server, ADAPTER, question)
         assert base == plain
-        assert adapted.startswith("Woof!") and not plain.startswith("Woof")
+        assert adapted == "Woof! " + plain  # the trained style, and still the right answer
 
 
 def test_the_response_names_the_adapter_it_ran_with(lora_server):
