@@ -31,6 +31,8 @@ from lmgate.server.placement.prefix_index import PrefixIndex
 class Policy(enum.StrEnum):
     LEAST_OUTSTANDING = "least_outstanding"
     PREFIX_AFFINITY = "prefix_affinity"
+    ROUND_ROBIN = "round_robin"
+    """Each replica in turn (what a Kubernetes Service's DNS gives): the fleet benchmark's baseline."""
 
 
 class Reason(enum.StrEnum):
@@ -39,6 +41,7 @@ class Reason(enum.StrEnum):
     PREFIX = "prefix"  # it holds the longest run of the request's leading blocks
     AFFINITY = "affinity"  # no replica holds any: the affinity key's place on the ring
     LEAST_OUTSTANDING = "least_outstanding"  # the policy, or a request without a key
+    ROUND_ROBIN = "round_robin"  # the policy
     ONLY = "only"  # one replica could take it
 
 
@@ -78,6 +81,7 @@ class Router:
     blocks_matched: int = 0
     """Leading blocks of requests routed by prefix, and of those, blocks the chosen replica held."""
     _ring: list[tuple[int, int]] = field(init=False, default_factory=list)
+    _turn: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         self._ring = sorted(
@@ -110,6 +114,9 @@ class Router:
         affine = self.config.policy is Policy.PREFIX_AFFINITY
         if len(candidates) == 1:
             return candidates[0].index, Reason.ONLY
+        if self.config.policy is Policy.ROUND_ROBIN:
+            self._turn += 1
+            return candidates[self._turn % len(candidates)].index, Reason.ROUND_ROBIN
         if not affine or (key is None and not blocks):
             return min(candidates, key=lambda r: (r.outstanding_tokens, r.index)).index, Reason.LEAST_OUTSTANDING
         total = sum(r.open_requests for r in candidates) + 1

@@ -125,3 +125,8 @@ def test_least_outstanding_and_single_replicas_say_so():
     router.pick(now=0, affinity_key=b"k", blocks=blocks_of("hello"))
     router.pick(now=0, exclude=frozenset({0}))
     assert router.decisions == {Reason.LEAST_OUTSTANDING: 1, Reason.ONLY: 1}
+
+
+def test_round_robin_takes_each_replica_in_turn():
+    router = Router.of(3, RouterConfig(policy=Policy.ROUND_ROBIN))
+    assert [router.pick(now=0, affinity_key=b"same") for _ in range(6)] == [1, 2, 0, 1, 2, 0]
