@@ -9,6 +9,7 @@ from lmgate.backends.types import GenerateRequest
 from lmgate.server.cli_serve import lora_flag
 from lmgate.server.errors import ModelNotFoundError
 from lmgate.server.placement.dispatch import affinity_key
+from lmgate.server.placement.prefix_index import prefix_blocks
 from lmgate.server.placement.registry import ModelRegistry
 from lmgate.server.settings import validate_settings
 from lmgate.server.tenancy.keys import KeyRecord
@@ -57,6 +58,8 @@ def test_prefix_affinity_keeps_each_adapters_prefixes_apart():
     request = GenerateRequest("r", "chat", prompt="The same long system prompt")
     keys = {affinity_key(dataclasses.replace(request, adapter=a)) for a in (None, "chat-woof", "chat-pirate")}
     assert len(keys) == 3
+    blocks = [prefix_blocks(dataclasses.replace(request, adapter=a)) for a in (None, "chat-woof", "chat-pirate")]
+    assert len({b[0] for b in blocks}) == 3
 
 
 def test_serve_lora_flags_become_adapter_entries(tmp_path):
