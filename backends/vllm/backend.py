@@ -344,6 +344,8 @@ def _structured(structured: StructuredOutput | None) -> Any:
 
 def _lora_requests(config: VllmConfig) -> dict[str, Any]:
     """A ``LoRARequest`` per configured adapter, ids from 1 (vLLM's 0 is the base model)."""
+    if not config.lora_adapters:
+        return {}
     from vllm.lora.request import LoRARequest
 
     return {a.name: LoRARequest(a.name, i, str(a.path)) for i, a in enumerate(config.lora_adapters, start=1)}
