@@ -365,7 +365,7 @@ class _EngineCollector(Collector):
                                      labels=[*labels, "result"])  # fmt: skip
         for name, pool in self._models.pools.items():
             router = pool.router
-            for reason, count in router.decisions.items():
+            for reason, count in list(router.decisions.items()):  # a copy: the event loop may add a reason
                 decisions.add_metric([name, pool.backend_kind, reason.value], count)
             blocks.add_metric([name, pool.backend_kind, "hit"], router.blocks_matched)
             blocks.add_metric([name, pool.backend_kind, "miss"], router.blocks_looked_up - router.blocks_matched)

@@ -29,7 +29,7 @@ from lmgate.backends.sampling_rules import (
     logit_bias_key_problem,
     stop_problem,
 )
-from lmgate.backends.tools.rules import EMPTY_PARAMETERS, TOOLS_AND_FORMAT, tools_problem
+from lmgate.backends.tools.rules import EMPTY_PARAMETERS, MAX_ID_CHARS, TOOLS_AND_FORMAT, tools_problem
 from lmgate.backends.types import (
     ChatMessage,
     FinishReason,
@@ -88,6 +88,11 @@ def chat_from_pb(request: pb.ChatRequest, request_id: str) -> GenerateRequest:
             problems.append((f"messages.{i}.role", _ROLE_RULE, "unspecified"))
         if message.role == pb.ROLE_TOOL and not message.tool_call_id:
             problems.append((f"messages.{i}", "a tool message needs the tool_call_id of the call it answers", None))
+        if message.tool_calls and message.role != pb.ROLE_ASSISTANT:
+            problems.append((f"messages.{i}", "only assistant messages carry tool_calls", None))
+        ids = [message.tool_call_id, message.name, *(c.id for c in message.tool_calls)]
+        if any(len(x) > MAX_ID_CHARS for x in ids):
+            problems.append((f"messages.{i}", f"ids and names are at most {MAX_ID_CHARS} characters", None))
     logprobs = sampling.logprobs if sampling.HasField("logprobs") else None
     problems += _bounds_problem("top_logprobs", LOGPROBS, logprobs)
     problems += _structure_problems(sampling)
