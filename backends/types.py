@@ -211,6 +211,8 @@ class ModelInfo:
     """The most bytes of text one token of the vocabulary covers, when tokenizing never shrinks
     text (byte-level BPE, SentencePiece without normalisation); None when unknown. Lets the gateway
     refuse a prompt too long for the context without tokenizing it (backends/engine/limits.py)."""
+    embedding_size: int | None = None
+    """The length of its embedding vectors (None: it does not embed, or the backend cannot tell)."""
 
 
 @dataclass(frozen=True, slots=True)
