@@ -156,13 +156,19 @@ class LlamaModel:
     def embedding_context(self, pooling: int, n_seq_max: int) -> llama_cpp.llama_context_p:
         """A second context over the same weights (nothing is copied), for embeddings: its own KV cache
         of ``max_model_len`` cells, ``pooling``, and one micro-batch as large as the whole batch (llama.cpp
-        pools per micro-batch: a sequence split over two would be pooled over its last part only).
+        pools per micro-batch: a sequence split over two would be pooled over its last part only), and
+        no flash attention (see below).
         Raises ``ModelLoadError`` when llama.cpp cannot make it (out of memory). Freed by the caller."""
         params = self._context_params(self._config)
         params.n_ctx = params.n_batch = params.n_ubatch = self.max_model_len
         params.n_seq_max = min(n_seq_max, self.max_model_len)
         params.embeddings = True
         params.pooling_type = pooling
+        # NOTE: no flash attention here. llama.cpp's CPU flash-attention kernel changes path once a batch
+        # has a few dozen query rows, and an input's vector then moves by ~4e-4 with what it is batched
+        # with (measured on tiny-chat); plain attention gives the same vector alone or batched (3e-8),
+        # at the cost of a KQ buffer of max_model_len² floats per head.
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         ctx: llama_cpp.llama_context_p = llama_cpp.llama_init_from_model(self.model, params)  # the bindings return Any
         if not ctx:
             raise ModelLoadError(

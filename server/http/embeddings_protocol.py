@@ -14,12 +14,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from lmgate.backends.embedding import EmbedInput, EmbedRequest, inputs_problem
-from lmgate.server.http.protocol import Text, TokenId, unknown_field
+from lmgate.backends.sampling_rules import TOKEN_ID
+from lmgate.server.http.protocol import Text, unknown_field
 
-InputParam = Text | list[TokenId] | list[Text] | list[list[TokenId]]
+InputParam = Text | list[StrictInt] | list[Text] | list[list[StrictInt]]
+"""Token ids are checked in ``_check_input`` (naming the input), not per item by the union."""
 
 
 def _inputs(value: InputParam) -> tuple[EmbedInput, ...]:
@@ -52,8 +54,12 @@ class EmbeddingsBody(BaseModel):
     @field_validator("input")
     @classmethod
     def _check_input(cls, value: InputParam) -> InputParam:
-        if problem := inputs_problem(_inputs(value) if value != [] else ()):
+        inputs = _inputs(value) if value != [] else ()
+        if problem := inputs_problem(inputs):
             raise ValueError(problem)
+        for i, item in enumerate(inputs):
+            if isinstance(item, tuple) and (rule := next(filter(None, map(TOKEN_ID.problem, item)), None)):
+                raise ValueError(f"input {i} has a token id out of range: {rule}")
         return value
 
     @model_validator(mode="after")
