@@ -7,7 +7,8 @@ never asked for embeddings pays nothing for it; one that cannot make it (out of 
 request with a 503 and keeps generating.
 
 Each ``step()`` is one batch: the context's memory cleared, up to ``max_seqs`` inputs (of at most
-``max_model_len`` tokens in all: one micro-batch) put under sequence ids 0.., each from position 0,
+``n_batch`` tokens in all, or one longer input of up to ``max_model_len``: one micro-batch either way)
+put under sequence ids 0.., each from position 0,
 one ``llama_decode``, then ``llama_get_embeddings_seq`` per id, L2-normalised. An input's vector
 depends only on its own tokens (sequences never attend to each other), so a request gets the same
 vectors alone or batched with others'. Inputs of several requests share a batch, in arrival order;
@@ -52,6 +53,7 @@ class Embedder:
         self._model = model
         self._max_seqs = min(max_seqs, model.max_model_len)
         self._capacity = model.max_model_len
+        self._step_tokens = model.n_batch
         self._jobs: deque[EmbedJob] = deque()
         self._ctx: llama_cpp.llama_context_p | None = None
         self._batch: Any = None
@@ -99,14 +101,15 @@ class Embedder:
         return self._ctx, self._batch
 
     def _pick(self) -> list[tuple[EmbedJob, int]]:
-        """The next inputs in arrival order that fit one batch (the first always fits: host.py checked
-        every input against ``max_model_len``)."""
+        """The next inputs in arrival order that fit one step's token budget (``n_batch``, as a generation
+        step's), or the next input alone when it is longer (host.py checked it against ``max_model_len``,
+        the context's size)."""
         picked: list[tuple[EmbedJob, int]] = []
         tokens = 0
         for job in self._jobs:
             for index in range(len(job.vectors), len(job.inputs)):
                 size = len(job.inputs[index])
-                if len(picked) == self._max_seqs or tokens + size > self._capacity:
+                if picked and (len(picked) == self._max_seqs or tokens + size > self._step_tokens):
                     return picked
                 picked.append((job, index))
                 tokens += size
