@@ -18,6 +18,7 @@ class FinishReason(enum.StrEnum):
     STOP = "stop"  # an EOS token, a stop string or a stop token id
     LENGTH = "length"  # max_tokens or the context length was reached
     ABORT = "abort"  # the client went away, a deadline passed or the server is stopping
+    TOOL_CALLS = "tool_calls"  # the choice ended in function calls (TokenDelta.tool_calls)
 
     @classmethod
     def named(cls, name: str | None) -> FinishReason | None:
@@ -40,9 +41,62 @@ class Role(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A function call the model made: in an assistant message of the history, or assembled from
+    ``ToolCallDelta``s."""
+
+    id: str
+    name: str
+    arguments: str
+    """The arguments object as JSON text (what OpenAI's ``function.arguments`` carries)."""
+
+
+@dataclass(frozen=True, slots=True)
 class ChatMessage:
     role: Role
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    """An assistant message's calls."""
+    tool_call_id: str | None = None
+    """A tool message: the call it answers."""
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    """A function the model may call."""
+
+    name: str
+    description: str = ""
+    parameters: str = '{"type": "object", "properties": {}}'
+    """Its arguments' JSON Schema, as JSON text."""
+
+
+class ToolChoice(enum.StrEnum):
+    """OpenAI's ``tool_choice``."""
+
+    NONE = "none"  # no calls: tools are still shown to the model, as OpenAI does
+    AUTO = "auto"  # the model decides
+    REQUIRED = "required"  # at least one call, enforced while decoding
+    FUNCTION = "function"  # one call of ``Tools.function``, enforced while decoding
+
+
+@dataclass(frozen=True, slots=True)
+class Tools:
+    """The functions of a chat request and how they may be called (checks are the edge's:
+    backends/tools/rules.py)."""
+
+    functions: tuple[Tool, ...]
+    choice: ToolChoice = ToolChoice.AUTO
+    function: str | None = None
+    """The function ``ToolChoice.FUNCTION`` forces."""
+    parallel: bool = True
+    """More than one call in a turn."""
+
+    @property
+    def forced(self) -> bool:
+        """A call is enforced by the grammar (``required`` or a named function)."""
+        return self.choice in (ToolChoice.REQUIRED, ToolChoice.FUNCTION)
 
 
 class StructureKind(enum.StrEnum):
@@ -127,6 +181,8 @@ class GenerateRequest:
     prompt: str | None = None
     prompt_token_ids: tuple[int, ...] | None = None
     messages: tuple[ChatMessage, ...] | None = None
+    tools: Tools | None = None
+    """Chat only: functions the model may call (rendered by the template, parsed from the output)."""
     cache_salt: str | None = None
     """Set by the gateway per tenant (server/tenancy/scope.py): prefix-cache entries are shared only
     between requests with the same salt. None: shared by every request without one."""
@@ -166,6 +222,18 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of one function call of a choice, as OpenAI streams it: the call's first delta has
+    its ``id`` and ``name``; later ones add ``arguments`` text, which concatenates to the JSON object."""
+
+    index: int
+    """The call's position among the choice's calls."""
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class TokenDelta:
     """New output of one choice (``index``), in generation order.
 
@@ -180,6 +248,8 @@ class TokenDelta:
     logprobs: tuple[TokenLogprob, ...] = ()
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+    tool_calls: tuple[ToolCallDelta, ...] = ()
+    """Function-call pieces parsed from the output (``text`` is then the content around them)."""
 
 
 STANDARD_SAMPLING_PARAMS = frozenset({

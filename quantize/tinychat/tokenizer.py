@@ -19,12 +19,41 @@ IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 SPECIALS = (IM_START, IM_END)
 
-#: ChatML; the assistant turn ends with <|im_end|>, which is the model's end-of-generation token.
+#: ChatML with Hermes-style tool calling (the format of Qwen 2.5 and NousResearch Hermes, which
+#: lmgate's ``hermes`` tool parser reads): with tools, a system turn lists them as JSON lines inside
+#: ``<tools>``; an assistant's call is ``<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>``;
+#: tool results go back in a user turn as ``<tool_response>`` blocks. Without tools it renders plain
+#: ChatML. The assistant turn ends with <|im_end|>, the model's end-of-generation token.
 CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    "{%- if tools -%}"
+    "{{- '<|im_start|>system\n' -}}"
+    "{%- if messages[0]['role'] == 'system' -%}{{- messages[0]['content'] + '\n' -}}{%- endif -%}"
+    "{{- '<tools>\n' -}}"
+    "{%- for tool in tools -%}{{- tool['function'] | tojson -}}{{- '\n' -}}{%- endfor -%}"
+    "{{- '</tools><|im_end|>\n' -}}"
+    "{%- elif messages[0]['role'] == 'system' -%}"
+    "{{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' -}}"
+    "{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'system' and loop.first -%}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{{- '<|im_start|>assistant\n' + (message['content'] or '') -}}"
+    "{%- for call in message['tool_calls'] or [] -%}"
+    "{{- '<tool_call>\n{\"name\": ' + call['function']['name'] | tojson + ', \"arguments\": ' -}}"
+    "{%- if call['function']['arguments'] is string -%}{{- call['function']['arguments'] -}}"
+    "{%- else -%}{{- call['function']['arguments'] | tojson -}}{%- endif -%}"
+    "{{- '}\n</tool_call>' -}}"
+    "{%- endfor -%}"
+    "{{- '<|im_end|>\n' -}}"
+    "{%- elif message['role'] == 'tool' -%}"
+    "{%- if loop.first or messages[loop.index0 - 1]['role'] != 'tool' -%}{{- '<|im_start|>user' -}}{%- endif -%}"
+    "{{- '\n<tool_response>\n' + message['content'] + '\n</tool_response>' -}}"
+    "{%- if loop.last or messages[loop.index0 + 1]['role'] != 'tool' -%}{{- '<|im_end|>\n' -}}{%- endif -%}"
+    "{%- else -%}"
+    "{{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}"
 )
 
 _SPECIAL_SPLIT = re.compile("(" + "|".join(re.escape(s) for s in SPECIALS) + ")")

@@ -57,6 +57,7 @@ def generate_request(body: ResponsesRequest, request_id: str, conversation: tupl
         model=body.model,
         sampling=sampling_params(body, max_tokens=body.output_limit, logprobs=body.logprobs),
         messages=system + conversation,
+        cache_salt=body.cache_salt,
     )
 
 

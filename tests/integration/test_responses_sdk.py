@@ -2,6 +2,8 @@
 server running the embedded model: it answers as chat does, streams OpenAI's typed events, and
 continues a stored conversation with previous_response_id."""
 
+import uuid
+
 import httpx
 import openai
 import pytest
@@ -16,14 +18,22 @@ def client(server):
     return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
 
 
-def chat(client, messages, max_tokens=48):
-    completion = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=max_tokens)
+def chat(client, messages, max_tokens=48, **extra):
+    completion = client.chat.completions.create(
+        model=MODEL, messages=messages, temperature=0, max_tokens=max_tokens, **extra
+    )
     return completion.choices[0].message.content, completion.usage
 
 
+def cold(name: str) -> dict:
+    """A cache salt of its own: the prompt is prefilled whole, not resumed from another request's cached
+    blocks (a resumed prefill computes the last logits in a smaller batch, which can flip a near-tie)."""
+    return {"extra_body": {"cache_salt": f"{name}-{uuid.uuid4().hex}"}}
+
+
 def test_a_response_is_the_chat_answer_to_the_same_conversation(client):
-    response = client.responses.create(model=MODEL, input="What is the capital of France?", **GREEDY)
-    text, usage = chat(client, [{"role": "user", "content": "What is the capital of France?"}])
+    response = client.responses.create(model=MODEL, input="What is the capital of France?", **GREEDY, **cold("r"))
+    text, usage = chat(client, [{"role": "user", "content": "What is the capital of France?"}], **cold("c"))
     assert response.status == "completed" and response.output_text == text and "Paris" in text
     assert response.id.startswith("resp_") and response.output[0].role == "assistant"
     assert response.usage.input_tokens == usage.prompt_tokens
@@ -33,8 +43,10 @@ def test_a_response_is_the_chat_answer_to_the_same_conversation(client):
 
 def test_instructions_and_message_items_become_the_chat_messages(client):
     items = [{"role": "user", "content": [{"type": "input_text", "text": "Tell me a story about Tom."}]}]
-    response = client.responses.create(model=MODEL, instructions="You are a storyteller.", input=items, **GREEDY)
-    text, _ = chat(client, [{"role": "system", "content": "You are a storyteller."}, *items_as_chat(items)])
+    response = client.responses.create(
+        model=MODEL, instructions="You are a storyteller.", input=items, **GREEDY, **cold("responses")
+    )
+    text, _ = chat(client, [{"role": "system", "content": "You are a storyteller."}, *items_as_chat(items)], **cold("chat"))
     assert response.output_text == text and response.instructions == "You are a storyteller."
 
 
@@ -43,7 +55,7 @@ def items_as_chat(items):
 
 
 def test_streamed_events_come_in_openais_order_and_add_up_to_the_answer(client):
-    with client.responses.stream(model=MODEL, input="What does a cow say?", **GREEDY) as stream:
+    with client.responses.stream(model=MODEL, input="What does a cow say?", **GREEDY, **cold("s")) as stream:
         events = list(stream)
         final = stream.get_final_response()
     kinds = [e.type for e in events]
@@ -55,19 +67,21 @@ def test_streamed_events_come_in_openais_order_and_add_up_to_the_answer(client):
     ]  # fmt: skip
     assert [e.sequence_number for e in events] == list(range(len(events)))
     deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
-    created = client.responses.create(model=MODEL, input="What does a cow say?", **GREEDY)
+    created = client.responses.create(model=MODEL, input="What does a cow say?", **GREEDY, **cold("c"))
     assert deltas == final.output_text == created.output_text != ""
     assert final.usage.output_tokens == created.usage.output_tokens
 
 
 def test_previous_response_id_continues_the_stored_conversation(client):
     first = client.responses.create(model=MODEL, input="What is the capital of France?", **GREEDY)
-    second = client.responses.create(model=MODEL, input="What does a cow say?", previous_response_id=first.id, **GREEDY)
+    second = client.responses.create(
+        model=MODEL, input="What does a cow say?", previous_response_id=first.id, **GREEDY, **cold("r")
+    )
     text, usage = chat(client, [
         {"role": "user", "content": "What is the capital of France?"},
         {"role": "assistant", "content": first.output_text},
         {"role": "user", "content": "What does a cow say?"},
-    ])  # fmt: skip
+    ], **cold("c"))  # fmt: skip
     assert second.output_text == text and second.previous_response_id == first.id
     assert second.usage.input_tokens == usage.prompt_tokens
     assert client.responses.retrieve(second.id).output_text == second.output_text
@@ -124,12 +138,26 @@ def test_a_stream_closed_early_frees_the_engine(server):
 
 def test_logprobs_come_with_the_text_when_included(client):
     response = client.responses.create(
-        model=MODEL, input="What does a cow say?", include=["message.output_text.logprobs"], top_logprobs=2, **GREEDY
-    )
+        model=MODEL, input="What does a cow say?", include=["message.output_text.logprobs"], top_logprobs=2,
+        **GREEDY, **cold("l"),
+    )  # fmt: skip
     logprobs = response.output[0].content[0].logprobs
     assert len(logprobs) == response.usage.output_tokens
     assert all(len(lp.top_logprobs) == 2 and lp.logprob <= 0 for lp in logprobs)
     tokens = "".join(lp.token for lp in logprobs).replace("▁", " ").strip()
     assert tokens.startswith(response.output_text.strip())  # then the end-of-turn token, as in chat
-    plain = client.responses.create(model=MODEL, input="What does a cow say?", **GREEDY)
+    plain = client.responses.create(model=MODEL, input="What does a cow say?", **GREEDY, **cold("p"))
     assert plain.output[0].content[0].logprobs is None and plain.output_text == response.output_text
+
+
+def test_the_cache_salt_partitions_the_prompt_cache(client):
+    """The vLLM ``cache_salt`` extension holds on the Responses API as on chat: a repeat hits the prompt
+    cache only under the same salt."""
+    prompt = "Tell me a long story about a red fox who lives in a big forest near the river."
+    salt = cold("salted")
+    first = client.responses.create(model=MODEL, input=prompt, **GREEDY, **salt)
+    again = client.responses.create(model=MODEL, input=prompt, **GREEDY, **salt)
+    other = client.responses.create(model=MODEL, input=prompt, **GREEDY, **cold("other"))
+    assert first.usage.input_tokens_details.cached_tokens == 0
+    assert again.usage.input_tokens_details.cached_tokens > 0
+    assert other.usage.input_tokens_details.cached_tokens == 0
