@@ -23,6 +23,8 @@ def _card(pool: ModelPool) -> ModelCard:
         card.context_length = info.context_length
         card.quantization = info.quantization
         card.supported_params = sorted(capabilities.sampling_params)
+        card.tools = capabilities.tools
+        card.tool_format = info.tool_format
         if pool.settings.serves(Task.EMBED):
             card.embedding_size = info.embedding_size
     return card

@@ -28,7 +28,7 @@ from lmgate.backends.base import Backend
 from lmgate.backends.engine.limits import check_prompt_size
 from lmgate.backends.errors import BackendError
 from lmgate.backends.tasks import Task
-from lmgate.backends.types import GenerateRequest, Role, SamplingParams, TokenDelta
+from lmgate.backends.types import GenerateRequest, Role, SamplingParams, TokenDelta, ToolChoice
 from lmgate.server.closing_stream import Closable, ClosingStream
 from lmgate.server.errors import (
     InvalidRequestError,
@@ -88,6 +88,17 @@ def used_params(sampling: SamplingParams) -> list[str]:
     return [name for name in _PARAMS if getattr(sampling, name) != getattr(_DEFAULTS, name)]
 
 
+def _check_tools(pool: ModelPool, request: GenerateRequest) -> None:
+    tools = request.tools
+    if tools is not None and tools.choice is not ToolChoice.NONE and not pool.primary.capabilities.tools:
+        raise InvalidRequestError(
+            f"model `{pool.name}` ({pool.backend_kind}) does not call tools: its chat template shows no tool-call "
+            "format lmgate knows (set `tool_parser` in its config), or its backend cannot; send the request without "
+            "`tools`, or with tool_choice none",
+            param="tools",
+        )
+
+
 class Dispatcher:
     def __init__(self, registry: ModelRegistry, drain: Drain) -> None:
         self.registry = registry
@@ -117,6 +128,7 @@ class Dispatcher:
             placed(pool.name, pool.backend_kind)
         sampling = requests[0].sampling
         ignored = self._check_capabilities(pool, sampling, len(requests))
+        _check_tools(pool, requests[0])
         info = pool.primary.info
         try:
             for request in requests:
