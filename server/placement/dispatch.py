@@ -39,6 +39,7 @@ from lmgate.server.errors import (
 )
 from lmgate.server.placement.drain import Drain
 from lmgate.server.placement.generation import open_stream, open_streams
+from lmgate.server.placement.prefix_index import prefix_blocks
 from lmgate.server.placement.registry import ModelPool, ModelRegistry
 from lmgate.server.tenancy.quota import Lease, token_estimate
 from lmgate.server.tenancy.records import Tenant
@@ -257,12 +258,12 @@ class Dispatcher:
     async def _open_on_replica(
         self, pool: ModelPool, requests: list[GenerateRequest]
     ) -> tuple[Backend, int, list[Closable[TokenDelta]], int]:
-        key = affinity_key(requests[0])
+        key, blocks = affinity_key(requests[0]), prefix_blocks(requests[0])
         cost = sum(_cost(r) for r in requests)
         tried: set[int] = set()
         while True:
             now = time.monotonic()
-            index = pool.router.pick(now, key, exclude=pool.unusable | tried)
+            index = pool.router.pick(now, key, exclude=pool.unusable | tried, blocks=blocks)
             if index is None:
                 raise ServiceUnavailableError(f"no replica of model `{pool.name}` could serve the request",
                                               param="model")  # fmt: skip
