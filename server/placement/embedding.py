@@ -5,7 +5,8 @@
 2. ``dimensions`` against the model's vectors (backends/embedding.py ``check_dimensions``).
 3. The tenant's quota is charged the inputs' token estimate, corrected to the prompt tokens read.
 4. Admission: a running slot of the pool's gate (or a place in its queue), as a generation takes.
-5. A replica from the pool's router; one that is unavailable is marked failed and the next tried.
+5. A replica from the pool's router (the least outstanding tokens: embeddings share no prefix cache);
+   one that is unavailable is marked failed and the next tried.
 6. The whole wait (queue and engine) is bounded by the pool's ``request_timeout_s`` and a drain's cut.
 The vectors come back full length and unit norm; ``dimensions`` shortens them here, for every backend.
 """
@@ -101,7 +102,7 @@ async def _on_replica(pool: ModelPool, request: EmbedRequest) -> Embeddings:
     cost = request.token_estimate
     tried: set[int] = set()
     while True:
-        index = pool.router.pick(time.monotonic(), b"", exclude=pool.unusable | tried)
+        index = pool.router.pick(time.monotonic(), None, exclude=pool.unusable | tried)  # no prefix to share
         if index is None:
             raise ServiceUnavailableError(f"no replica of model `{pool.name}` could serve the request", param="model")
         pool.router.started(index, cost)
