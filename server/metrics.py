@@ -224,6 +224,12 @@ class RequestTracker:
         every choice's completion tokens, cached tokens summed over the prompts."""
         return Usage(sum(self._prompt_tokens.values()), sum(self._completion.values()), sum(self._cached.values()))
 
+    def count(self, usage: Usage) -> None:
+        """The usage of a request that streams no deltas (embeddings: its prompt tokens)."""
+        self._prompt_tokens[0] = usage.prompt_tokens
+        if usage.completion_tokens:
+            self._completion[0] = usage.completion_tokens
+
     def watch(self, stream: Closable[TokenDelta], n: int) -> Closable[TokenDelta]:
         """``stream``, measured; choice i belongs to prompt i // n. Records the outcome at its end
         (``aborted`` when it is closed early, read or not) and closes ``stream``."""

@@ -112,7 +112,7 @@ ACCEPTED_WITHOUT_EFFECT = frozenset({
 (``ignored_fields``). Any other field nobody defines is refused, as OpenAI refuses it."""
 
 
-def _unknown_field(name: str) -> str:
+def unknown_field(name: str) -> str:
     shown = name if len(name) <= 60 else f"{name[:60]}..."
     return f"Unrecognized request argument supplied: {shown}"
 
@@ -186,7 +186,7 @@ class _Request(BaseModel):
     def _refuse_unknown_fields(self) -> _Request:
         for name in self.model_extra or {}:
             if name not in ACCEPTED_WITHOUT_EFFECT:
-                raise ValueError(_unknown_field(name))
+                raise ValueError(unknown_field(name))
         return self
 
     @property
@@ -517,6 +517,8 @@ class ModelCard(BaseModel):
     supported_params: list[str] = Field(default_factory=list)
     tools: bool = Field(default=False, description="Calls functions (`tools` in chat completions).")
     tool_format: str | None = Field(default=None, description="The call format parsed: hermes, llama3 or mistral.")
+    tasks: list[str] = Field(default_factory=list, description="What it serves: generate, embed.")
+    embedding_size: int | None = Field(default=None, description="Its embeddings' length, when it embeds.")
 
 
 class ModelList(BaseModel):
