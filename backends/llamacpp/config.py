@@ -9,9 +9,10 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import ConfigDict, Field, PositiveInt, model_validator
 
 from lmgate.backends.lora import LoraAdapter, adapters_named
+from lmgate.backends.tasks import TasksConfig
 from lmgate.backends.tools.formats import ToolParser
 
 GGML_MAX_N_THREADS = 512
@@ -23,7 +24,7 @@ def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
-class LlamaCppConfig(BaseModel):
+class LlamaCppConfig(TasksConfig):
     """One GGUF model on the in-process continuous-batching engine."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -86,6 +87,12 @@ class LlamaCppConfig(BaseModel):
         description="GGUF LoRA adapters over this model, each served as a model name of its own (one copy of the "
         "base weights; see docs/lora.md). A step decodes the sequences of one adapter (or of the base) at a time.",
     )
+    embed_max_seqs: PositiveInt = Field(
+        default=16,
+        le=256,
+        description="Embeddings: inputs decoded together in one batch at most (of max_model_len tokens in all).",
+    )
+
     check_integrity: bool = Field(
         default=False, description="Check the KV book-keeping after every step (tests, debugging)."
     )

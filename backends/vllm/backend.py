@@ -12,6 +12,8 @@ with the top 2 × width log-probabilities of every live beam (vLLM's prefix cach
 repeated prompts cheap), and the policy picks the continuations.
 LoRA adapters are vLLM's multi-LoRA: a request naming an adapter carries its ``LoRARequest``, and
 vLLM batches requests of different adapters together (up to ``max_loras`` adapters a batch).
+A model entry with ``tasks: [embed]`` runs vLLM's pooling runner instead (``runner="pooling"``,
+``convert="embed"``): ``embed`` sends each input through ``AsyncLLM.encode``.
 """
 
 from __future__ import annotations
@@ -23,11 +25,15 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
+
 from lmgate.backends.base import Backend
+from lmgate.backends.embedding import Embeddings, EmbedRequest, normalized
 from lmgate.backends.engine.beam_search import BeamSearch, final_deltas
-from lmgate.backends.engine.limits import output_budget
+from lmgate.backends.engine.limits import check_token_ids, output_budget
 from lmgate.backends.errors import BackendUnavailable, InvalidRequest
 from lmgate.backends.hf_prompt import HfPrompt
+from lmgate.backends.tasks import Task
 from lmgate.backends.tokenization import Tokenized, TokenizeRequest
 from lmgate.backends.tools import formats
 from lmgate.backends.tools.formats import ToolFormat
@@ -85,6 +91,7 @@ class VllmBackend(Backend):
         self._engine: Any = None
         self._prompt: HfPrompt | None = None
         self._max_model_len = 0
+        self._embedding_size: int | None = None
         self._stats = _Stats()
         self._ids = itertools.count()
         self._tool_format: ToolFormat | None = None
@@ -96,7 +103,10 @@ class VllmBackend(Backend):
         if self._engine is None:
             raise BackendUnavailable(f"model {self._name!r} is not loaded")
         fmt = self._tool_format and self._tool_format.value
-        return ModelInfo(self._name, "vllm", self._max_model_len, self._config.quantization, tool_format=fmt)
+        return ModelInfo(
+            self._name, "vllm", self._max_model_len, self._config.quantization, tool_format=fmt,
+            embedding_size=self._embedding_size,
+        )  # fmt: skip
 
     @property
     def capabilities(self) -> Capabilities:
@@ -116,6 +126,10 @@ class VllmBackend(Backend):
         }  # fmt: skip
         if c.lora_adapters:
             optional["enable_lora"] = True
+        if c.serves(Task.EMBED):
+            # The pooling runner; a generative checkpoint is converted to an embedding model, pooled as
+            # vLLM pools it (its Sentence Transformers config, else the last token), normalised.
+            optional |= {"runner": "pooling", "convert": "embed"}
         args = AsyncEngineArgs(
             model=c.model,
             dtype=c.dtype,
@@ -137,6 +151,8 @@ class VllmBackend(Backend):
         self._tool_format = formats.resolve(c.tool_parser, getattr(self._engine.get_tokenizer(), "chat_template", None))
         self._max_model_len = self._engine.model_config.max_model_len
         self._loras = _lora_requests(c)
+        if c.serves(Task.EMBED):
+            self._embedding_size = self._engine.model_config.get_hidden_size()
 
     async def generate(self, request: GenerateRequest) -> AsyncGenerator[TokenDelta, None]:
         """The engine's deltas, with function calls parsed out of the text (backends/tools/stream.py)."""
@@ -254,6 +270,35 @@ class VllmBackend(Backend):
         except KeyError:
             unknown = f"model `{self._name}` has no LoRA adapter {request.adapter!r}"
             raise InvalidRequest(unknown, param="model") from None
+    async def embed(self, request: EmbedRequest) -> Embeddings:
+        """Every input through ``AsyncLLM.encode`` (the pooling runner batches them), token ids checked first."""
+        if not self._config.serves(Task.EMBED):
+            return await super().embed(request)
+        from vllm import PoolingParams
+
+        engine, prompt = self._require_engine(), self._require_prompt()
+        inputs = []
+        for i, item in enumerate(request.inputs):
+            ids = list(item) if isinstance(item, tuple) else await asyncio.to_thread(prompt.tokenize, item)
+            if isinstance(item, tuple):
+                check_token_ids(ids, prompt.n_vocab, "input")
+            if not ids or len(ids) > self._max_model_len:
+                raise InvalidRequest(
+                    f"input: input {i} has {len(ids)} tokens; this model takes 1 to {self._max_model_len}",
+                    param="input", code="context_length_exceeded" if ids else None,
+                )  # fmt: skip
+            inputs.append(ids)
+
+        async def one(ids: list[int]) -> list[float]:
+            final = None
+            async for output in engine.encode({"prompt_token_ids": ids}, PoolingParams(task="embed"),
+                                              f"{request.request_id}-{next(self._ids)}"):  # fmt: skip
+                final = output
+            assert final is not None
+            return [float(x) for x in final.outputs.data.tolist()]
+
+        vectors = await asyncio.gather(*(one(ids) for ids in inputs))
+        return Embeddings(tuple(normalized(np.asarray(v)) for v in vectors), sum(map(len, inputs)))
 
     def _require_engine(self) -> Any:
         if self._engine is None or self._engine.errored:

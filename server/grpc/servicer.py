@@ -19,10 +19,12 @@ import grpc
 
 from lmgate.backends.errors import BackendError
 from lmgate.backends.grpc import convert
-from lmgate.backends.types import GenerateRequest
+from lmgate.backends.tasks import Task
+from lmgate.backends.types import GenerateRequest, Usage
 from lmgate.server.errors import LmgateError, from_backend_error
 from lmgate.server.metrics import Metrics
 from lmgate.server.placement.dispatch import Dispatcher
+from lmgate.server.placement.embedding import embed
 from lmgate.server.placement.registry import ModelPool, ModelRegistry
 from lmgate.server.tenancy.records import Tenant, Tenants
 from lmgate.server.tenancy.scope import check_model, visible, visible_adapters
@@ -167,6 +169,26 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             return pb.DetokenizeResponse(text=await backend.detokenize(list(request.token_ids)))
         raise AssertionError("unreachable: _rpc_errors aborts")
 
+    async def Embed(
+        self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext[pb.EmbedRequest, pb.EmbedResponse]
+    ) -> pb.EmbedResponse:
+        """Placed like HTTP /v1/embeddings (server/placement/embedding.py), counted and logged alike."""
+        request_id = _request_id(context)
+        async with _rpc_errors(context):
+            tenant = self._tenant(context)
+            with self._metrics.request("grpc", f"/{SERVICE}/Embed", request.model, request_id) as tracker:
+                tracker.tenant = tenant.name if tenant is not None else None
+                try:
+                    internal = convert.embed_from_pb(request, request_id)
+                except BackendError as exc:
+                    raise from_backend_error(exc) from None
+                model, result = await embed(self._dispatcher, internal, tenant, tracker.placed)
+                tracker.count(Usage(result.prompt_tokens, 0))
+                tracker.finish("ok")
+            await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
+            return convert.embeddings_to_pb(request_id, model, result)
+        raise AssertionError("unreachable: _rpc_errors aborts")
+
 
 def _metadata(request_id: str, ignored_params: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     if ignored_params:
@@ -177,9 +199,11 @@ def _metadata(request_id: str, ignored_params: tuple[str, ...]) -> tuple[tuple[s
 def _model_pb(pool: ModelPool, adapter: str | None = None) -> pb.Model:
     """A base model, or (``adapter``) a LoRA adapter with its base model in ``parent`` (revision 6)."""
     if adapter is None:
-        model = pb.Model(name=pool.name, aliases=pool.settings.aliases, backend=pool.backend_kind, ready=pool.healthy())
-    else:
-        model = pb.Model(name=adapter, parent=pool.name, backend=pool.backend_kind, ready=pool.healthy())
+        model = pb.Model(name=pool.name, aliases=pool.settings.aliases, backend=pool.backend_kind, ready=pool.healthy(),
+                         tasks=[str(t) for t in pool.settings.tasks])  # fmt: skip
+    else:  # an adapter serves generation only
+        model = pb.Model(name=adapter, parent=pool.name, backend=pool.backend_kind, ready=pool.healthy(),
+                         tasks=[str(Task.GENERATE)])  # fmt: skip
     if pool.healthy():
         info, capabilities = pool.primary.info, pool.primary.capabilities
         model.context_length = info.context_length

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from lmgate.backends.tasks import Task
 from lmgate.server.http.protocol import ModelCard, ModelList
 from lmgate.server.placement.registry import ModelPool, ModelRegistry, ModelState
 from lmgate.server.tenancy.http import tenant_of
@@ -18,6 +19,7 @@ def _card(pool: ModelPool, adapter: str | None = None) -> ModelCard:
         id=adapter or pool.name, created=pool.created, backend=pool.backend_kind,
         aliases=list(pool.settings.aliases) if adapter is None else [], ready=pool.healthy(),
         replicas=len(pool.replicas), parent=pool.name if adapter is not None else None,
+        tasks=[str(t) for t in pool.settings.tasks] if adapter is None else [str(Task.GENERATE)],
     )  # fmt: skip
     if pool.healthy():
         info, capabilities = pool.primary.info, pool.primary.capabilities
@@ -26,6 +28,8 @@ def _card(pool: ModelPool, adapter: str | None = None) -> ModelCard:
         card.supported_params = sorted(capabilities.sampling_params)
         card.tools = capabilities.tools
         card.tool_format = info.tool_format
+        if pool.settings.serves(Task.EMBED) and adapter is None:
+            card.embedding_size = info.embedding_size
     return card
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from lmgate.backends.base import Backend
 from lmgate.backends.engine.limits import check_prompt_size
 from lmgate.backends.errors import BackendError
+from lmgate.backends.tasks import Task
 from lmgate.backends.types import GenerateRequest, Role, SamplingParams, TokenDelta, ToolChoice
 from lmgate.server.closing_stream import Closable, ClosingStream
 from lmgate.server.errors import (
@@ -136,7 +137,7 @@ class Dispatcher:
         adapter = self.registry.adapter_of(model)
         if adapter is not None:
             requests = [dataclasses.replace(r, adapter=adapter) for r in requests]
-        pool = await self._choose_pool(model, tenant.name if tenant else "")
+        pool = await self.choose_pool(model, Task.GENERATE, tenant.name if tenant else "")
         if placed is not None:
             placed(pool.name, pool.backend_kind)
         sampling = requests[0].sampling
@@ -171,7 +172,7 @@ class Dispatcher:
                 finally:
                     self.drain.unwatch(timer)
         except TimeoutError:
-            raise self.drain.cut_error() if self.drain.cut else _timed_out(pool) from None
+            raise self.drain.cut_error() if self.drain.cut else timed_out(pool) from None
         released = _Release(pool, index, cost, len(streams))
         guarded = [_guarded(s, pool, index, deadline, released, self.drain) for s in streams]
         if lease is not None:
@@ -192,13 +193,27 @@ class Dispatcher:
             pool.gate.release()
             raise
 
-    async def _choose_pool(self, model: str, tenant: str = "") -> ModelPool:
+    async def choose_pool(self, model: str, task: Task, tenant: str = "") -> ModelPool:
+        """The pool that serves ``model`` now (step 1): its own, or the first fallback that serves
+        ``task`` and can take the request; 400 when ``model`` itself does not serve ``task``."""
         pool = self.registry.pool(model)
+        if self.registry.adapter_of(model) is not None and task is not Task.GENERATE:
+            raise InvalidRequestError(f"`{model}` is a LoRA adapter of `{pool.name}`; adapters serve generation only, "
+                                      f"not {task} requests: ask `{pool.name}` itself", param="model",
+                                      code="model_not_supported")  # fmt: skip
+        if not pool.settings.serves(task):
+            served = " and ".join(str(t) for t in pool.settings.tasks)
+            raise InvalidRequestError(
+                f"model `{pool.name}` does not serve {task} requests (its tasks: {served}): ask a model that does",
+                param="model", code="model_not_supported",
+            )  # fmt: skip
         usable: list[ModelPool] = []
         now = time.monotonic()
         # A fallback model does not have the adapter: an adapter's requests wait for its base pool.
         chain = [pool] if self.registry.adapter_of(model) is not None else self._chain(pool)
         for candidate in chain:
+            if not candidate.settings.serves(task):
+                continue
             with contextlib.suppress(ServiceUnavailableError):
                 await candidate.ensure_loaded()
             if not candidate.routable(now):
@@ -337,14 +352,14 @@ async def _within_deadline(
         except StopAsyncIteration:
             return
         except TimeoutError:
-            raise drain.cut_error() if drain.cut else _timed_out(pool) from None
+            raise drain.cut_error() if drain.cut else timed_out(pool) from None
         except ServiceUnavailableError:
             pool.router.failed(index, time.monotonic())
             raise
         yield delta
 
 
-def _timed_out(pool: ModelPool) -> RequestTimeoutError:
+def timed_out(pool: ModelPool) -> RequestTimeoutError:
     return RequestTimeoutError(
         f"the request took longer than model `{pool.name}`'s request_timeout_s ({pool.settings.request_timeout_s} s)"
     )
