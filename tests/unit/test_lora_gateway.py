@@ -5,10 +5,12 @@ import hashlib
 
 import pytest
 
+from lmgate.backends.tasks import Task
 from lmgate.backends.types import GenerateRequest
 from lmgate.server.cli_serve import lora_flag
-from lmgate.server.errors import ModelNotFoundError
-from lmgate.server.placement.dispatch import affinity_key
+from lmgate.server.errors import InvalidRequestError, ModelNotFoundError
+from lmgate.server.placement.dispatch import Dispatcher, affinity_key
+from lmgate.server.placement.drain import Drain
 from lmgate.server.placement.prefix_index import prefix_blocks
 from lmgate.server.placement.registry import ModelRegistry
 from lmgate.server.settings import validate_settings
@@ -67,3 +69,10 @@ def test_serve_lora_flags_become_adapter_entries(tmp_path):
                                                               "path": "models/tiny-chat-woof.lora.gguf"}  # fmt: skip
     assert lora_flag("woof=a/b.gguf") == {"name": "woof", "path": "a/b.gguf"}
     assert lora_flag("dir/x=1.gguf") == {"name": "x-1", "path": "dir/x=1.gguf"}
+
+
+async def test_embeddings_naming_an_adapter_are_a_400_naming_the_model(registry):
+    dispatcher = Dispatcher(registry, Drain(registry, timeout_s=1.0))
+    with pytest.raises(InvalidRequestError, match="adapters serve generation only") as caught:
+        await dispatcher.choose_pool("chat-woof", Task.EMBED)
+    assert caught.value.param == "model"
