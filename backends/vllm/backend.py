@@ -270,6 +270,7 @@ class VllmBackend(Backend):
         except KeyError:
             unknown = f"model `{self._name}` has no LoRA adapter {request.adapter!r}"
             raise InvalidRequest(unknown, param="model") from None
+
     async def embed(self, request: EmbedRequest) -> Embeddings:
         """Every input through ``AsyncLLM.encode`` (the pooling runner batches them), token ids checked first."""
         if not self._config.serves(Task.EMBED):
