@@ -137,7 +137,8 @@ class Engine(EngineThread[Request]):
             input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
             logits_to_keep=1,
         )  # fmt: skip
-        return out.logits[:, -1, : self.model.n_vocab].float()
+        logits: torch.Tensor = out.logits[:, -1, : self.model.n_vocab].float()  # typed for mypy where torch is
+        return logits
 
     # --- sampled choices ---
 
