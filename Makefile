@@ -18,7 +18,7 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 LLAMA_TARGET ?= host
 LLAMA_INSTALL = backends/llamacpp/cpu_build.py install --target $(LLAMA_TARGET)
 
-.PHONY: serve test test-fuzz test-vllm test-quantize install install-test llama-cpp model bench protos config-docs lint typecheck format clean
+.PHONY: serve test test-fuzz test-vllm test-quantize install install-test llama-cpp model bench bench-fleet protos config-docs lint typecheck format clean
 
 serve: install
 	$(BIN)/lmgate serve --model $(MODEL) --host $(HOST) --port $(PORT) --grpc-port $(GRPC_PORT)
@@ -107,6 +107,11 @@ model: install
 bench: install
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m lmgate.bench.suite $(if $(BASELINE),--baseline $(BASELINE))
+
+# The fleet benchmark: a front gateway over 3 worker processes, prefix-aware routing against
+# round-robin and least-loaded on 8 tenants with ~1,000-token system prompts; writes docs/fleet-bench.md.
+bench-fleet: install
+	$(BIN)/python -m lmgate.bench.fleet
 
 # Rewrite the settings reference in docs/configuration.md from the settings models (a test checks it is current).
 config-docs: install-test

@@ -23,7 +23,7 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from lmgate.backends.errors import InvalidRequest
-from lmgate.backends.types import ChatMessage, Tool, ToolCall
+from lmgate.backends.types import ChatMessage, GenerateRequest, Tool, ToolCall
 
 #: Used when a model carries no template (llama-server falls back to ChatML too).
 CHATML = (
@@ -32,6 +32,23 @@ CHATML = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+
+def tool_list(request: GenerateRequest) -> tuple[Tool, ...]:
+    """The tools a chat request shows its template (all of them, whatever ``tool_choice`` says)."""
+    return request.tools.functions if request.tools is not None else ()
+
+
+def client_texts(request: GenerateRequest) -> list[str]:
+    """Every text of a chat request that the client wrote and the template copies into the prompt:
+    message contents, calls' names and arguments, tool descriptions. backends/chat_tokens.py keeps
+    special-token strings inside them plain text."""
+    # Templates list the tools first.
+    texts = [text for tool in tool_list(request) for text in (tool.name, tool.description)]
+    for message in request.messages or ():
+        texts.append(message.content)
+        texts += [text for call in message.tool_calls for text in (call.name, call.arguments)]
+    return texts
 
 
 class _TemplateRejected(Exception):

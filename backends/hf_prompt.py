@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmgate.backends.chat_template import ChatTemplate
+from lmgate.backends.chat_template import ChatTemplate, client_texts, tool_list
 from lmgate.backends.chat_tokens import ChatTokenizer
 from lmgate.backends.engine.limits import check_token_ids
 from lmgate.backends.errors import InvalidRequest
@@ -41,9 +41,11 @@ class HfPrompt:
             ids = list(request.prompt_token_ids)
             check_token_ids(ids, self.n_vocab, "prompt")
         elif request.messages is not None:
-            text = self.template.render(request.messages, add_generation_prompt=add_generation_prompt)
+            text = self.template.render(
+                request.messages, tools=tool_list(request), add_generation_prompt=add_generation_prompt
+            )
             add_special = not (self._bos and text.startswith(self._bos))
-            ids = self._chat_tokens.tokenize(text, [m.content for m in request.messages], add_special=add_special)
+            ids = self._chat_tokens.tokenize(text, client_texts(request), add_special=add_special)
         else:
             ids = self.tokenize(request.prompt or "", add_special=True)
         if not ids:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lmgate.backends.types import ChatMessage, GenerateRequest
+from lmgate.backends.types import ChatMessage, GenerateRequest, Tool, Tools
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +28,8 @@ class TokenizeRequest:
     add_generation_prompt: bool = True
     token_strings: bool = False
     """Also return each token's text in the vocabulary (``Ġhello``, ``<|im_start|>``)."""
+    tools: tuple[Tool, ...] = ()
+    """With ``messages``: the tools the template shows, as a chat request with them."""
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):
@@ -36,7 +38,8 @@ class TokenizeRequest:
     def chat_request(self, model: str) -> GenerateRequest:
         """The chat generation whose prompt these messages are (only with ``messages``)."""
         assert self.messages is not None
-        return GenerateRequest(request_id="tokenize", model=model, messages=self.messages)
+        tools = Tools(self.tools) if self.tools else None
+        return GenerateRequest(request_id="tokenize", model=model, messages=self.messages, tools=tools)
 
 
 @dataclass(frozen=True, slots=True)

@@ -267,6 +267,8 @@ class Capabilities:
 
     sampling_params: frozenset[str]
     max_n: int = 1
+    tools: bool = False
+    """Serves ``tools``: the engine's model has a known call format, or an upstream parses calls."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +283,9 @@ class ModelInfo:
     """The most bytes of text one token of the vocabulary covers, when tokenizing never shrinks
     text (byte-level BPE, SentencePiece without normalisation); None when unknown. Lets the gateway
     refuse a prompt too long for the context without tokenizing it (backends/engine/limits.py)."""
+    tool_format: str | None = None
+    """The format the model writes function calls in (a ``backends.tools.formats.ToolFormat``), for
+    the engines whose output lmgate parses; None when it has none or its upstream parses."""
 
 
 @dataclass(frozen=True, slots=True)

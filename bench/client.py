@@ -15,6 +15,7 @@ import json
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import httpx
 
@@ -34,6 +35,8 @@ class BenchConfig:
     shared_prefix: str = ""
     """When set, request i sends ``shared_prefix + f"{prompt} ({i})"``: many users, one system prompt."""
     api_key: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    """More fields of every request's body (a constraint: ``{"structured_outputs": {...}}``)."""
 
     def prompt_for(self, i: int) -> str:
         return f"{self.shared_prefix}{self.prompt} ({i})" if self.shared_prefix else self.prompt
@@ -85,6 +88,7 @@ async def _one_request(client: httpx.AsyncClient, config: BenchConfig, i: int = 
         "ignore_eos": True,
         "stream": True,
         "stream_options": {"include_usage": True},
+        **config.extra,
     }
     result = RequestResult()
     start = last = time.perf_counter()

@@ -144,11 +144,24 @@ def serving(server: Server, port: int) -> Iterator[str]:
         log.close()
 
 
-def sweep(url: str, model: str, levels: list[int], max_tokens: int, shared_prefix: str = "") -> list[BenchReport]:
+#: The constrained scenario's output: a JSON object whose one string is longer than max_tokens can
+#: write, so every token of every request is masked by its grammar (the cost measured) and no request
+#: ends early (the grammar, not ``ignore_eos``, which a constraint refuses, keeps EOS out).
+STRUCTURED = {"ignore_eos": False, "structured_outputs": {"json": {
+    "type": "object", "properties": {"story": {"type": "string", "minLength": 4000}}, "required": ["story"],
+    "additionalProperties": False,
+}}}  # fmt: skip
+
+
+def sweep(
+    url: str, model: str, levels: list[int], max_tokens: int, shared_prefix: str = "", extra: dict | None = None
+) -> list[BenchReport]:
     reports = []
     for c in levels:
         requests = max(32, 8 * c)
-        config = BenchConfig(url, model, c, requests, max_tokens=max_tokens, shared_prefix=shared_prefix)
+        config = BenchConfig(
+            url, model, c, requests, max_tokens=max_tokens, shared_prefix=shared_prefix, extra=extra or {}
+        )
         reports.append(asyncio.run(run_bench(config)))
         r = reports[-1]
         print(f"  c={c}: {r.output_tokens_per_s:.1f} tok/s, TTFT p50 {r.ttft_ms['p50']:.0f} ms, errors {r.errors}")
@@ -224,6 +237,9 @@ def main(argv: list[str] | None = None) -> None:
             results[name] = {"sweep": sweep(url, "default", args.levels, args.max_tokens)}
             if name != "llama-cpp-python":  # it serialises requests: the scenario says nothing new
                 results[name]["shared"] = sweep(url, "default", [16], args.max_tokens, SYSTEM_PROMPT)
+            if name == "lmgate":  # the cost of constrained decoding: the same requests at c=8, constrained
+                results[name]["free"] = sweep(url, "default", [8], args.max_tokens)
+                results[name]["structured"] = sweep(url, "default", [8], args.max_tokens, extra=STRUCTURED)
     no_cache = Server("lmgate-no-prefix-cache", [*lmgate, "--no-prefix-cache", "--port", "8205"])
     print("lmgate, prefix cache off:", flush=True)
     with serving(no_cache, 8205) as url:
@@ -294,6 +310,21 @@ def render(results: dict[str, dict[str, list[BenchReport]]], args: argparse.Name
                 f"| {name} | {r.output_tokens_per_s:.1f} | {r.ttft_ms['p50']:.0f} | {r.ttft_ms['p99']:.0f} "
                 f"| {rate} | {r.errors} |"
             )
+    if "structured" in results["lmgate"]:
+        [free], [constrained] = results["lmgate"]["free"], results["lmgate"]["structured"]
+        lines += [
+            "",
+            "## Structured outputs: the same requests at c=8, free and under a JSON Schema (lmgate)",
+            "",
+            "| | tok/s | TTFT p50 ms | ITL p50 ms |",
+            "|---|---|---|---|",
+            f"| free | {free.output_tokens_per_s:.1f} | {free.ttft_ms['p50']:.0f} | {free.itl_ms['p50']:.1f} |",
+            f"| constrained | {constrained.output_tokens_per_s:.1f} | {constrained.ttft_ms['p50']:.0f} "
+            f"| {constrained.itl_ms['p50']:.1f} |",
+            "",
+            f"Constrained / free: {constrained.output_tokens_per_s / free.output_tokens_per_s:.2f}× "
+            "(the target: at least 0.90×).",
+        ]
     errors = {name: sum(r.errors for rs in runs.values() for r in rs) for name, runs in results.items()}
     lines += ["", f"Failed requests per server over the whole run: {errors}.", "", "![sweep](benchmarks.png)", ""]
     return "\n".join(lines)

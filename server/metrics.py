@@ -20,6 +20,8 @@ backend's ``stats()`` at scrape time. One ``Metrics`` per app, on its own ``Coll
     lmgate_engine_restarts_total{model,backend}                 counter
     lmgate_replicas{model,backend} / lmgate_replicas_usable     gauges: configured / loaded and healthy
     lmgate_admission_running / _waiting{model,backend}          gauges, the gateway's own gate (max_running…)
+    lmgate_router_decisions_total{model,backend,reason}         counter: prefix, affinity, least_outstanding, only
+    lmgate_router_prefix_blocks_total{model,backend,result}     counter: leading blocks routed by prefix, hit / miss
     lmgate_tenant_*{tenant,...}                                 per API key record (server/tenancy/metrics.py)
 """
 
@@ -356,7 +358,17 @@ class _EngineCollector(Collector):
                                      "slots.", labels=labels)  # fmt: skip
         queued = GaugeMetricFamily("lmgate_admission_waiting", "Requests queued for a slot (max_waiting).",
                                    labels=labels)  # fmt: skip
+        decisions = CounterMetricFamily("lmgate_router_decisions", "Replica choices, by why the replica was chosen "
+                                        "(server/placement/router.py).", labels=[*labels, "reason"])  # fmt: skip
+        blocks = CounterMetricFamily("lmgate_router_prefix_blocks", "Leading prompt blocks of routed requests: held "
+                                     "(hit) or not (miss) by the replica chosen, as the router's index knows.",
+                                     labels=[*labels, "result"])  # fmt: skip
         for name, pool in self._models.pools.items():
+            router = pool.router
+            for reason, count in router.decisions.items():
+                decisions.add_metric([name, pool.backend_kind, reason.value], count)
+            blocks.add_metric([name, pool.backend_kind, "hit"], router.blocks_matched)
+            blocks.add_metric([name, pool.backend_kind, "miss"], router.blocks_looked_up - router.blocks_matched)
             admitted.add_metric([name, pool.backend_kind], pool.gate.running)
             queued.add_metric([name, pool.backend_kind], pool.gate.waiting)
             replicas.add_metric([name, pool.backend_kind], len(pool.replicas))
@@ -374,3 +386,4 @@ class _EngineCollector(Collector):
             preemptions.add_metric(values, stats.preemptions)
             restarts.add_metric(values, stats.engine_restarts)
         yield from (running, waiting, kv, hits, queries, preemptions, restarts, replicas, usable, admitted, queued)
+        yield from (decisions, blocks)

@@ -26,6 +26,8 @@ from lmgate.backends.engine import messages as msg
 from lmgate.backends.engine.process import EngineProcess, ExitStatus
 from lmgate.backends.errors import BackendUnavailable
 from lmgate.backends.tokenization import Tokenized, TokenizeRequest
+from lmgate.backends.tools.formats import ToolFormat
+from lmgate.backends.tools.stream import tool_calls
 from lmgate.backends.types import BackendStats, Capabilities, GenerateRequest, ModelInfo, TokenDelta
 
 log = logging.getLogger("lmgate.engine")
@@ -105,6 +107,11 @@ class ProcessBackend(Backend):
             return
 
     async def generate(self, request: GenerateRequest) -> AsyncGenerator[TokenDelta, None]:
+        fmt = ToolFormat(self.info.tool_format) if self.info.tool_format else None
+        async for delta in tool_calls(request, fmt, self._generate):
+            yield delta
+
+    async def _generate(self, request: GenerateRequest) -> AsyncGenerator[TokenDelta, None]:
         process = self._serving()
         internal_id = f"{request.request_id}/{uuid.uuid4().hex[:8]}"
         async for delta in process.generate(internal_id, request):

@@ -93,7 +93,7 @@ class GrpcBackend(Backend):
             state = "does not serve" if model is None else "has not loaded"
             raise BackendUnavailable(f"worker {self._target} {state} model {self._remote!r}")
         self._info = ModelInfo(self._name, "grpc", model.context_length, model.quantization or None)
-        self._capabilities = Capabilities(frozenset(model.supported_params), max_n=128)
+        self._capabilities = Capabilities(frozenset(model.supported_params), max_n=128, tools=model.tools)
         self._serving = True
         self._watch = asyncio.create_task(self._watch_health(model.name))
 

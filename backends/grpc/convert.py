@@ -29,6 +29,7 @@ from lmgate.backends.sampling_rules import (
     logit_bias_key_problem,
     stop_problem,
 )
+from lmgate.backends.tools.rules import EMPTY_PARAMETERS, TOOLS_AND_FORMAT, tools_problem
 from lmgate.backends.types import (
     ChatMessage,
     FinishReason,
@@ -39,6 +40,11 @@ from lmgate.backends.types import (
     StructureKind,
     TokenDelta,
     TokenLogprob,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
+    ToolChoice,
+    Tools,
     TopLogprob,
     Usage,
 )
@@ -48,12 +54,17 @@ ROLE_TO_PB = {Role.SYSTEM: pb.ROLE_SYSTEM, Role.USER: pb.ROLE_USER, Role.ASSISTA
               Role.DEVELOPER: pb.ROLE_DEVELOPER, Role.TOOL: pb.ROLE_TOOL}  # fmt: skip
 ROLE_FROM_PB = {number: role for role, number in ROLE_TO_PB.items()}
 FINISH_TO_PB = {FinishReason.STOP: pb.FINISH_REASON_STOP, FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
-                FinishReason.ABORT: pb.FINISH_REASON_ABORT}  # fmt: skip
+                FinishReason.ABORT: pb.FINISH_REASON_ABORT,
+                FinishReason.TOOL_CALLS: pb.FINISH_REASON_TOOL_CALLS}  # fmt: skip
 FINISH_FROM_PB = {number: reason for reason, number in FINISH_TO_PB.items()}
 STRUCTURE_TO_PB = {StructureKind.JSON: pb.STRUCTURE_KIND_JSON, StructureKind.JSON_SCHEMA: pb.STRUCTURE_KIND_JSON_SCHEMA,
                    StructureKind.REGEX: pb.STRUCTURE_KIND_REGEX, StructureKind.CHOICE: pb.STRUCTURE_KIND_CHOICE,
                    StructureKind.GRAMMAR: pb.STRUCTURE_KIND_GRAMMAR}  # fmt: skip
 STRUCTURE_FROM_PB = {number: kind for kind, number in STRUCTURE_TO_PB.items()}
+CHOICE_TO_PB = {ToolChoice.NONE: pb.TOOL_CHOICE_MODE_NONE, ToolChoice.AUTO: pb.TOOL_CHOICE_MODE_AUTO,
+                ToolChoice.REQUIRED: pb.TOOL_CHOICE_MODE_REQUIRED,
+                ToolChoice.FUNCTION: pb.TOOL_CHOICE_MODE_FUNCTION}  # fmt: skip
+CHOICE_FROM_PB = {number: choice for choice, number in CHOICE_TO_PB.items()}
 _ROLE_RULE = "Input should be 'system', 'developer', 'user', 'assistant' or 'tool'"
 ERROR_PARAM_KEY = "lmgate-error-param"
 ERROR_CODE_KEY = "lmgate-error-code"
@@ -75,14 +86,43 @@ def chat_from_pb(request: pb.ChatRequest, request_id: str) -> GenerateRequest:
     for i, message in enumerate(request.messages):
         if message.role not in ROLE_FROM_PB:
             problems.append((f"messages.{i}.role", _ROLE_RULE, "unspecified"))
+        if message.role == pb.ROLE_TOOL and not message.tool_call_id:
+            problems.append((f"messages.{i}", "a tool message needs the tool_call_id of the call it answers", None))
     logprobs = sampling.logprobs if sampling.HasField("logprobs") else None
     problems += _bounds_problem("top_logprobs", LOGPROBS, logprobs)
     problems += _structure_problems(sampling)
     _raise_first(problems)
-    messages = tuple(ChatMessage(ROLE_FROM_PB[m.role], m.content) for m in request.messages)
+    tools = _tools_from_pb(request)
+    if tools is not None and tools.choice is not ToolChoice.NONE and sampling.HasField("structured_output"):
+        raise InvalidRequest(field_problem("tool_choice", TOOLS_AND_FORMAT, None, quoted=False), param="tool_choice")
+    messages = tuple(_message_from_pb(m) for m in request.messages)
     params = _sampling_from_pb(sampling, max_tokens=_optional(sampling, "max_tokens"), logprobs=logprobs)
     salt = _optional(request, "cache_salt")
-    return GenerateRequest(request_id, request.model, params, messages=messages, cache_salt=salt)
+    return GenerateRequest(request_id, request.model, params, messages=messages, tools=tools, cache_salt=salt)
+
+
+def _message_from_pb(message: pb.ChatMessage) -> ChatMessage:
+    calls = tuple(ToolCall(c.id, c.name, c.arguments) for c in message.tool_calls)
+    return ChatMessage(ROLE_FROM_PB[message.role], message.content, calls, _optional(message, "tool_call_id"),
+                       _optional(message, "name"))  # fmt: skip
+
+
+def _tools_from_pb(request: pb.ChatRequest) -> Tools | None:
+    """The request's tools, checked by the HTTP API's rules; None without tools."""
+    choice = request.tool_choice
+    mode = CHOICE_FROM_PB.get(choice.mode) if request.HasField("tool_choice") else None
+    functions = tuple(Tool(t.name, t.description, t.parameters or EMPTY_PARAMETERS) for t in request.tools)
+    if not functions:
+        if mode in (ToolChoice.REQUIRED, ToolChoice.FUNCTION):
+            raise InvalidRequest(field_problem("tool_choice", f"tool_choice {mode.value!r} needs tools", None,
+                                               quoted=False), param="tool_choice")  # fmt: skip
+        return None
+    parallel = True if not request.HasField("parallel_tool_calls") else request.parallel_tool_calls
+    tools = Tools(functions, mode or ToolChoice.AUTO, choice.function or None, parallel)
+    if found := tools_problem(tools):
+        param, rule = found
+        raise InvalidRequest(field_problem(param, rule, None, quoted=False), param=param)
+    return tools
 
 
 def complete_from_pb(request: pb.CompleteRequest, request_id: str) -> GenerateRequest:
@@ -221,12 +261,28 @@ def _structure_from_pb(sampling: pb.SamplingParams) -> StructuredOutput | None:
 
 
 def chat_to_pb(request: GenerateRequest, model: str) -> pb.ChatRequest:
-    messages = [pb.ChatMessage(role=ROLE_TO_PB[m.role], content=m.content) for m in request.messages or ()]
+    messages = [_message_to_pb(m) for m in request.messages or ()]
     out = pb.ChatRequest(model=model, messages=messages, sampling=sampling_to_pb(request.sampling))
+    if request.tools is not None:
+        tools = request.tools
+        out.tools.extend(pb.Tool(name=t.name, description=t.description, parameters=t.parameters)
+                         for t in tools.functions)  # fmt: skip
+        out.tool_choice.CopyFrom(pb.ToolChoice(mode=CHOICE_TO_PB[tools.choice], function=tools.function or ""))
+        out.parallel_tool_calls = tools.parallel
     # The tenant's prefix-cache salt crosses the hop in the request (a field, not metadata): it is
     # part of what is asked, like the prompt; a worker with key records decides whether to keep it.
     if request.cache_salt:
         out.cache_salt = request.cache_salt
+    return out
+
+
+def _message_to_pb(message: ChatMessage) -> pb.ChatMessage:
+    out = pb.ChatMessage(role=ROLE_TO_PB[message.role], content=message.content)
+    out.tool_calls.extend(pb.ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in message.tool_calls)
+    if message.tool_call_id is not None:
+        out.tool_call_id = message.tool_call_id
+    if message.name is not None:
+        out.name = message.name
     return out
 
 
@@ -287,14 +343,31 @@ def delta_to_pb(message_type: type[R], request_id: str, model: str, delta: Token
     )
     if delta.usage is not None:
         message.choice_usage.CopyFrom(usage_to_pb(delta.usage))
+    if delta.tool_calls:
+        assert isinstance(message, pb.ChatResponse)  # calls come only in chat
+        message.tool_calls.extend(_call_delta_to_pb(c) for c in delta.tool_calls)
     return message
+
+
+def _call_delta_to_pb(delta: ToolCallDelta) -> pb.ToolCallDelta:
+    out = pb.ToolCallDelta(index=delta.index, arguments=delta.arguments)
+    if delta.id is not None:
+        out.id = delta.id
+    if delta.name is not None:
+        out.name = delta.name
+    return out
 
 
 def delta_from_pb(message: pb.ChatResponse | pb.CompleteResponse) -> TokenDelta:
     usage = usage_from_pb(message.choice_usage) if message.HasField("choice_usage") else None
     logprobs = tuple(_logprob_from_pb(lp) for lp in message.logprobs)
     reason = FINISH_FROM_PB.get(message.finish_reason)
-    return TokenDelta(message.index, message.text, tuple(message.token_ids), logprobs, reason, usage)
+    calls: tuple[ToolCallDelta, ...] = ()
+    if isinstance(message, pb.ChatResponse):
+        calls = tuple(
+            ToolCallDelta(c.index, _optional(c, "id"), _optional(c, "name"), c.arguments) for c in message.tool_calls
+        )
+    return TokenDelta(message.index, message.text, tuple(message.token_ids), logprobs, reason, usage, calls)
 
 
 def usage_to_pb(usage: Usage) -> pb.Usage:

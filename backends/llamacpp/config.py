@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
+from lmgate.backends.tools.formats import ToolParser
+
 GGML_MAX_N_THREADS = 512
 """ggml's thread-pool limit: more aborts the engine."""
 
@@ -44,6 +46,11 @@ class LlamaCppConfig(BaseModel):
     rope_freq_base: float | None = Field(default=None, gt=0, description="Override the model's RoPE base.")
     yarn_orig_ctx: PositiveInt | None = Field(
         default=None, description="YaRN: the context the model was trained on (default: from the GGUF)."
+    )
+    tool_parser: ToolParser = Field(
+        default="auto",
+        description="How the model writes function calls: auto tells it from the chat template (hermes `<tool_call>`, "
+        "llama3 JSON, mistral `[TOOL_CALLS]`); none serves no tools.",
     )
     max_seqs: PositiveInt = Field(default=8, le=128, description="Sequences decoded together at most.")
     prefix_cache: bool = Field(

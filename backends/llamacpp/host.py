@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import llama_cpp
 
-from lmgate.backends.chat_template import ChatTemplate
+from lmgate.backends.chat_template import ChatTemplate, client_texts, tool_list
 from lmgate.backends.chat_tokens import ChatTokenizer
 from lmgate.backends.engine.limits import check_sampling, check_token_ids, output_budget
 from lmgate.backends.engine.output_text import OutputText
@@ -26,6 +26,7 @@ from lmgate.backends.llamacpp.grammar import matchers
 from lmgate.backends.llamacpp.llama_model import LlamaModel
 from lmgate.backends.llamacpp.sequence import Sequence
 from lmgate.backends.tokenization import Tokenized, TokenizeRequest
+from lmgate.backends.tools import formats
 from lmgate.backends.types import (
     BEAM_SEARCH_PARAMS,
     STANDARD_SAMPLING_PARAMS,
@@ -63,8 +64,11 @@ class LlamaCppHost:
         )
         self.engine = Engine(model, config, publish, on_failure)
         self._matchers = matchers(model)
-        self.info = ModelInfo(name, "llamacpp", model.max_model_len, model.quantization, model.max_token_bytes)
-        self.capabilities = Capabilities(SAMPLING_PARAMS, max_n=config.max_seqs)
+        fmt = formats.resolve(config.tool_parser, model.chat_template)
+        self.info = ModelInfo(
+            name, "llamacpp", model.max_model_len, model.quantization, model.max_token_bytes, fmt and fmt.value
+        )
+        self.capabilities = Capabilities(SAMPLING_PARAMS, max_n=config.max_seqs, tools=fmt is not None)
         self._arrivals = itertools.count()
 
     def submit(self, request_id: str, request: GenerateRequest) -> None:
@@ -91,11 +95,13 @@ class LlamaCppHost:
             ids = list(request.prompt_token_ids)
             check_token_ids(ids, model.n_vocab, "prompt")
         elif request.messages is not None:
-            text = self._template.render(request.messages, add_generation_prompt=add_generation_prompt)
+            text = self._template.render(
+                request.messages, tools=tool_list(request), add_generation_prompt=add_generation_prompt
+            )
             # A template that writes BOS itself must not get a second one from the tokenizer.
             add_special = not (model.add_bos and model.bos_text and text.startswith(model.bos_text))
-            # Message content is text: special-token strings in it are not parsed (backends/chat_tokens.py).
-            ids = self._chat_tokens.tokenize(text, [m.content for m in request.messages], add_special=add_special)
+            # Client text is text: special-token strings in it are not parsed (backends/chat_tokens.py).
+            ids = self._chat_tokens.tokenize(text, client_texts(request), add_special=add_special)
         else:
             assert request.prompt is not None
             ids = model.tokenize(request.prompt, add_special=True, parse_special=True)

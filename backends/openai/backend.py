@@ -23,6 +23,7 @@ from lmgate.backends.openai.config import OPENAI_PARAMS, OpenAIConfig
 from lmgate.backends.types import (
     BackendStats,
     Capabilities,
+    ChatMessage,
     FinishReason,
     GenerateRequest,
     ModelInfo,
@@ -31,6 +32,9 @@ from lmgate.backends.types import (
     StructureKind,
     TokenDelta,
     TokenLogprob,
+    ToolCallDelta,
+    ToolChoice,
+    Tools,
     TopLogprob,
 )
 from lmgate.backends.upstream_usage import UsageSplitter
@@ -53,7 +57,7 @@ class OpenAIBackend(Backend):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(frozenset(self._config.supported_params), max_n=128)
+        return Capabilities(frozenset(self._config.supported_params), max_n=128, tools=self._config.tools)
 
     async def start(self) -> None:
         key = os.environ.get(self._config.api_key_env, "") if self._config.api_key_env else ""
@@ -79,10 +83,9 @@ class OpenAIBackend(Backend):
         try:
             if request.messages is not None:
                 # lmgate's Role values are OpenAI's role names; the SDK has a TypedDict per role.
-                messages = cast(
-                    "list[ChatCompletionMessageParam]",
-                    [{"role": m.role.value, "content": m.content} for m in request.messages],
-                )
+                messages = cast("list[ChatCompletionMessageParam]", [_message(m) for m in request.messages])
+                if request.tools is not None:
+                    params |= _tools(request.tools)
                 stream: openai.AsyncStream[Any] = await client.chat.completions.create(
                     model=self._remote, messages=messages, stream=True, **params
                 )
@@ -100,7 +103,7 @@ class OpenAIBackend(Backend):
                 for choice in chunk.choices:
                     delta = _delta(choice, chat=request.messages is not None)
                     # Servers stream a token per content chunk; ids are not sent.
-                    if (now := split.add(delta, bool(delta.text))) is not None:
+                    if (now := split.add(delta, bool(delta.text or delta.tool_calls))) is not None:
                         yield now
             for held in split.release(*_usage_counts(usage)):
                 yield held
@@ -166,6 +169,43 @@ class OpenAIBackend(Backend):
             self._client = None
 
 
+def _message(message: ChatMessage) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message.role.value, "content": message.content}
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in message.tool_calls
+        ]
+        out["content"] = message.content or None
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    if message.name is not None:
+        out["name"] = message.name
+    return out
+
+
+def _tools(tools: Tools) -> dict[str, Any]:
+    """The request's tools as OpenAI's parameters."""
+    functions = [
+        {"type": "function", "function": {"name": t.name, "description": t.description,
+                                          "parameters": json.loads(t.parameters)}}
+        for t in tools.functions
+    ]  # fmt: skip
+    choice: Any = tools.choice.value
+    if tools.choice is ToolChoice.FUNCTION:
+        choice = {"type": "function", "function": {"name": tools.function}}
+    return {"tools": functions, "tool_choice": choice, "parallel_tool_calls": tools.parallel}
+
+
+def _call_deltas(choice: Any) -> tuple[ToolCallDelta, ...]:
+    calls = getattr(choice.delta, "tool_calls", None) or ()
+    return tuple(
+        ToolCallDelta(c.index, c.id, c.function.name if c.function else None,
+                      (c.function.arguments or "") if c.function else "")
+        for c in calls
+    )  # fmt: skip
+
+
 def _delta(choice: Any, *, chat: bool) -> TokenDelta:
     text = (choice.delta.content or "") if chat else (choice.text or "")
     logprobs: tuple[TokenLogprob, ...] = ()
@@ -176,7 +216,8 @@ def _delta(choice: Any, *, chat: bool) -> TokenDelta:
                          tuple(TopLogprob(-1, t.token, t.logprob, bytes(t.bytes or b"")) for t in lp.top_logprobs))
             for lp in content
         )  # fmt: skip
-    return TokenDelta(choice.index, text, (), logprobs, FinishReason.named(choice.finish_reason))
+    calls = _call_deltas(choice) if chat else ()
+    return TokenDelta(choice.index, text, (), logprobs, FinishReason.named(choice.finish_reason), tool_calls=calls)
 
 
 def _usage_counts(usage: Any) -> tuple[int, int | None, int]:

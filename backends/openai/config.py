@@ -26,6 +26,11 @@ class OpenAIConfig(BaseModel):
         "min_p, repetition_penalty, ignore_eos, stop_token_ids, and vLLM / lmgate structured_output (sent in the "
         "request body as extensions: `structured_outputs`).",
     )
+    tools: bool = Field(
+        default=True,
+        description="The upstream calls functions (OpenAI; vLLM with --enable-auto-tool-choice; llama-server "
+        "--jinja): `tools`, `tool_choice` and the calls in the history are forwarded, its calls passed back.",
+    )
     send_cache_salt: bool = Field(
         default=False,
         description="Send each tenant's prefix-cache salt as `cache_salt` in the request body (vLLM's OpenAI "

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from lmgate.backends.llamacpp.config import default_threads
+from lmgate.backends.tools.formats import ToolParser
 
 
 class TransformersConfig(BaseModel):
@@ -31,6 +32,11 @@ class TransformersConfig(BaseModel):
     )
     max_model_len: PositiveInt | None = Field(
         default=None, description="Longest prompt + output of one sequence (default: the model's trained context)."
+    )
+    tool_parser: ToolParser = Field(
+        default="auto",
+        description="How the model writes function calls: auto tells it from the chat template (hermes `<tool_call>`, "
+        "llama3 JSON, mistral `[TOOL_CALLS]`); none serves no tools.",
     )
     max_seqs: PositiveInt = Field(default=8, le=64, description="Sequences decoded together at most.")
     threads: PositiveInt = Field(default_factory=default_threads, description="torch intra-op threads.")

@@ -19,6 +19,7 @@ from lmgate.backends.errors import ModelLoadError
 from lmgate.backends.hf_prompt import HfPrompt
 from lmgate.backends.structured_output import Matchers
 from lmgate.backends.tokenization import Tokenized, TokenizeRequest
+from lmgate.backends.tools import formats
 from lmgate.backends.transformers.config import TransformersConfig
 from lmgate.backends.transformers.engine import Engine
 from lmgate.backends.transformers.hf_model import HfModel
@@ -45,9 +46,12 @@ class TransformersHost:
         except ValueError as exc:
             raise ModelLoadError(f"cannot serve {config.model}: {exc}") from exc
         self._prompt = HfPrompt(model.tokenizer)
-        self.info = ModelInfo(name, "transformers", model.max_model_len, model.quantization)
+        fmt = formats.resolve(config.tool_parser, getattr(model.tokenizer, "chat_template", None))
+        self.info = ModelInfo(
+            name, "transformers", model.max_model_len, model.quantization, tool_format=fmt and fmt.value
+        )
         params = STANDARD_SAMPLING_PARAMS | BEAM_SEARCH_PARAMS | {"structured_output"}
-        self.capabilities = Capabilities(params, max_n=config.max_seqs)
+        self.capabilities = Capabilities(params, max_n=config.max_seqs, tools=fmt is not None)
         self._matchers = Matchers(lambda: llguidance.hf.from_tokenizer(
             model.tokenizer, n_vocab=model.n_vocab, eos_token=sorted(model.eos_ids)))  # fmt: skip
 

@@ -27,6 +27,9 @@ from lmgate.backends.engine.limits import output_budget
 from lmgate.backends.errors import BackendUnavailable, InvalidRequest
 from lmgate.backends.hf_prompt import HfPrompt
 from lmgate.backends.tokenization import Tokenized, TokenizeRequest
+from lmgate.backends.tools import formats
+from lmgate.backends.tools.formats import ToolFormat
+from lmgate.backends.tools.stream import tool_calls
 from lmgate.backends.types import (
     BEAM_SEARCH_PARAMS,
     STANDARD_SAMPLING_PARAMS,
@@ -82,16 +85,18 @@ class VllmBackend(Backend):
         self._max_model_len = 0
         self._stats = _Stats()
         self._ids = itertools.count()
+        self._tool_format: ToolFormat | None = None
 
     @property
     def info(self) -> ModelInfo:
         if self._engine is None:
             raise BackendUnavailable(f"model {self._name!r} is not loaded")
-        return ModelInfo(self._name, "vllm", self._max_model_len, self._config.quantization)
+        fmt = self._tool_format and self._tool_format.value
+        return ModelInfo(self._name, "vllm", self._max_model_len, self._config.quantization, tool_format=fmt)
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(SAMPLING_PARAMS, max_n=256)
+        return Capabilities(SAMPLING_PARAMS, max_n=256, tools=self._tool_format is not None)
 
     async def start(self) -> None:
         from vllm.config import StructuredOutputsConfig
@@ -123,9 +128,15 @@ class VllmBackend(Backend):
         except Exception as exc:  # vLLM raises many kinds; the pool only needs to know it failed
             raise BackendUnavailable(f"vLLM could not start {c.model}: {exc}") from exc
         self._prompt = HfPrompt(self._engine.get_tokenizer())
+        self._tool_format = formats.resolve(c.tool_parser, getattr(self._engine.get_tokenizer(), "chat_template", None))
         self._max_model_len = self._engine.model_config.max_model_len
 
     async def generate(self, request: GenerateRequest) -> AsyncGenerator[TokenDelta, None]:
+        """The engine's deltas, with function calls parsed out of the text (backends/tools/stream.py)."""
+        async for delta in tool_calls(request, self._tool_format, self._generate):
+            yield delta
+
+    async def _generate(self, request: GenerateRequest) -> AsyncGenerator[TokenDelta, None]:
         engine = self._require_engine()
         # Rendering and tokenizing run off the event loop (HF's Rust tokenizer releases the GIL): a
         # long prompt must not stall every other request's stream.

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
+from lmgate.backends.tools.formats import ToolParser
+
 
 class VllmConfig(BaseModel):
     """Maps onto vLLM's ``AsyncEngineArgs``; unset fields keep vLLM's defaults."""
@@ -17,6 +19,11 @@ class VllmConfig(BaseModel):
     tokenizer: str | None = Field(default=None, description="Tokenizer directory, when not the model's.")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         default="auto", description="Weights and activations; auto: the checkpoint's own."
+    )
+    tool_parser: ToolParser = Field(
+        default="auto",
+        description="How the model writes function calls: auto tells it from the chat template (hermes `<tool_call>`, "
+        "llama3 JSON, mistral `[TOOL_CALLS]`); none serves no tools.",
     )
     max_model_len: PositiveInt | None = Field(default=None, description="Longest prompt + output of one sequence.")
     gpu_memory_utilization: float | None = Field(

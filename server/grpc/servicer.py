@@ -132,7 +132,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 async with contextlib.aclosing(stream):
                     await context.send_initial_metadata(_metadata(request_id, dispatched.ignored_params))
                     async for delta in stream:
-                        if delta.text or delta.logprobs or delta.finish_reason is not None:
+                        if delta.text or delta.logprobs or delta.tool_calls or delta.finish_reason is not None:
                             yield convert.delta_to_pb(message_type, request_id, model, delta)
                 yield message_type(id=request_id, model=model, usage=convert.usage_to_pb(tracker.usage()))
 
@@ -150,6 +150,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 model.context_length = info.context_length
                 model.quantization = info.quantization or ""
                 model.supported_params.extend(sorted(capabilities.sampling_params))
+                model.tools = capabilities.tools
             models.append(model)
         return pb.ListModelsResponse(models=models)
 

@@ -28,6 +28,7 @@ from lmgate.server.http.protocol import (
     ChatDelta,
     ChatMessageOut,
 )
+from lmgate.server.http.tools_protocol import FunctionCallDeltaOut, FunctionCallOut, ToolCallDeltaOut, ToolCallOut
 from lmgate.server.http.tracked import tracked
 from lmgate.server.metrics import Metrics
 from lmgate.server.placement.dispatch import Dispatcher
@@ -67,7 +68,7 @@ async def _collect(
         choices=[
             ChatChoice(
                 index=i,
-                message=ChatMessageOut(content="".join(c.text)),
+                message=_message(c),
                 logprobs=chat_logprobs(c.logprobs) if logprobs else None,
                 finish_reason=c.finish_reason,
             )
@@ -75,6 +76,27 @@ async def _collect(
         ],
         usage=usage_out(usage()),
     )
+
+
+def _message(choice: ChoiceText) -> ChatMessageOut:
+    """A choice's message: with calls, ``content`` is null unless the model wrote text besides them."""
+    text, calls = "".join(choice.text), choice.tool_calls
+    if not calls:
+        return ChatMessageOut(content=text)
+    out = [ToolCallOut(id=c.id, function=FunctionCallOut(name=c.name, arguments=c.arguments)) for c in calls]
+    return ChatMessageOut(content=text or None, tool_calls=out)
+
+
+def _call_pieces(delta: TokenDelta) -> list[ToolCallDeltaOut] | None:
+    if not delta.tool_calls:
+        return None
+    return [
+        ToolCallDeltaOut(
+            index=c.index, id=c.id, type="function" if c.id is not None else None,
+            function=FunctionCallDeltaOut(name=c.name, arguments=c.arguments),
+        )
+        for c in delta.tool_calls
+    ]  # fmt: skip
 
 
 async def _events(
@@ -94,11 +116,11 @@ async def _events(
     for i in range(n):
         yield chunk(ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content="")))
     async for delta in stream:
-        if delta.text or delta.logprobs or delta.finish_reason is not None:
+        if delta.text or delta.logprobs or delta.tool_calls or delta.finish_reason is not None:
             yield chunk(
                 ChatChunkChoice(
                     index=delta.index,
-                    delta=ChatDelta(content=delta.text or None),
+                    delta=ChatDelta(content=delta.text or None, tool_calls=_call_pieces(delta)),
                     logprobs=chat_logprobs(delta.logprobs) if delta.logprobs else None,
                     finish_reason=delta.finish_reason.value if delta.finish_reason else None,
                 )

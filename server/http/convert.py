@@ -16,11 +16,14 @@ from lmgate.backends.types import (
     SamplingParams,
     TokenDelta,
     TokenLogprob,
+    ToolCall,
+    ToolCallDelta,
     Usage,
 )
 from lmgate.server.http.protocol import (
     ChatCompletionRequest,
     ChatLogprobs,
+    ChatMessageParam,
     CompletionLogprobs,
     CompletionRequest,
     PromptTokensDetails,
@@ -62,9 +65,15 @@ def chat_request(body: ChatCompletionRequest, request_id: str) -> GenerateReques
         request_id=request_id,
         model=body.model,
         sampling=sampling_params(body, max_tokens=body.output_limit, logprobs=logprobs),
-        messages=tuple(ChatMessage(Role(m.role), m.text) for m in body.messages),
+        messages=tuple(chat_message(m) for m in body.messages),
+        tools=body.tool_set,
         cache_salt=body.cache_salt,
     )
+
+
+def chat_message(message: ChatMessageParam) -> ChatMessage:
+    calls = tuple(c.to_internal() for c in message.tool_calls or ())
+    return ChatMessage(Role(message.role), message.text, calls, message.tool_call_id, message.name)
 
 
 def completion_requests(body: CompletionRequest, request_id: str) -> list[GenerateRequest]:
@@ -123,9 +132,23 @@ class ChoiceText:
     text: list[str] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
+    calls: dict[int, list[str]] = field(default_factory=dict)
+    """Each call's id, name and arguments pieces, by index."""
 
     def add(self, delta: TokenDelta) -> None:
         self.text.append(delta.text)
         self.logprobs.extend(delta.logprobs)
+        for piece in delta.tool_calls:
+            self._add_call(piece)
         if delta.finish_reason is not None:
             self.finish_reason = delta.finish_reason.value
+
+    def _add_call(self, piece: ToolCallDelta) -> None:
+        call = self.calls.setdefault(piece.index, ["", "", ""])
+        call[0] = piece.id or call[0]
+        call[1] = piece.name or call[1]
+        call[2] += piece.arguments
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        return [ToolCall(*self.calls[i]) for i in sorted(self.calls)]

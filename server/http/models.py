@@ -22,6 +22,8 @@ def _card(pool: ModelPool) -> ModelCard:
         card.context_length = info.context_length
         card.quantization = info.quantization
         card.supported_params = sorted(capabilities.sampling_params)
+        card.tools = capabilities.tools
+        card.tool_format = info.tool_format
     return card
 
 

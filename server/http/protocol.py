@@ -6,8 +6,9 @@ field nobody defines is a 400 (``Unrecognized request argument supplied``, as Op
 fields OpenAI defines that change nothing here (``ACCEPTED_WITHOUT_EFFECT``: ``store``,
 ``metadata``, ``service_tier``...) are accepted and named in the request's log line. Structured
 outputs come as OpenAI's ``response_format`` (chat) or vLLM's ``structured_outputs`` (chat and
-completions), checked here (backends/structured_output.py) before any model sees them. Features
-lmgate does not implement (tools, ``suffix``, ``best_of`` > n) are refused by name rather than ignored.
+completions), checked here (backends/structured_output.py) before any model sees them; so are
+``tools`` (server/http/tools_protocol.py, backends/tools/rules.py). Features lmgate does not
+implement (the legacy ``functions``, ``suffix``, ``best_of`` > n) are refused by name rather than ignored.
 """
 
 from __future__ import annotations
@@ -16,7 +17,16 @@ import json
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from lmgate.backends import structured_output
 from lmgate.backends.sampling_rules import (
@@ -30,7 +40,9 @@ from lmgate.backends.sampling_rules import (
     logit_bias_key_problem,
     stop_problem,
 )
-from lmgate.backends.types import StructuredOutput, StructureKind
+from lmgate.backends.tools.rules import TOOLS_AND_FORMAT, tool_choice_problem, tool_list_problem
+from lmgate.backends.types import StructuredOutput, StructureKind, ToolChoice, Tools
+from lmgate.server.http.tools_protocol import NamedToolChoice, ToolCallDeltaOut, ToolCallOut, ToolCallParam, ToolParam
 
 
 def _unicode_text(value: str) -> str:
@@ -88,7 +100,7 @@ def _checked(structured: StructuredOutput | None) -> StructuredOutput | None:
 
 ACCEPTED_WITHOUT_EFFECT = frozenset({
     "store", "metadata", "service_tier", "safety_identifier", "prompt_cache_key", "prompt_cache_retention",
-    "verbosity", "reasoning_effort", "modalities", "parallel_tool_calls",
+    "verbosity", "reasoning_effort", "modalities",
 })  # fmt: skip
 """Fields OpenAI defines that change nothing here: accepted, and named in the request's log line
 (``ignored_fields``). Any other field nobody defines is refused, as OpenAI refuses it."""
@@ -203,7 +215,17 @@ class ChatMessageParam(BaseModel):
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Text | list[TextPart] | None = None
-    name: str | None = None
+    name: str | None = Field(default=None, max_length=256)
+    tool_calls: list[ToolCallParam] | None = Field(default=None, description="An assistant message's calls.")
+    tool_call_id: str | None = Field(default=None, max_length=256, description="A tool message: the call it answers.")
+
+    @model_validator(mode="after")
+    def _check_tool_fields(self) -> ChatMessageParam:
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id of the call it answers")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        return self
 
     @property
     def text(self) -> str:
@@ -252,24 +274,49 @@ class ChatCompletionRequest(_Request):
     max_completion_tokens: int | None = Field(default=None, **BOUNDS["max_tokens"].field())
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, **LOGPROBS.field())
-    tools: list[Any] | None = None
-    tool_choice: str | dict[str, Any] | None = Field(default=None, description="Only none or auto (no tools yet).")
-    functions: list[Any] | None = Field(default=None, description="Legacy tools: refused, as tools are.")
-    function_call: str | dict[str, Any] | None = None
+    tools: list[ToolParam] | None = Field(default=None, description="Functions the model may call.")
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        default=None, validate_default=True,
+        description="Default: auto with tools, none without; required and a named function are enforced "
+        "while decoding.",
+    )  # fmt: skip
+    parallel_tool_calls: bool | None = Field(default=None, description="More than one call per turn (default true).")
+    functions: list[Any] | None = Field(default=None, description="Legacy function calling: refused, use tools.")
+    function_call: str | dict[str, Any] | None = Field(default=None, description="Legacy: refused, use tool_choice.")
     response_format: ResponseFormat | None = None
 
-    @field_validator("tools", "functions")
+    @field_validator("tools")
     @classmethod
-    def _refuse_tools(cls, value: list[Any] | None) -> list[Any] | None:
-        if value:
-            raise ValueError("function calling is not supported by lmgate yet: send the request without `tools`")
+    def _check_tools(cls, value: list[ToolParam] | None) -> list[ToolParam] | None:
+        if value and (problem := tool_list_problem([t.function.name for t in value])):
+            raise ValueError(problem)
         return value
 
-    @field_validator("tool_choice", "function_call")
+    @field_validator("tool_choice")
     @classmethod
-    def _refuse_forced_calls(cls, value: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
-        if value not in (None, "none", "auto"):
-            raise ValueError("function calling is not supported by lmgate yet: send none or auto, or leave it out")
+    def _check_tool_choice(cls, value: Any, info: ValidationInfo) -> Any:
+        names = [t.function.name for t in info.data.get("tools") or ()]
+        choice, function = _tool_choice(value, bool(names))
+        if problem := tool_choice_problem(choice, function, names):
+            raise ValueError(problem)
+        structured = info.data.get("structured_outputs")
+        if names and choice is not ToolChoice.NONE and structured is not None:
+            raise ValueError(TOOLS_AND_FORMAT)
+        return value
+
+    @field_validator("response_format")
+    @classmethod
+    def _check_format_without_calls(cls, value: ResponseFormat | None, info: ValidationInfo) -> ResponseFormat | None:
+        calls = info.data.get("tools") and _tool_choice(info.data.get("tool_choice"), True)[0] is not ToolChoice.NONE
+        if calls and value is not None and value.type != "text":
+            raise ValueError(TOOLS_AND_FORMAT)
+        return value
+
+    @field_validator("functions", "function_call")
+    @classmethod
+    def _refuse_legacy_functions(cls, value: Any) -> Any:
+        if value:
+            raise ValueError("the legacy functions / function_call are not supported: send tools and tool_choice")
         return value
 
     @field_validator("response_format")
@@ -287,6 +334,15 @@ class ChatCompletionRequest(_Request):
         return self
 
     @property
+    def tool_set(self) -> Tools | None:
+        """The request's tools and how they may be called (None without tools)."""
+        if not self.tools:
+            return None
+        choice, function = _tool_choice(self.tool_choice, True)
+        parallel = True if self.parallel_tool_calls is None else self.parallel_tool_calls
+        return Tools(tuple(t.function.to_internal() for t in self.tools), choice, function, parallel)
+
+    @property
     def structured_output(self) -> StructuredOutput | None:
         from_format = self.response_format.to_internal() if self.response_format is not None else None
         return from_format or super().structured_output
@@ -294,6 +350,13 @@ class ChatCompletionRequest(_Request):
     @property
     def output_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+def _tool_choice(value: Any, has_tools: bool) -> tuple[ToolChoice, str | None]:
+    """``tool_choice`` as the internal choice and named function (OpenAI's default: auto with tools)."""
+    if isinstance(value, NamedToolChoice):
+        return ToolChoice.FUNCTION, value.function.name
+    return ToolChoice(value or ("auto" if has_tools else "none")), None
 
 
 class CompletionRequest(_Request):
@@ -370,6 +433,7 @@ class UsageOut(BaseModel):
 class ChatMessageOut(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    tool_calls: list[ToolCallOut] | None = Field(default=None, exclude_if=lambda calls: calls is None)
 
 
 class ChatChoice(BaseModel):
@@ -391,6 +455,7 @@ class ChatCompletion(BaseModel):
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDeltaOut] | None = None
 
 
 class ChatChunkChoice(BaseModel):
@@ -437,6 +502,8 @@ class ModelCard(BaseModel):
     aliases: list[str] = Field(default_factory=list)
     replicas: int = 1
     supported_params: list[str] = Field(default_factory=list)
+    tools: bool = Field(default=False, description="Calls functions (`tools` in chat completions).")
+    tool_format: str | None = Field(default=None, description="The call format parsed: hermes, llama3 or mistral.")
 
 
 class ModelList(BaseModel):

@@ -15,30 +15,21 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
-from lmgate.backends.types import ChatMessage, Role, TokenDelta
+from lmgate.backends.types import ChatMessage, TokenDelta
 from lmgate.server.closing_stream import Closable
 from lmgate.server.errors import LmgateError, NotFoundError
 from lmgate.server.http.common import answered, base_request_id, json_body, response_headers, until_disconnect
-from lmgate.server.http.convert import chat_logprobs
 from lmgate.server.http.responses_convert import ResponseText, generate_request, history, input_messages
-from lmgate.server.http.responses_events import (
-    ContentPartEvent,
-    ErrorEvent,
-    EventEncoder,
-    LifecycleEvent,
-    OutputItemEvent,
-    TextDeltaEvent,
-    TextDoneEvent,
-)
+from lmgate.server.http.responses_events import ErrorEvent, EventEncoder, LifecycleEvent
 from lmgate.server.http.responses_objects import (
     DeletedResponse,
-    OutputText,
     ResponseDraft,
     ResponseError,
     ResponseObject,
 )
 from lmgate.server.http.responses_protocol import ResponsesRequest
 from lmgate.server.http.responses_store import ResponseStore
+from lmgate.server.http.responses_stream import StreamedItems
 from lmgate.server.http.tracked import tracked
 from lmgate.server.metrics import Metrics
 from lmgate.server.placement.dispatch import Dispatcher
@@ -89,7 +80,7 @@ class _Turn:
         """The final response, stored when asked and it did not fail."""
         final = self.answer.final(self.draft)
         if self.store is not None and final.status != "failed":
-            self.store.put(final, (*self.conversation, ChatMessage(Role.ASSISTANT, self.answer.text)), self.owner)
+            self.store.put(final, (*self.conversation, self.answer.answer()), self.owner)
         return final
 
 
@@ -101,17 +92,14 @@ async def _collect(stream: AsyncIterator[TokenDelta], turn: _Turn) -> ResponseOb
 
 async def _events(stream: AsyncIterator[TokenDelta], turn: _Turn) -> AsyncGenerator[str, None]:
     encode, draft, answer = EventEncoder(), turn.draft, turn.answer
-    item_id = draft.message_id
+    items = StreamedItems(draft, answer)
     for kind in ("response.created", "response.in_progress"):
         yield encode(LifecycleEvent(type=kind, response=draft.response("in_progress")))
-    yield encode(OutputItemEvent(type="response.output_item.added", item=draft.message("in_progress", [])))
-    yield encode(ContentPartEvent(type="response.content_part.added", item_id=item_id, part=OutputText(text="")))
     try:
         async for delta in stream:
             answer.add(delta)
-            if delta.text or delta.logprobs:
-                logprobs = chat_logprobs(delta.logprobs).content or [] if answer.logprobs else []
-                yield encode(TextDeltaEvent(item_id=item_id, delta=delta.text, logprobs=logprobs))
+            for event in items.add(delta):
+                yield encode(event)
     except LmgateError as exc:
         yield encode(ErrorEvent(code=exc.code or exc.error_type, message=exc.message, param=exc.param))
         failed = draft.response(
@@ -121,11 +109,8 @@ async def _events(stream: AsyncIterator[TokenDelta], turn: _Turn) -> AsyncGenera
         yield encode(LifecycleEvent(type="response.failed", response=failed))
         return
     final = turn.finish()
-    message = final.output[0]
-    part = message.content[0]
-    yield encode(TextDoneEvent(item_id=item_id, text=part.text, logprobs=part.logprobs or []))
-    yield encode(ContentPartEvent(type="response.content_part.done", item_id=item_id, part=part))
-    yield encode(OutputItemEvent(type="response.output_item.done", item=message))
+    for event in items.close(final):
+        yield encode(event)
     yield encode(LifecycleEvent(type=f"response.{final.status}", response=final))
 
 

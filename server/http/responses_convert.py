@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from lmgate.backends.types import ChatMessage, GenerateRequest, Role, TokenDelta, Usage
+from lmgate.backends.types import ChatMessage, GenerateRequest, Role, TokenDelta, ToolCall, Usage
 from lmgate.server.errors import InvalidRequestError
 from lmgate.server.http.convert import ChoiceText, chat_logprobs, sampling_params, usage_out
 from lmgate.server.http.responses_objects import (
+    MessageStatus,
+    OutputMessage,
     OutputText,
     ResponseDraft,
     ResponseObject,
@@ -24,12 +26,21 @@ from lmgate.server.http.responses_objects import (
 )
 from lmgate.server.http.responses_protocol import ResponsesRequest
 from lmgate.server.http.responses_store import ResponseStore
+from lmgate.server.http.responses_tools import FunctionCallItem, FunctionCallOutputItem, merged, output_item
 
 
 def input_messages(body: ResponsesRequest) -> tuple[ChatMessage, ...]:
+    """The input as chat messages: a function call joins the assistant turn before it, its output is a
+    tool message."""
     if isinstance(body.input, str):
         return (ChatMessage(Role.USER, body.input),)
-    return tuple(ChatMessage(Role(item.role), item.text) for item in body.input)
+    messages: list[ChatMessage] = []
+    for item in body.input:
+        if isinstance(item, FunctionCallItem | FunctionCallOutputItem):
+            merged(messages, item)
+        else:
+            messages.append(ChatMessage(Role(item.role), item.text))
+    return tuple(messages)
 
 
 def history(body: ResponsesRequest, store: ResponseStore, owner: str | None = None) -> tuple[ChatMessage, ...]:
@@ -57,6 +68,7 @@ def generate_request(body: ResponsesRequest, request_id: str, conversation: tupl
         model=body.model,
         sampling=sampling_params(body, max_tokens=body.output_limit, logprobs=body.logprobs),
         messages=system + conversation,
+        tools=body.tool_set,
         cache_salt=body.cache_salt,
     )
 
@@ -81,9 +93,22 @@ class ResponseText:
         logprobs = chat_logprobs(self.choice.logprobs).content if self.logprobs else None
         return OutputText(text=self.text, logprobs=logprobs)
 
+    @property
+    def calls(self) -> list[ToolCall]:
+        return self.choice.tool_calls
+
+    def answer(self) -> ChatMessage:
+        """The answer as the conversation's next turn (what ``previous_response_id`` continues)."""
+        return ChatMessage(Role.ASSISTANT, self.text, tuple(self.calls))
+
     def final(self, draft: ResponseDraft) -> ResponseObject:
-        """The finished response: completed, or incomplete when the token limit cut it."""
+        """The finished response: completed, or incomplete when the token limit cut it. Its output is the
+        message (left out when the answer is only calls) and a ``function_call`` item per call."""
         status = final_status(self.choice.finish_reason)
-        message = draft.message("incomplete" if status != "completed" else "completed", [self.part()])
+        item_status: MessageStatus = "incomplete" if status != "completed" else "completed"
+        output: list[OutputMessage | FunctionCallItem] = []
+        if self.text or not self.calls:
+            output.append(draft.message(item_status, [self.part()]))
+        output += [output_item(call, item_status) for call in self.calls]
         usage = ResponseUsage.of(usage_out(self.usage()))
-        return draft.response(status, output=[message], usage=usage, **ending_fields(status))
+        return draft.response(status, output=output, usage=usage, **ending_fields(status))

@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 
 from lmgate.server.http.protocol import TokenLogprobOut
 from lmgate.server.http.responses_objects import OutputMessage, OutputText, ResponseObject
+from lmgate.server.http.responses_tools import FunctionCallItem
 
 
 class _Event(BaseModel):
@@ -38,7 +39,21 @@ class LifecycleEvent(_Event):
 class OutputItemEvent(_Event):
     type: Literal["response.output_item.added", "response.output_item.done"]
     output_index: int = 0
-    item: OutputMessage
+    item: OutputMessage | FunctionCallItem
+
+
+class ArgumentsDeltaEvent(_Event):
+    type: Literal["response.function_call_arguments.delta"] = "response.function_call_arguments.delta"
+    item_id: str
+    output_index: int
+    delta: str
+
+
+class ArgumentsDoneEvent(_Event):
+    type: Literal["response.function_call_arguments.done"] = "response.function_call_arguments.done"
+    item_id: str
+    output_index: int
+    arguments: str
 
 
 class ContentPartEvent(_Event):
@@ -74,7 +89,10 @@ class ErrorEvent(_Event):
     param: str | None = None
 
 
-ResponseEvent = LifecycleEvent | OutputItemEvent | ContentPartEvent | TextDeltaEvent | TextDoneEvent | ErrorEvent
+ResponseEvent = (
+    LifecycleEvent | OutputItemEvent | ContentPartEvent | TextDeltaEvent | TextDoneEvent | ArgumentsDeltaEvent
+    | ArgumentsDoneEvent | ErrorEvent
+)  # fmt: skip
 
 
 class EventEncoder:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from lmgate.server.http.protocol import TokenLogprobOut, UsageOut
 from lmgate.server.http.responses_protocol import ResponsesRequest
+from lmgate.server.http.responses_tools import FunctionCallItem
 
 Status = Literal["in_progress", "completed", "incomplete", "failed"]
 MessageStatus = Literal["in_progress", "completed", "incomplete"]
@@ -82,12 +83,12 @@ class ResponseObject(BaseModel):
     instructions: str | None = None
     max_output_tokens: int | None = None
     model: str
-    output: list[OutputMessage] = Field(default_factory=list)
-    parallel_tool_calls: bool = False
+    output: list[OutputMessage | FunctionCallItem] = Field(default_factory=list)
+    parallel_tool_calls: bool = True
     previous_response_id: str | None = None
     temperature: float | None = None
     top_p: float | None = None
-    tool_choice: str = "none"
+    tool_choice: str | dict[str, Any] = "none"
     tools: list[Any] = Field(default_factory=list)
     text: dict[str, Any] = Field(default_factory=lambda: {"format": {"type": "text"}})
     truncation: Literal["disabled"] = "disabled"
@@ -120,9 +121,18 @@ class ResponseDraft:
             id=self.id, created_at=self.created_at, status=status, instructions=body.instructions,
             max_output_tokens=body.output_limit, model=self.model, previous_response_id=body.previous_response_id,
             temperature=1.0 if body.temperature is None else body.temperature,
-            top_p=1.0 if body.top_p is None else body.top_p, tool_choice=str(body.tool_choice or "none"),
+            top_p=1.0 if body.top_p is None else body.top_p, tool_choice=self.tool_choice(),
+            tools=[t.model_dump(exclude_none=True) for t in body.tools or ()],
+            parallel_tool_calls=body.parallel_tool_calls is not False,
             metadata=body.metadata or {}, store=body.store, user=body.user, text=self.text_config(), **fields,
         )  # fmt: skip
+
+    def tool_choice(self) -> str | dict[str, Any]:
+        """``tool_choice`` as OpenAI echoes it: the mode, or the named function."""
+        choice = self.body.tool_choice
+        if choice is None:
+            return "auto" if self.body.tools else "none"
+        return choice if isinstance(choice, str) else choice.model_dump()
 
     def text_config(self) -> dict[str, Any]:
         """The ``text`` the request asked for, echoed as OpenAI does (plain text when none)."""

@@ -4,10 +4,11 @@ Sampling fields are chat's own (``_Request``: the same ranges, the same vLLM ext
 valid in one API is valid in the other. ``input`` is text or a list of message items (``role`` and
 ``content``: text or ``input_text`` / ``output_text`` parts); ``instructions`` becomes the system
 message; ``text.format`` (``json_object``, ``json_schema``) is a structured output, as chat's
-``response_format``. What lmgate does not implement is refused by name rather than ignored: tools and
-``tool_choice`` other than ``none`` / ``auto`` (no function calling yet, as in chat), images and
-files, ``background``, ``truncation: auto``, ``conversation`` and prompt templates, and ``n`` > 1 (a
-response has one output).
+``response_format``. Function tools, ``tool_choice``, ``parallel_tool_calls`` and the
+``function_call`` / ``function_call_output`` items are chat's function calling
+(server/http/responses_tools.py). What lmgate does not implement is refused by name rather than
+ignored: tools other than functions, images and files, ``background``, ``truncation: auto``,
+``conversation`` and prompt templates, and ``n`` > 1 (a response has one output).
 """
 
 from __future__ import annotations
@@ -19,14 +20,23 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 
 from lmgate.backends import structured_output
 from lmgate.backends.sampling_rules import UINT32_MAX
-from lmgate.backends.types import StructuredOutput
+from lmgate.backends.tools.rules import TOOLS_AND_FORMAT
+from lmgate.backends.types import StructuredOutput, ToolChoice, Tools
 from lmgate.server.http.protocol import Text, _Request, json_output
+from lmgate.server.http.responses_tools import (
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    FunctionTool,
+    NamedFunctionChoice,
+    choice_problem,
+    internal_tools,
+    tool_choice,
+)
 
 MAX_INPUT_ITEMS = 2048
 MAX_METADATA_KEYS = 16
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
-_TOOL_ITEMS = ("function_call", "function_call_output", "custom_tool_call", "custom_tool_call_output")
-_NO_TOOLS = "function calling is not supported by lmgate yet: send the request without `tools`"
+_TOOL_ITEMS = ("custom_tool_call", "custom_tool_call_output")
 
 
 def _text_or_list(list_tag: str) -> Callable[[Any], str]:
@@ -69,7 +79,7 @@ class InputMessage(BaseModel):
     def _only_messages(cls, value: Any) -> Any:
         kind = value.get("type", "message") if isinstance(value, dict) else "message"
         if kind in _TOOL_ITEMS:
-            raise ValueError(f"`{kind}` items need function calling, which lmgate does not support yet")
+            raise ValueError(f"`{kind}` items are not supported: lmgate calls function tools only")
         if kind != "message":
             raise ValueError(f"input items of type `{str(kind)[:40]}` are not supported: send messages (role, content)")
         return value
@@ -109,8 +119,6 @@ class TextConfig(BaseModel):
 
 
 _REFUSALS: dict[str, Callable[[Any], bool]] = {
-    "tools": bool,
-    "tool_choice": lambda v: v not in (None, "none", "auto"),
     "truncation": lambda v: v not in (None, "disabled"),
     "background": bool,
     "conversation": lambda v: v is not None,
@@ -118,8 +126,6 @@ _REFUSALS: dict[str, Callable[[Any], bool]] = {
     "n": lambda v: v != 1,
 }
 _REFUSAL_MESSAGES = {
-    "tools": _NO_TOOLS,
-    "tool_choice": f"{_NO_TOOLS}; send `none` or `auto`, or leave it out",
     "truncation": "only `disabled` is supported (a conversation too long for the context is a 400)",
     "background": "background responses are not supported: send the request without `background`",
     "conversation": "conversations are not supported: chain turns with previous_response_id",
@@ -128,11 +134,24 @@ _REFUSAL_MESSAGES = {
 }
 
 
+def _item_kind(value: Any) -> str:
+    kind = value.get("type", "message") if isinstance(value, dict) else getattr(value, "type", "message")
+    return kind if kind in ("function_call", "function_call_output") else "message"
+
+
+InputItem = Annotated[
+    Annotated[InputMessage, Tag("message")]
+    | Annotated[FunctionCallItem, Tag("function_call")]
+    | Annotated[FunctionCallOutputItem, Tag("function_call_output")],
+    Discriminator(_item_kind),
+]
+
+
 class ResponsesRequest(_Request):
     input: Annotated[
-        Annotated[Text, Tag("str")] | Annotated[list[InputMessage], Tag("list[items]")],
+        Annotated[Text, Tag("str")] | Annotated[list[InputItem], Tag("list[items]")],
         Discriminator(_text_or_list("list[items]")),
-    ] = Field(description="The user's text, or the conversation's message items.")
+    ] = Field(description="The user's text, or the conversation's items: messages, function calls and their outputs.")
     instructions: Text | None = Field(default=None, description="The system message; not carried to later turns.")
     max_output_tokens: int | None = Field(default=None, ge=1, le=UINT32_MAX)
     previous_response_id: str | None = Field(default=None, min_length=1, max_length=200)
@@ -140,9 +159,11 @@ class ResponsesRequest(_Request):
     metadata: dict[str, Annotated[str, Field(max_length=512)]] | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     include: list[str] | None = None
-    tools: list[Any] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None
+    tools: list[FunctionTool] | None = Field(default=None, description="Functions the model may call.")
+    tool_choice: Literal["none", "auto", "required"] | NamedFunctionChoice | None = Field(
+        default=None, validate_default=True, description="Default: auto with tools, none without."
+    )
+    parallel_tool_calls: bool | None = Field(default=None, description="More than one call per turn (default true).")
     text: TextConfig | None = None
     truncation: str | None = None
     background: bool | None = None
@@ -150,9 +171,16 @@ class ResponsesRequest(_Request):
     conversation: Any = None
     prompt: Any = None
 
+    @field_validator("tool_choice")
+    @classmethod
+    def _check_tool_choice(cls, value: Any, info: ValidationInfo) -> Any:
+        if problem := choice_problem(value, info.data.get("tools")):
+            raise ValueError(problem)
+        return value
+
     @field_validator("input")
     @classmethod
-    def _check_input(cls, value: str | list[InputMessage]) -> str | list[InputMessage]:
+    def _check_input(cls, value: str | list[Any]) -> str | list[Any]:
         if isinstance(value, list) and not value:
             raise ValueError("input must not be an empty list")
         if isinstance(value, list) and len(value) > MAX_INPUT_ITEMS:
@@ -189,7 +217,19 @@ class ResponsesRequest(_Request):
         from_text = self.text is not None and self.text.format is not None and self.text.format.type != "text"
         if from_text and self.structured_outputs is not None:
             raise ValueError("set text.format or structured_outputs, not both")
+        tools = self.tool_set
+        if tools is not None and tools.choice is not ToolChoice.NONE and self.structured_output is not None:
+            raise ValueError(TOOLS_AND_FORMAT)
         return self
+
+    @property
+    def tool_set(self) -> Tools | None:
+        """The request's tools and how they may be called (None without tools)."""
+        if not self.tools:
+            return None
+        choice, function = tool_choice(self.tool_choice, True)
+        parallel = True if self.parallel_tool_calls is None else self.parallel_tool_calls
+        return Tools(internal_tools(self.tools), choice, function, parallel)
 
     @property
     def structured_output(self) -> StructuredOutput | None:

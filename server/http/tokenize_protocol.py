@@ -12,13 +12,12 @@ template, BOS unless the template writes it), so ``add_special_tokens`` only app
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lmgate.backends.tokenization import TokenizeRequest
-from lmgate.backends.types import ChatMessage, Role
+from lmgate.server.http.convert import chat_message
 from lmgate.server.http.protocol import ChatMessageParam, Text, TokenId
+from lmgate.server.http.tools_protocol import ToolParam
 
 MAX_DETOKENIZE_TOKENS = 1_000_000
 """Far above any context; the body-size cap (server.max_body_bytes) binds first."""
@@ -37,7 +36,7 @@ class TokenizeBody(BaseModel):
     continue_final_message: bool = False
     return_token_strs: bool = Field(default=False, description="Also return each token's vocabulary text.")
     chat_template: str | None = None
-    tools: list[Any] | None = None
+    tools: list[ToolParam] | None = Field(default=None, description="With `messages`: the tools the template shows.")
 
     @model_validator(mode="after")
     def _check(self) -> TokenizeBody:
@@ -47,20 +46,21 @@ class TokenizeBody(BaseModel):
             raise ValueError("continue_final_message is not supported by lmgate yet: send it as false")
         if self.chat_template is not None:
             raise ValueError("a request's own chat_template is not supported: the model's template is used")
-        if self.tools:
-            raise ValueError("function calling is not supported by lmgate yet: send the request without `tools`")
+        if self.tools and self.messages is None:
+            raise ValueError("tools go with `messages`")
         return self
 
     def internal(self) -> TokenizeRequest:
         messages = None
         if self.messages is not None:
-            messages = tuple(ChatMessage(Role(m.role), m.text) for m in self.messages)
+            messages = tuple(chat_message(m) for m in self.messages)
         return TokenizeRequest(
             prompt=self.prompt,
             messages=messages,
             add_special=True if self.add_special_tokens is None else self.add_special_tokens,
             add_generation_prompt=self.add_generation_prompt,
             token_strings=self.return_token_strs,
+            tools=tuple(t.function.to_internal() for t in self.tools or ()),
         )
 
 

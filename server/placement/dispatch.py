@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from lmgate.backends.base import Backend
 from lmgate.backends.engine.limits import check_prompt_size
 from lmgate.backends.errors import BackendError
-from lmgate.backends.types import GenerateRequest, Role, SamplingParams, TokenDelta
+from lmgate.backends.types import GenerateRequest, Role, SamplingParams, TokenDelta, ToolChoice
 from lmgate.server.closing_stream import Closable, ClosingStream
 from lmgate.server.errors import (
     InvalidRequestError,
@@ -38,6 +38,7 @@ from lmgate.server.errors import (
 )
 from lmgate.server.placement.drain import Drain
 from lmgate.server.placement.generation import open_stream, open_streams
+from lmgate.server.placement.prefix_index import prefix_blocks
 from lmgate.server.placement.registry import ModelPool, ModelRegistry
 from lmgate.server.tenancy.quota import Lease, token_estimate
 from lmgate.server.tenancy.records import Tenant
@@ -87,6 +88,17 @@ def used_params(sampling: SamplingParams) -> list[str]:
     return [name for name in _PARAMS if getattr(sampling, name) != getattr(_DEFAULTS, name)]
 
 
+def _check_tools(pool: ModelPool, request: GenerateRequest) -> None:
+    tools = request.tools
+    if tools is not None and tools.choice is not ToolChoice.NONE and not pool.primary.capabilities.tools:
+        raise InvalidRequestError(
+            f"model `{pool.name}` ({pool.backend_kind}) does not call tools: its chat template shows no tool-call "
+            "format lmgate knows (set `tool_parser` in its config), or its backend cannot; send the request without "
+            "`tools`, or with tool_choice none",
+            param="tools",
+        )
+
+
 class Dispatcher:
     def __init__(self, registry: ModelRegistry, drain: Drain) -> None:
         self.registry = registry
@@ -116,6 +128,7 @@ class Dispatcher:
             placed(pool.name, pool.backend_kind)
         sampling = requests[0].sampling
         ignored = self._check_capabilities(pool, sampling, len(requests))
+        _check_tools(pool, requests[0])
         info = pool.primary.info
         try:
             for request in requests:
@@ -234,12 +247,12 @@ class Dispatcher:
     async def _open_on_replica(
         self, pool: ModelPool, requests: list[GenerateRequest]
     ) -> tuple[Backend, int, list[Closable[TokenDelta]], int]:
-        key = affinity_key(requests[0])
+        key, blocks = affinity_key(requests[0]), prefix_blocks(requests[0])
         cost = sum(_cost(r) for r in requests)
         tried: set[int] = set()
         while True:
             now = time.monotonic()
-            index = pool.router.pick(now, key, exclude=pool.unusable | tried)
+            index = pool.router.pick(now, key, exclude=pool.unusable | tried, blocks=blocks)
             if index is None:
                 raise ServiceUnavailableError(f"no replica of model `{pool.name}` could serve the request",
                                               param="model")  # fmt: skip

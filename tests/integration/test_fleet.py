@@ -63,6 +63,29 @@ def test_the_same_prefix_lands_on_the_same_replica_and_hits_its_prefix_cache(fle
     gained = [w.metric("lmgate_prefix_cache_hits_total") - b for w, b in zip((w1, w2), before, strict=True)]
     assert sorted(g > 0 for g in gained) == [False, True]  # all on one worker, whose cache hit
     assert max(gained) >= 5 * 32  # five repeats of a system prompt of several blocks
+    # A system prompt shorter than a block: the questions met on the ring, by the prompt they share.
+    assert front.metric("lmgate_router_decisions_total", model="chat", reason="affinity") >= len(questions)
+
+
+def test_a_conversation_follows_its_own_replica_turn_after_turn(fleet):
+    """Conversations without a system prompt: each one's later turns land where its first turn did
+    (their blocks match there), and different conversations spread over both workers."""
+    front, (w1, w2, _) = fleet
+    client = openai.OpenAI(base_url=f"{front.url}/v1", api_key="unused", max_retries=0)
+    homes, before_prefix = [], front.metric("lmgate_router_decisions_total", model="chat", reason="prefix")
+    for name in ("Tom", "Mia", "Ben", "Sam", "Lily", "Max"):
+        history = [{"role": "user", "content": f"Tell me a long story about {name}. " * 12}]
+        before = [w.metric("lmgate_requests_total", status="ok") for w in (w1, w2)]
+        for _ in range(3):
+            reply = client.chat.completions.create(model="chat", messages=history, temperature=0, max_tokens=16)
+            history += [{"role": "assistant", "content": reply.choices[0].message.content},
+                        {"role": "user", "content": "And then?"}]  # fmt: skip
+        gained = [w.metric("lmgate_requests_total", status="ok") - b for w, b in zip((w1, w2), before, strict=True)]
+        assert sorted(gained) == [0, 3]  # every turn on one worker
+        homes.append(gained.index(3))
+    assert set(homes) == {0, 1}
+    # The front knew: every later turn matched the blocks it had routed there.
+    assert front.metric("lmgate_router_decisions_total", model="chat", reason="prefix") - before_prefix == 12
 
 
 def test_a_worker_killed_mid_stream_ends_that_stream_with_an_error_and_the_survivor_serves(fleet):

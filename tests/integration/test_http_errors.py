@@ -20,8 +20,8 @@ def body(**extra: object) -> dict:
 @pytest.mark.parametrize(
     ("extra", "param", "says"),
     [
-        ({"tools": [{"type": "function", "function": {"name": "f", "description": SECRET}}]}, "tools",
-         "tools: function calling is not supported by lmgate yet: send the request without `tools` (got a list of 1"),
+        ({"tools": [{"type": "function", "function": {"name": "f g", "description": SECRET}}]}, "tools.0.function.name",
+         "tools.0.function.name: a function name is 1 to 64 letters, digits, underscores or dashes, got 'f g'"),
         ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
             "type": "object", "description": SECRET, "properties": {"a": {"type": "strin"}}}}}}, "response_format",
          "response_format: Invalid type: strin"),

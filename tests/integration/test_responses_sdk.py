@@ -2,6 +2,7 @@
 server running the embedded model: it answers as chat does, streams OpenAI's typed events, and
 continues a stored conversation with previous_response_id."""
 
+import json
 import uuid
 
 import httpx
@@ -46,7 +47,9 @@ def test_instructions_and_message_items_become_the_chat_messages(client):
     response = client.responses.create(
         model=MODEL, instructions="You are a storyteller.", input=items, **GREEDY, **cold("responses")
     )
-    text, _ = chat(client, [{"role": "system", "content": "You are a storyteller."}, *items_as_chat(items)], **cold("chat"))
+    text, _ = chat(
+        client, [{"role": "system", "content": "You are a storyteller."}, *items_as_chat(items)], **cold("chat")
+    )
     assert response.output_text == text and response.instructions == "You are a storyteller."
 
 
@@ -118,10 +121,9 @@ def test_a_deleted_response_cannot_be_continued(client):
 
 
 def test_refusals_name_the_field(client):
-    tool = {"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}}}
     with pytest.raises(openai.BadRequestError) as caught:
-        client.responses.create(model=MODEL, input="hi", tools=[tool])
-    assert caught.value.param == "tools" and "function calling" in caught.value.message
+        client.responses.create(model=MODEL, input="hi", tools=[{"type": "web_search"}])
+    assert caught.value.param.startswith("tools") and "only function tools" in caught.value.message
     with pytest.raises(openai.NotFoundError):
         client.responses.create(model="nope", input="hi")
 
@@ -161,3 +163,51 @@ def test_the_cache_salt_partitions_the_prompt_cache(client):
     assert first.usage.input_tokens_details.cached_tokens == 0
     assert again.usage.input_tokens_details.cached_tokens > 0
     assert other.usage.input_tokens_details.cached_tokens == 0
+
+
+WEATHER = {"type": "object", "properties": {"city": {"enum": ["Paris", "Rome"]}}, "required": ["city"]}
+TOOLS = [{"type": "function", "name": "get_weather", "description": "Weather of a city.", "parameters": WEATHER}]
+CALLS = {"temperature": 0, "max_output_tokens": 120}
+
+
+def test_a_required_call_is_a_function_call_item(client):
+    response = client.responses.create(model=MODEL, input="What is the weather in Paris?", tools=TOOLS,
+                                       tool_choice="required", **CALLS)  # fmt: skip
+    [call] = [item for item in response.output if item.type == "function_call"]
+    assert call.name == "get_weather" and call.call_id.startswith("call_") and call.status == "completed"
+    assert json.loads(call.arguments)["city"] in ("Paris", "Rome") and response.status == "completed"
+    assert response.tool_choice == "required" and response.tools[0].name == "get_weather"
+
+
+def test_a_streamed_call_comes_as_typed_events_and_the_same_item(client):
+    params = {"model": MODEL, "input": "What is the weather in Rome?", "tools": TOOLS, "tool_choice": "required",
+              **CALLS}  # fmt: skip
+    with client.responses.stream(**params, **cold("s")) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    created = client.responses.create(**params, **cold("c"))
+    kinds = [e.type for e in events]
+    assert "response.function_call_arguments.delta" in kinds and kinds[-1] == "response.completed"
+    assert kinds.index("response.output_item.added") < kinds.index("response.function_call_arguments.delta")
+    pieces = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
+    [streamed] = [i for i in final.output if i.type == "function_call"]
+    [whole] = [i for i in created.output if i.type == "function_call"]
+    assert pieces == streamed.arguments == whole.arguments and streamed.name == whole.name
+
+
+def test_a_call_output_continues_the_stored_conversation(client):
+    first = client.responses.create(model=MODEL, input="What is the weather in Paris?", tools=TOOLS,
+                                    tool_choice="required", **CALLS)  # fmt: skip
+    [call] = [item for item in first.output if item.type == "function_call"]
+    result = {"type": "function_call_output", "call_id": call.call_id, "output": "sunny, 21 degrees"}
+    second = client.responses.create(model=MODEL, input=[result], previous_response_id=first.id, tools=TOOLS,
+                                     tool_choice="none", **GREEDY)  # fmt: skip
+    # The same turn sent whole, as items: the call replayed, then its output.
+    replayed = client.responses.create(
+        model=MODEL, tools=TOOLS, tool_choice="none", **GREEDY,
+        input=[{"role": "user", "content": "What is the weather in Paris?"},
+               {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+               result],
+    )  # fmt: skip
+    assert second.status == "completed" and second.output[0].type == "message"
+    assert second.usage.input_tokens == replayed.usage.input_tokens > first.usage.input_tokens

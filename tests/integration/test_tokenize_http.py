@@ -72,7 +72,7 @@ def test_model_may_be_left_out_when_one_model_is_served(http):
         ("/tokenize", {"model": "nope", "prompt": "x"}, 404, "model"),
         ("/tokenize", {"model": MODEL}, 400, None),
         ("/tokenize", {"model": MODEL, "prompt": "x", "messages": QUESTION}, 400, None),
-        ("/tokenize", {"model": MODEL, "messages": QUESTION, "tools": [{"type": "function"}]}, 400, None),
+        ("/tokenize", {"model": MODEL, "messages": QUESTION, "tools": [{"type": "function"}]}, 400, "tools.0.function"),
         ("/tokenize", {"model": MODEL, "messages": QUESTION, "continue_final_message": True}, 400, None),
         ("/detokenize", {"model": MODEL, "tokens": [10**9]}, 400, "tokens"),
         ("/detokenize", {"model": MODEL, "tokens": [-1]}, 400, "tokens.0"),

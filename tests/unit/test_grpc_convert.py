@@ -15,6 +15,11 @@ from lmgate.backends.types import (
     StructuredOutput,
     StructureKind,
     TokenDelta,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
+    ToolChoice,
+    Tools,
     Usage,
 )
 from lmgate.server.errors import from_validation_errors
@@ -101,7 +106,12 @@ FULL = SamplingParams(
     structured_output=StructuredOutput(StructureKind.JSON_SCHEMA, '{"type": "object"}'),
 )  # fmt: skip
 BEAM = SamplingParams(n=2, use_beam_search=True, best_of=4, length_penalty=0.5, max_tokens=9)
-MESSAGES = tuple(ChatMessage(role, role.value) for role in Role)
+CALL = ToolCall("call_1", "get_weather", '{"city": "Paris"}')
+MESSAGES = tuple(
+    ChatMessage(role, role.value, tool_calls=(CALL,) if role is Role.ASSISTANT else (),
+                tool_call_id="call_1" if role is Role.TOOL else None, name="ann" if role is Role.USER else None)
+    for role in Role
+)  # fmt: skip
 
 
 @pytest.mark.parametrize("sampling", [SamplingParams(max_tokens=3), FULL, BEAM], ids=["plain", "full", "beam"])
@@ -120,6 +130,23 @@ def test_a_request_crosses_the_hop_to_a_worker_unchanged(request_, sampling):
     else:
         received = convert.complete_from_pb(convert.complete_to_pb(sent, MODEL), "r")
     assert received == sent
+
+
+@pytest.mark.parametrize(
+    "tools",
+    [Tools((Tool("get_weather", "Weather.", '{"type": "object", "properties": {"city": {"type": "string"}}}'),)),
+     Tools((Tool("a"), Tool("b", "B.")), ToolChoice.FUNCTION, "b", parallel=False),
+     Tools((Tool("a"),), ToolChoice.NONE)],
+    ids=["auto", "named", "none"],
+)  # fmt: skip
+def test_tools_cross_the_hop_unchanged(tools):
+    sent = GenerateRequest("r", MODEL, SamplingParams(max_tokens=3), messages=MESSAGES, tools=tools)
+    assert convert.chat_from_pb(convert.chat_to_pb(sent, MODEL), "r") == sent
+    deltas = [
+        TokenDelta(0, "", tool_calls=(ToolCallDelta(0, "call_x", "a", ""),)),
+        TokenDelta(0, "", tool_calls=(ToolCallDelta(0, arguments='{"x": 1}'),), finish_reason=FinishReason.TOOL_CALLS),
+    ]
+    assert [convert.delta_from_pb(convert.delta_to_pb(pb.ChatResponse, "r", MODEL, d)) for d in deltas] == deltas
 
 
 @pytest.mark.parametrize("sampling", [{}, {"temperature": 0.7, "max_tokens": 5, "n": 2, "logprobs": 2}], ids=str)

@@ -153,7 +153,7 @@ def test_unknown_route_is_an_openai_shaped_404(client):
         ({"messages": [{"content": "hi"}]}, "messages.0.role"),
         ({"stream_options": {"include_usage": True}}, None),
         ({"top_logprobs": 3}, None),
-        ({"tools": [{"type": "function"}]}, "tools"),
+        ({"tools": [{"type": "function"}]}, "tools.0.function"),
         ({"response_format": {"type": "json_schema"}}, "response_format"),
         (
             {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 5}}}},
@@ -254,13 +254,12 @@ def test_a_field_nobody_defines_is_refused_as_openai_refuses_it(client, path):
 
 
 def test_fields_openai_defines_without_effect_here_are_accepted_and_logged(client, caplog):
-    extra = {"store": True, "metadata": {"team": "a"}, "service_tier": "auto", "parallel_tool_calls": False,
-             "tool_choice": "none", "user": "u-1"}  # fmt: skip
+    extra = {"store": True, "metadata": {"team": "a"}, "service_tier": "auto", "user": "u-1"}
     with caplog.at_level("INFO", logger="lmgate.access"):
         response = client.post(CHAT, json=chat_body(**extra))
     assert response.status_code == 200, response.text
     [line] = [json.loads(r.message) for r in caplog.records if r.name == "lmgate.access"]
-    assert line["ignored_fields"] == ["metadata", "parallel_tool_calls", "service_tier", "store"]
+    assert line["ignored_fields"] == ["metadata", "service_tier", "store"]
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,8 @@ from collections import Counter
 
 from lmgate.backends.types import ChatMessage, GenerateRequest, Role
 from lmgate.server.placement.dispatch import affinity_key
-from lmgate.server.placement.router import Policy, Router, RouterConfig
+from lmgate.server.placement.prefix_index import prefix_blocks
+from lmgate.server.placement.router import Policy, Reason, Router, RouterConfig
 
 
 def test_least_outstanding_tokens_picks_the_lightest_replica():
@@ -80,3 +81,52 @@ def test_the_affinity_key_of_a_chat_is_its_instructions_not_what_its_user_wrote(
 
 def test_the_affinity_key_is_bounded_whatever_the_prompt():
     assert len(affinity_key(GenerateRequest("r", "m", prompt="é" * 1_000_000))) == 512
+
+
+def blocks_of(text: str, salt: str | None = None) -> list[bytes]:
+    return prefix_blocks(GenerateRequest("r", "m", prompt=text, cache_salt=salt))
+
+
+def test_block_keys_are_chained_salted_and_whole_blocks_only():
+    system = "You are a careful assistant. " * 30  # about 3.4 blocks
+    a, b = blocks_of(system + "What is 2 + 2?"), blocks_of(system + "Tell me a story.")
+    assert len(a) == len(b) == 3 and a == b  # the differing tails sit in the partial last block
+    longer = blocks_of(system + "x" * 1000)
+    assert longer[:3] == a and len(longer) > 3
+    changed = blocks_of("Z" + system[1:])
+    assert not set(changed) & set(a)  # a different first block changes every key after it
+    assert not set(blocks_of(system, salt="tenant-b")) & set(blocks_of(system, salt="tenant-a"))
+    assert len(blocks_of("hi")) == 1 and len(blocks_of("é" * 10**6)) == 64
+
+
+def test_the_replica_holding_the_longest_prefix_wins_whatever_the_ring_says():
+    router = Router.of(4)
+    conversation = "System: be brief. " * 40
+    home = router.pick(now=0, affinity_key=b"first", blocks=blocks_of(conversation))
+    for i in range(20):  # later turns: the same start, then more, under keys the ring scatters
+        turn = blocks_of(conversation + f" turn {i} " * 50)
+        assert router.pick(now=0, affinity_key=f"key {i}".encode(), blocks=turn) == home
+    assert router.decisions[Reason.PREFIX] == 20 and router.blocks_matched == 20 * len(blocks_of(conversation))
+
+
+def test_a_hot_prefix_spills_over_past_the_load_bound_and_new_prefixes_use_the_ring():
+    router = Router.of(2)
+    hot = blocks_of("A long shared system prompt. " * 40)
+    home = router.pick(now=0, affinity_key=b"hot", blocks=hot)
+    router.started(home, 100)
+    router.started(home, 100)
+    other = router.pick(now=0, affinity_key=b"hot", blocks=hot)
+    assert other != home and router.decisions[Reason.AFFINITY] == 2  # home is over the bound: no prefix pick
+    assert router.pick(now=0, affinity_key=b"x", blocks=blocks_of("A fresh prompt. " * 40)) is not None
+
+
+def test_least_outstanding_and_single_replicas_say_so():
+    router = Router.of(2, RouterConfig(policy=Policy.LEAST_OUTSTANDING))
+    router.pick(now=0, affinity_key=b"k", blocks=blocks_of("hello"))
+    router.pick(now=0, exclude=frozenset({0}))
+    assert router.decisions == {Reason.LEAST_OUTSTANDING: 1, Reason.ONLY: 1}
+
+
+def test_round_robin_takes_each_replica_in_turn():
+    router = Router.of(3, RouterConfig(policy=Policy.ROUND_ROBIN))
+    assert [router.pick(now=0, affinity_key=b"same") for _ in range(6)] == [1, 2, 0, 1, 2, 0]

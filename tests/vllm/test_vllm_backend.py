@@ -140,3 +140,21 @@ def test_structured_outputs_go_through_vllms_own(client):
         extra_body={"structured_outputs": {"regex": "[0-9]{3}-[a-z]{2}"}},
     )  # fmt: skip
     assert re.fullmatch("[0-9]{3}-[a-z]{2}", matched.choices[0].text)
+
+
+def test_a_forced_call_on_vllm_is_the_llama_cpp_engines_on_the_same_weights(client):
+    """Tools render through the checkpoint's template, the forced call decodes under vLLM's own
+    guidance backend, and lmgate parses it: the same call as the llama.cpp engine makes."""
+    weather = {"type": "object", "properties": {"city": {"enum": ["Paris", "Rome"]}}, "required": ["city"]}
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": weather}}]
+    calls = {}
+    for model in ("tiny-vllm", "tiny-llamacpp"):
+        reply = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "What is the weather in Rome?"}], tools=tools,
+            tool_choice="required", temperature=0, max_tokens=120,
+        )  # fmt: skip
+        assert reply.choices[0].finish_reason == "tool_calls"
+        calls[model] = [(c.function.name, c.function.arguments) for c in reply.choices[0].message.tool_calls]
+    assert calls["tiny-vllm"] == calls["tiny-llamacpp"]
+    assert json.loads(calls["tiny-vllm"][0][1])["city"] in ("Paris", "Rome")
+    assert client.models.retrieve("tiny-vllm").tools

@@ -1,0 +1,63 @@
+"""The grammar that enforces a call: ``tool_choice`` ``required`` or a named function.
+
+The call is written in the model's own format (backends/tools/formats.py), and its object is
+constrained by a JSON Schema: ``name`` one of the allowed functions and the arguments that function's
+``parameters`` — so a forced call always parses and always validates. JSON is laid out as
+``json.dumps`` writes it (backends/structured_output.py ``JSON_LAYOUT``), the layout the model saw
+in its template's tool-call history. An arguments schema that lists ``properties`` without saying
+``additionalProperties`` gets no others (as llama.cpp's schema grammars do): a call names the
+parameters its function declares, instead of running on with invented keys.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from lmgate.backends.structured_output import JSON_LAYOUT
+from lmgate.backends.tools.formats import SYNTAX, ToolFormat
+from lmgate.backends.types import StructuredOutput, StructureKind, ToolChoice, Tools
+
+
+def _closed(schema: Any) -> Any:
+    if isinstance(schema, dict) and "properties" in schema and "additionalProperties" not in schema:
+        return {**schema, "additionalProperties": False}
+    return schema
+
+
+def _call_schema(tools: Tools, arguments_key: str) -> dict[str, Any]:
+    chosen = [t for t in tools.functions if tools.choice is not ToolChoice.FUNCTION or t.name == tools.function]
+    objects = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": t.name}, arguments_key: _closed(json.loads(t.parameters))},
+            "required": ["name", arguments_key],
+            "additionalProperties": False,
+        }
+        for t in chosen
+    ]
+    return objects[0] if len(objects) == 1 else {"anyOf": objects}
+
+
+def _json(schema: dict[str, Any]) -> str:
+    return "%json " + json.dumps({**schema, "x-guidance": dict(JSON_LAYOUT)})
+
+
+def forced_calls(tools: Tools, fmt: ToolFormat) -> StructuredOutput:
+    """The constraint for a request whose ``tools`` force a call (``tools.forced``): one call, or with
+    ``required`` and ``parallel`` one or more."""
+    syntax = SYNTAX[fmt]
+    call = _call_schema(tools, syntax.arguments_key)
+    many = tools.parallel and tools.choice is ToolChoice.REQUIRED
+    if fmt is ToolFormat.MISTRAL:
+        calls = {"type": "array", "items": call, "minItems": 1, **({} if many else {"maxItems": 1})}
+        lark = f"start: {json.dumps(syntax.start)} {_json(calls)}\n"
+    elif fmt is ToolFormat.LLAMA3:
+        more = ' ("; " call)*' if many else ""
+        lark = f"start: call{more}\ncall: {_json(call)}\n"
+    else:
+        lark = (
+            f"start: call{'+' if many else ''}\n"
+            f"call: {json.dumps(syntax.start + chr(10))} {_json(call)} {json.dumps(chr(10) + syntax.close)}\n"
+        )
+    return StructuredOutput(StructureKind.GRAMMAR, lark)

@@ -1,0 +1,71 @@
+"""What a tool definition and a tool choice may be, checked at both edges (HTTP and gRPC) with the
+same texts, before anything is rendered or compiled.
+
+OpenAI's rules where it has them (names of ``[a-zA-Z0-9_-]{1,64}``, at most 128 tools); each
+function's ``parameters`` is a JSON Schema held to the structured-output checks (size, depth,
+llguidance's validation: backends/structured_output.py), since a forced call compiles it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from lmgate.backends import structured_output
+from lmgate.backends.types import StructuredOutput, StructureKind, ToolChoice, Tools
+
+MAX_TOOLS = 128
+MAX_DESCRIPTION_CHARS = 8192
+NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+EMPTY_PARAMETERS = '{"type": "object", "properties": {}}'
+"""The parameters of a function declared without any."""
+TOOLS_AND_FORMAT = (
+    "tools and a structured output (response_format, structured_outputs) cannot be combined: a call is itself "
+    "constrained by its function's parameters; send tool_choice none to use both"
+)
+
+
+def name_problem(name: str) -> str | None:
+    if NAME.fullmatch(name) is None:
+        return f"a function name is 1 to 64 letters, digits, underscores or dashes, got {name[:80]!r}"
+    return None
+
+
+def parameters_problem(parameters: str) -> str | None:
+    """``parameters`` is JSON Schema text of an object."""
+    if rule := structured_output.problem(StructuredOutput(StructureKind.JSON_SCHEMA, parameters)):
+        return rule
+    schema = json.loads(parameters)
+    if isinstance(schema, dict) and schema.get("type", "object") != "object":
+        return "a function's parameters are an object schema (type: object)"
+    return None
+
+
+def tool_list_problem(names: list[str]) -> str | None:
+    """What is wrong with the list of tools as a whole (each definition is checked on its own)."""
+    if len(names) > MAX_TOOLS:
+        return f"at most {MAX_TOOLS} tools, got {len(names)}"
+    if len(set(names)) != len(names):
+        return "function names must be unique"
+    return None
+
+
+def tool_choice_problem(choice: ToolChoice, function: str | None, names: list[str]) -> str | None:
+    if choice is ToolChoice.FUNCTION and function not in names:
+        return f"tool_choice names the function {function!r}, which is not among the tools"
+    if choice in (ToolChoice.REQUIRED, ToolChoice.FUNCTION) and not names:
+        return f"tool_choice {choice.value!r} needs tools"
+    return None
+
+
+def tools_problem(tools: Tools) -> tuple[str, str] | None:
+    """(the field, what is wrong) for a request's tools, or None."""
+    names = [t.name for t in tools.functions]
+    for tool in tools.functions:
+        if rule := name_problem(tool.name) or parameters_problem(tool.parameters):
+            return "tools", rule
+    if rule := tool_list_problem(names):
+        return "tools", rule
+    if rule := tool_choice_problem(tools.choice, tools.function, names):
+        return "tool_choice", rule
+    return None

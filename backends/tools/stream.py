@@ -1,0 +1,65 @@
+"""Function calling around an engine that writes text: the request prepared (a forced call decodes
+under its grammar), the choices' text parsed into tool-call deltas.
+
+In-process engines (llama.cpp, vLLM, transformers) wrap their generation in ``tool_calls``; remote
+backends (an lmgate worker over gRPC, an OpenAI-compatible server) forward the tools and pass the
+calls their upstream parsed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+
+from lmgate.backends.errors import InvalidRequest
+from lmgate.backends.tools.formats import SYNTAX, ToolFormat
+from lmgate.backends.tools.grammar import forced_calls
+from lmgate.backends.tools.parser import ToolCallParser
+from lmgate.backends.types import FinishReason, GenerateRequest, TokenDelta, ToolChoice
+
+
+def prepared(request: GenerateRequest, fmt: ToolFormat | None) -> GenerateRequest:
+    """``request`` as the engine decodes it: with a forced call, under that call's grammar.
+    ``InvalidRequest`` naming ``tools`` when the model writes no known call format."""
+    tools = request.tools
+    if tools is None or tools.choice is ToolChoice.NONE:
+        return request
+    if fmt is None:
+        raise InvalidRequest(
+            f"the model {request.model!r} has no known tool-call format (its chat template shows no tools): set "
+            "`tool_parser` in its config, or send the request without `tools`",
+            param="tools",
+        )
+    if not tools.forced:
+        return request
+    sampling = dataclasses.replace(request.sampling, structured_output=forced_calls(tools, fmt))
+    return dataclasses.replace(request, sampling=sampling)
+
+
+async def tool_calls(
+    request: GenerateRequest, fmt: ToolFormat | None, generate: Callable[[GenerateRequest], AsyncIterator[TokenDelta]]
+) -> AsyncGenerator[TokenDelta, None]:
+    """``generate(request)`` with each choice's calls parsed out of its text (a request without tools,
+    or with ``tool_choice: none``, passes through untouched). A choice that made calls and stopped on
+    its own ends with ``FinishReason.TOOL_CALLS``."""
+    tools = request.tools
+    if tools is None or tools.choice is ToolChoice.NONE:
+        async for delta in generate(request):
+            yield delta
+        return
+    decoded = prepared(request, fmt)
+    assert fmt is not None  # prepared() refused the request otherwise
+    names = frozenset(t.name for t in tools.functions)
+    parsers: dict[int, ToolCallParser] = {}
+    async for delta in generate(decoded):
+        parser = parsers.get(delta.index)
+        if parser is None:
+            parser = parsers[delta.index] = ToolCallParser(SYNTAX[fmt], names, parallel=tools.parallel)
+        text, calls = parser.feed(delta.text)
+        finish = delta.finish_reason
+        if finish is not None:
+            more_text, more_calls = parser.finish()
+            text, calls = text + more_text, calls + more_calls
+            if finish is FinishReason.STOP and parser.calls:
+                finish = FinishReason.TOOL_CALLS
+        yield dataclasses.replace(delta, text=text, tool_calls=tuple(calls), finish_reason=finish)
