@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncGenerator
 
+from lmgate.backends.embedding import Embeddings, EmbedRequest
 from lmgate.backends.errors import InvalidRequest
 from lmgate.backends.tokenization import Tokenized, TokenizeRequest
 from lmgate.backends.types import BackendStats, Capabilities, GenerateRequest, ModelInfo, TokenDelta
@@ -70,6 +71,16 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def detokenize(self, token_ids: list[int]) -> str:
         """Text of ``token_ids``; raises ``InvalidRequest`` for an id outside the vocabulary."""
+
+    async def embed(self, request: EmbedRequest) -> Embeddings:
+        """One unit-length vector per input, in order, and the prompt tokens read (``dimensions`` is the
+        gateway's: full vectors here). Raises ``InvalidRequest`` naming ``input`` for an input this model
+        cannot take (a token id outside the vocabulary, longer than the context). This default serves
+        none: the backends that embed override it."""
+        raise InvalidRequest(
+            f"model {self.info.name!r} is served by a `{self.info.backend}` backend, which does not serve embeddings",
+            param="model",
+        )
 
     @abc.abstractmethod
     def stats(self) -> BackendStats:

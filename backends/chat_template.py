@@ -40,14 +40,17 @@ def tool_list(request: GenerateRequest) -> tuple[Tool, ...]:
 
 
 def client_texts(request: GenerateRequest) -> list[str]:
-    """Every text of a chat request that the client wrote and the template copies into the prompt:
-    message contents, calls' names and arguments, tool descriptions. backends/chat_tokens.py keeps
-    special-token strings inside them plain text."""
-    # Templates list the tools first.
-    texts = [text for tool in tool_list(request) for text in (tool.name, tool.description)]
+    """Every text of a chat request that the client wrote and the template may copy into the prompt:
+    message contents and names, calls' ids, names and arguments (as written and as ``tojson`` writes
+    them), tools' names, descriptions and parameter schemas (as ``tojson`` writes them).
+    backends/chat_tokens.py keeps special-token strings inside them plain text."""
+    texts: list[str] = []
+    for tool in tool_list(request):
+        texts += [tool.name, tool.description, _tojson(json.loads(tool.parameters))]
     for message in request.messages or ():
-        texts.append(message.content)
-        texts += [text for call in message.tool_calls for text in (call.name, call.arguments)]
+        texts += [message.content, message.name or "", message.tool_call_id or ""]
+        for call in message.tool_calls:
+            texts += [call.id, call.name, call.arguments, _tojson(_arguments(call.arguments))]
     return texts
 
 

@@ -59,20 +59,23 @@ class ChatTokenizer:
 
 
 def _content_spans(rendered: str, contents: Sequence[str], pattern: re.Pattern[str]) -> list[tuple[int, int]]:
-    """Where each message's content sits in ``rendered``, searched in order (templates keep the order,
-    and at most trim the content). A content holding special-token text that cannot be placed is
-    refused: it could not be kept apart; one without (a template may drop or rewrite it) is skipped."""
-    spans, position = [], 0
+    """Where the client's texts that hold special-token text sit in ``rendered``: every place each
+    occurs (templates may copy a text more than once, and put tools before or after the messages), so
+    no copy is parsed. Texts without special-token text need no place. One that cannot be found (the
+    template rewrote it) is refused: it could not be kept apart."""
+    spans = []
     for content in contents:
         text = content.strip()
-        found = rendered.find(text, position) if text else -1
-        if found >= 0:
-            spans.append((found, found + len(text)))
-            position = found + len(text)
-        elif pattern.search(text):
+        if not text or not pattern.search(text):
+            continue
+        start = rendered.find(text)
+        if start < 0:
             raise InvalidRequest(
                 "a message holds special-token text that this model's chat template does not copy verbatim, "
                 "so it cannot be kept as plain text; remove the special tokens from the message",
                 param="messages",
             )
+        while start >= 0:
+            spans.append((start, start + len(text)))
+            start = rendered.find(text, start + len(text))
     return spans

@@ -286,6 +286,8 @@ class ModelInfo:
     tool_format: str | None = None
     """The format the model writes function calls in (a ``backends.tools.formats.ToolFormat``), for
     the engines whose output lmgate parses; None when it has none or its upstream parses."""
+    embedding_size: int | None = None
+    """The length of its embedding vectors (None: it does not embed, or the backend cannot tell)."""
 
 
 @dataclass(frozen=True, slots=True)

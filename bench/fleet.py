@@ -52,10 +52,16 @@ def process(args: list[str], url: str, log: Path) -> Iterator[None]:
                 if proc.poll() is not None:
                     raise RuntimeError(f"{args[:6]} exited: see {log}")
                 time.sleep(0.5)
+            else:
+                raise RuntimeError(f"{url} was not ready after 5 minutes: see {log}")
             yield
         finally:
             proc.terminate()
-            proc.wait(timeout=60)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def front_config(path: Path, targets: list[str], policy: str) -> Path:

@@ -27,7 +27,7 @@ from lmgate.server.errors import ClientDisconnected, LmgateError, from_validatio
 from lmgate.server.grpc.frontend import GrpcFrontend
 from lmgate.server.grpc.servicer import grpc_endpoints
 from lmgate.server.grpc.tls import server_credentials
-from lmgate.server.http import chat, completions, models, responses, tokenizer
+from lmgate.server.http import chat, completions, embeddings, models, responses, tokenizer
 from lmgate.server.http.gate import GatewayMiddleware
 from lmgate.server.http.responses_store import ResponseStore
 from lmgate.server.metrics import CONTENT_TYPE, Metrics, start_http_server
@@ -123,7 +123,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.tenants = tenants
     app.state.responses = ResponseStore(settings.server.responses_store_max, settings.server.responses_store_ttl_s)
-    routers = [m.router for m in (chat, completions, models, responses, tokenizer)]
+    routers = [m.router for m in (chat, completions, embeddings, models, responses, tokenizer)]
     for router in routers:
         app.include_router(router)
     _add_probes(app, registry, metrics, drain)

@@ -224,6 +224,12 @@ class RequestTracker:
         every choice's completion tokens, cached tokens summed over the prompts."""
         return Usage(sum(self._prompt_tokens.values()), sum(self._completion.values()), sum(self._cached.values()))
 
+    def count(self, usage: Usage) -> None:
+        """The usage of a request that streams no deltas (embeddings: its prompt tokens)."""
+        self._prompt_tokens[0] = usage.prompt_tokens
+        if usage.completion_tokens:
+            self._completion[0] = usage.completion_tokens
+
     def watch(self, stream: Closable[TokenDelta], n: int) -> Closable[TokenDelta]:
         """``stream``, measured; choice i belongs to prompt i // n. Records the outcome at its end
         (``aborted`` when it is closed early, read or not) and closes ``stream``."""
@@ -365,7 +371,7 @@ class _EngineCollector(Collector):
                                      labels=[*labels, "result"])  # fmt: skip
         for name, pool in self._models.pools.items():
             router = pool.router
-            for reason, count in router.decisions.items():
+            for reason, count in list(router.decisions.items()):  # a copy: the event loop may add a reason
                 decisions.add_metric([name, pool.backend_kind, reason.value], count)
             blocks.add_metric([name, pool.backend_kind, "hit"], router.blocks_matched)
             blocks.add_metric([name, pool.backend_kind, "miss"], router.blocks_looked_up - router.blocks_matched)

@@ -24,9 +24,11 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, Protocol, cast
 
+from lmgate.backends.embedding import Embeddings, EmbedRequest
 from lmgate.backends.engine import messages as msg
 from lmgate.backends.engine.thread import EngineThread, StepOutputs
 from lmgate.backends.errors import BackendError, ModelLoadError
@@ -57,6 +59,10 @@ class Host(Protocol):
     def tokenize_request(self, request: TokenizeRequest) -> Tokenized: ...
 
     def detokenize(self, token_ids: list[int]) -> str: ...
+
+    def embed(self, request: EmbedRequest, reply: Callable[[Embeddings | BaseException], None]) -> None:
+        """Check ``request`` against the model (raising ``InvalidRequest``) and queue it; ``reply`` is
+        called later, on the engine thread, with its embeddings or the error that ended it."""
 
     def close(self) -> None:
         """Stop the engine (aborting what runs) and free the model."""
@@ -139,6 +145,8 @@ class EngineHost:
                         self.send(msg.Rejected(request_id, msg.ErrorInfo.of(exc)))
                 case msg.Abort(request_id):
                     host.engine.abort(request_id)
+                case msg.Call(call_id, msg.Method.EMBED, (request,)):
+                    self._embed(call_id, request)
                 case msg.Call(call_id, method, args):
                     self.send(self._answer(call_id, method, args))
                 case msg.Stop():
@@ -155,6 +163,22 @@ class EngineHost:
         except Exception as exc:
             self._log_unexpected(exc)
             return msg.Reply(call_id, error=msg.ErrorInfo.of(exc))
+
+    def _embed(self, call_id: int, request: EmbedRequest) -> None:
+        """Queue an embedding request; its reply is sent when the engine has computed it."""
+        assert self._host is not None
+
+        def reply(result: Embeddings | BaseException) -> None:
+            if isinstance(result, BaseException):
+                self.send(msg.Reply(call_id, error=msg.ErrorInfo.of(result)))
+            else:
+                self.send(msg.Reply(call_id, result))
+
+        try:
+            self._host.embed(request, reply)
+        except Exception as exc:
+            self._log_unexpected(exc)
+            self.send(msg.Reply(call_id, error=msg.ErrorInfo.of(exc)))
 
     @staticmethod
     def _log_unexpected(exc: Exception) -> None:

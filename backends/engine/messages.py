@@ -71,6 +71,8 @@ class Method(enum.StrEnum):
     TOKENIZE = "tokenize"
     TOKENIZE_REQUEST = "tokenize_request"
     DETOKENIZE = "detokenize"
+    EMBED = "embed"
+    """Answered from the engine thread once the embeddings are computed (its other calls at once)."""
 
 
 @dataclass(frozen=True, slots=True)

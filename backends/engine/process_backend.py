@@ -22,6 +22,7 @@ from typing import Any, cast
 
 from lmgate.backends.backoff import Backoff
 from lmgate.backends.base import Backend
+from lmgate.backends.embedding import Embeddings, EmbedRequest
 from lmgate.backends.engine import messages as msg
 from lmgate.backends.engine.process import EngineProcess, ExitStatus
 from lmgate.backends.errors import BackendUnavailable
@@ -136,6 +137,10 @@ class ProcessBackend(Backend):
 
     async def detokenize(self, token_ids: list[int]) -> str:
         return cast(str, await self._serving().call(msg.Method.DETOKENIZE, list(token_ids)))
+
+    async def embed(self, request: EmbedRequest) -> Embeddings:
+        # A client that leaves cancels the wait, not the batch: the engine finishes it (bounded work).
+        return cast(Embeddings, await self._serving().call(msg.Method.EMBED, request))
 
     def stats(self) -> BackendStats:
         base = self._process.stats if self._process is not None and self._process.alive else BackendStats()

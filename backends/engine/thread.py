@@ -17,6 +17,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from lmgate.backends.types import BackendStats, TokenDelta
@@ -29,6 +30,13 @@ class _Stop:
 
 
 _STOP = _Stop()
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """An inbox command that runs a function on the engine thread, between steps."""
+
+    fn: Callable[[], None]
 
 
 StepOutputs = dict[str, list[TokenDelta]]
@@ -56,7 +64,7 @@ class EngineThread(abc.ABC, Generic[R]):
     def __init__(self, name: str, publish: Publish, on_failure: Callable[[BaseException], None] | None = None) -> None:
         self._publish = publish
         self._on_failure = on_failure or _log_failure
-        self._inbox: queue.SimpleQueue[R | str | _Stop] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[R | str | _Stop | _Call] = queue.SimpleQueue()
         self._requests: dict[str, R] = {}
         self._outbox: dict[str, list[TokenDelta]] = {}
         self._stats = BackendStats()
@@ -73,6 +81,10 @@ class EngineThread(abc.ABC, Generic[R]):
 
     def abort(self, request_id: str) -> None:
         self._inbox.put(request_id)
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the engine thread between two steps (waking it if it sleeps)."""
+        self._inbox.put(_Call(fn))
 
     def stats(self) -> BackendStats:
         return self._stats
@@ -154,7 +166,9 @@ class EngineThread(abc.ABC, Generic[R]):
             block = False
             if isinstance(command, _Stop):
                 return False
-            if isinstance(command, str):
+            if isinstance(command, _Call):
+                command.fn()
+            elif isinstance(command, str):
                 self._abort(command)
             else:
                 self._requests[command.request_id] = command

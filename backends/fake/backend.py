@@ -2,15 +2,20 @@
 
 It "tokenizes" on whitespace (token id = index in a growing word list) and answers by echoing the
 prompt's words back in order, one word per token, until ``max_tokens`` (default 16) or the words
-run out. Stop strings and n are honoured, so transports can be tested exactly.
+run out. Stop strings and n are honoured, so transports can be tested exactly. Its embeddings are
+seeded random unit vectors, one per distinct input.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncGenerator, AsyncIterator
 
+import numpy as np
+
 from lmgate.backends.base import Backend
+from lmgate.backends.embedding import Embeddings, EmbedRequest, normalized
 from lmgate.backends.engine.limits import check_token_ids
 from lmgate.backends.errors import InvalidRequest
 from lmgate.backends.fake.config import FakeConfig
@@ -35,7 +40,7 @@ class FakeBackend(Backend):
 
     @property
     def info(self) -> ModelInfo:
-        return ModelInfo(self._name, "fake", self._config.context_length)
+        return ModelInfo(self._name, "fake", self._config.context_length, embedding_size=self._config.embedding_size)
 
     @property
     def capabilities(self) -> Capabilities:
@@ -101,6 +106,16 @@ class FakeBackend(Backend):
     async def detokenize(self, token_ids: list[int]) -> str:
         check_token_ids(token_ids, len(self._words), "tokens")
         return " ".join(self._words[t] for t in token_ids)
+
+    async def embed(self, request: EmbedRequest) -> Embeddings:
+        """A vector of ``embedding_size`` per input, from a hash of its words (equal inputs, equal vectors)."""
+        vectors, tokens = [], 0
+        for item in request.inputs:
+            ids = self._ids(item) if isinstance(item, str) else list(item)
+            tokens += len(ids)
+            seed = int.from_bytes(hashlib.sha256(repr(ids).encode()).digest()[:8], "little")
+            vectors.append(normalized(np.random.default_rng(seed).standard_normal(self._config.embedding_size)))
+        return Embeddings(tuple(vectors), tokens)
 
     def stats(self) -> BackendStats:
         return BackendStats(running=self._open)

@@ -25,9 +25,18 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lmgate.backends.base import Backend
+from lmgate.backends.embedding import Embeddings, EmbedRequest
 from lmgate.backends.errors import BackendError, BackendUnavailable, InvalidRequest
 from lmgate.backends.grpc.config import GrpcConfig
-from lmgate.backends.grpc.convert import ERROR_CODE_KEY, ERROR_PARAM_KEY, chat_to_pb, complete_to_pb, delta_from_pb
+from lmgate.backends.grpc.convert import (
+    ERROR_CODE_KEY,
+    ERROR_PARAM_KEY,
+    chat_to_pb,
+    complete_to_pb,
+    delta_from_pb,
+    embed_to_pb,
+    embeddings_from_pb,
+)
 from lmgate.backends.grpc.credentials import authorization, channel_credentials
 from lmgate.backends.types import BackendStats, Capabilities, GenerateRequest, ModelInfo, TokenDelta
 from lmgate.v1 import inference_pb2 as pb
@@ -184,6 +193,20 @@ class GrpcBackend(Backend):
         except grpc.aio.AioRpcError as exc:
             raise _error(exc, self._target) from exc
         return response.text
+
+    async def embed(self, request: EmbedRequest) -> Embeddings:
+        """Forwarded as Embed (revision 5), ``dimensions`` included: the worker shortens the vectors."""
+        metadata = (("x-request-id", request.request_id), *self._auth)
+        self._open += 1
+        try:
+            response: pb.EmbedResponse = await self._require_stub().Embed(
+                embed_to_pb(request, self._remote), metadata=metadata
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _error(exc, self._target) from exc
+        finally:
+            self._open -= 1
+        return embeddings_from_pb(response)
 
     def stats(self) -> BackendStats:
         return BackendStats(running=self._open)

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, model_validator
+from pydantic import ConfigDict, Field, PositiveFloat, model_validator
+
+from lmgate.backends.tasks import TasksConfig
 
 
-class GrpcConfig(BaseModel):
+class GrpcConfig(TasksConfig):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     backend: Literal["grpc"] = "grpc"

@@ -3,7 +3,9 @@
 The gRPC servicer (server/grpc/servicer.py) reads requests with ``chat_from_pb`` /
 ``complete_from_pb`` and writes deltas with ``delta_to_pb``; the grpc backend, a gateway calling a
 worker, writes requests with ``chat_to_pb`` / ``complete_to_pb`` and reads deltas with
-``delta_from_pb``. No other module knows the protobuf shapes of these messages.
+``delta_from_pb``; embeddings go the same ways (``embed_from_pb`` / ``embeddings_to_pb`` in the servicer,
+``embed_to_pb`` / ``embeddings_from_pb`` in the grpc backend). No other module knows the protobuf
+shapes of these messages.
 
 Requests are checked on the way in by the rules HTTP applies (backends/sampling_rules.py), in the
 same words and the same order, and take the same defaults; unset ``optional`` fields stay unset,
@@ -16,6 +18,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 from lmgate.backends import structured_output
+from lmgate.backends.embedding import Embeddings, EmbedInput, EmbedRequest, inputs_problem
 from lmgate.backends.errors import InvalidRequest, field_problem
 from lmgate.backends.sampling_rules import (
     BOUNDS,
@@ -29,7 +32,7 @@ from lmgate.backends.sampling_rules import (
     logit_bias_key_problem,
     stop_problem,
 )
-from lmgate.backends.tools.rules import EMPTY_PARAMETERS, TOOLS_AND_FORMAT, tools_problem
+from lmgate.backends.tools.rules import EMPTY_PARAMETERS, MAX_ID_CHARS, TOOLS_AND_FORMAT, tools_problem
 from lmgate.backends.types import (
     ChatMessage,
     FinishReason,
@@ -88,6 +91,11 @@ def chat_from_pb(request: pb.ChatRequest, request_id: str) -> GenerateRequest:
             problems.append((f"messages.{i}.role", _ROLE_RULE, "unspecified"))
         if message.role == pb.ROLE_TOOL and not message.tool_call_id:
             problems.append((f"messages.{i}", "a tool message needs the tool_call_id of the call it answers", None))
+        if message.tool_calls and message.role != pb.ROLE_ASSISTANT:
+            problems.append((f"messages.{i}", "only assistant messages carry tool_calls", None))
+        ids = [message.tool_call_id, message.name, *(c.id for c in message.tool_calls)]
+        if any(len(x) > MAX_ID_CHARS for x in ids):
+            problems.append((f"messages.{i}", f"ids and names are at most {MAX_ID_CHARS} characters", None))
     logprobs = sampling.logprobs if sampling.HasField("logprobs") else None
     problems += _bounds_problem("top_logprobs", LOGPROBS, logprobs)
     problems += _structure_problems(sampling)
@@ -388,3 +396,49 @@ def _logprob_to_pb(lp: TokenLogprob) -> pb.TokenLogprob:
 def _logprob_from_pb(lp: pb.TokenLogprob) -> TokenLogprob:
     top = tuple(TopLogprob(t.token_id, t.token, t.logprob, t.bytes) for t in lp.top)
     return TokenLogprob(lp.token_id, lp.token, lp.logprob, lp.bytes, top)
+
+
+# --- embeddings (revision 5) ---
+
+
+def embed_from_pb(request: pb.EmbedRequest, request_id: str) -> EmbedRequest:
+    """Raises ``InvalidRequest`` naming the first bad field, as the HTTP API would (``input`` there)."""
+    problems = _model_problems(request.model)
+    inputs: list[EmbedInput] = []
+    for i, item in enumerate(request.inputs):
+        kind = item.WhichOneof("input")
+        if kind is None:
+            problems.append((f"inputs.{i}", "set text or token_ids", None))
+        ids = tuple(item.token_ids.ids)
+        problems += [(f"inputs.{i}", rule, t) for t in ids if (rule := TOKEN_ID.problem(t))]
+        inputs.append(item.text if kind == "text" else ids)
+    if rule := inputs_problem(tuple(inputs)):
+        problems.append(("inputs", rule, None))
+    dimensions = _optional(request, "dimensions")
+    if dimensions is not None and dimensions < 1:
+        problems.append(("dimensions", "Input should be greater than or equal to 1", dimensions))
+    _raise_first(problems)
+    return EmbedRequest(request_id, request.model, tuple(inputs), dimensions)
+
+
+def embed_to_pb(request: EmbedRequest, model: str) -> pb.EmbedRequest:
+    inputs = [
+        pb.EmbedInput(text=item) if isinstance(item, str) else pb.EmbedInput(token_ids=pb.TokenIds(ids=item))
+        for item in request.inputs
+    ]
+    message = pb.EmbedRequest(model=model, inputs=inputs)
+    if request.dimensions is not None:
+        message.dimensions = request.dimensions
+    return message
+
+
+def embeddings_to_pb(request_id: str, model: str, result: Embeddings) -> pb.EmbedResponse:
+    return pb.EmbedResponse(
+        id=request_id, model=model, usage=pb.Usage(prompt_tokens=result.prompt_tokens),
+        embeddings=[pb.Embedding(index=i, values=v) for i, v in enumerate(result.vectors)],
+    )  # fmt: skip
+
+
+def embeddings_from_pb(response: pb.EmbedResponse) -> Embeddings:
+    ordered = sorted(response.embeddings, key=lambda e: e.index)
+    return Embeddings(tuple(tuple(e.values) for e in ordered), response.usage.prompt_tokens)

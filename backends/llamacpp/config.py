@@ -9,8 +9,9 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import ConfigDict, Field, PositiveInt, model_validator
 
+from lmgate.backends.tasks import TasksConfig
 from lmgate.backends.tools.formats import ToolParser
 
 GGML_MAX_N_THREADS = 512
@@ -22,7 +23,7 @@ def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
-class LlamaCppConfig(BaseModel):
+class LlamaCppConfig(TasksConfig):
     """One GGUF model on the in-process continuous-batching engine."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -79,6 +80,12 @@ class LlamaCppConfig(BaseModel):
         """llama.cpp sequence ids: running sequences plus cached prefixes."""
         cached = self.max_seqs if self.cache_slots is None else self.cache_slots
         return self.max_seqs + (cached if self.prefix_cache else 0)
+
+    embed_max_seqs: PositiveInt = Field(
+        default=16,
+        le=256,
+        description="Embeddings: inputs decoded together in one batch at most (of max_model_len tokens in all).",
+    )
 
     check_integrity: bool = Field(
         default=False, description="Check the KV book-keeping after every step (tests, debugging)."

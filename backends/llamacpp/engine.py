@@ -17,6 +17,7 @@ from lmgate.backends.engine.output_text import next_token
 from lmgate.backends.engine.thread import EngineThread, Publish
 from lmgate.backends.llamacpp import beams
 from lmgate.backends.llamacpp.config import LlamaCppConfig
+from lmgate.backends.llamacpp.embedder import Embedder, EmbedJob
 from lmgate.backends.llamacpp.kv_cache import KVCacheManager
 from lmgate.backends.llamacpp.llama_model import LlamaModel
 from lmgate.backends.llamacpp.runner import Runner, Sampled
@@ -53,6 +54,7 @@ class Engine(EngineThread[Request]):
         super().__init__("lmgate-llamacpp-engine", publish, on_failure)
         self.model = model
         self.runner = Runner(model)
+        self.embedder = Embedder(model, config.embed_max_seqs)
         kv = KVCacheManager(model.n_ctx, config.num_slots, prefix_caching=config.prefix_cache)
         self.scheduler = Scheduler(SchedulerConfig(config.max_seqs, model.n_batch), kv)
         self._check = config.check_integrity
@@ -63,12 +65,17 @@ class Engine(EngineThread[Request]):
     def stop(self) -> None:
         """Abort everything, end the thread and free llama.cpp's objects."""
         super().stop()
+        self.embedder.close()
         self.runner.close()
         self.model.close()
 
+    def embed(self, job: EmbedJob) -> None:
+        """Queue an embedding request (any thread); its ``reply`` is called on the engine thread."""
+        self.call_soon(lambda: self.embedder.add(job))
+
     @property
     def has_work(self) -> bool:
-        return self.scheduler.has_work
+        return self.scheduler.has_work or self.embedder.pending
 
     def _accept(self, request: Request) -> None:
         if request.seqs[0].sampling.use_beam_search:
@@ -77,6 +84,13 @@ class Engine(EngineThread[Request]):
             self.scheduler.add(seq)
 
     def step(self) -> None:
+        # One embedding batch, then one generation step: neither kind waits for the other's queue.
+        if self.embedder.pending:
+            self.embedder.step()
+        if self.scheduler.has_work:
+            self._generation_step()
+
+    def _generation_step(self) -> None:
         output = self.scheduler.schedule()
         if not output.chunks and not self.scheduler.running and self.scheduler.waiting:
             # An idle cache admits anything that fits it (kv_cache.admit): the head cannot ever run.

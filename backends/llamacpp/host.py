@@ -15,12 +15,14 @@ import llama_cpp
 
 from lmgate.backends.chat_template import ChatTemplate, client_texts, tool_list
 from lmgate.backends.chat_tokens import ChatTokenizer
+from lmgate.backends.embedding import Embeddings, EmbedRequest
 from lmgate.backends.engine.limits import check_sampling, check_token_ids, output_budget
 from lmgate.backends.engine.output_text import OutputText
 from lmgate.backends.engine.thread import Publish
 from lmgate.backends.errors import InvalidRequest, ModelLoadError
 from lmgate.backends.llamacpp import cpu_build
 from lmgate.backends.llamacpp.config import LlamaCppConfig
+from lmgate.backends.llamacpp.embedder import EmbedJob
 from lmgate.backends.llamacpp.engine import Engine, Request
 from lmgate.backends.llamacpp.grammar import matchers
 from lmgate.backends.llamacpp.llama_model import LlamaModel
@@ -66,8 +68,9 @@ class LlamaCppHost:
         self._matchers = matchers(model)
         fmt = formats.resolve(config.tool_parser, model.chat_template)
         self.info = ModelInfo(
-            name, "llamacpp", model.max_model_len, model.quantization, model.max_token_bytes, fmt and fmt.value
-        )
+            name, "llamacpp", model.max_model_len, model.quantization, model.max_token_bytes, fmt and fmt.value,
+            model.n_embd,
+        )  # fmt: skip
         self.capabilities = Capabilities(SAMPLING_PARAMS, max_n=config.max_seqs, tools=fmt is not None)
         self._arrivals = itertools.count()
 
@@ -126,6 +129,28 @@ class LlamaCppHost:
     def detokenize(self, token_ids: list[int]) -> str:
         check_token_ids(token_ids, self.model.n_vocab, "tokens")
         return self.model.detokenize(token_ids)
+
+    def embed(self, request: EmbedRequest, reply: Callable[[Embeddings | BaseException], None]) -> None:
+        """Token ids of each input (text as a prompt: BOS as the model adds it, special-token text kept as
+        text), checked against the vocabulary and the context, then queued on the engine."""
+        model, inputs = self.model, []
+        for i, item in enumerate(request.inputs):
+            if isinstance(item, str):
+                ids = model.tokenize(item, add_special=True, parse_special=False)
+            else:
+                ids = list(item)
+                check_token_ids(ids, model.n_vocab, "input")
+            if not ids:
+                raise InvalidRequest(f"input: input {i} has no tokens", param="input")
+            if len(ids) > model.max_model_len:
+                raise InvalidRequest(
+                    f"input: input {i} has {len(ids)} tokens, more than this model's maximum context length of "
+                    f"{model.max_model_len} tokens: shorten or split it",
+                    param="input",
+                    code="context_length_exceeded",
+                )
+            inputs.append(ids)
+        self.engine.embed(EmbedJob(inputs, reply))
 
     def close(self) -> None:
         self.engine.stop()

@@ -66,6 +66,7 @@ class LlamaModel:
     """Owns the ``llama_model`` and ``llama_context`` handles; ``close()`` frees them."""
 
     def __init__(self, config: LlamaCppConfig) -> None:
+        self._config = config
         path = Path(config.gguf)
         if not path.is_file():
             raise ModelLoadError(f"GGUF file not found: {path} (check the model's `gguf` setting)")
@@ -108,6 +109,7 @@ class LlamaModel:
         }
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
         self.max_token_bytes = self._max_token_bytes()
+        self.n_embd: int = llama_cpp.llama_model_n_embd_out(self.model)
 
     def _max_token_bytes(self) -> int | None:
         """The longest text one token covers (special tokens as raw prompts spell them), for the
@@ -137,6 +139,42 @@ class LlamaModel:
         params.kv_unified = True
         params.no_perf = True
         return params
+
+    @property
+    def pooling(self) -> int | None:
+        """The pooling of its embeddings: what the GGUF declares (``<arch>.pooling_type``: mean, cls or
+        last), mean for a model that declares none (a generative model: the mean of its last hidden
+        states); None for a reranker (rank pooling), whose outputs are scores, not embeddings."""
+        declared = self.meta(f"{self.meta('general.architecture')}.pooling_type")
+        pooling = int(declared) if declared is not None and declared.lstrip("-").isdigit() else 0
+        if pooling == llama_cpp.LLAMA_POOLING_TYPE_RANK:
+            return None
+        if pooling in (llama_cpp.LLAMA_POOLING_TYPE_CLS, llama_cpp.LLAMA_POOLING_TYPE_LAST):
+            return pooling
+        return llama_cpp.LLAMA_POOLING_TYPE_MEAN
+
+    def embedding_context(self, pooling: int, n_seq_max: int) -> llama_cpp.llama_context_p:
+        """A second context over the same weights (nothing is copied), for embeddings: its own KV cache
+        of ``max_model_len`` cells, ``pooling``, and one micro-batch as large as the whole batch (llama.cpp
+        pools per micro-batch: a sequence split over two would be pooled over its last part only), and
+        no flash attention (see below).
+        Raises ``ModelLoadError`` when llama.cpp cannot make it (out of memory). Freed by the caller."""
+        params = self._context_params(self._config)
+        params.n_ctx = params.n_batch = params.n_ubatch = self.max_model_len
+        params.n_seq_max = min(n_seq_max, self.max_model_len)
+        params.embeddings = True
+        params.pooling_type = pooling
+        # NOTE: no flash attention here. llama.cpp's CPU flash-attention kernel changes path once a batch
+        # has a few dozen query rows, and an input's vector then moves by ~4e-4 with what it is batched
+        # with (measured on tiny-chat); plain attention gives the same vector alone or batched (3e-8),
+        # at the cost of a KQ buffer of max_model_len² floats per head.
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        ctx: llama_cpp.llama_context_p = llama_cpp.llama_init_from_model(self.model, params)  # the bindings return Any
+        if not ctx:
+            raise ModelLoadError(
+                f"llama.cpp could not create the embedding context ({self.max_model_len} cells; out of memory?)"
+            )
+        return ctx
 
     def close(self) -> None:
         if self.ctx:

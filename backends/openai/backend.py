@@ -4,7 +4,8 @@ Chat requests go to /chat/completions, prompts to /completions, always streamed 
 ``stream_options.include_usage``; parameters beyond OpenAI's own are sent as body extensions
 (vLLM, llama-server and lmgate read them). The upstream's usage arrives once, after every choice;
 each choice's last delta waits for it. Closing the stream closes the HTTP response, which is how
-such servers learn that the client went away. Uses the official ``openai`` SDK.
+such servers learn that the client went away. Embedding requests go to /embeddings. Uses the
+official ``openai`` SDK.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import openai
 from openai.types.chat import ChatCompletionMessageParam
 
 from lmgate.backends.base import Backend
+from lmgate.backends.embedding import Embeddings, EmbedRequest
 from lmgate.backends.errors import BackendError, BackendUnavailable, InvalidRequest
 from lmgate.backends.openai.config import OPENAI_PARAMS, OpenAIConfig
 from lmgate.backends.types import (
@@ -145,6 +147,23 @@ class OpenAIBackend(Backend):
         if extra:
             params["extra_body"] = extra
         return params
+
+    async def embed(self, request: EmbedRequest) -> Embeddings:
+        """Forwarded to the upstream's /embeddings as floats; ``dimensions`` is applied by the gateway."""
+        texts = [i for i in request.inputs if isinstance(i, str)]
+        ids = [list(i) for i in request.inputs if not isinstance(i, str)]
+        if texts and ids:
+            raise InvalidRequest(
+                "input: an OpenAI-compatible upstream takes texts or token ids, not both in one request", param="input"
+            )
+        try:
+            response = await self._require_client().embeddings.create(
+                model=self._remote, input=texts or ids, encoding_format="float"
+            )
+        except openai.OpenAIError as exc:
+            raise _error(exc, self._config.base_url) from exc
+        ordered = sorted(response.data, key=lambda d: d.index)
+        return Embeddings(tuple(tuple(d.embedding) for d in ordered), response.usage.prompt_tokens)
 
     def _require_client(self) -> openai.AsyncOpenAI:
         if self._client is None:

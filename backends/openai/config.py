@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
+from pydantic import ConfigDict, Field, PositiveFloat
+
+from lmgate.backends.tasks import TasksConfig
 
 #: What every OpenAI-compatible server takes.
 OPENAI_PARAMS = ("temperature", "top_p", "max_tokens", "stop", "seed", "presence_penalty", "frequency_penalty",
                  "logit_bias", "logprobs", "n")  # fmt: skip
 
 
-class OpenAIConfig(BaseModel):
+class OpenAIConfig(TasksConfig):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     backend: Literal["openai"] = "openai"

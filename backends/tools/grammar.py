@@ -25,18 +25,45 @@ def _closed(schema: Any) -> Any:
     return schema
 
 
-def _call_schema(tools: Tools, arguments_key: str) -> dict[str, Any]:
+def _hoisted(name: str, parameters: Any, defs: dict[str, Any]) -> dict[str, Any]:
+    """A reference to ``parameters`` moved into the combined schema's ``$defs`` (with its own
+    ``$defs`` / ``definitions`` beside it, prefixed by the function's name), its ``$ref``s rewritten
+    to match: a function's schema keeps its meaning nested under a call object (pydantic's models
+    refer to ``#/$defs/...``)."""
+    prefix = f"{name}__"
+    root = f"#/$defs/{prefix}"
+
+    def rewrite(node: Any) -> Any:
+        if isinstance(node, dict):
+            out = {k: rewrite(v) for k, v in node.items() if k not in ("$defs", "definitions")}
+            ref = node.get("$ref")
+            if isinstance(ref, str) and (ref == "#" or ref.startswith(("#/$defs/", "#/definitions/"))):
+                out["$ref"] = root + ("" if ref == "#" else ref.split("/", 2)[2])
+            return out
+        return [rewrite(v) for v in node] if isinstance(node, list) else node
+
+    if isinstance(parameters, dict):
+        for key in ("$defs", "definitions"):
+            for sub, schema in (parameters.get(key) or {}).items():
+                defs[prefix + sub] = rewrite(schema)
+    defs[prefix] = _closed(rewrite(parameters))
+    return {"$ref": root}
+
+
+def _call_schema(tools: Tools, arguments_key: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The schema of one call object, and the ``$defs`` it refers to (for the root of its JSON)."""
     chosen = [t for t in tools.functions if tools.choice is not ToolChoice.FUNCTION or t.name == tools.function]
+    defs: dict[str, Any] = {}
     objects = [
         {
             "type": "object",
-            "properties": {"name": {"const": t.name}, arguments_key: _closed(json.loads(t.parameters))},
+            "properties": {"name": {"const": t.name}, arguments_key: _hoisted(t.name, json.loads(t.parameters), defs)},
             "required": ["name", arguments_key],
             "additionalProperties": False,
         }
         for t in chosen
     ]
-    return objects[0] if len(objects) == 1 else {"anyOf": objects}
+    return (objects[0] if len(objects) == 1 else {"anyOf": objects}), defs
 
 
 def _json(schema: dict[str, Any]) -> str:
@@ -47,17 +74,18 @@ def forced_calls(tools: Tools, fmt: ToolFormat) -> StructuredOutput:
     """The constraint for a request whose ``tools`` force a call (``tools.forced``): one call, or with
     ``required`` and ``parallel`` one or more."""
     syntax = SYNTAX[fmt]
-    call = _call_schema(tools, syntax.arguments_key)
+    call, defs = _call_schema(tools, syntax.arguments_key)
     many = tools.parallel and tools.choice is ToolChoice.REQUIRED
     if fmt is ToolFormat.MISTRAL:
-        calls = {"type": "array", "items": call, "minItems": 1, **({} if many else {"maxItems": 1})}
+        calls = {"type": "array", "items": call, "minItems": 1, **({} if many else {"maxItems": 1}), "$defs": defs}
         lark = f"start: {json.dumps(syntax.start)} {_json(calls)}\n"
     elif fmt is ToolFormat.LLAMA3:
         more = ' ("; " call)*' if many else ""
-        lark = f"start: call{more}\ncall: {_json(call)}\n"
+        lark = f"start: call{more}\ncall: {_json({**call, '$defs': defs})}\n"
     else:
-        lark = (
+        lark = (  # calls back to back, as the template writes them (a newline between would invite a run on)
             f"start: call{'+' if many else ''}\n"
-            f"call: {json.dumps(syntax.start + chr(10))} {_json(call)} {json.dumps(chr(10) + syntax.close)}\n"
+            f"call: {json.dumps(syntax.start + chr(10))} {_json({**call, '$defs': defs})} "
+            f"{json.dumps(chr(10) + syntax.close)}\n"
         )
     return StructuredOutput(StructureKind.GRAMMAR, lark)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lmgate.backends.tools.formats import Syntax
-from lmgate.backends.tools.scan import INVALID, scan_object
+from lmgate.backends.tools.scan import ObjectScanner
 from lmgate.backends.types import ToolCallDelta
 
 _ID_CHARS = string.ascii_letters + string.digits
@@ -34,8 +34,8 @@ def new_call_id() -> str:
 
 def arguments_text(value: str | None) -> str:
     """OpenAI's ``arguments`` of a complete call: the object's JSON text as written; ``{}`` when the
-    model wrote none; unwrapped when it wrote the object as a JSON string."""
-    if value is None:
+    model wrote none (or null); unwrapped when it wrote the object as a JSON string."""
+    if value is None or value == "null":
         return "{}"
     if value.startswith('"'):
         try:
@@ -48,7 +48,7 @@ def arguments_text(value: str | None) -> str:
 
 @dataclass
 class _Call:
-    """A call of the current region that has begun streaming."""
+    """A call of the current region that has begun streaming: it stays a call whatever follows."""
 
     index: int
     sent: int = 0
@@ -62,7 +62,7 @@ _INCOMPLETE, _INVALID, _CLOSED = "incomplete", "invalid", "closed"
 class ToolCallParser:
     """Parses one choice. ``feed`` each text delta, then ``finish`` once; each returns the content to
     send and the tool-call deltas, in order. ``names`` are the declared functions (a call to any other
-    is content); without ``parallel`` only the first call is kept."""
+    is content); without ``parallel`` only the first call is kept. Each character is read once."""
 
     def __init__(
         self, syntax: Syntax, names: frozenset[str], *, parallel: bool = True,
@@ -77,14 +77,26 @@ class ToolCallParser:
         """Text before this index is decided: sent as content, part of a call, or dropped."""
         self._search = 0
         """Where the next start marker is looked for."""
-        self._region: int | None = None
-        """Where the call region being read starts (at its marker)."""
-        self._region_calls: list[_Call] = []
-        self._region_end = 0
-        """End of the region's last complete call."""
         self._content_seen = False
         self.calls = 0
         """Calls begun so far (kept or dropped)."""
+        self._region: int | None = None
+        """Where the call region being read starts (at its marker)."""
+        self._reset_region()
+
+    def _reset_region(self) -> None:
+        self._opened = False
+        self._cursor = 0
+        """Where the region goes on: after the marker, a complete call, or a separator."""
+        self._objects = 0
+        self._scanner: ObjectScanner | None = None
+        self._call: _Call | None = None
+        """The call the scanner is reading, once begun."""
+        self._begun: list[_Call] = []
+        self._region_end = 0
+        """End of the region's last complete call."""
+        self._skipping = False
+        """A begun call turned out malformed: the rest of the region, to its close, is dropped."""
 
     def feed(self, text: str) -> tuple[str, list[ToolCallDelta]]:
         self._text += text
@@ -112,14 +124,11 @@ class ToolCallParser:
         syntax, text = self._syntax, self._text
         if syntax.at_start_only:
             stripped = text[self._pos :].lstrip()
-            if self._content_seen or self.calls or not stripped:
+            if self._content_seen or self.calls or not stripped or not stripped.startswith("{"):
                 self._release(content, len(text), final)
                 return False
-            if stripped.startswith("{"):
-                self._region = len(text) - len(stripped)
-                return True
-            self._release(content, len(text), final)
-            return False
+            self._region = len(text) - len(stripped)
+            return True
         at = text.find(syntax.start, max(self._search, self._pos))
         if at < 0:
             keep = 0 if final else _marker_prefix(text[self._pos :], syntax.start)
@@ -142,65 +151,89 @@ class ToolCallParser:
     # --- a region of calls ---
 
     def _scan_region(self, deltas: list[ToolCallDelta], final: bool) -> tuple[str, int]:
-        """Reads the region on from its start, streaming what is new; (status, end of what it holds)."""
+        """Reads the region on from where it stopped, streaming what is new; (status, where it ends)."""
         syntax, text = self._syntax, self._text
         assert self._region is not None
-        i = self._region + len(syntax.start)
-        if syntax.open:
-            i = _skip_space(text, i)
-            if not text.startswith(syntax.open, i):
-                incomplete = syntax.open.startswith(text[i:])
-                return (_INCOMPLETE if incomplete else _INVALID), self._region
-            i += len(syntax.open)
-        k = 0
+        if not self._opened:
+            i = self._region + len(syntax.start)
+            if syntax.open:
+                i = _skip_space(text, i)
+                if not text.startswith(syntax.open, i):
+                    incomplete = syntax.open.startswith(text[i:]) and not final
+                    return (_INCOMPLETE if incomplete else _INVALID), self._region
+                i += len(syntax.open)
+            self._opened, self._cursor = True, i
         while True:
-            scan = scan_object(text, i, syntax.arguments_key)
-            if scan.end == INVALID or (scan.name is not None and scan.name not in self._names):
-                return _INVALID, self._region_end
-            if scan.name is not None:
-                call = self._begun(k, scan.name, deltas)
-                if not call.done:
-                    self._stream(call, scan.arguments, scan.end is not None, deltas)
-            if scan.end is None:
-                return _INCOMPLETE, self._region_end
-            if scan.name is None:  # a complete object without a name: no call
-                return _INVALID, self._region_end
-            i = self._region_end = scan.end
-            k += 1
-            j = _skip_space(text, i)
-            if j == len(text):
-                return _INCOMPLETE, i
-            if syntax.separator and text.startswith(syntax.separator, j):
-                i = j + len(syntax.separator)
-                continue
-            if syntax.close and text.startswith(syntax.close, j):
-                return _CLOSED, j + len(syntax.close)
-            if syntax.close and syntax.close.startswith(text[j:]):
-                return _INCOMPLETE, i
-            return _CLOSED, i
+            if self._skipping:
+                at = text.find(syntax.close, self._cursor) if syntax.close else -1
+                if at >= 0:
+                    return _CLOSED, at + len(syntax.close)
+                return (_CLOSED, len(text)) if final or not syntax.close else (_INCOMPLETE, self._region_end)
+            if self._scanner is None:
+                j = _skip_space(text, self._cursor)
+                if j == len(text):
+                    return _INCOMPLETE, self._region_end
+                if self._objects:  # after a call: a separator, the close, or the region's end
+                    if syntax.separator and text.startswith(syntax.separator, j):
+                        self._cursor = j + len(syntax.separator)
+                        self._objects = 0 if syntax.separator else self._objects
+                        continue
+                    if syntax.close and text.startswith(syntax.close, j):
+                        return _CLOSED, j + len(syntax.close)
+                    if syntax.close and syntax.close.startswith(text[j:]) and not final:
+                        return _INCOMPLETE, self._region_end
+                    return _CLOSED, self._region_end
+                self._scanner = ObjectScanner(j, syntax.arguments_key, name_first=syntax.at_start_only)
+            status = self._read_object(deltas)
+            if status is not None:
+                return status, self._region_end
 
-    def _begun(self, k: int, name: str, deltas: list[ToolCallDelta]) -> _Call:
-        if k < len(self._region_calls):
-            return self._region_calls[k]
-        call = _Call(self.calls)
-        self.calls += 1
-        self._region_calls.append(call)
-        if self._kept(call):
-            deltas.append(ToolCallDelta(call.index, self._new_id(), name, ""))
-        return call
+    def _read_object(self, deltas: list[ToolCallDelta]) -> str | None:
+        """Reads the current object on; a status when the region stops here (None: go on)."""
+        scanner, text = self._scanner, self._text
+        assert scanner is not None
+        scanner.scan(text)
+        if self._call is None and scanner.name is not None:
+            if scanner.name not in self._names:
+                return _INVALID  # a call of nothing declared: no call
+            self._call = _Call(self.calls)
+            self.calls += 1
+            self._begun.append(self._call)
+            if self._kept(self._call):
+                deltas.append(ToolCallDelta(self._call.index, self._new_id(), scanner.name, ""))
+        if self._call is not None and not self._call.done:
+            self._stream(self._call, scanner, deltas)
+        if scanner.invalid:
+            if self._call is None:
+                return _INVALID
+            self._call.done = True  # a begun call stays a call: what follows, to the close, is dropped
+            self._skipping, self._cursor, self._scanner, self._call = True, scanner.invalid_at, None, None
+            return None
+        if scanner.end is None:
+            return _INCOMPLETE
+        if self._call is None:  # a complete object without a name: no call
+            return _INVALID
+        self._region_end = self._cursor = scanner.end
+        self._objects += 1
+        self._scanner, self._call = None, None
+        return None
 
     def _kept(self, call: _Call) -> bool:
         return self._parallel or call.index == 0
 
-    def _stream(self, call: _Call, arguments: str | None, complete: bool, deltas: list[ToolCallDelta]) -> None:
-        """Sends what is new of ``call``'s arguments: an object or list as it is written; any other
-        value (a JSON string holding the object, a scalar, none) once the call is complete."""
-        written = arguments is not None and arguments[:1] in ("{", "[")
+    def _stream(self, call: _Call, scanner: ObjectScanner, deltas: list[ToolCallDelta]) -> None:
+        """Sends what is new of the call's arguments: an object as it is written; any other value (a JSON
+        string holding the object, a scalar, none) once the call is complete."""
+        complete = scanner.end is not None
+        start, end = scanner.arguments_start, scanner.arguments_end
+        written = start is not None and self._text[start] == "{"
         if written:
-            assert arguments is not None
-            piece = arguments[call.sent :]
+            assert start is not None
+            piece = self._text[start + call.sent : end if end is not None else scanner.pos]
+        elif complete:
+            piece = arguments_text(self._text[start:end] if start is not None and end is not None else None)
         else:
-            piece = arguments_text(arguments) if complete else ""
+            piece = ""
         call.done = complete
         if piece:
             call.sent += len(piece)
@@ -209,17 +242,18 @@ class ToolCallParser:
 
     def _leave_region(self, status: str, end: int) -> None:
         """Back to content after the region: from its end when closed, else after its last complete
-        call; a region that began no call is content from its marker on."""
+        call; a region that began no call is content from its marker on; a choice that ended inside a
+        call gave it all its text."""
         assert self._region is not None
-        if status == _INCOMPLETE and self._region_calls and not self._region_calls[-1].done:
-            self._pos = len(self._text)  # the choice ended inside a call: it is all that call's
-        elif status == _CLOSED or self._region_calls:
+        if status == _INCOMPLETE and self._call is not None:
+            self._pos = len(self._text)
+        elif status == _CLOSED or self._begun:
             self._pos = max(self._pos, end if status == _CLOSED else self._region_end)
         self._search = max(self._region + max(1, len(self._syntax.start)), self._pos)
-        if self._syntax.at_start_only and not self._region_calls:
+        if self._syntax.at_start_only and not self._begun:
             self._content_seen = True
         self._region = None
-        self._region_calls = []
+        self._reset_region()
 
 
 def _skip_space(text: str, i: int) -> int:

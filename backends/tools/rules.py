@@ -8,14 +8,19 @@ llguidance's validation: backends/structured_output.py), since a forced call com
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 
 from lmgate.backends import structured_output
+from lmgate.backends.tools.formats import ToolFormat
+from lmgate.backends.tools.grammar import forced_calls
 from lmgate.backends.types import StructuredOutput, StructureKind, ToolChoice, Tools
 
 MAX_TOOLS = 128
 MAX_DESCRIPTION_CHARS = 8192
+MAX_ID_CHARS = 256
+"""A call id, a tool message's tool_call_id, an author name."""
 NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 EMPTY_PARAMETERS = '{"type": "object", "properties": {}}'
 """The parameters of a function declared without any."""
@@ -31,8 +36,10 @@ def name_problem(name: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=1024)
 def parameters_problem(parameters: str) -> str | None:
-    """``parameters`` is JSON Schema text of an object."""
+    """``parameters`` is JSON Schema text of an object (answers are cached: agents send the same tools
+    with every turn, and checking compiles the schema)."""
     if rule := structured_output.problem(StructuredOutput(StructureKind.JSON_SCHEMA, parameters)):
         return rule
     schema = json.loads(parameters)
@@ -58,14 +65,26 @@ def tool_choice_problem(choice: ToolChoice, function: str | None, names: list[st
     return None
 
 
+def forced_problem(tools: Tools) -> str | None:
+    """A forced call's grammar (every allowed function's parameters under one call schema) that does not
+    compile; checked at the edge so the error names ``tools``, not a format the client never sent."""
+    if not tools.forced:
+        return None
+    return structured_output.problem(forced_calls(tools, ToolFormat.HERMES))
+
+
 def tools_problem(tools: Tools) -> tuple[str, str] | None:
     """(the field, what is wrong) for a request's tools, or None."""
     names = [t.name for t in tools.functions]
-    for tool in tools.functions:
-        if rule := name_problem(tool.name) or parameters_problem(tool.parameters):
-            return "tools", rule
-    if rule := tool_list_problem(names):
+    if rule := tool_list_problem(names):  # the count first: checking a definition compiles its schema
         return "tools", rule
+    for i, tool in enumerate(tools.functions):
+        if len(tool.description) > MAX_DESCRIPTION_CHARS:
+            return f"tools.{i}.description", f"at most {MAX_DESCRIPTION_CHARS} characters"
+        if rule := name_problem(tool.name) or parameters_problem(tool.parameters):
+            return f"tools.{i}", rule
     if rule := tool_choice_problem(tools.choice, tools.function, names):
         return "tool_choice", rule
+    if rule := forced_problem(tools):
+        return "tools", rule
     return None

@@ -1,143 +1,163 @@
-"""Reading call objects (``{"name": ..., "arguments": {...}}``) out of partial text.
+"""Reading a call object (``{"name": ..., "arguments": {...}}``) out of text that grows.
 
-Pure functions over the text written so far: the parser calls them again as the text grows, so
-they keep no state. A JSON value is read only as far as needed to find where it ends (strings,
-escapes, nesting); its content is checked when the call is complete (backends/tools/parser.py).
+``ObjectScanner`` reads on from where it stopped each time the text grows, so a call of any length
+costs one pass over its characters (the parser runs on the gateway's event loop). A JSON value is read
+only as far as needed to know where it ends — strings, escapes, nesting with each bracket matched to
+its own kind; ``name`` must be a string. The first ``name`` and the first arguments key win; a repeated
+one is read and ignored.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
-INVALID = -1
-"""``ObjectScan.end`` when the text is no call object."""
+_CLOSING = {"{": "}", "[": "]"}
 
 
-@dataclass(frozen=True, slots=True)
-class ObjectScan:
-    """What a call object starting at some index holds so far."""
+class ObjectScanner:
+    """One call object starting (after whitespace) at ``start`` of the parser's text.
 
-    end: int | None
-    """Index after its closing brace; None while incomplete; ``INVALID`` if it is no object."""
-    name: str | None = None
-    """The ``name`` value, once its string is complete."""
-    arguments: str | None = None
-    """The arguments value's text: whole when complete, else what is written of an object or list."""
-    arguments_complete: bool = False
+    After ``scan(text)``: ``name`` once its string is complete; ``arguments_start`` /
+    ``arguments_end`` where the arguments value sits (end None while it is being written); ``end``
+    the index after the closing brace once complete; ``invalid`` when the text is no call object
+    (from ``invalid_at`` on).
+    """
 
+    def __init__(self, start: int, arguments_key: str, *, name_first: bool = False) -> None:
+        self.pos = start
+        self.arguments_key = arguments_key
+        self.name_first = name_first
+        """A first key other than ``name`` makes it no call (the formats whose calls are bare JSON)."""
+        self.state = "start"
+        self.name: str | None = None
+        self.arguments_start: int | None = None
+        self.arguments_end: int | None = None
+        self.end: int | None = None
+        self.invalid = False
+        self.invalid_at = 0
+        self._key = ""
+        self._key_start = 0
+        self._value_start = 0
+        self._stack: list[str] = []
+        self._in_string = False
+        self._escaped = False
 
-def _string_end(text: str, i: int) -> int | None:
-    """Index after the string literal opening at ``text[i] == '"'``; None if it is not closed yet."""
-    j = i + 1
-    while j < len(text):
-        ch = text[j]
-        if ch == "\\":
-            j += 2
-            continue
-        if ch == '"':
-            return j + 1
-        j += 1
-    return None
+    @property
+    def done(self) -> bool:
+        return self.end is not None or self.invalid
 
+    def scan(self, text: str) -> None:
+        while self.pos < len(text) and not self.done:
+            self._step(text, text[self.pos])
+            if not self.invalid:
+                self.pos += 1
 
-def _value_end(text: str, i: int) -> tuple[int | None, bool]:
-    """Where the JSON value starting at ``i`` ends: (index after it, or None if not yet; whether the
-    text is still a plausible value). A scalar ends at the first ``,`` ``}`` ``]`` or space."""
-    ch = text[i]
-    if ch == '"':
-        return _string_end(text, i), True
-    if ch in "{[":
-        depth, j = 0, i
-        while j < len(text):
-            c = text[j]
-            if c == '"':
-                end = _string_end(text, j)
-                if end is None:
-                    return None, True
-                j = end
-                continue
-            if c in "{[":
-                depth += 1
-            elif c in "}]":
-                depth -= 1
-                if depth == 0:
-                    return j + 1, True
-            j += 1
-        return None, True
-    if ch in "-0123456789tfn":
-        j = i
-        while j < len(text) and text[j] not in ",}] \t\r\n":
-            j += 1
-        return (j, True) if j < len(text) else (None, True)
-    return None, False
+    def _fail(self) -> None:
+        self.invalid, self.invalid_at = True, self.pos
+
+    def _step(self, text: str, ch: str) -> None:
+        state = self.state
+        if state == "value":
+            self._value_char(text, ch)
+        elif ch.isspace() and state != "key_text":
+            return
+        elif state == "start":
+            if ch == "{":
+                self.state = "key_or_end"
+            else:
+                self._fail()
+        elif state in ("key_or_end", "key"):
+            if ch == '"':
+                self.state, self._key_start, self._escaped = "key_text", self.pos, False
+            elif ch == "}" and state == "key_or_end":
+                self.end = self.pos + 1
+            else:
+                self._fail()
+        elif state == "key_text":
+            if self._string_char(ch):
+                key = _string(text[self._key_start : self.pos + 1])
+                if key is None or (self.name_first and self.name is None and key != "name"):
+                    self._fail()
+                else:
+                    self._key, self.state = key, "colon"
+        elif state == "colon":
+            if ch == ":":
+                self.state = "value_start"
+            else:
+                self._fail()
+        elif state == "value_start":
+            self.state, self._value_start, self._stack, self._in_string = "value", self.pos, [], False
+            if self._key == self.arguments_key and self.arguments_start is None:
+                self.arguments_start = self.pos
+            self._value_char(text, ch)
+        elif state == "after_value":
+            if ch == ",":
+                self.state = "key"
+            elif ch == "}":
+                self.end = self.pos + 1
+            else:
+                self._fail()
+
+    def _string_char(self, ch: str) -> bool:
+        """True at the closing quote of a string being read."""
+        if self._escaped:
+            self._escaped = False
+        elif ch == "\\":
+            self._escaped = True
+        elif ch == '"':
+            return True
+        return False
+
+    def _value_char(self, text: str, ch: str) -> None:
+        first = self.pos == self._value_start
+        if self._in_string:
+            if self._string_char(ch):
+                self._in_string = False
+                if not self._stack:
+                    self._value_done(text, self.pos + 1)
+        elif ch == '"':
+            self._in_string, self._escaped = True, False
+        elif ch in "{[":
+            if not first and not self._stack:
+                self._fail()  # a scalar running into a bracket
+            else:
+                self._stack.append(_CLOSING[ch])
+        elif ch in "}]":
+            if self._stack:
+                if self._stack.pop() != ch:
+                    self._fail()
+                elif not self._stack:
+                    self._value_done(text, self.pos + 1)
+            elif first:
+                self._fail()
+            else:  # a scalar ended by the object's close
+                self._value_done(text, self.pos)
+                self.state = "after_value"
+                self._step(text, ch)
+        elif not self._stack and (ch == "," or ch.isspace()):
+            if first:
+                self._fail()
+            else:
+                self._value_done(text, self.pos)
+                self._step(text, ch)
+
+    def _value_done(self, text: str, end: int) -> None:
+        self.state = "after_value"
+        if self._key == "name" and self.name is None:
+            name = _string(text[self._value_start : end])
+            if name is None:
+                self._fail()
+            self.name = name
+        elif self._key == self.arguments_key and self.arguments_start == self._value_start:
+            self.arguments_end = end
 
 
 def _string(literal: str) -> str | None:
+    """The string a JSON string literal holds; None when it is no string."""
+    if not literal.startswith('"'):
+        return None
     try:
         value = json.loads(literal)
     except ValueError:
         return None
     return value if isinstance(value, str) else None
-
-
-def _skip_space(text: str, i: int) -> int:
-    while i < len(text) and text[i].isspace():
-        i += 1
-    return i
-
-
-def scan_object(text: str, start: int, arguments_key: str) -> ObjectScan:
-    """Reads the call object that starts (after whitespace) at ``start``."""
-    i = _skip_space(text, start)
-    if i == len(text):
-        return ObjectScan(None)
-    if text[i] != "{":
-        return ObjectScan(INVALID)
-    i += 1
-    name: str | None = None
-    arguments: str | None = None
-    arguments_complete = False
-    expect_key = True
-    while True:
-        i = _skip_space(text, i)
-        if i == len(text):
-            return ObjectScan(None, name, arguments, arguments_complete)
-        ch = text[i]
-        if ch == "}":
-            return ObjectScan(i + 1, name, arguments, arguments_complete)
-        if not expect_key:
-            if ch != ",":
-                return ObjectScan(INVALID)
-            i, expect_key = i + 1, True
-            continue
-        if ch != '"':
-            return ObjectScan(INVALID)
-        key_end = _string_end(text, i)
-        if key_end is None:
-            return ObjectScan(None, name, arguments, arguments_complete)
-        key = _string(text[i:key_end])
-        if key is None:
-            return ObjectScan(INVALID)
-        i = _skip_space(text, key_end)
-        if i == len(text):
-            return ObjectScan(None, name, arguments, arguments_complete)
-        if text[i] != ":":
-            return ObjectScan(INVALID)
-        i = _skip_space(text, i + 1)
-        if i == len(text):
-            return ObjectScan(None, name, arguments, arguments_complete)
-        value_end, plausible = _value_end(text, i)
-        if not plausible:
-            return ObjectScan(INVALID)
-        if key == arguments_key:
-            arguments = text[i:value_end] if value_end is not None else (text[i:] if text[i] in "{[" else None)
-            arguments_complete = value_end is not None
-        if value_end is None:
-            return ObjectScan(None, name, arguments, arguments_complete)
-        if key == "name":
-            value = _string(text[i:value_end]) if text[i] == '"' else None
-            if value is None:
-                return ObjectScan(INVALID)
-            name = value
-        i, expect_key = value_end, False

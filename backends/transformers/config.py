@@ -8,22 +8,29 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import ConfigDict, Field, PositiveInt
 
 from lmgate.backends.llamacpp.config import default_threads
+from lmgate.backends.tasks import Task, TasksConfig
 from lmgate.backends.tools.formats import ToolParser
 
 
-class TransformersConfig(BaseModel):
+class TransformersConfig(TasksConfig):
     """One HF checkpoint directory on lmgate's batching loop over ``transformers`` models.
 
     GPTQ and AWQ checkpoints (GPTQModel's, AutoGPTQ's and AutoAWQ's formats) load through
     transformers' quantizers with GPTQModel's CPU kernels; no setting is needed for them.
+    Embeddings are not served here (``tasks`` is ``[generate]``): a clear refusal beats a pooling
+    over a causal LM's hidden states that no one tests.
     """
+
+    SERVABLE = frozenset({Task.GENERATE})
+    WHY_NOT = ": its engine generates only (serve embeddings from a GGUF on llamacpp, or on vllm)"
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
     backend: Literal["transformers"] = "transformers"
+    tasks: tuple[Task, ...] = Field(default=(Task.GENERATE,), min_length=1, description="Only `generate`.")
     model: Path = Field(
         description="HF checkpoint directory (config.json, safetensors, tokenizer); relative to the config file's."
     )

@@ -13,9 +13,10 @@ from collections.abc import Callable
 
 import llguidance.hf
 
+from lmgate.backends.embedding import Embeddings, EmbedRequest
 from lmgate.backends.engine.limits import check_sampling, output_budget
 from lmgate.backends.engine.thread import Publish
-from lmgate.backends.errors import ModelLoadError
+from lmgate.backends.errors import InvalidRequest, ModelLoadError
 from lmgate.backends.hf_prompt import HfPrompt
 from lmgate.backends.structured_output import Matchers
 from lmgate.backends.tokenization import Tokenized, TokenizeRequest
@@ -72,6 +73,10 @@ class TransformersHost:
 
     def detokenize(self, token_ids: list[int]) -> str:
         return self._prompt.detokenize(token_ids)
+
+    def embed(self, request: EmbedRequest, reply: Callable[[Embeddings | BaseException], None]) -> None:
+        """Not served (``TransformersConfig.tasks``): the gateway refuses before this; here for the contract."""
+        raise InvalidRequest(f"model {self.info.name!r} (transformers) does not serve embeddings", param="model")
 
     def close(self) -> None:
         self.engine.stop()

@@ -10,6 +10,8 @@ Beam search lives in vLLM's serving layer, not in AsyncLLM; here it runs lmgate'
 (backends/engine/beam_search.py) the way vLLM's server does: each step asks the engine for one token
 with the top 2 × width log-probabilities of every live beam (vLLM's prefix cache makes the
 repeated prompts cheap), and the policy picks the continuations.
+A model entry with ``tasks: [embed]`` runs vLLM's pooling runner instead (``runner="pooling"``,
+``convert="embed"``): ``embed`` sends each input through ``AsyncLLM.encode``.
 """
 
 from __future__ import annotations
@@ -21,11 +23,15 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
+
 from lmgate.backends.base import Backend
+from lmgate.backends.embedding import Embeddings, EmbedRequest, normalized
 from lmgate.backends.engine.beam_search import BeamSearch, final_deltas
-from lmgate.backends.engine.limits import output_budget
+from lmgate.backends.engine.limits import check_token_ids, output_budget
 from lmgate.backends.errors import BackendUnavailable, InvalidRequest
 from lmgate.backends.hf_prompt import HfPrompt
+from lmgate.backends.tasks import Task
 from lmgate.backends.tokenization import Tokenized, TokenizeRequest
 from lmgate.backends.tools import formats
 from lmgate.backends.tools.formats import ToolFormat
@@ -83,6 +89,7 @@ class VllmBackend(Backend):
         self._engine: Any = None
         self._prompt: HfPrompt | None = None
         self._max_model_len = 0
+        self._embedding_size: int | None = None
         self._stats = _Stats()
         self._ids = itertools.count()
         self._tool_format: ToolFormat | None = None
@@ -92,7 +99,10 @@ class VllmBackend(Backend):
         if self._engine is None:
             raise BackendUnavailable(f"model {self._name!r} is not loaded")
         fmt = self._tool_format and self._tool_format.value
-        return ModelInfo(self._name, "vllm", self._max_model_len, self._config.quantization, tool_format=fmt)
+        return ModelInfo(
+            self._name, "vllm", self._max_model_len, self._config.quantization, tool_format=fmt,
+            embedding_size=self._embedding_size,
+        )  # fmt: skip
 
     @property
     def capabilities(self) -> Capabilities:
@@ -110,6 +120,10 @@ class VllmBackend(Backend):
             "quantization": c.quantization, "max_num_seqs": c.max_num_seqs, "seed": c.seed,
             "hf_overrides": c.hf_overrides,
         }  # fmt: skip
+        if c.serves(Task.EMBED):
+            # The pooling runner; a generative checkpoint is converted to an embedding model, pooled as
+            # vLLM pools it (its Sentence Transformers config, else the last token), normalised.
+            optional |= {"runner": "pooling", "convert": "embed"}
         args = AsyncEngineArgs(
             model=c.model,
             dtype=c.dtype,
@@ -130,6 +144,8 @@ class VllmBackend(Backend):
         self._prompt = HfPrompt(self._engine.get_tokenizer())
         self._tool_format = formats.resolve(c.tool_parser, getattr(self._engine.get_tokenizer(), "chat_template", None))
         self._max_model_len = self._engine.model_config.max_model_len
+        if c.serves(Task.EMBED):
+            self._embedding_size = self._engine.model_config.get_hidden_size()
 
     async def generate(self, request: GenerateRequest) -> AsyncGenerator[TokenDelta, None]:
         """The engine's deltas, with function calls parsed out of the text (backends/tools/stream.py)."""
@@ -235,6 +251,36 @@ class VllmBackend(Backend):
         assert last is not None and last.outputs[0].logprobs
         entries = last.outputs[0].logprobs[0]
         return sorted(((t, lp.logprob) for t, lp in entries.items()), key=lambda e: e[1], reverse=True)
+
+    async def embed(self, request: EmbedRequest) -> Embeddings:
+        """Every input through ``AsyncLLM.encode`` (the pooling runner batches them), token ids checked first."""
+        if not self._config.serves(Task.EMBED):
+            return await super().embed(request)
+        from vllm import PoolingParams
+
+        engine, prompt = self._require_engine(), self._require_prompt()
+        inputs = []
+        for i, item in enumerate(request.inputs):
+            ids = list(item) if isinstance(item, tuple) else await asyncio.to_thread(prompt.tokenize, item)
+            if isinstance(item, tuple):
+                check_token_ids(ids, prompt.n_vocab, "input")
+            if not ids or len(ids) > self._max_model_len:
+                raise InvalidRequest(
+                    f"input: input {i} has {len(ids)} tokens; this model takes 1 to {self._max_model_len}",
+                    param="input", code="context_length_exceeded" if ids else None,
+                )  # fmt: skip
+            inputs.append(ids)
+
+        async def one(ids: list[int]) -> list[float]:
+            final = None
+            async for output in engine.encode({"prompt_token_ids": ids}, PoolingParams(task="embed"),
+                                              f"{request.request_id}-{next(self._ids)}"):  # fmt: skip
+                final = output
+            assert final is not None
+            return [float(x) for x in final.outputs.data.tolist()]
+
+        vectors = await asyncio.gather(*(one(ids) for ids in inputs))
+        return Embeddings(tuple(normalized(np.asarray(v)) for v in vectors), sum(map(len, inputs)))
 
     def _require_engine(self) -> Any:
         if self._engine is None or self._engine.errored:

@@ -4,17 +4,25 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import ConfigDict, Field, PositiveInt
 
+from lmgate.backends.tasks import Task, TasksConfig
 from lmgate.backends.tools.formats import ToolParser
 
 
-class VllmConfig(BaseModel):
+class VllmConfig(TasksConfig):
     """Maps onto vLLM's ``AsyncEngineArgs``; unset fields keep vLLM's defaults."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
     backend: Literal["vllm"] = "vllm"
+    tasks: tuple[Task, ...] = Field(
+        default=(Task.GENERATE,),
+        min_length=1,
+        max_length=1,
+        description="`generate` (vLLM's generate runner) or `embed` (its pooling runner), not both: one vLLM engine "
+        "runs one runner; configure two entries over the same checkpoint for both.",
+    )
     model: str = Field(description="HF checkpoint directory (or name, where a hub is reachable).")
     tokenizer: str | None = Field(default=None, description="Tokenizer directory, when not the model's.")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(

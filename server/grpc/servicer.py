@@ -19,10 +19,11 @@ import grpc
 
 from lmgate.backends.errors import BackendError
 from lmgate.backends.grpc import convert
-from lmgate.backends.types import GenerateRequest
+from lmgate.backends.types import GenerateRequest, Usage
 from lmgate.server.errors import LmgateError, from_backend_error
 from lmgate.server.metrics import Metrics
 from lmgate.server.placement.dispatch import Dispatcher
+from lmgate.server.placement.embedding import embed
 from lmgate.server.placement.registry import ModelRegistry
 from lmgate.server.tenancy.records import Tenant, Tenants
 from lmgate.server.tenancy.scope import check_model, visible
@@ -144,7 +145,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         models = []
         for pool in visible(self._registry, self._tenant(context)):
             name = pool.name
-            model = pb.Model(name=name, aliases=pool.settings.aliases, backend=pool.backend_kind, ready=pool.healthy())
+            model = pb.Model(name=name, aliases=pool.settings.aliases, backend=pool.backend_kind, ready=pool.healthy(),
+                             tasks=[str(t) for t in pool.settings.tasks])  # fmt: skip
             if pool.healthy():
                 info, capabilities = pool.primary.info, pool.primary.capabilities
                 model.context_length = info.context_length
@@ -173,6 +175,26 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             check_model(self._registry, request.model, self._tenant(context))
             backend = (await self._registry.loaded(request.model)).primary
             return pb.DetokenizeResponse(text=await backend.detokenize(list(request.token_ids)))
+        raise AssertionError("unreachable: _rpc_errors aborts")
+
+    async def Embed(
+        self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext[pb.EmbedRequest, pb.EmbedResponse]
+    ) -> pb.EmbedResponse:
+        """Placed like HTTP /v1/embeddings (server/placement/embedding.py), counted and logged alike."""
+        request_id = _request_id(context)
+        async with _rpc_errors(context):
+            tenant = self._tenant(context)
+            with self._metrics.request("grpc", f"/{SERVICE}/Embed", request.model, request_id) as tracker:
+                tracker.tenant = tenant.name if tenant is not None else None
+                try:
+                    internal = convert.embed_from_pb(request, request_id)
+                except BackendError as exc:
+                    raise from_backend_error(exc) from None
+                model, result = await embed(self._dispatcher, internal, tenant, tracker.placed)
+                tracker.count(Usage(result.prompt_tokens, 0))
+                tracker.finish("ok")
+            await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
+            return convert.embeddings_to_pb(request_id, model, result)
         raise AssertionError("unreachable: _rpc_errors aborts")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from lmgate.backends.tasks import Task
 from lmgate.server.http.protocol import ModelCard, ModelList
 from lmgate.server.placement.registry import ModelPool, ModelRegistry, ModelState
 from lmgate.server.tenancy.http import tenant_of
@@ -15,7 +16,7 @@ router = APIRouter()
 def _card(pool: ModelPool) -> ModelCard:
     card = ModelCard(
         id=pool.name, created=pool.created, backend=pool.backend_kind, aliases=list(pool.settings.aliases),
-        ready=pool.healthy(), replicas=len(pool.replicas),
+        ready=pool.healthy(), replicas=len(pool.replicas), tasks=[str(t) for t in pool.settings.tasks],
     )  # fmt: skip
     if pool.healthy():
         info, capabilities = pool.primary.info, pool.primary.capabilities
@@ -24,6 +25,8 @@ def _card(pool: ModelPool) -> ModelCard:
         card.supported_params = sorted(capabilities.sampling_params)
         card.tools = capabilities.tools
         card.tool_format = info.tool_format
+        if pool.settings.serves(Task.EMBED):
+            card.embedding_size = info.embedding_size
     return card
 
 

@@ -40,7 +40,13 @@ from lmgate.backends.sampling_rules import (
     logit_bias_key_problem,
     stop_problem,
 )
-from lmgate.backends.tools.rules import TOOLS_AND_FORMAT, tool_choice_problem, tool_list_problem
+from lmgate.backends.tools.rules import (
+    MAX_TOOLS,
+    TOOLS_AND_FORMAT,
+    forced_problem,
+    tool_choice_problem,
+    tool_list_problem,
+)
 from lmgate.backends.types import StructuredOutput, StructureKind, ToolChoice, Tools
 from lmgate.server.http.tools_protocol import NamedToolChoice, ToolCallDeltaOut, ToolCallOut, ToolCallParam, ToolParam
 
@@ -106,7 +112,7 @@ ACCEPTED_WITHOUT_EFFECT = frozenset({
 (``ignored_fields``). Any other field nobody defines is refused, as OpenAI refuses it."""
 
 
-def _unknown_field(name: str) -> str:
+def unknown_field(name: str) -> str:
     shown = name if len(name) <= 60 else f"{name[:60]}..."
     return f"Unrecognized request argument supplied: {shown}"
 
@@ -180,7 +186,7 @@ class _Request(BaseModel):
     def _refuse_unknown_fields(self) -> _Request:
         for name in self.model_extra or {}:
             if name not in ACCEPTED_WITHOUT_EFFECT:
-                raise ValueError(_unknown_field(name))
+                raise ValueError(unknown_field(name))
         return self
 
     @property
@@ -274,7 +280,9 @@ class ChatCompletionRequest(_Request):
     max_completion_tokens: int | None = Field(default=None, **BOUNDS["max_tokens"].field())
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, **LOGPROBS.field())
-    tools: list[ToolParam] | None = Field(default=None, description="Functions the model may call.")
+    tools: list[ToolParam] | None = Field(
+        default=None, max_length=MAX_TOOLS, description="Functions the model may call."
+    )  # the count first: each definition's schema is compiled to be checked
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
         default=None, validate_default=True,
         description="Default: auto with tools, none without; required and a named function are enforced "
@@ -298,6 +306,11 @@ class ChatCompletionRequest(_Request):
         names = [t.function.name for t in info.data.get("tools") or ()]
         choice, function = _tool_choice(value, bool(names))
         if problem := tool_choice_problem(choice, function, names):
+            raise ValueError(problem)
+        tools = info.data.get("tools")
+        if tools and (
+            problem := forced_problem(Tools(tuple(t.function.to_internal() for t in tools), choice, function))
+        ):
             raise ValueError(problem)
         structured = info.data.get("structured_outputs")
         if names and choice is not ToolChoice.NONE and structured is not None:
@@ -504,6 +517,8 @@ class ModelCard(BaseModel):
     supported_params: list[str] = Field(default_factory=list)
     tools: bool = Field(default=False, description="Calls functions (`tools` in chat completions).")
     tool_format: str | None = Field(default=None, description="The call format parsed: hermes, llama3 or mistral.")
+    tasks: list[str] = Field(default_factory=list, description="What it serves: generate, embed.")
+    embedding_size: int | None = Field(default=None, description="Its embeddings' length, when it embeds.")
 
 
 class ModelList(BaseModel):

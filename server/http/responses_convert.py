@@ -81,9 +81,18 @@ class ResponseText:
     usage: Callable[[], Usage]
     """The request's usage tally (its tracker's), read when the response is final."""
     choice: ChoiceText = field(default_factory=ChoiceText)
+    text_first: bool | None = None
+    """Whether text came before any call (the message is then the first output item); None until
+    either came."""
 
     def add(self, delta: TokenDelta) -> None:
+        if self.text_first is None and (delta.text or delta.tool_calls):
+            self.text_first = not delta.tool_calls
         self.choice.add(delta)
+
+    def call(self, index: int) -> ToolCall:
+        """The call of that index so far."""
+        return ToolCall(*self.choice.calls[index])
 
     @property
     def text(self) -> str:
@@ -106,9 +115,9 @@ class ResponseText:
         message (left out when the answer is only calls) and a ``function_call`` item per call."""
         status = final_status(self.choice.finish_reason)
         item_status: MessageStatus = "incomplete" if status != "completed" else "completed"
-        output: list[OutputMessage | FunctionCallItem] = []
-        if self.text or not self.calls:
-            output.append(draft.message(item_status, [self.part()]))
-        output += [output_item(call, item_status) for call in self.calls]
+        output: list[OutputMessage | FunctionCallItem] = [output_item(call, item_status) for call in self.calls]
+        if self.text or not self.calls:  # in the order the stream opened them
+            message = draft.message(item_status, [self.part()])
+            output.insert(0 if self.text_first is not False else len(output), message)
         usage = ResponseUsage.of(usage_out(self.usage()))
         return draft.response(status, output=output, usage=usage, **ending_fields(status))

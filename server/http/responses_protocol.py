@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 
 from lmgate.backends import structured_output
 from lmgate.backends.sampling_rules import UINT32_MAX
-from lmgate.backends.tools.rules import TOOLS_AND_FORMAT
+from lmgate.backends.tools.rules import MAX_TOOLS, TOOLS_AND_FORMAT
 from lmgate.backends.types import StructuredOutput, ToolChoice, Tools
 from lmgate.server.http.protocol import Text, _Request, json_output
 from lmgate.server.http.responses_tools import (
@@ -159,7 +159,9 @@ class ResponsesRequest(_Request):
     metadata: dict[str, Annotated[str, Field(max_length=512)]] | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     include: list[str] | None = None
-    tools: list[FunctionTool] | None = Field(default=None, description="Functions the model may call.")
+    tools: list[FunctionTool] | None = Field(
+        default=None, max_length=MAX_TOOLS, description="Functions the model may call."
+    )
     tool_choice: Literal["none", "auto", "required"] | NamedFunctionChoice | None = Field(
         default=None, validate_default=True, description="Default: auto with tools, none without."
     )

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lmgate.backends.tools import rules
-from lmgate.backends.types import ChatMessage, Role, Tool, ToolCall, ToolChoice
+from lmgate.backends.types import ChatMessage, Role, Tool, ToolCall, ToolChoice, Tools
 from lmgate.server.http.tools_protocol import FunctionDefinition
 
 
@@ -69,7 +69,9 @@ def choice_problem(value: str | NamedFunctionChoice | None, tools: list[Function
     if problem := rules.tool_list_problem(names):
         return problem
     choice, function = tool_choice(value, bool(names))
-    return rules.tool_choice_problem(choice, function, names)
+    if problem := rules.tool_choice_problem(choice, function, names):
+        return problem
+    return rules.forced_problem(Tools(internal_tools(tools or []), choice, function))
 
 
 def internal_tools(tools: list[FunctionTool]) -> tuple[Tool, ...]:

@@ -64,7 +64,7 @@ class ToolCallParam(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    id: str = Field(min_length=1, max_length=256)
+    id: str = Field(min_length=1, max_length=rules.MAX_ID_CHARS)
     type: Literal["function"] = "function"
     function: FunctionCallParam
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from lmgate.backends.base import Backend
 from lmgate.backends.engine.limits import check_prompt_size
 from lmgate.backends.errors import BackendError
+from lmgate.backends.tasks import Task
 from lmgate.backends.types import GenerateRequest, Role, SamplingParams, TokenDelta, ToolChoice
 from lmgate.server.closing_stream import Closable, ClosingStream
 from lmgate.server.errors import (
@@ -123,7 +124,7 @@ class Dispatcher:
             raise self.drain.refused()
         check_model(self.registry, model, tenant)
         requests = salted(requests, tenant)
-        pool = await self._choose_pool(model, tenant.name if tenant else "")
+        pool = await self.choose_pool(model, Task.GENERATE, tenant.name if tenant else "")
         if placed is not None:
             placed(pool.name, pool.backend_kind)
         sampling = requests[0].sampling
@@ -158,7 +159,7 @@ class Dispatcher:
                 finally:
                     self.drain.unwatch(timer)
         except TimeoutError:
-            raise self.drain.cut_error() if self.drain.cut else _timed_out(pool) from None
+            raise self.drain.cut_error() if self.drain.cut else timed_out(pool) from None
         released = _Release(pool, index, cost, len(streams))
         guarded = [_guarded(s, pool, index, deadline, released, self.drain) for s in streams]
         if lease is not None:
@@ -179,11 +180,21 @@ class Dispatcher:
             pool.gate.release()
             raise
 
-    async def _choose_pool(self, model: str, tenant: str = "") -> ModelPool:
+    async def choose_pool(self, model: str, task: Task, tenant: str = "") -> ModelPool:
+        """The pool that serves ``model`` now (step 1): its own, or the first fallback that serves
+        ``task`` and can take the request; 400 when ``model`` itself does not serve ``task``."""
         pool = self.registry.pool(model)
+        if not pool.settings.serves(task):
+            served = " and ".join(str(t) for t in pool.settings.tasks)
+            raise InvalidRequestError(
+                f"model `{pool.name}` does not serve {task} requests (its tasks: {served}): ask a model that does",
+                param="model", code="model_not_supported",
+            )  # fmt: skip
         usable: list[ModelPool] = []
         now = time.monotonic()
         for candidate in self._chain(pool):
+            if not candidate.settings.serves(task):
+                continue
             with contextlib.suppress(ServiceUnavailableError):
                 await candidate.ensure_loaded()
             if not candidate.routable(now):
@@ -322,14 +333,14 @@ async def _within_deadline(
         except StopAsyncIteration:
             return
         except TimeoutError:
-            raise drain.cut_error() if drain.cut else _timed_out(pool) from None
+            raise drain.cut_error() if drain.cut else timed_out(pool) from None
         except ServiceUnavailableError:
             pool.router.failed(index, time.monotonic())
             raise
         yield delta
 
 
-def _timed_out(pool: ModelPool) -> RequestTimeoutError:
+def timed_out(pool: ModelPool) -> RequestTimeoutError:
     return RequestTimeoutError(
         f"the request took longer than model `{pool.name}`'s request_timeout_s ({pool.settings.request_timeout_s} s)"
     )

@@ -29,7 +29,10 @@ BLOCKS_PER_REPLICA = 65_536
 
 def _canonical(request: GenerateRequest) -> bytes:
     if request.messages is not None:
-        parts = []
+        # Templates render the tools first (in the system turn): they are part of the shared prefix.
+        parts = (
+            [f"<tool {t.name}>{t.description}{t.parameters}" for t in request.tools.functions] if request.tools else []
+        )
         for m in request.messages:
             calls = "".join(f"<call {c.name}>{c.arguments}" for c in m.tool_calls)
             parts.append(f"<{m.role.value}>{m.content}{calls}")

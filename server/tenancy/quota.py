@@ -58,13 +58,17 @@ class TenantQuota:
     def admit(self, requests: list[GenerateRequest], now: float) -> Lease:
         """Charge one request and its token estimate, or raise QuotaExceededError naming the limit
         that is spent and when it will have room; nothing is charged then."""
+        return self.charge(token_estimate(requests), now, streams=len(requests))
+
+    def charge(self, estimate: int, now: float, *, streams: int = 1) -> Lease:
+        """``admit`` for a request whose token estimate is known (an embedding request's inputs);
+        ``streams``: how many streams settle the lease (an embedding request settles it itself)."""
         name, record = self.record.name, self.record
         if record.max_concurrent is not None and self.running >= record.max_concurrent:
             raise QuotaExceededError(
                 f"API key `{name}` has {self.running} requests in flight, its max_concurrent; retry when one ends",
                 limit="max_concurrent", retry_after_s=1,
             )  # fmt: skip
-        estimate = token_estimate(requests)
         waits = {
             "requests_per_minute": self.requests.wait_for(1, now) if self.requests else 0.0,
             "tokens_per_minute": self.tokens.wait_for(estimate, now) if self.tokens else 0.0,
@@ -83,7 +87,7 @@ class TenantQuota:
             estimate = min(estimate, self.tokens.capacity)
             self.tokens.take(estimate, now)
         self.running += 1
-        return Lease(self, estimate, streams=len(requests))
+        return Lease(self, estimate, streams=streams)
 
 
 class Lease:

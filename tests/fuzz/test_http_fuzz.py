@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 
 from conftest import MODELS, assert_idle
 
-REQUEST_SCHEMAS = ("ChatCompletionRequest", "CompletionRequest", "ResponsesRequest", "TokenizeBody", "DetokenizeBody")
+REQUEST_SCHEMAS = ("ChatCompletionRequest", "CompletionRequest", "ResponsesRequest", "TokenizeBody", "DetokenizeBody",
+                   "EmbeddingsBody")  # fmt: skip
 
 
 @pytest.fixture(scope="session")
@@ -28,9 +29,9 @@ def api_schema(fuzz_server):
 
 OPERATIONS = ("POST /v1/chat/completions", "POST /v1/completions", "POST /v1/responses", "GET /v1/models",
               "GET /v1/models/{model}", "POST /tokenize", "POST /detokenize", "GET /v1/responses/{response_id}",
-              "GET /health", "GET /ready", "GET /metrics")  # fmt: skip
+              "GET /health", "GET /ready", "GET /metrics", "POST /v1/embeddings")  # fmt: skip
 EXAMPLES = {"POST /v1/chat/completions": 300, "POST /v1/completions": 300, "POST /v1/responses": 200,
-            "POST /tokenize": 100, "POST /detokenize": 100}  # fmt: skip
+            "POST /tokenize": 100, "POST /detokenize": 100, "POST /v1/embeddings": 100}  # fmt: skip
 RESPONSE_ENDS = ("response.completed", "response.incomplete", "response.failed")
 
 

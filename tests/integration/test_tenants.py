@@ -30,8 +30,8 @@ from lmgate.v1 import inference_pb2_grpc as pb_grpc
 
 from server_helpers import Process, ServerThread, wait_ready
 
-SECRETS = {name: f"sk-{name}-0123456789abcdef0123456789abcdef" for name in
-           ("alpha", "beta", "gamma", "delta", "limited", "metered", "single", "scraper", "careful")}  # fmt: skip
+NAMES = ("alpha", "beta", "gamma", "delta", "limited", "metered", "single", "scraper", "careful", "embedder")
+SECRETS = {name: f"sk-{name}-0123456789abcdef0123456789abcdef" for name in NAMES}
 POLL_S = 0.2
 
 
@@ -49,6 +49,7 @@ KEYS = [
     record("single", max_concurrent=1),
     record("scraper", endpoints=["metrics"]),
     record("careful", requests_per_minute=1),
+    record("embedder", requests_per_minute=1),
 ]
 
 
@@ -117,6 +118,15 @@ def test_a_model_outside_the_keys_scope_does_not_exist_for_it(server):
     assert complete(server, "alpha", model="private").choices[0].finish_reason is not None
     refused = grpc_call(server, "beta", "private")
     assert refused is not None and refused.code() is grpc.StatusCode.NOT_FOUND
+
+
+def test_embeddings_keep_the_keys_scope_and_quota(server):
+    with pytest.raises(openai.NotFoundError):
+        client(server, "beta").embeddings.create(model="private", input="hello")
+    assert len(client(server, "embedder").embeddings.create(model="quick", input="hello").data) == 1
+    with pytest.raises(openai.RateLimitError) as refused:
+        client(server, "embedder").embeddings.create(model="quick", input="hello")
+    assert "requests_per_minute" in refused.value.body["message"]
 
 
 def test_an_endpoint_outside_the_keys_groups_is_forbidden(server):

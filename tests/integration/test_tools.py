@@ -7,12 +7,14 @@ naming the field, and a model without a call format says so."""
 import asyncio
 import json
 import uuid
+from typing import Literal
 
 import grpc
 import httpx
 import jsonschema
 import openai
 import pytest
+from pydantic import BaseModel, Field
 
 from lmgate.server.settings import validate_settings
 from lmgate.v1 import inference_pb2 as pb
@@ -178,7 +180,7 @@ def test_tool_choice_none_shows_the_tools_and_makes_no_call(client):
     [
         ({"tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice", "not among the tools"),
         ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools", "function name"),
-        ({"tools": TOOLS * 65}, "tools", "at most 128 tools"),
+        ({"tools": TOOLS * 65}, "tools", "at most 128 items"),
         ({"tools": [*TOOLS, TOOLS[0]]}, "tools", "unique"),
         ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]}, "tools",
          "object schema"),
@@ -291,3 +293,24 @@ def test_a_gateway_passes_tools_to_its_upstream_and_its_calls_back(server, backe
             (c.function.name, c.function.arguments) for c in alone.choices[0].message.tool_calls
         ]
         assert hop.usage.prompt_tokens == alone.usage.prompt_tokens  # the history crossed the hop whole
+
+
+class Address(BaseModel):
+    city: Literal["Paris", "Rome"]
+
+
+class Person(BaseModel):
+    """What openai.pydantic_function_tool makes: a schema with $defs and $ref."""
+
+    age: int = Field(ge=0, le=99)
+    home: Address
+
+
+def test_a_forced_call_of_a_pydantic_tool_with_refs_validates(client):
+    tool = openai.pydantic_function_tool(Person, name="save_person")
+    completion = client.chat.completions.create(
+        model=MODEL, messages=QUESTION, tools=[tool], tool_choice="required", temperature=1.0, seed=2, max_tokens=160
+    )
+    [call] = completion.choices[0].message.tool_calls
+    assert call.function.name == "save_person"
+    Person.model_validate_json(call.function.arguments)

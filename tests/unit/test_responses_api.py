@@ -102,12 +102,11 @@ def test_an_error_mid_stream_is_an_error_event_then_response_failed():
 @pytest.mark.parametrize(
     ("extra", "param", "says"),
     [
-        ({"tools": [{"type": "function", "name": "f"}]}, "tools", "function calling"),
-        ({"tool_choice": "required"}, "tool_choice", "function calling"),
-        ({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}, "input.0", "function calling"),
+        ({"tools": [{"type": "function", "name": "f"}]}, "tools", "does not call tools"),  # the fake model
+        ({"tool_choice": "required"}, "tool_choice", "needs tools"),
         (
             {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "u"}]}]},
-            "input.0.content.0",
+            "input.0.message.content.0",
             "text only",
         ),
         ({"text": {"format": {"type": "json_schema", "schema": {}}}}, "text.format", "has a name"),

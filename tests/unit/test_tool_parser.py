@@ -122,3 +122,63 @@ def test_formats_are_told_from_the_template():
     assert detect("{% if tools %}[TOOL_CALLS]{% endif %}") is ToolFormat.MISTRAL
     assert detect('{% if tools %}{"name": function name, "parameters": dictionary}{% endif %}') is ToolFormat.LLAMA3
     assert detect("{{ messages }}") is None and detect(None) is None
+
+
+@pytest.mark.parametrize(
+    ("fmt", "text"),
+    [
+        (ToolFormat.HERMES, '<tool_call>{"name": "add", "arguments": {"a": 1]]]}}</tool_call>after'),
+        (ToolFormat.HERMES, '<tool_call>{"name": "add", "arguments": {"a": 1} "b": 2}</tool_call> tail'),
+        (ToolFormat.HERMES, '<tool_call>{"name": "add", "arguments": {"a": 1}, "name": "zz"}</tool_call>'),
+        (ToolFormat.HERMES, '<tool_call>{"name": "add", "arguments": {"a": 1}, "arguments": {"b": 2}}</tool_call>'),
+        (ToolFormat.HERMES, '<tool_call>{"name": "add", "arguments": {"a": 1]]}</tool_call>\n'
+                            '<tool_call>{"name": "get_weather", "arguments": {}}</tool_call>'),
+        (ToolFormat.HERMES, 'Hi <tool_call>{"name": "add", "arguments": "{\\"a\\": [1, {\\"b\\": \\"}\\"}]}"}'),
+        (ToolFormat.HERMES, '<tool_call>{"name": "add", "arguments": null}</tool_call><tool_call>{"name": "add"}'),
+        (ToolFormat.MISTRAL, '[TOOL_CALLS][{"name": "add", "arguments": {"a": [1, 2]}}, {"name": "nope"}]'),
+        (ToolFormat.LLAMA3, '{"name": "add", "parameters": {"x": {"y": [1, "]"]}}}; '
+                            '{"name": "get_weather", "parameters": {}}'),
+        (ToolFormat.LLAMA3, '{"answer": {"deep": [1, 2, 3]}, "name": "add"} and more'),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("parallel", [True, False])
+def test_any_cut_of_the_text_gives_the_same_content_and_calls(fmt, text, parallel):
+    """The streamed result never depends on where the deltas were cut: a call once begun stays a call,
+    a malformed rest is dropped to the region's close, never re-sent as content."""
+    whole = parse(fmt, text, len(text) + 1, parallel)
+    for pieces in (1, 2, 3, 5, 8):
+        assert parse(fmt, text, pieces, parallel) == whole
+
+
+def test_a_malformed_call_keeps_what_was_streamed_and_drops_the_rest_of_its_block():
+    text = '<tool_call>{"name": "add", "arguments": {"a": 1]]]}}</tool_call>after'
+    assert parse(ToolFormat.HERMES, text, 1) == ("after", [("call_0", "add", '{"a": 1')])
+    both = '<tool_call>{"name": "add", "arguments": null}</tool_call>'
+    assert parse(ToolFormat.HERMES, both)[1] == [("call_0", "add", "{}")]
+
+
+def test_a_json_answer_without_a_name_first_is_content_at_once_in_the_bare_json_format():
+    parser = ToolCallParser(SYNTAX[ToolFormat.LLAMA3], NAMES)
+    assert parser.feed('{"answer": ') == ('{"answer":', [])  # released at its first key, not at its end
+
+
+def test_a_long_call_is_read_once():
+    """Each character is scanned once however the deltas come (the parser runs on the event loop)."""
+    from lmgate.backends.tools import scan
+
+    steps = 0
+    original = scan.ObjectScanner._step
+
+    def counted(self, text, ch):
+        nonlocal steps
+        steps += 1
+        return original(self, text, ch)
+
+    scan.ObjectScanner._step = counted
+    try:
+        arguments = '{"a": "' + "x" * 20_000 + '"}'
+        _, calls = parse(ToolFormat.HERMES, f'<tool_call>{{"name": "add", "arguments": {arguments}}}</tool_call>', 4)
+    finally:
+        scan.ObjectScanner._step = original
+    assert calls == [("call_0", "add", arguments)]
+    assert steps < 2 * 20_100

@@ -60,6 +60,11 @@ class InferenceStub:
                 request_serializer=lmgate_dot_v1_dot_inference__pb2.DetokenizeRequest.SerializeToString,
                 response_deserializer=lmgate_dot_v1_dot_inference__pb2.DetokenizeResponse.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/lmgate.v1.Inference/Embed',
+                request_serializer=lmgate_dot_v1_dot_inference__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=lmgate_dot_v1_dot_inference__pb2.EmbedResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -102,6 +107,14 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embed(self, request, context):
+        """/ Embeddings of one or more inputs: one unit-length vector per input, in order. The model must
+        / serve the `embed` task (Model.tasks), else INVALID_ARGUMENT. Revision 5.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +142,11 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.Detokenize,
                     request_deserializer=lmgate_dot_v1_dot_inference__pb2.DetokenizeRequest.FromString,
                     response_serializer=lmgate_dot_v1_dot_inference__pb2.DetokenizeResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=lmgate_dot_v1_dot_inference__pb2.EmbedRequest.FromString,
+                    response_serializer=lmgate_dot_v1_dot_inference__pb2.EmbedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +285,33 @@ class Inference:
             '/lmgate.v1.Inference/Detokenize',
             lmgate_dot_v1_dot_inference__pb2.DetokenizeRequest.SerializeToString,
             lmgate_dot_v1_dot_inference__pb2.DetokenizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lmgate.v1.Inference/Embed',
+            lmgate_dot_v1_dot_inference__pb2.EmbedRequest.SerializeToString,
+            lmgate_dot_v1_dot_inference__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,
