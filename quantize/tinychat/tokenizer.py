@@ -56,7 +56,7 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}"
 )
 
-_SPECIAL_SPLIT = re.compile("(" + "|".join(re.escape(s) for s in SPECIALS) + ")")
+SPECIAL_SPLIT = re.compile("(" + "|".join(re.escape(s) for s in SPECIALS) + ")")
 
 
 @dataclass
@@ -80,7 +80,7 @@ class Tokenizer:
     def encode_chat(self, text: str) -> list[int]:
         """Token ids of ``text`` (special tokens included), without BOS."""
         ids: list[int] = []
-        for fragment in _SPECIAL_SPLIT.split(text):
+        for fragment in SPECIAL_SPLIT.split(text):
             if fragment in SPECIALS:
                 ids.append(self.processor.piece_to_id(fragment))
             elif fragment:
@@ -120,6 +120,7 @@ def train_tokenizer(lines: list[str], vocab_size: int) -> Tokenizer:
         add_dummy_prefix=False,
         remove_extra_whitespaces=False,
         split_digits=True,
+        split_by_unicode_script=False,
         unk_id=0,
         bos_id=1,
         eos_id=2,

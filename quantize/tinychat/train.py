@@ -1,8 +1,9 @@
 """Train the embedded default chat model and write it as GGUF (``make model``).
 
 A Llama-shaped decoder of about two million parameters, trained with PyTorch on the CPU on the
-generated corpus (quantize/tinychat/corpus.py) and exported through quantize/gguf_llama.py. The
-model applies RoPE in llama.cpp's pairwise order, so its q/k weights are written as they are.
+generated corpus (quantize/tinychat/corpus.py, plus the function-calling chats of tool_corpus.py,
+rendered by the server's chat template code: chats.py) and exported through quantize/gguf_llama.py.
+The model applies RoPE in llama.cpp's pairwise order, so its q/k weights are written as they are.
 Everything is seeded: the same command gives the same file on the same PyTorch build.
 
 Run: ``python -m lmgate.quantize.tinychat.train --out models/tiny-chat.gguf``
@@ -23,31 +24,53 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmgate.backends.chat_template import ChatTemplate
 from lmgate.quantize.gguf_llama import LlamaShape, SpmVocab, WeightType, write_llama_gguf
+from lmgate.quantize.tinychat.chats import Chat, plain_chat
+from lmgate.quantize.tinychat.chats import render as render_chat
 from lmgate.quantize.tinychat.corpus import Dialogue, dialogues, plain_text
-from lmgate.quantize.tinychat.tokenizer import CHAT_TEMPLATE, Tokenizer, train_tokenizer
+from lmgate.quantize.tinychat.tokenizer import CHAT_TEMPLATE, SPECIAL_SPLIT, SPECIALS, Tokenizer, train_tokenizer
+from lmgate.quantize.tinychat.tool_corpus import tool_chats
 
 SHAPE = LlamaShape(vocab_size=1024, hidden=256, layers=4, heads=8, kv_heads=4, ffn=768, context_length=2048)
+#: The share of chat documents that list tools, and how many tool chats the tokenizer reads.
+TOOL_SHARE = 0.3
+TOKENIZER_TOOL_CHATS = 4000
 
 
-def render(dialogue: Dialogue) -> str:
-    """The dialogue as the chat template renders it (kept in step with CHAT_TEMPLATE)."""
-    messages = ([("system", dialogue.system)] if dialogue.system else []) + [
-        message for user, answer in dialogue.turns for message in (("user", user), ("assistant", answer))
-    ]
-    return "".join(f"<|im_start|>{role}\n{content}<|im_end|>\n" for role, content in messages)
+TEMPLATE = ChatTemplate(CHAT_TEMPLATE)
+
+
+def render(chat: Chat | Dialogue) -> str:
+    """The chat (a plain dialogue: without tools) as the server renders it (chats.py), so training and
+    serving text cannot drift apart."""
+    return render_chat(chat if isinstance(chat, Chat) else plain_chat(chat), TEMPLATE)
+
+
+def tokenizer_text(seed: int) -> list[str]:
+    """The tokenizer's training lines: the plain dialogues' sentences plus the lines of rendered tool
+    chats (tool lists, calls and results, so their JSON gets pieces of its own)."""
+    tools = tool_chats(seed + 2)
+    fragments = [part for _ in range(TOKENIZER_TOOL_CHATS) for part in SPECIAL_SPLIT.split(render(next(tools)))]
+    lines = [line for part in fragments if part not in SPECIALS for line in part.split("\n") if line.strip()]
+    return plain_text(seed, 20_000) + lines
 
 
 def token_stream(tokenizer: Tokenizer, seed: int, n_tokens: int) -> np.ndarray:
-    """BOS-separated documents: mostly chats, one in six plain text (so completions read well)."""
+    """BOS-separated documents: mostly chats, one in six plain text (so completions read well); of the
+    chats, TOOL_SHARE list tools (tool_corpus.py)."""
     rng = random.Random(seed + 1)
     chats = dialogues(seed)
+    tools = tool_chats(seed + 3)
     out: list[int] = []
     while len(out) < n_tokens:
         dialogue = next(chats)
-        if rng.random() < 1 / 6:
+        draw = rng.random()
+        if draw < 1 / 6:
             text = " ".join(answer for _, answer in dialogue.turns)
             out += [tokenizer.bos_id, *tokenizer.processor.encode(text), tokenizer.im_end_id]
+        elif draw < 1 / 6 + TOOL_SHARE * 5 / 6:
+            out += [tokenizer.bos_id, *tokenizer.encode_chat(render(next(tools)))]
         else:
             out += [tokenizer.bos_id, *tokenizer.encode_chat(render(dialogue))]
     return np.asarray(out[:n_tokens], dtype=np.int64)
@@ -134,21 +157,24 @@ class TinyLlama(nn.Module):
         return out
 
 
-def batches(stream: np.ndarray, batch: int, seq_len: int, seed: int) -> Iterator[torch.Tensor]:
+def batches(stream: np.ndarray, bos_id: int, batch: int, seq_len: int, seed: int) -> Iterator[torch.Tensor]:
+    """Windows that start at a document's BOS, so a chat's later turns are learnt with its start (the
+    tool list) in view, as at serving time."""
     gen = np.random.default_rng(seed)
+    documents = np.flatnonzero(stream[: len(stream) - seq_len - 1] == bos_id)
     while True:
-        starts = gen.integers(0, len(stream) - seq_len - 1, size=batch)
+        starts = gen.choice(documents, size=batch)
         yield torch.from_numpy(np.stack([stream[s : s + seq_len + 1] for s in starts]))
 
 
-def train(model: TinyLlama, stream: np.ndarray, steps: int, batch: int, seq_len: int, seed: int) -> None:
+def train(model: TinyLlama, stream: np.ndarray, bos_id: int, steps: int, batch: int, seq_len: int, seed: int) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
     )
     started = time.monotonic()
-    for step, data in zip(range(steps), batches(stream, batch, seq_len, seed), strict=False):
+    for step, data in zip(range(steps), batches(stream, bos_id, batch, seq_len, seed), strict=False):
         logits = model(data[:, :-1])
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), data[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
@@ -163,19 +189,22 @@ def train(model: TinyLlama, stream: np.ndarray, steps: int, batch: int, seq_len:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("models/tiny-chat.gguf"))
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--seed", type=int, default=1234)
+    # One thread by default: float sums then do not depend on the core count, so the file does not
+    # either (and on a shared, busy machine one thread trains faster than two fighting for cores).
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    tokenizer = train_tokenizer(plain_text(args.seed, 20_000), SHAPE.vocab_size)
+    torch.set_num_threads(args.threads)
+    tokenizer = train_tokenizer(tokenizer_text(args.seed), SHAPE.vocab_size)
     stream = token_stream(tokenizer, args.seed, 4_000_000)
     model = TinyLlama(SHAPE)
     print(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {len(stream)} tokens", flush=True)
-    train(model, stream, args.steps, args.batch, args.seq_len, args.seed)
+    train(model, stream, tokenizer.bos_id, args.steps, args.batch, args.seq_len, args.seed)
 
     pieces, scores, types = tokenizer.gguf_vocab()
     vocab = SpmVocab(pieces, scores, types, bos_id=tokenizer.bos_id, eos_id=tokenizer.im_end_id, unk_id=0)
