@@ -101,7 +101,7 @@ model: install
 	$(BIN)/pip install --quiet 'torch==2.13.0' -e '.[model]'
 	$(BIN)/python -m lmgate.quantize.tinychat.train --out $(MODEL)
 
-# Rebuild the example LoRA adapter of the embedded model (docs/lora.md; 10 to 25 minutes on 2 cores):
+# Rebuild the example LoRA adapter of the embedded model (docs/lora.md; about 3 minutes on 2 idle cores):
 # it starts every answer with "Woof!". Rebuild it whenever the embedded model is retrained.
 LORA_MODEL ?= models/tiny-chat-woof.lora.gguf
 lora-model: install
