@@ -314,3 +314,30 @@ def test_a_forced_call_of_a_pydantic_tool_with_refs_validates(client):
     [call] = completion.choices[0].message.tool_calls
     assert call.function.name == "save_person"
     Person.model_validate_json(call.function.arguments)
+
+
+AGENT_TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "description": "Get the current weather in a city.",
+     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
+]  # fmt: skip
+
+
+def test_an_agent_loop_on_the_embedded_model(client):
+    """tool_choice auto on the shipped model, unconstrained: it calls the tool for a weather question,
+    reads the result sent back and answers in its terms; a question needing no tool gets a plain answer."""
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    first = client.chat.completions.create(model=MODEL, messages=messages, tools=AGENT_TOOLS, temperature=0,
+                                           max_tokens=120)  # fmt: skip
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    [call] = choice.message.tool_calls
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
+    messages += [choice.message.model_dump(exclude_none=True),
+                 {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 degrees"}]  # fmt: skip
+    final = client.chat.completions.create(model=MODEL, messages=messages, tools=AGENT_TOOLS, temperature=0,
+                                           max_tokens=120)  # fmt: skip
+    assert final.choices[0].finish_reason == "stop" and final.choices[0].message.tool_calls is None
+    assert "sunny" in final.choices[0].message.content.lower()  # it reads the result (its numbers: not yet)
+    plain = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "What does a cow say?"}],
+                                           tools=AGENT_TOOLS, temperature=0, max_tokens=60)  # fmt: skip
+    assert plain.choices[0].message.tool_calls is None and "moo" in plain.choices[0].message.content.lower()
