@@ -23,7 +23,7 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from lmgate.backends.errors import InvalidRequest
-from lmgate.backends.types import ChatMessage, GenerateRequest, Tool, ToolCall
+from lmgate.backends.types import ChatMessage, GenerateRequest, Tool
 
 #: Used when a model carries no template (llama-server falls back to ChatML too).
 CHATML = (
@@ -78,19 +78,27 @@ def _arguments(text: str) -> Any:
     return value if isinstance(value, dict) else text
 
 
-def _call(call: ToolCall) -> dict[str, Any]:
-    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": _arguments(call.arguments)}}
-
-
-def message_dict(message: ChatMessage) -> dict[str, Any]:
-    """``message`` as a template sees it."""
+def openai_message(message: ChatMessage) -> dict[str, Any]:
+    """``message`` in OpenAI's chat shape (arguments as JSON text; no content beside calls is null)."""
     out: dict[str, Any] = {"role": message.role.value, "content": message.content}
     if message.tool_calls:
-        out["tool_calls"] = [_call(c) for c in message.tool_calls]
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in message.tool_calls
+        ]
+        out["content"] = message.content or None
     if message.tool_call_id is not None:
         out["tool_call_id"] = message.tool_call_id
     if message.name is not None:
         out["name"] = message.name
+    return out
+
+
+def message_dict(message: ChatMessage) -> dict[str, Any]:
+    """``message`` as a template sees it: OpenAI's shape, content always text, arguments parsed."""
+    out = openai_message(message) | {"content": message.content}
+    for call in out.get("tool_calls", ()):
+        call["function"]["arguments"] = _arguments(call["function"]["arguments"])
     return out
 
 

@@ -19,13 +19,13 @@ import openai
 from openai.types.chat import ChatCompletionMessageParam
 
 from lmgate.backends.base import Backend
+from lmgate.backends.chat_template import openai_message
 from lmgate.backends.embedding import Embeddings, EmbedRequest
 from lmgate.backends.errors import BackendError, BackendUnavailable, InvalidRequest
 from lmgate.backends.openai.config import OPENAI_PARAMS, OpenAIConfig
 from lmgate.backends.types import (
     BackendStats,
     Capabilities,
-    ChatMessage,
     FinishReason,
     GenerateRequest,
     ModelInfo,
@@ -85,7 +85,7 @@ class OpenAIBackend(Backend):
         try:
             if request.messages is not None:
                 # lmgate's Role values are OpenAI's role names; the SDK has a TypedDict per role.
-                messages = cast("list[ChatCompletionMessageParam]", [_message(m) for m in request.messages])
+                messages = cast("list[ChatCompletionMessageParam]", [openai_message(m) for m in request.messages])
                 if request.tools is not None:
                     params |= _tools(request.tools)
                 stream: openai.AsyncStream[Any] = await client.chat.completions.create(
@@ -186,21 +186,6 @@ class OpenAIBackend(Backend):
         if self._client is not None:
             await self._client.close()
             self._client = None
-
-
-def _message(message: ChatMessage) -> dict[str, Any]:
-    out: dict[str, Any] = {"role": message.role.value, "content": message.content}
-    if message.tool_calls:
-        out["tool_calls"] = [
-            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-            for c in message.tool_calls
-        ]
-        out["content"] = message.content or None
-    if message.tool_call_id is not None:
-        out["tool_call_id"] = message.tool_call_id
-    if message.name is not None:
-        out["name"] = message.name
-    return out
 
 
 def _tools(tools: Tools) -> dict[str, Any]:
