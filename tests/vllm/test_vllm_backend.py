@@ -13,7 +13,8 @@ from lmgate.v1 import inference_pb2_grpc as pb_grpc
 
 from server_helpers import ask
 
-QUESTIONS = ["What is the capital of France?", "What does a cow say?", "Tell me a story about Ben.",
+# Short answers: a long story runs into near-ties that Q8_0 on llama.cpp and float32 on vLLM break apart.
+QUESTIONS = ["What is the capital of France?", "What does a cow say?", "What does a pig say?",
              "Count from one to five."]  # fmt: skip
 
 
