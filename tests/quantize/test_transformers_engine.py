@@ -71,9 +71,9 @@ def test_a_beam_search_that_ends_early_frees_its_beams(engine, published):
     prompt = engine.model.tokenizer.encode("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
                                            "<|im_start|>assistant\n")  # fmt: skip
     out = published.of("b")
-    search = SamplingParams(use_beam_search=True, n=2, best_of=3, max_tokens=64)
-    engine.add(Request("b", prompt, search, 64))
-    run(engine, 64)
+    search = SamplingParams(use_beam_search=True, n=2, best_of=3, max_tokens=160)
+    engine.add(Request("b", prompt, search, 160))
+    run(engine, 160)
     final = [d for step in out for d in step]
     assert [d.index for d in final] == [0, 1] and all(d.finish_reason is FinishReason.STOP for d in final)
     assert final[0].text == "The capital of France is Paris."
