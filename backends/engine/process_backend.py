@@ -107,10 +107,15 @@ class ProcessBackend(Backend):
             log.info("model %s: engine restarted (pid %s, restart %d)", self._name, process.pid, self.restarts)
             return
 
-    async def generate(self, request: GenerateRequest) -> AsyncGenerator[TokenDelta, None]:
-        fmt = ToolFormat(self.info.tool_format) if self.info.tool_format else None
-        async for delta in tool_calls(request, fmt, self._generate):
-            yield delta
+    def generate(self, request: GenerateRequest) -> AsyncGenerator[TokenDelta, None]:
+        """The engine's deltas, with function calls parsed out of the text (backends/tools/stream.py)."""
+        return tool_calls(request, self._tool_format, self._generate)
+
+    @property
+    def _tool_format(self) -> ToolFormat | None:
+        """The engine's call format (None before it loaded: generation then says why)."""
+        fmt = self._ready.info.tool_format if self._ready is not None else None
+        return ToolFormat(fmt) if fmt else None
 
     async def _generate(self, request: GenerateRequest) -> AsyncGenerator[TokenDelta, None]:
         process = self._serving()

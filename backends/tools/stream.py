@@ -9,7 +9,7 @@ calls their upstream parsed.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 
 from lmgate.backends.errors import InvalidRequest
 from lmgate.backends.tools.formats import SYNTAX, ToolFormat
@@ -36,19 +36,28 @@ def prepared(request: GenerateRequest, fmt: ToolFormat | None) -> GenerateReques
     return dataclasses.replace(request, sampling=sampling)
 
 
-async def tool_calls(
-    request: GenerateRequest, fmt: ToolFormat | None, generate: Callable[[GenerateRequest], AsyncIterator[TokenDelta]]
+def tool_calls(
+    request: GenerateRequest,
+    fmt: ToolFormat | None,
+    generate: Callable[[GenerateRequest], AsyncGenerator[TokenDelta, None]],
 ) -> AsyncGenerator[TokenDelta, None]:
-    """``generate(request)`` with each choice's calls parsed out of its text (a request without tools,
-    or with ``tool_choice: none``, passes through untouched). A choice that made calls and stopped on
-    its own ends with ``FinishReason.TOOL_CALLS``."""
+    """``generate(request)`` with each choice's calls parsed out of its text. A request without tools,
+    or with ``tool_choice: none``, gets ``generate``'s own stream: no layer on every request's path.
+    A choice that made calls and stopped on its own ends with ``FinishReason.TOOL_CALLS``."""
     tools = request.tools
     if tools is None or tools.choice is ToolChoice.NONE:
-        async for delta in generate(request):
-            yield delta
-        return
+        return generate(request)
+    return _parsed(request, fmt, generate)
+
+
+async def _parsed(
+    request: GenerateRequest,
+    fmt: ToolFormat | None,
+    generate: Callable[[GenerateRequest], AsyncGenerator[TokenDelta, None]],
+) -> AsyncGenerator[TokenDelta, None]:
     decoded = prepared(request, fmt)
-    assert fmt is not None  # prepared() refused the request otherwise
+    tools = request.tools
+    assert fmt is not None and tools is not None  # prepared() refused the request otherwise
     names = frozenset(t.name for t in tools.functions)
     parsers: dict[int, ToolCallParser] = {}
     async for delta in generate(decoded):

@@ -154,10 +154,9 @@ class VllmBackend(Backend):
         if c.serves(Task.EMBED):
             self._embedding_size = self._engine.model_config.get_hidden_size()
 
-    async def generate(self, request: GenerateRequest) -> AsyncGenerator[TokenDelta, None]:
+    def generate(self, request: GenerateRequest) -> AsyncGenerator[TokenDelta, None]:
         """The engine's deltas, with function calls parsed out of the text (backends/tools/stream.py)."""
-        async for delta in tool_calls(request, self._tool_format, self._generate):
-            yield delta
+        return tool_calls(request, self._tool_format, self._generate)
 
     async def _generate(self, request: GenerateRequest) -> AsyncGenerator[TokenDelta, None]:
         engine = self._require_engine()

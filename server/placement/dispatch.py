@@ -277,7 +277,8 @@ class Dispatcher:
     async def _open_on_replica(
         self, pool: ModelPool, requests: list[GenerateRequest]
     ) -> tuple[Backend, int, list[Closable[TokenDelta]], int]:
-        key, blocks = affinity_key(requests[0]), prefix_blocks(requests[0])
+        key = affinity_key(requests[0])
+        blocks = prefix_blocks(requests[0]) if len(pool.replicas) > 1 else None  # one replica: nothing to choose
         cost = sum(_cost(r) for r in requests)
         tried: set[int] = set()
         while True:
