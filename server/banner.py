@@ -49,8 +49,10 @@ def render_banner(server: ServerSettings, pools: list[ModelPool], http_port: int
 def _describe(pool: ModelPool) -> str:
     aliases = f", also called {', '.join(pool.settings.aliases)}" if pool.settings.aliases else ""
     replicas = f" x{len(pool.replicas)}" if len(pool.replicas) > 1 else ""
-    if pool.state is ModelState.READY:
+    if pool.state is ModelState.READY and pool.loaded:
         state = f"context {pool.primary.info.context_length}"
+    elif pool.state is ModelState.READY:  # discovered: its workers load as they are found
+        state = f"discovering workers ({len(pool.replicas)} found, none serving yet)"
     elif pool.settings.lazy:
         state = "loads at its first request (lazy)"
     else:

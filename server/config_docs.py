@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from lmgate.backends.grpc.discovery_config import KubernetesDiscovery
 from lmgate.backends.llamacpp.config import default_threads
 from lmgate.backends.lora import LoraAdapter
 from lmgate.server.settings import (
@@ -50,6 +51,10 @@ def render() -> str:
               _table(LlamaCppModelSettings, only=common)]  # fmt: skip
     for kind, model, what in BACKENDS:
         parts += ["", f"### `backend: {kind}` — {what}", "", _table(model, skip=common | {"backend"})]
+        if kind == "grpc":
+            parts += ["", "#### `discovery: {kubernetes: …}` (`grpc`)", "",
+                      "The workers as the ready endpoints of a Kubernetes Service ([deploy](deploy.md)).", "",
+                      _table(KubernetesDiscovery)]  # fmt: skip
     parts += ["", "### `lora_adapters`: each entry (`llamacpp`, `vllm`)", "",
               "A LoRA adapter served as a model name of its own over the base model ([LoRA adapters](lora.md)).",
               "", _table(LoraAdapter)]  # fmt: skip

@@ -19,6 +19,7 @@ backend's ``stats()`` at scrape time. One ``Metrics`` per app, on its own ``Coll
     lmgate_preemptions_total{model,backend}                     counter
     lmgate_engine_restarts_total{model,backend}                 counter
     lmgate_replicas{model,backend} / lmgate_replicas_usable     gauges: configured / loaded and healthy
+    lmgate_discovered_replicas{model}                    gauge: ready workers found by Kubernetes discovery
     lmgate_admission_running / _waiting{model,backend}          gauges, the gateway's own gate (max_running…)
     lmgate_router_decisions_total{model,backend,reason}         counter: prefix, affinity, least_outstanding, only
     lmgate_router_prefix_blocks_total{model,backend,result}     counter: leading blocks routed by prefix, hit / miss
@@ -357,7 +358,9 @@ class _EngineCollector(Collector):
         preemptions = CounterMetricFamily("lmgate_preemptions", "Sequences preempted for KV space.", labels=labels)
         restarts = CounterMetricFamily("lmgate_engine_restarts", "Engine processes started again after one died.",
                                        labels=labels)  # fmt: skip
-        replicas = GaugeMetricFamily("lmgate_replicas", "Replicas configured.", labels=labels)
+        replicas = GaugeMetricFamily("lmgate_replicas", "Replicas configured (or discovered).", labels=labels)
+        discovered = GaugeMetricFamily("lmgate_discovered_replicas", "Ready workers found by discovery (Kubernetes "
+                                       "EndpointSlices).", labels=["model"])  # fmt: skip
         usable = GaugeMetricFamily("lmgate_replicas_usable", "Replicas loaded and healthy: the ones routed to.",
                                    labels=labels)  # fmt: skip
         admitted = GaugeMetricFamily("lmgate_admission_running", "Requests holding one of the model's max_running "
@@ -378,6 +381,8 @@ class _EngineCollector(Collector):
             admitted.add_metric([name, pool.backend_kind], pool.gate.running)
             queued.add_metric([name, pool.backend_kind], pool.gate.waiting)
             replicas.add_metric([name, pool.backend_kind], len(pool.replicas))
+            if pool.discovered is not None:
+                discovered.add_metric([name], pool.discovered)
             ready = pool.state is ModelState.READY
             usable.add_metric([name, pool.backend_kind], len(pool.replicas) - len(pool.unusable) if ready else 0)
             if not ready:
@@ -392,4 +397,4 @@ class _EngineCollector(Collector):
             preemptions.add_metric(values, stats.preemptions)
             restarts.add_metric(values, stats.engine_restarts)
         yield from (running, waiting, kv, hits, queries, preemptions, restarts, replicas, usable, admitted, queued)
-        yield from (decisions, blocks)
+        yield from (decisions, blocks, discovered)

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, PositiveFloat, model_validator
 
+from lmgate.backends.grpc.discovery_config import GrpcDiscovery
 from lmgate.backends.tasks import TasksConfig
 
 
@@ -14,8 +15,15 @@ class GrpcConfig(TasksConfig):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     backend: Literal["grpc"] = "grpc"
-    target: str | list[str] = Field(
-        description="host:port of the worker's gRPC server; a list makes one replica per worker.", min_length=1
+    target: str | list[str] | None = Field(
+        default=None,
+        description="host:port of the worker's gRPC server; a list makes one replica per worker (or `discovery`).",
+        min_length=1,
+    )
+    discovery: GrpcDiscovery | None = Field(
+        default=None,
+        description="Find the workers at runtime instead of `target`: one replica per ready endpoint of a "
+        "Kubernetes Service, added and removed as pods come and go (docs/deploy.md).",
     )
     remote_model: str | None = Field(default=None, description="The model's name on the worker (default: this name).")
     api_key_env: str | None = Field(
@@ -66,6 +74,8 @@ class GrpcConfig(TasksConfig):
 
     @model_validator(mode="after")
     def _consistent(self) -> GrpcConfig:
+        if (self.target is None) == (self.discovery is None):
+            raise ValueError("give the workers by `target` or by `discovery`, exactly one of them")
         if self.api_key_env is not None and self.api_key_file is not None:
             raise ValueError("give the worker's API key by api_key_env or by api_key_file, not both")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):

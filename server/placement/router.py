@@ -12,6 +12,11 @@
   prompt meet on one replica (and several gateways agree where) before any index knows it.
 - **Health**: ``failures_to_eject`` consecutive failures eject a replica for ``eject_s`` seconds;
   after that it is tried again (and ejected again at once if it fails).
+- **Membership**: replicas are keyed by an id that is never reused (not by position), and may be
+  added and removed at runtime (Kubernetes discovery). The ring places a replica by its *name* (its
+  address, or its position for a fixed list), so a new replica takes over only its share of the
+  keys and the others keep theirs; a removed replica's prefix index goes with it, and a replica
+  added again under the same name starts with an empty one.
 
 Time is passed in (``now``), so tests drive it by hand.
 """
@@ -50,6 +55,9 @@ class ReplicaState:
     """What the router knows of one replica; mutated only through ``Router``."""
 
     index: int
+    """The replica's id in its pool (never reused, so a replica removed and added again is a new one)."""
+    name: str = ""
+    """Where it places on the ring (its address; the id as text when empty)."""
     outstanding_tokens: int = 0
     open_requests: int = 0
     consecutive_failures: int = 0
@@ -58,6 +66,10 @@ class ReplicaState:
 
     def available(self, now: float) -> bool:
         return now >= self.ejected_until
+
+    @property
+    def ring_name(self) -> str:
+        return self.name or str(self.index)
 
 
 @dataclass(frozen=True)
@@ -74,7 +86,8 @@ class RouterConfig:
 class Router:
     """One pool's replicas and the choice among them."""
 
-    replicas: list[ReplicaState]
+    replicas: dict[int, ReplicaState]
+    """By id; iteration follows the order they were added in."""
     config: RouterConfig = field(default_factory=RouterConfig)
     decisions: Counter[Reason] = field(default_factory=Counter)
     blocks_looked_up: int = 0
@@ -84,16 +97,34 @@ class Router:
     _turn: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
-        self._ring = sorted(
-            (_hash(f"{r.index}#{v}".encode()), r.index) for r in self.replicas for v in range(self.config.virtual_nodes)
-        )
+        self._ring = sorted(entry for r in self.replicas.values() for entry in self._ring_entries(r))
+
+    def _ring_entries(self, replica: ReplicaState) -> list[tuple[int, int]]:
+        name = replica.ring_name
+        return [(_hash(f"{name}#{v}".encode()), replica.index) for v in range(self.config.virtual_nodes)]
 
     @classmethod
     def of(cls, size: int, config: RouterConfig | None = None) -> Router:
-        return cls([ReplicaState(i) for i in range(size)], config or RouterConfig())
+        """``size`` replicas with ids 0 … size - 1."""
+        return cls({i: ReplicaState(i) for i in range(size)}, config or RouterConfig())
+
+    def add(self, index: int, name: str = "") -> None:
+        """A new replica ``index`` (an id not used before), placed on the ring by ``name``."""
+        if index in self.replicas:
+            raise ValueError(f"replica id {index} is in use")
+        replica = ReplicaState(index, name)
+        self.replicas[index] = replica
+        for entry in self._ring_entries(replica):
+            bisect.insort(self._ring, entry)
+
+    def remove(self, index: int) -> None:
+        """Forget replica ``index``: no request is routed to it from now on, and what its index knew is
+        dropped. Accounting calls for it (``ended`` of requests still open there) are ignored."""
+        if self.replicas.pop(index, None) is not None:
+            self._ring = [entry for entry in self._ring if entry[1] != index]
 
     def available(self, now: float) -> list[ReplicaState]:
-        return [r for r in self.replicas if r.available(now)]
+        return [r for r in self.replicas.values() if r.available(now)]
 
     def pick(
         self, now: float, affinity_key: bytes | None = None, exclude: frozenset[int] = frozenset(),
@@ -142,21 +173,27 @@ class Router:
         return min(candidates, key=lambda r: (r.open_requests, r.index)).index  # unreachable: the bound fits one
 
     def started(self, index: int, tokens: int) -> None:
-        replica = self.replicas[index]
-        replica.outstanding_tokens += tokens
-        replica.open_requests += 1
+        replica = self.replicas.get(index)
+        if replica is not None:
+            replica.outstanding_tokens += tokens
+            replica.open_requests += 1
 
     def ended(self, index: int, tokens: int) -> None:
-        replica = self.replicas[index]
-        replica.outstanding_tokens -= tokens
-        replica.open_requests -= 1
+        replica = self.replicas.get(index)
+        if replica is not None:  # a removed replica's requests end after it left
+            replica.outstanding_tokens -= tokens
+            replica.open_requests -= 1
 
     def succeeded(self, index: int) -> None:
-        self.replicas[index].consecutive_failures = 0
+        replica = self.replicas.get(index)
+        if replica is not None:
+            replica.consecutive_failures = 0
 
     def failed(self, index: int, now: float) -> None:
         """The replica could not serve (unreachable, unavailable); enough of these eject it."""
-        replica = self.replicas[index]
+        replica = self.replicas.get(index)
+        if replica is None:
+            return
         replica.consecutive_failures += 1
         # The count survives the ejection: a replica back from one goes again at its first failure.
         if replica.consecutive_failures >= self.config.failures_to_eject:

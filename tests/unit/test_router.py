@@ -130,3 +130,50 @@ def test_least_outstanding_and_single_replicas_say_so():
 def test_round_robin_takes_each_replica_in_turn():
     router = Router.of(3, RouterConfig(policy=Policy.ROUND_ROBIN))
     assert [router.pick(now=0, affinity_key=b"same") for _ in range(6)] == [1, 2, 0, 1, 2, 0]
+
+
+def discovered(*names: str) -> Router:
+    router = Router({})
+    for index, name in enumerate(names):
+        router.add(index, name)
+    return router
+
+
+def test_replicas_that_stay_keep_their_keys_when_one_joins_or_leaves():
+    router = discovered("10.0.0.1:50051", "10.0.0.2:50051", "10.0.0.3:50051")
+    keys = [f"system prompt {i}".encode() for i in range(300)]
+    before = {key: router.pick(now=0, affinity_key=key) for key in keys}
+    router.add(3, "10.0.0.4:50051")
+    joined = {key: router.pick(now=0, affinity_key=key) for key in keys}
+    assert all(joined[k] in (before[k], 3) for k in keys)  # a key moves only to the newcomer
+    assert 30 < sum(joined[k] == 3 for k in keys) < 150  # which takes about its share
+    router.remove(1)
+    left = {key: router.pick(now=0, affinity_key=key) for key in keys}
+    assert all(left[k] == joined[k] for k in keys if joined[k] != 1)
+    assert 1 not in left.values()
+
+
+def test_the_ring_places_replicas_by_name_so_gateways_agree_whatever_the_ids():
+    one = discovered("10.0.0.1:50051", "10.0.0.2:50051")
+    other = Router({})
+    other.add(7, "10.0.0.2:50051")
+    other.add(9, "10.0.0.1:50051")
+    same = {0: 9, 1: 7}
+    for i in range(50):
+        key = f"prompt {i}".encode()
+        assert same[one.pick(now=0, affinity_key=key)] == other.pick(now=0, affinity_key=key)
+
+
+def test_a_removed_replica_takes_its_prefix_index_along_and_comes_back_empty():
+    router = discovered("a:1", "b:1")
+    blocks = blocks_of("a shared system prompt " * 40)
+    home = router.pick(now=0, blocks=blocks)
+    assert router.pick(now=0, blocks=blocks) == home and router.decisions[Reason.PREFIX] == 1
+    router.started(home, 10)
+    router.remove(home)
+    router.ended(home, 10)  # a stream that outlived its replica: ignored
+    router.failed(home, now=0)
+    assert router.pick(now=0, blocks=blocks) != home
+    router.add(5, "a:1" if home == 0 else "b:1")  # the same pod address again: a fresh replica
+    assert router.replicas[5].open_requests == 0 and len(router.replicas[5].prefixes) == 0
+    assert home not in router.replicas
