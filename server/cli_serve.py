@@ -140,6 +140,12 @@ def serve_forever(settings: Settings) -> None:
     handler.setFormatter(logging.Formatter("%(message)s"))
     access.addHandler(handler)
     access.propagate = False
+    # One JSON line per replica a discovered pool adds or removes, on stderr (server/placement/discovery.py).
+    discovery = logging.getLogger("lmgate.discovery")
+    to_stderr = logging.StreamHandler(sys.stderr)
+    to_stderr.setFormatter(logging.Formatter("%(message)s"))
+    discovery.addHandler(to_stderr)
+    discovery.propagate = False
     server: DrainingServer | None = None
 
     def fatal(reason: str) -> None:  # no model can ever load: stop, and exit non-zero below

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -85,11 +86,17 @@ def free_port() -> int:
 class Process:
     """`lmgate serve` in a subprocess, on free HTTP and gRPC ports."""
 
-    def __init__(self, config: Path, grpc_port: int | None = None) -> None:
+    def __init__(
+        self, config: Path, grpc_port: int | None = None, env: dict[str, str] | None = None, log: Path | None = None
+    ) -> None:
+        """``env``: variables added to this process's; ``log``: a file for its stderr, at INFO (else none)."""
         self.http, self.grpc = free_port(), grpc_port or free_port()
+        level = "info" if log is not None else "warning"
         command = [sys.executable, "-m", "lmgate.server.cli", "serve", "--config", str(config),
-                   "--port", str(self.http), "--grpc-port", str(self.grpc), "--log-level", "warning"]  # fmt: skip
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                   "--port", str(self.http), "--grpc-port", str(self.grpc), "--log-level", level]  # fmt: skip
+        stderr = log.open("w") if log is not None else subprocess.DEVNULL
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr,
+                                        env={**os.environ, **env} if env else None)  # fmt: skip
         self.url = f"http://127.0.0.1:{self.http}"
         self.target = f"127.0.0.1:{self.grpc}"
 

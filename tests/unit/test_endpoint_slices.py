@@ -9,8 +9,9 @@ from lmgate.backends.grpc.kubernetes import slice_targets
 from lmgate.server.settings import Settings
 
 
-def endpoint_slice(endpoints, ports=({"name": "grpc", "port": 50051}, {"name": "http", "port": 8000}),
-                   address_type="IPv4"):
+def endpoint_slice(
+    endpoints, ports=({"name": "grpc", "port": 50051}, {"name": "http", "port": 8000}), address_type="IPv4"
+):
     return EndpointSlice.from_dict({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": address_type,
         "metadata": {"name": "workers-abc", "labels": {"kubernetes.io/service-name": "workers"}},
@@ -27,10 +28,14 @@ def test_ready_endpoints_on_the_named_port_are_the_targets():
         {"addresses": ["10.0.0.5", "10.0.0.6"], "conditions": {"ready": True}},  # the first address only
     ])  # fmt: skip
     assert slice_targets(slice_, KubernetesDiscovery(service="workers")) == {
-        "10.0.0.1:50051", "10.0.0.4:50051", "10.0.0.5:50051"
+        "10.0.0.1:50051",
+        "10.0.0.4:50051",
+        "10.0.0.5:50051",
     }
     assert slice_targets(slice_, KubernetesDiscovery(service="workers", port=8000)) == {
-        "10.0.0.1:8000", "10.0.0.4:8000", "10.0.0.5:8000"
+        "10.0.0.1:8000",
+        "10.0.0.4:8000",
+        "10.0.0.5:8000",
     }
     assert slice_targets(slice_, KubernetesDiscovery(service="workers", port="metrics")) == frozenset()
 
