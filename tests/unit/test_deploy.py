@@ -29,9 +29,13 @@ needs_kubectl = pytest.mark.skipif(
 
 
 def render(overlay: str) -> list[dict]:
+    return render_path(f"deploy/k8s/overlays/{overlay}")
+
+
+def render_path(path: str) -> list[dict]:
     assert KUBECTL is not None, "install kubectl (its kustomize renders the overlays)"
-    out = subprocess.run([KUBECTL, "kustomize", str(ROOT / "deploy/k8s/overlays" / overlay)],
-                         capture_output=True, text=True, check=True, timeout=60).stdout  # fmt: skip
+    out = subprocess.run([KUBECTL, "kustomize", str(ROOT / path)], capture_output=True, text=True, check=True,
+                         timeout=60).stdout  # fmt: skip
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
@@ -45,7 +49,7 @@ def test_overlay_renders_and_every_object_is_valid_kubernetes(overlay):
     docs = render(overlay)
     kinds = {d["kind"] for d in docs}
     assert {"Deployment", "Service", "ConfigMap", "PodDisruptionBudget", "HorizontalPodAutoscaler",
-            "NetworkPolicy", "ServiceMonitor"} <= kinds  # fmt: skip
+            "NetworkPolicy", "ServiceMonitor", "ServiceAccount", "Role", "RoleBinding"} <= kinds  # fmt: skip
     for doc in docs:
         if doc["kind"] == "ServiceMonitor":  # a CRD: no built-in schema
             assert doc["apiVersion"] == "monitoring.coreos.com/v1" and doc["spec"]["endpoints"][0]["path"] == "/metrics"
@@ -63,9 +67,11 @@ def test_overlay_configs_are_valid_lmgate_configs_and_pods_stop_gracefully(overl
         settings = validate_settings(raw, source=name)
         assert settings.server.host == "0.0.0.0" and settings.server.grpc_port == 50051
     gateway = validate_settings(configs["lmgate-gateway-config"])
-    assert gateway.models[0].backend == "grpc" and gateway.models[0].target.startswith("dns:///lmgate-workers")
-    workers = find(docs, "Service", "lmgate-workers")
-    assert workers["spec"]["clusterIP"] == "None"
+    assert gateway.models[0].backend == "grpc" and gateway.models[0].target is None
+    discovery = gateway.models[0].discovery.kubernetes
+    workers = find(docs, "Service", discovery.service)
+    assert discovery.port in {p["name"] for p in workers["spec"]["ports"]}
+    assert workers["spec"]["selector"] == find(docs, "Deployment", "lmgate-worker")["spec"]["selector"]["matchLabels"]
     for component in ("lmgate-gateway", "lmgate-worker"):
         deployment = find(docs, "Deployment", component)
         pod = deployment["spec"]["template"]["spec"]
@@ -78,6 +84,10 @@ def test_overlay_configs_are_valid_lmgate_configs_and_pods_stop_gracefully(overl
         pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
         assert pod["terminationGracePeriodSeconds"] >= pre_stop + drain
     worker = find(docs, "Deployment", "lmgate-worker")["spec"]["template"]["spec"]
+    gateway_pod = find(docs, "Deployment", "lmgate-gateway")["spec"]["template"]["spec"]
+    assert gateway_pod["containers"][0]["image"].endswith(":cpu")  # the gateway runs no engine, whatever the overlay
+    assert worker["containers"][0]["image"].endswith(f":{overlay}")
+    assert "nodeSelector" not in worker  # no node label needed on a plain cluster (docs/deploy.md: how to pin)
     if overlay == "gpu":
         assert worker["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
         assert validate_settings(configs["lmgate-worker-config"]).models[0].backend == "vllm"
@@ -104,3 +114,47 @@ def test_images_build_llama_cpp_for_the_portable_baseline_never_for_the_build_ho
     text = (ROOT / "deploy/docker" / dockerfile).read_text()
     assert "cpu_build.py" in text and "portable" in text
     assert "GGML_NATIVE=ON" not in text and "march=native" not in text and "AMX" not in text.replace("without AMX", "")
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_gateway_may_watch_endpointslices_in_its_namespace_and_nothing_else(overlay):
+    docs = render(overlay)
+    account = find(docs, "Deployment", "lmgate-gateway")["spec"]["template"]["spec"]["serviceAccountName"]
+    assert find(docs, "ServiceAccount", account)
+    binding = find(docs, "RoleBinding", "lmgate-gateway")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account}]
+    role = find(docs, "Role", binding["roleRef"]["name"])
+    assert role["rules"] == [
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]}
+    ]
+    assert not any(d["kind"] in ("ClusterRole", "ClusterRoleBinding") for d in docs)
+    worker = find(docs, "Deployment", "lmgate-worker")["spec"]["template"]["spec"]
+    assert worker["automountServiceAccountToken"] is False
+
+
+@needs_kubectl
+def test_the_model_volume_has_a_class_to_set_and_a_job_that_fills_it():
+    claim = find(render("gpu"), "PersistentVolumeClaim", "lmgate-models")
+    assert claim["spec"]["storageClassName"] and claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    (job,) = render_path("deploy/k8s/jobs/fill-models")
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    pod = job["spec"]["template"]["spec"]
+    assert {"persistentVolumeClaim": {"claimName": "lmgate-models"}, "name": "models"} in pod["volumes"]
+    assert pod["containers"][0]["image"].endswith(":gpu")  # vLLM's image carries huggingface_hub
+    assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_hpa_metric_is_served_by_the_shipped_adapter_rules_and_scraped_with_the_release_label(overlay):
+    docs = render(overlay)
+    hpa = find(docs, "HorizontalPodAutoscaler", "lmgate-worker")
+    metric = hpa["spec"]["metrics"][0]["pods"]["metric"]["name"]
+    adapter = yaml.safe_load((ROOT / "deploy/prometheus/adapter/values.yaml").read_text())
+    rule = next(r for r in adapter["rules"]["custom"] if r["name"]["as"] == metric)
+    assert rule["seriesQuery"].startswith(metric + "{") and set(rule["resources"]["overrides"]) == {"namespace", "pod"}
+    monitor = find(docs, "ServiceMonitor", "lmgate")
+    assert "release" in monitor["metadata"]["labels"]
+    relabel = monitor["spec"]["endpoints"][0]["relabelings"][0]
+    assert relabel["targetLabel"] == "component"  # what the dashboard and the adapter rule filter on
