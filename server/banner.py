@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 
-from lmgate.server.placement.registry import ModelPool, ModelState
+from lmgate.server.placement.pool import ModelPool, ModelState
 from lmgate.server.settings import ServerSettings
 
 _ANY_ADDRESS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}

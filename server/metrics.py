@@ -51,7 +51,8 @@ from prometheus_client.registry import Collector
 from lmgate.backends.types import FinishReason, TokenDelta, Usage
 from lmgate.server.closing_stream import Closable, ClosingStream
 from lmgate.server.errors import ClientDisconnected, LmgateError, ModelNotFoundError
-from lmgate.server.placement.registry import ModelRegistry, ModelState
+from lmgate.server.placement.pool import ModelState
+from lmgate.server.placement.registry import ModelRegistry
 from lmgate.server.tenancy.metrics import TenantMetrics, tenant_fields
 
 access_log = logging.getLogger("lmgate.access")

@@ -4,7 +4,7 @@ The gateway lists the Service's EndpointSlices (``discovery.k8s.io/v1``, label
 ``kubernetes.io/service-name``), then watches them from the list's resourceVersion; every ready
 endpoint address (``conditions.ready`` not false, not terminating) on the configured port is one
 worker, ``host:port``. Each change publishes the whole set of targets to a callback (the model's
-pool adds and removes replicas: server/placement/registry.py).
+pool adds and removes replicas: server/placement/pool.py).
 
 Failure handling, the informer pattern of client-go:
 - a watch the server ends (its timeout) is resumed from the last resourceVersion by the client;

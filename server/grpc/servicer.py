@@ -25,7 +25,8 @@ from lmgate.server.errors import LmgateError, from_backend_error
 from lmgate.server.metrics import Metrics
 from lmgate.server.placement.dispatch import Dispatcher
 from lmgate.server.placement.embedding import embed
-from lmgate.server.placement.registry import ModelPool, ModelRegistry
+from lmgate.server.placement.pool import ModelPool
+from lmgate.server.placement.registry import ModelRegistry
 from lmgate.server.tenancy.records import Tenant, Tenants
 from lmgate.server.tenancy.scope import check_model, visible, visible_adapters
 from lmgate.v1 import inference_pb2 as pb

@@ -6,7 +6,8 @@ from fastapi import APIRouter, Request
 
 from lmgate.backends.tasks import Task
 from lmgate.server.http.protocol import ModelCard, ModelList
-from lmgate.server.placement.registry import ModelPool, ModelRegistry, ModelState
+from lmgate.server.placement.pool import ModelPool, ModelState
+from lmgate.server.placement.registry import ModelRegistry
 from lmgate.server.tenancy.http import tenant_of
 from lmgate.server.tenancy.scope import check_model, visible, visible_adapters
 

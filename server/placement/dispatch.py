@@ -40,8 +40,9 @@ from lmgate.server.errors import (
 )
 from lmgate.server.placement.drain import Drain
 from lmgate.server.placement.generation import open_stream, open_streams
+from lmgate.server.placement.pool import ModelPool
 from lmgate.server.placement.prefix_index import prefix_blocks
-from lmgate.server.placement.registry import ModelPool, ModelRegistry
+from lmgate.server.placement.registry import ModelRegistry
 from lmgate.server.tenancy.quota import Lease, token_estimate
 from lmgate.server.tenancy.records import Tenant
 from lmgate.server.tenancy.scope import check_model, salted

@@ -22,7 +22,7 @@ from lmgate.backends.errors import BackendError
 from lmgate.backends.tasks import Task
 from lmgate.server.errors import ServiceUnavailableError, from_backend_error
 from lmgate.server.placement.dispatch import Dispatcher, timed_out
-from lmgate.server.placement.registry import ModelPool
+from lmgate.server.placement.pool import ModelPool
 from lmgate.server.tenancy.records import Tenant
 from lmgate.server.tenancy.scope import check_model
 

@@ -14,7 +14,8 @@ import dataclasses
 
 from lmgate.backends.types import GenerateRequest
 from lmgate.server.errors import ModelNotFoundError
-from lmgate.server.placement.registry import ModelPool, ModelRegistry
+from lmgate.server.placement.pool import ModelPool
+from lmgate.server.placement.registry import ModelRegistry
 from lmgate.server.tenancy.records import Tenant
 
 
