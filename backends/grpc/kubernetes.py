@@ -7,10 +7,13 @@ worker, ``host:port``. Each change publishes the whole set of targets to a callb
 pool adds and removes replicas: server/placement/pool.py).
 
 Failure handling, the informer pattern of client-go:
-- a watch the server ends (its timeout) is resumed from the last resourceVersion by the client;
-- a ``410 Gone`` (the resourceVersion is too old) or any other error event or failure re-lists and
-  re-watches (a re-list also finds the deletions a resumed watch would miss), after a growing delay
-  for errors (0.5 s up to 30 s);
+- a watch the server ends cleanly (its timeout) is resumed from the last resourceVersion, as
+  client-go's reflector does: the API server replays every change after that version, or answers
+  410 Gone;
+- a ``410 Gone`` (the resourceVersion is too old), any other error event, a cut connection or a
+  refused one re-lists and re-watches (a re-list also finds the deletions a watch from "now" would
+  miss), after a growing delay (0.5 s doubling to 30 s; small again once a list succeeded and
+  stayed up 10 s);
 - every ``resync_s`` the slices are listed again anyway, so a connection that silently stopped
   delivering cannot keep the set stale;
 - while the API server cannot be reached, the last known set stays (nothing is published).
@@ -111,11 +114,14 @@ class EndpointSliceWatcher:
         backoff = Backoff(initial_s=0.5, maximum_s=30.0, stable_s=10.0)
         while True:
             try:
-                await self._list_and_watch()
+                await self._list_and_watch(backoff)
                 continue  # resync_s passed: list again
             except ApiError as exc:
                 if exc.status.code == GONE:
-                    log.info("model %s: the EndpointSlice watch expired (410 Gone): listing again", self._model)
+                    delay = backoff.failed(time.monotonic())
+                    log.info("model %s: the EndpointSlice watch expired (410 Gone): listing again in %.1f s",
+                             self._model, delay)  # fmt: skip
+                    await asyncio.sleep(delay)
                     continue
                 why = f"{exc.status.code} {exc.status.reason}: {exc.status.message}"
             except Exception as exc:  # the connection (httpx's errors), a malformed answer (the decoder's)
@@ -126,7 +132,9 @@ class EndpointSliceWatcher:
                         "in %.1f s", self._model, self.namespace, self._config.service, why, kept, delay)  # fmt: skip
             await asyncio.sleep(delay)
 
-    async def _list_and_watch(self) -> None:
+    async def _list_and_watch(self, backoff: Backoff) -> None:
+        """One list, then the watch from its version until ``resync_s`` passes (returns) or it fails (raises).
+        A list that succeeded counts as up for ``backoff`` (delays start small again after a stable while)."""
         client = self._require_client()
         labels: LabelSelector = {SERVICE_LABEL: self._config.service}
         listing = client.list(EndpointSlice, namespace=self.namespace, labels=labels)
@@ -134,6 +142,7 @@ class EndpointSliceWatcher:
         version = listing.resourceVersion
         self._changed(slices)
         self.synced.set()
+        backoff.succeeded(time.monotonic())
         watch = client.watch(EndpointSlice, namespace=self.namespace, labels=labels, resource_version=version,
                              server_timeout=int(self._config.resync_s))  # fmt: skip
         try:
