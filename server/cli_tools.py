@@ -8,8 +8,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from typing import TYPE_CHECKING
 
 from lmgate.server.cli_errors import CliError
+
+if TYPE_CHECKING:
+    from lmgate.server.settings import ModelSettings
 
 
 def run_check_config(args: argparse.Namespace) -> int:
@@ -28,9 +32,20 @@ def run_check_config(args: argparse.Namespace) -> int:
         extra = [f"aliases {', '.join(m.aliases)}"] if m.aliases else []
         extra += [f"fallback {m.fallback}"] if m.fallback else []
         extra += ["lazy"] if m.lazy else []
-        print(f"  {m.name}: {m.backend} x{m.replicas}, {m.routing.value}, max_running {m.max_running}"
+        print(f"  {m.name}: {m.backend} {_replicas(m)}, {m.routing.value}, max_running {m.max_running}"
               + "".join(f", {e}" for e in extra))  # fmt: skip
     return 0
+
+
+def _replicas(model: ModelSettings) -> str:
+    """How many replicas a model has, as check-config says it: a count, or where they are discovered."""
+    discovery = getattr(model, "discovery", None)
+    if discovery is not None:
+        where = discovery.kubernetes
+        namespace = f"{where.namespace}/" if where.namespace else ""
+        return f"(one replica per ready pod of Service {namespace}{where.service})"
+    targets = getattr(model, "target", None)
+    return f"x{len(targets)}" if isinstance(targets, list) else f"x{model.replicas}"
 
 
 def run_plan(args: argparse.Namespace) -> int:

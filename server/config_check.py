@@ -8,6 +8,8 @@ with them on this machine, now.
   too: backends/llamacpp/lora_file.py).
 - ``transformers`` models: ``model`` is an HF checkpoint directory (config.json, safetensors).
 - ``openai`` and ``grpc`` models: ``api_key_env``, when set, names a variable that holds a key.
+- ``grpc`` models with ``discovery``: the Kubernetes client (the ``kubernetes`` extra) is installed
+  (the API server itself, on another machine, is not asked).
 
 Paths are the resolved ones (server/settings.py: relative to the config file's directory), so a
 file that ``serve`` would not find is reported here with the path it would look at. Not checked:
@@ -16,6 +18,8 @@ what only loading can tell (memory, a checkpoint's tensors) and other machines (
 """
 
 from __future__ import annotations
+
+import importlib.util
 
 from lmgate.backends.env_secret import why_no_secret
 from lmgate.backends.llamacpp.gguf_file import GGUFFileError, open_gguf
@@ -62,4 +66,12 @@ def serving_problems(settings: Settings) -> list[str]:
                 problems.append(f"models.{i}.model: {exc}")
         elif isinstance(model, OpenAIModelSettings | GrpcModelSettings) and (why := why_no_secret(model.api_key_env)):
             problems.append(f"models.{i}.api_key_env: {why}")
+        if isinstance(model, GrpcModelSettings) and model.discovery is not None and not _has_kubernetes_client():
+            problems.append(
+                f"models.{i}.discovery: the Kubernetes client is not installed: pip install 'lmgate[kubernetes]'"
+            )
     return problems
+
+
+def _has_kubernetes_client() -> bool:
+    return importlib.util.find_spec("lightkube") is not None
