@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -94,9 +95,9 @@ class Process:
         level = "info" if log is not None else "warning"
         command = [sys.executable, "-m", "lmgate.server.cli", "serve", "--config", str(config),
                    "--port", str(self.http), "--grpc-port", str(self.grpc), "--log-level", level]  # fmt: skip
-        stderr = log.open("w") if log is not None else subprocess.DEVNULL
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr,
-                                        env={**os.environ, **env} if env else None)  # fmt: skip
+        with log.open("w") if log is not None else contextlib.nullcontext(subprocess.DEVNULL) as stderr:
+            self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr,
+                                            env={**os.environ, **env} if env else None)  # fmt: skip
         self.url = f"http://127.0.0.1:{self.http}"
         self.target = f"127.0.0.1:{self.grpc}"
 
