@@ -66,7 +66,7 @@ class FakeKubeApi:
         """Watches from a version below this get 410 Gone."""
         self.lists = 0
         self.watches = 0
-        self._watchers: set[asyncio.Queue[tuple[str, dict] | None]] = set()
+        self._watchers: set[asyncio.Queue[tuple[str, dict]]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -195,7 +195,7 @@ class FakeKubeApi:
         return StreamingResponse(self._watch(since, selector, timeout), media_type="application/json")
 
     async def _watch(self, since: int, selector: str | None, timeout_s: float) -> AsyncIterator[bytes]:
-        queue: asyncio.Queue[tuple[str, dict] | None] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[str, dict]] = asyncio.Queue()
         self._watchers.add(queue)
         try:
             if since < self.oldest - 1:
@@ -206,8 +206,8 @@ class FakeKubeApi:
                     queue.put_nowait((kind, obj))
             key, _, value = (selector or "").partition("=")
             async with asyncio.timeout(timeout_s):
-                while (event := await queue.get()) is not None:
-                    kind, obj = event
+                while True:
+                    kind, obj = await queue.get()
                     if kind != "ERROR" and key and obj["metadata"]["labels"].get(key) != value:
                         continue
                     yield _line(kind, obj)
