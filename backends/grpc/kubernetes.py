@@ -22,7 +22,8 @@ NOTE: the client is lightkube (https://github.com/gtsystem/lightkube), not kuber
 typed (mypy --strict reads its resource models; kubernetes_asyncio's generated API methods are
 untyped), small (one package and its models instead of the generated client of every API group
 plus aiohttp), loads in-cluster (service account) and kubeconfig credentials alike
-(``KubeConfig.from_env``), and exposes a list's resourceVersion. Its own watch retries a 410 by
+(``KubeConfig.from_env``; the service account token is read again on each request, so the
+kubelet's rotation of it is followed), and exposes a list's resourceVersion. Its own watch retries a 410 by
 watching from "now" without a re-list, which would miss deletions: that is why the loop here
 raises every error out of the watch and re-lists itself.
 """
