@@ -7,7 +7,15 @@ import pytest
 from lmgate.server.http.common import TextEvents, sse
 from lmgate.server.http.protocol import ChatChunkChoice, ChatCompletionChunk, ChatDelta, Completion, CompletionChoice
 
-TEXTS = [" hello", 'a "quoted" \\ back', "line\nbreak\ttab", "\x00\x1f control", "héllo wörld ☃ 🦆", "\ud7ff", "</script>"]
+TEXTS = [
+    " hello",
+    'a "quoted" \\ back',
+    "line\nbreak\ttab",
+    "\x00\x1f control",
+    "héllo wörld ☃ 🦆",
+    "\ud7ff",
+    "</script>",
+]
 
 
 def chat(index: int, text: str) -> ChatCompletionChunk:
