@@ -42,6 +42,11 @@ def system_prompt(tenant: int, words: int) -> str:
 
 @contextlib.contextmanager
 def process(args: list[str], url: str, log: Path) -> Iterator[None]:
+    """``args`` serving at ``url`` until the block ends; refuses a URL another server already answers (a
+    stray worker of an interrupted run would take the fresh one's place, warm cache and all)."""
+    with contextlib.suppress(httpx.HTTPError):
+        httpx.get(f"{url}/ready", timeout=1)
+        raise RuntimeError(f"{url} is already served by another process: stop it first")
     with log.open("w") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
         try:
@@ -109,22 +114,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--users", type=int, default=12, help="requests per tenant")
     parser.add_argument("--prompt-words", type=int, default=230, help="system prompt length (~1,000 tiny-chat tokens)")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--worker-ctx", type=int, default=4096,
+                        help="KV cells of each worker: fewer than every tenant's prompt needs (one worker alone gets "
+                        "the fleet's total)")  # fmt: skip
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--out", type=Path, default=Path("docs/fleet-bench.md"))
     args = parser.parse_args(argv)
     logs = Path(".cache/bench-fleet")
     logs.mkdir(parents=True, exist_ok=True)
     serve = [sys.executable, "-m", "lmgate.server.cli", "serve", "--model", str(args.model), "--threads", "1",
-             "--max-seqs", "8", "--n-ctx", "16384", "--log-level", "warning"]  # fmt: skip
+             "--max-seqs", "8", "--log-level", "warning"]  # fmt: skip
     rows: dict[str, dict[str, float]] = {}
     for run in ("one worker", *POLICIES):
         count = 1 if run == "one worker" else args.workers
+        cells = args.worker_ctx * (args.workers if run == "one worker" else 1)  # the fleet's KV memory in one
         with contextlib.ExitStack() as stack:
             targets = []
             for w in range(count):  # fresh workers per run: every policy starts from cold caches
                 port, grpc_port = 8301 + w, 50301 + w
-                stack.enter_context(process([*serve, "--port", str(port), "--grpc-port", str(grpc_port)],
-                                            f"http://127.0.0.1:{port}", logs / f"worker-{w}.log"))  # fmt: skip
+                worker = [*serve, "--n-ctx", str(cells), "--port", str(port), "--grpc-port", str(grpc_port)]
+                stack.enter_context(process(worker, f"http://127.0.0.1:{port}", logs / f"worker-{w}.log"))
                 targets.append(f"127.0.0.1:{grpc_port}")
             policy = "prefix_affinity" if run == "one worker" else run
             config = front_config(logs / "front.yaml", targets, policy)
@@ -143,7 +152,9 @@ def render(rows: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
         "# Fleet benchmark",
         "",
         f"Written by `make bench-fleet` (`bench/fleet.py`) on {time.strftime('%Y-%m-%d')}: a front lmgate over "
-        f"{args.workers} worker lmgates (`{args.model.name}`, 1 thread, 8 sequences each) on this machine; "
+        f"{args.workers} worker lmgates (`{args.model.name}`, 1 thread, 8 sequences, {args.worker_ctx} KV cells each: "
+        f"room for a few tenants' prompts, not all) on this machine; one worker alone gets the fleet's "
+        f"{args.workers * args.worker_ctx} cells; "
         f"{args.tenants} tenants, each with its own ~{args.prompt_words}-word system prompt, {args.users} users each "
         f"(a different question after it), {args.concurrency} requests at a time, {args.max_tokens} output tokens. "
         "Fresh workers per row.",

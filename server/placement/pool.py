@@ -56,7 +56,7 @@ class ModelPool:
         self.replicas: dict[int, Backend] = {}
         self.targets: dict[int, str] = {}
         """The address each discovered replica was added for, by id."""
-        self.router = Router({}, RouterConfig(policy=settings.routing))
+        self.router = Router({}, RouterConfig(policy=settings.routing, epsilon=settings.affinity_max_load - 1))
         self.gate = AdmissionGate(self.name, settings.max_running, settings.max_waiting)
         self.state = ModelState.UNLOADED if settings.lazy else ModelState.LOADING
         self.loaded: set[int] = set()
