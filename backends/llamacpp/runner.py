@@ -84,9 +84,7 @@ class Runner:
         rc = llama_cpp.llama_decode(self.model.ctx, self._batch)
         if rc != 0:
             raise DecodeError(f"llama_decode returned {rc} for {output.num_tokens} tokens")
-        return [
-            self._sample(seq, index) if not draft else self._verify(seq, index, draft) for seq, index, draft in to_sample
-        ]
+        return [self._verify(seq, i, draft) if draft else self._sample(seq, i) for seq, i, draft in to_sample]
 
     def release(self, seq: Sequence) -> None:
         """The sequence is done: free its sampler chain."""

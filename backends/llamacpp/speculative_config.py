@@ -50,7 +50,9 @@ class SpeculativeConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> SpeculativeConfig:
         if self.ngram_min > self.ngram_max:
-            raise ValueError(f"ngram_min={self.ngram_min} is above ngram_max={self.ngram_max}: set ngram_min <= ngram_max")
+            raise ValueError(
+                f"ngram_min={self.ngram_min} is above ngram_max={self.ngram_max}: set ngram_min <= ngram_max"
+            )
         if self.method == "draft" and self.draft_model is None:
             raise ValueError("method draft needs draft_model: the path of a GGUF with the model's vocabulary")
         if self.method != "draft" and self.draft_model is not None:
