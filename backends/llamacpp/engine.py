@@ -57,7 +57,7 @@ class Engine(EngineThread[Request]):
         self.embedder = Embedder(model, config.embed_max_seqs)
         kv = KVCacheManager(model.n_ctx, config.num_slots, prefix_caching=config.prefix_cache)
         self.scheduler = Scheduler(SchedulerConfig(config.max_seqs, model.n_batch), kv)
-        self.speculator = speculator.build(config.speculative, model, kv)
+        self.speculator = speculator.build(config, model, kv)
         self._check = config.check_integrity
         self._stats = BackendStats(kv_cells_total=model.n_ctx)
         self._steps = 0

@@ -23,11 +23,14 @@ from lmgate.backends.llamacpp.sequence import Sequence
 from lmgate.backends.llamacpp.speculative_config import SpeculativeConfig
 
 if TYPE_CHECKING:
+    from lmgate.backends.llamacpp.config import LlamaCppConfig
     from lmgate.backends.llamacpp.llama_model import LlamaModel
 
 
-def build(config: SpeculativeConfig, model: LlamaModel, kv: KVCacheManager) -> Speculator | None:
-    """The model's speculator; None when speculation is off."""
+def build(settings: LlamaCppConfig, model: LlamaModel, kv: KVCacheManager) -> Speculator | None:
+    """The model's speculator; None when speculation is off. Raises ``ModelLoadError`` for a draft
+    model that cannot be loaded or whose vocabulary is not the model's."""
+    config = settings.speculative
     drafter: Drafter
     match config.method:
         case "none":
@@ -38,7 +41,7 @@ def build(config: SpeculativeConfig, model: LlamaModel, kv: KVCacheManager) -> S
             from lmgate.backends.llamacpp.draft_model import DraftModelDrafter  # loads llama.cpp objects
 
             assert config.draft_model is not None  # SpeculativeConfig checks it
-            drafter = DraftModelDrafter(config.draft_model, model)
+            drafter = DraftModelDrafter(config.draft_model, model, settings)
     return Speculator(config, drafter, kv, model.n_batch, model.max_model_len)
 
 

@@ -124,7 +124,7 @@ def inside_a_multi_token_step(choice: Choice) -> list[tuple[int, int]]:
     return found
 
 
-async def test_stop_tokens_and_stop_strings_cut_inside_a_step_exactly_as_without_speculation(plain, ngram, tiny_chat_path):
+async def test_stop_tokens_and_stop_strings_cut_inside_a_step_exactly_as_without_speculation(plain, ngram):
     [free] = await collect(ngram, make_request(REPETITIVE[1], max_tokens=60, ignore_eos=True))
     ids = free.token_ids
     # Tokens accepted inside a step, first seen there: a stop on them must cut that step's tail.
