@@ -172,8 +172,8 @@ def test_check_config_checks_a_draft_model_s_file_and_vocabulary(tmp_path, tiny_
 
     one_line_error(lmgate("check-config", str(config("d.gguf"))), 1,
                    f"models.0.speculative.draft_model: {tmp_path / 'conf' / 'd.gguf'}: no such file")  # fmt: skip
-    one_line_error(lmgate("check-config", str(config(str(random_model_path)))), 1,
-                   "models.0.speculative.draft_model: test-tiny.gguf has another vocabulary than the model")  # fmt: skip
+    other = "models.0.speculative.draft_model: test-tiny.gguf has another vocabulary than the model"
+    one_line_error(lmgate("check-config", str(config(str(random_model_path)))), 1, other)
     assert lmgate("check-config", str(config(str(tiny_chat_path)))).returncode == 0
 
 
