@@ -79,7 +79,8 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": q[49] * 1000, "p90": q[89] * 1000, "p99": q[98] * 1000}
 
 
-async def _one_request(client: httpx.AsyncClient, config: BenchConfig, i: int = 0) -> RequestResult:
+async def one_request(client: httpx.AsyncClient, config: BenchConfig, i: int = 0) -> RequestResult:
+    """One streamed completion (request ``i`` of a run), timed token by token; errors are in the result."""
     body = {
         "model": config.model,
         "prompt": config.prompt_for(i),
@@ -134,10 +135,10 @@ async def run_bench(config: BenchConfig) -> BenchReport:
         nonlocal remaining
         while remaining > 0:
             remaining -= 1
-            results.append(await _one_request(client, config, config.requests - remaining))
+            results.append(await one_request(client, config, config.requests - remaining))
 
     async with httpx.AsyncClient(base_url=config.url, headers=headers, timeout=600, limits=limits) as client:
-        warm_up = await _one_request(client, config, 0)  # connections, caches, first-request costs
+        warm_up = await one_request(client, config, 0)  # connections, caches, first-request costs
         if warm_up.error is not None:
             raise BenchError(f"cannot benchmark {config.url}: {warm_up.error}")
         started = time.perf_counter()

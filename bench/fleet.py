@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from lmgate.bench.client import BenchConfig, RequestResult, _one_request, percentiles
+from lmgate.bench.client import BenchConfig, RequestResult, one_request, percentiles
 
 POLICIES = ("prefix_affinity", "round_robin", "least_outstanding")
 WORDS = (
@@ -84,7 +84,7 @@ async def workload(url: str, args: argparse.Namespace) -> list[RequestResult]:
         config = BenchConfig(url, "fleet", 1, 1, max_tokens=args.max_tokens, shared_prefix=prompts[tenant],
                              prompt=f"User {user} asks question {user * 7 + tenant}")  # fmt: skip
         async with semaphore:
-            return await _one_request(client, config, user)
+            return await one_request(client, config, user)
 
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
         return await asyncio.gather(*(one(client, t, u) for t, u in jobs))

@@ -9,8 +9,9 @@ Servers, one at a time on this machine, each with the same threads, context and 
   (``interrupt_requests`` off, so a new request does not cut the stream in progress);
 - with ``--baseline DIR``, an earlier lmgate checkout with its own ``DIR/.venv``, for before/after.
 
-Scenarios: identical short prompts over a concurrency sweep; and shared-prefix (16 users, one
-~512-token system prompt, a unique question each). Writes docs/benchmarks.md and a JSON file.
+Scenarios: identical short prompts over a concurrency sweep; shared-prefix (16 users, one
+~512-token system prompt, a unique question each); structured outputs (lmgate, c=8, free against
+constrained); mixed (bench/mixed.py: 8 streams while long prompts arrive). Writes docs/benchmarks.md and a JSON file.
 Nothing here is downloaded but PyPI packages; the model is the random-weight ``bench-200m``.
 """
 
@@ -35,6 +36,7 @@ from pathlib import Path
 import httpx
 
 from lmgate.backends.llamacpp import cpu_build
+from lmgate.bench import mixed
 from lmgate.bench.client import BenchConfig, BenchReport, run_bench
 from lmgate.bench.plot import plot_sweeps
 
@@ -124,6 +126,14 @@ def llama_cpp_python_server() -> Path:
 
 @contextlib.contextmanager
 def serving(server: Server, port: int) -> Iterator[str]:
+    """The server's URL once it answers a one-token completion; the server stops on exit."""
+    with serving_process(server, port) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def serving_process(server: Server, port: int) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """As ``serving``, with the server's process (its pid, for CPU accounting)."""
     url = f"http://127.0.0.1:{port}"
     log = (CACHE / f"{server.name}.log").open("w")
     env = {**os.environ, **(server.env or {})}
@@ -137,7 +147,7 @@ def serving(server: Server, port: int) -> Iterator[str]:
                 if httpx.post(f"{url}/v1/completions", json=body, timeout=30).status_code == 200:
                     break
             time.sleep(0.5)
-        yield url
+        yield url, process
     finally:
         process.terminate()
         process.wait(timeout=60)
@@ -245,8 +255,10 @@ def main(argv: list[str] | None = None) -> None:
     with serving(no_cache, 8205) as url:
         results["lmgate (prefix cache off)"] = {"shared": sweep(url, "default", [16], args.max_tokens, SYSTEM_PROMPT)}
 
+    mixed_reports = run_mixed_servers(model, llama_server, args)
+
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {args.threads} threads"
-    args.out.write_text(render(results, args, machine))
+    args.out.write_text(render(results, args, machine, mixed_reports))
     sweeps = {name: runs["sweep"] for name, runs in results.items() if "sweep" in runs}
     plot_sweeps(sweeps, args.out.with_suffix(".png"), title=f"bench-200m Q8_0, {machine}")
     args.out.with_suffix(".json").write_text(
@@ -255,7 +267,39 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {args.out}")
 
 
-def render(results: dict[str, dict[str, list[BenchReport]]], args: argparse.Namespace, machine: str) -> str:
+def run_mixed_servers(model: Path, llama_server: Path, args: argparse.Namespace) -> dict[str, mixed.MixedReport]:
+    """The mixed scenario on lmgate (fair chunked prefill, and with ``prefill_chunk`` off) and llama-server."""
+    slots, ctx = 9, 9 * 2048  # 8 streams + the long request; a long prompt and its answer per slot
+    config = CACHE / "mixed-unchunked.yaml"
+    config.write_text(
+        f"models:\n  - name: default\n    gguf: {model.resolve()}\n    n_threads: {args.threads}\n"
+        f"    n_ctx: {ctx}\n    max_seqs: {slots}\n    prefill_chunk: null\n"
+    )
+    lmgate = [sys.executable, "-m", "lmgate.server.cli", "serve", "--no-grpc", "--log-level", "warning"]
+    servers = {
+        "lmgate": Server("lmgate-mixed", [*lmgate, "--model", str(model), "--threads", str(args.threads),
+                                          "--n-ctx", str(ctx), "--max-seqs", str(slots), "--port", "8206"]),
+        "lmgate (prefill_chunk off)": Server("lmgate-mixed-unchunked", [*lmgate, "--config", str(config),
+                                                                        "--port", "8207"]),
+        "llama-server": Server("llama-server-mixed", [str(llama_server), "-m", str(model), "-t", str(args.threads),
+                                                      "-c", str(ctx), "-np", str(slots), "--port", "8208"],
+                               env={"LD_LIBRARY_PATH": str(llama_server.parent)}),
+    }  # fmt: skip
+    reports = {}
+    for port, (name, server) in enumerate(servers.items(), start=8206):
+        print(f"{name}, mixed:", flush=True)
+        with serving(server, port) as url:
+            r = reports[name] = asyncio.run(mixed.run_mixed(url))
+            print(f"  ITL p99 {r.short_itl_ms['p99']:.0f} ms, short TTFT p99 {r.short_ttft_ms['p99']:.0f} ms")
+    return reports
+
+
+def render(
+    results: dict[str, dict[str, list[BenchReport]]],
+    args: argparse.Namespace,
+    machine: str,
+    mixed_reports: dict[str, mixed.MixedReport] | None = None,
+) -> str:
     ours, anchor = results["lmgate"]["sweep"], results["llama-server"]["sweep"]
     lcp = results["llama-cpp-python"]["sweep"]
     lines = [
@@ -325,6 +369,8 @@ def render(results: dict[str, dict[str, list[BenchReport]]], args: argparse.Name
             f"Constrained / free: {constrained.output_tokens_per_s / free.output_tokens_per_s:.2f}× "
             "(the target: at least 0.90×).",
         ]
+    if mixed_reports:
+        lines += mixed.render(mixed_reports)
     errors = {name: sum(r.errors for rs in runs.values() for r in rs) for name, runs in results.items()}
     lines += ["", f"Failed requests per server over the whole run: {errors}.", "", "![sweep](benchmarks.png)", ""]
     return "\n".join(lines)

@@ -67,6 +67,12 @@ class LlamaCppConfig(TasksConfig):
     )
     n_batch: PositiveInt = Field(default=512, ge=16, description="Token budget of one engine step.")
     n_ubatch: PositiveInt = Field(default=512, ge=16, description="Tokens per compute micro-batch.")
+    prefill_chunk: PositiveInt | None = Field(
+        default=128,
+        description="Prompt tokens a step prefills at most while it also decodes running streams: a long prompt "
+        "is prefilled in chunks of this size beside them, which bounds their inter-token latency (a smaller chunk: "
+        "smoother streams, a slightly slower prefill). None: up to n_batch, as llama-server does.",
+    )
     n_threads: PositiveInt = Field(
         default_factory=default_threads, le=GGML_MAX_N_THREADS, description="Threads for decoding."
     )

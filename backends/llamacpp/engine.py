@@ -56,7 +56,7 @@ class Engine(EngineThread[Request]):
         self.runner = Runner(model)
         self.embedder = Embedder(model, config.embed_max_seqs)
         kv = KVCacheManager(model.n_ctx, config.num_slots, prefix_caching=config.prefix_cache)
-        self.scheduler = Scheduler(SchedulerConfig(config.max_seqs, model.n_batch), kv)
+        self.scheduler = Scheduler(SchedulerConfig(config.max_seqs, model.n_batch, config.prefill_chunk), kv)
         self.speculator = speculator.build(config, model, kv)
         self._check = config.check_integrity
         self._stats = BackendStats(kv_cells_total=model.n_ctx)

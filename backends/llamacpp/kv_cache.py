@@ -383,7 +383,7 @@ class KVCacheManager:
             raise KVIntegrityError("the remembered count of reclaimable cells is stale")
         if not 0 <= self.used_cells <= self.total_cells:
             raise KVIntegrityError(f"used cells {self.used_cells} outside 0..{self.total_cells}")
-        held = {slot: self.cells_of(slot) for slot in self._slots}
+        held = {slot: n for slot in self._slots if (n := self.cells_of(slot))}  # admitted, not prefilled yet: 0
         expected = {slot: n for slot, n in computed.items() if n}
         if held != expected:
             raise KVIntegrityError(f"cells per slot {held} != positions llama.cpp holds {expected}")

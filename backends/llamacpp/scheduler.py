@@ -1,13 +1,22 @@
 """Which tokens of which sequences go into the next ``llama_decode``: pure policy, no llama.cpp.
 
-Each step has a token budget (the context's ``n_batch``). Running sequences come first, those
-decoding one token before those still prefilling, oldest first; then waiting sequences are
-admitted in arrival order while a slot is free and their whole uncomputed prompt fits in the free
-cells (or cells cached slots can give back). An admitted sequence starts from the longest prefix
-the KV cache already holds. A prompt longer than the budget is prefilled in chunks over several
-steps. When a running sequence cannot get cells, the newest running sequence is preempted: its
-slot becomes a cached slot (evicted first when cells are short) and it goes back to the front of
-the queue, to be recomputed (its tokens are kept) from whatever of its prefix is still cached.
+Each step has a token budget (the context's ``n_batch``). Sequences decoding one token come first,
+oldest first. Then waiting sequences are admitted in arrival order while a slot is free and their
+whole uncomputed prompt fits in the free cells (or cells cached slots can give back); an admitted
+sequence starts from the longest prefix the KV cache already holds. What is left of the budget
+prefills prompts, in chunks over several steps when a prompt is longer:
+
+- **Fair chunked prefill.** While a step decodes other sequences, it prefills at most
+  ``prefill_chunk`` prompt tokens, so a long prompt arriving costs the running streams one short
+  step at a time, not one long step (llama-server puts up to ``n_batch`` prompt tokens beside the
+  decodes). With nothing decoding, a step prefills up to the whole budget.
+- **Shortest prompt first.** The prefill budget goes to the prompts with the fewest tokens left to
+  compute, so a short request arriving behind a long prompt starts within a step or two; the oldest
+  prompt still gets a quarter of the budget every step, so a stream of short prompts cannot starve it.
+
+When a running sequence cannot get cells, the newest running sequence is preempted: its slot becomes
+a cached slot (evicted first when cells are short) and it goes back to the front of the queue, to be
+recomputed (its tokens are kept) from whatever of its prefix is still cached.
 
 LoRA adapters: llama.cpp applies them per context, so one step decodes the sequences of one adapter
 (or of the base model, ``None``) only, as llama-server batches slots of one LoRA configuration
@@ -32,6 +41,8 @@ class SchedulerConfig:
     """Sequences decoded together at most (llama.cpp's ``n_seq_max``)."""
     token_budget: int
     """Tokens per step at most (llama.cpp's ``n_batch``)."""
+    prefill_chunk: int | None = None
+    """Prompt tokens per step at most while the step also decodes (None: the whole budget)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,20 +128,51 @@ class Scheduler:
         self, adapter: str | None, chunks: list[ScheduledChunk], preempted: list[Sequence], starved: list[Sequence]
     ) -> None:
         budget = self.config.token_budget
-        mine = [s for s in self.running if s.adapter == adapter]
-        for seq in sorted(mine, key=lambda s: (s.num_uncomputed > 1, s.arrival)):
+        mine = [s for s in self.running if s.adapter == adapter and s.status is SequenceStatus.RUNNING]
+        for seq in sorted((s for s in mine if s.num_uncomputed == 1), key=lambda s: s.arrival):
             if budget == 0:
                 break
-            if seq.status is not SequenceStatus.RUNNING or seq.num_uncomputed == 0:
-                continue  # preempted earlier in this loop, or a beam waiting for its siblings
-            length = min(seq.num_uncomputed, budget)
-            if self._allocate_or_preempt(seq, length, chunks, preempted):
-                chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, length))
-                budget -= length
+            if seq.status is not SequenceStatus.RUNNING:
+                continue  # preempted earlier in this loop
+            if self._allocate_or_preempt(seq, 1, chunks, preempted):
+                chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, 1))
+                budget -= 1
             elif seq.beam is not None:
                 starved.append(seq)
+        if chunks and self.config.prefill_chunk is not None:
+            budget = min(budget, self.config.prefill_chunk)
         if not preempted:
-            self._admit(budget, chunks, adapter)
+            self._admit(adapter)
+        scheduled = {id(c.seq) for c in chunks}
+        prompts = [  # prompts being prefilled, and sequences admitted this step
+            s
+            for s in self.running
+            if s.adapter == adapter and s.status is SequenceStatus.RUNNING and s.num_uncomputed > 0
+            and id(s) not in scheduled
+        ]  # fmt: skip
+        self._prefill(prompts, budget, chunks, preempted)
+
+    def _prefill(
+        self, prompts: list[Sequence], budget: int, chunks: list[ScheduledChunk], preempted: list[Sequence]
+    ) -> None:
+        """Share ``budget`` among the sequences with prompt tokens to compute: the oldest gets a
+        quarter of it first, then the shortest remaining prompts get the rest."""
+        if not prompts or budget == 0:
+            return
+        grants: dict[int, int] = {}
+        oldest = min(prompts, key=lambda s: s.arrival)
+        grants[id(oldest)] = min(oldest.num_uncomputed, max(budget // 4, 1))
+        budget -= grants[id(oldest)]
+        for seq in sorted(prompts, key=lambda s: (s.num_uncomputed, s.arrival)):
+            more = min(seq.num_uncomputed - grants.get(id(seq), 0), budget)
+            grants[id(seq)] = grants.get(id(seq), 0) + more
+            budget -= more
+        for seq in sorted(prompts, key=lambda s: s.arrival):
+            length = grants[id(seq)]
+            if length == 0 or seq.status is not SequenceStatus.RUNNING:
+                continue  # no budget left for it, or preempted for an older one's cells
+            if self._allocate_or_preempt(seq, length, chunks, preempted):
+                chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, length))
 
     def update(self, output: SchedulerOutput) -> None:
         """The runner decoded ``output``: those tokens' KV is now in the cache.
@@ -191,11 +233,12 @@ class Scheduler:
         self.waiting.appendleft(seq)
         self.num_preemptions += 1
 
-    def _admit(self, budget: int, chunks: list[ScheduledChunk], adapter: str | None) -> None:
-        """Admit ``adapter``'s waiting sequences, in arrival order, while they fit."""
+    def _admit(self, adapter: str | None) -> None:
+        """Admit ``adapter``'s waiting sequences, in arrival order, while a slot is free and their
+        prompt fits; ``_prefill`` gives them tokens."""
         queue = [s for s in self.waiting if s.adapter == adapter]
         for seq in queue:
-            if budget == 0 or len(self.running) >= self.config.max_seqs:
+            if len(self.running) >= self.config.max_seqs:
                 break
             admission = self.kv.admit(seq.block_hashes(), seq.num_tokens, seq.token_ids)
             if admission is None:
@@ -206,11 +249,6 @@ class Scheduler:
             if seq.num_preemptions == 0:
                 seq.num_cached_tokens = admission.cached_tokens
             self.running.append(seq)
-            length = min(seq.num_uncomputed, budget)
-            if not self.kv.allocate(admission.slot, length):
-                raise AssertionError("admit() promised room for the whole prompt")
-            chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, length))
-            budget -= length
 
     def _cache_slot(self, seq: Sequence) -> None:
         assert seq.slot is not None

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from lmgate.backends.types import TokenDelta, Usage
 from lmgate.server.http.common import (
+    TextEvents,
     answered,
     base_request_id,
     json_body,
@@ -113,10 +114,17 @@ async def _events(
     def chunk(choice: ChatChunkChoice) -> str:
         return sse(ChatCompletionChunk(id=response_id, created=created, model=model, choices=[choice]))
 
+    text_event = TextEvents(lambda index, text: ChatCompletionChunk(
+        id=response_id, created=created, model=model,
+        choices=[ChatChunkChoice(index=index, delta=ChatDelta(content=text))],
+    ))  # fmt: skip
+
     for i in range(n):
         yield chunk(ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content="")))
     async for delta in stream:
-        if delta.text or delta.logprobs or delta.tool_calls or delta.finish_reason is not None:
+        if delta.text and not (delta.logprobs or delta.tool_calls or delta.finish_reason is not None):
+            yield text_event(delta.index, delta.text)  # the common case: text alone
+        elif delta.logprobs or delta.tool_calls or delta.finish_reason is not None:
             yield chunk(
                 ChatChunkChoice(
                     index=delta.index,

@@ -6,7 +6,7 @@ import asyncio
 import json
 import re
 import uuid
-from collections.abc import AsyncGenerator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TypeVar
 
 from fastapi import Request, Response
@@ -51,6 +51,30 @@ async def json_body(request: Request) -> None:
 
 def sse(chunk: BaseModel) -> str:
     return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
+
+
+class TextEvents:
+    """The ``data:`` events of text-only deltas, without a pydantic model per token.
+
+    ``render(index, text)`` builds the route's own chunk model; it is rendered once per choice index
+    with a marker for the text, and each event is that rendering with the JSON-escaped text in the
+    marker's place: the same fields, order and names as ``sse(render(index, text))``, for a
+    fraction of the CPU (the per-token path of every stream; issue 22).
+    """
+
+    _MARK = "\ue000lmgate-text\ue000"  # private-use characters: written as they are by pydantic's JSON
+
+    def __init__(self, render: Callable[[int, str], BaseModel]) -> None:
+        self._render = render
+        self._parts: dict[int, tuple[str, str]] = {}
+
+    def __call__(self, index: int, text: str) -> str:
+        parts = self._parts.get(index)
+        if parts is None:
+            head, mark, tail = sse(self._render(index, self._MARK)).partition(self._MARK)
+            assert mark, "the chunk model must write the text as it is"
+            parts = self._parts[index] = (head, tail)
+        return parts[0] + json.dumps(text, ensure_ascii=False)[1:-1] + parts[1]
 
 
 def sse_error(exc: LmgateError) -> str:

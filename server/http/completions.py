@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from lmgate.backends.base import Backend
 from lmgate.backends.types import TokenDelta, Usage
 from lmgate.server.http.common import (
+    TextEvents,
     answered,
     base_request_id,
     json_body,
@@ -98,6 +99,10 @@ async def _events(
     def chunk(choice: CompletionChoice) -> str:
         return sse(Completion(id=response_id, created=created, model=model, choices=[choice]))
 
+    text_event = TextEvents(lambda index, text: Completion(
+        id=response_id, created=created, model=model, choices=[CompletionChoice(index=index, text=text)]
+    ))  # fmt: skip
+
     offsets: dict[int, int] = {}
     for prompt_index, text in enumerate(echoes or []):
         for j in range(n):
@@ -108,6 +113,10 @@ async def _events(
             continue
         index = delta.index
         offset = offsets.get(index, 0)
+        if not delta.logprobs and delta.finish_reason is None:  # the common case: text alone
+            offsets[index] = offset + len(delta.text)
+            yield text_event(index, delta.text)
+            continue
         logprobs = completion_logprobs(list(delta.logprobs), offset) if delta.logprobs else None
         offsets[index] = offset + len(delta.text)
         reason = delta.finish_reason.value if delta.finish_reason else None

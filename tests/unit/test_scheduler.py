@@ -125,3 +125,71 @@ def test_a_finished_prompt_is_found_again_and_only_the_rest_is_computed():
     assert [(c.start, c.length) for c in out.chunks] == [(32, 9)]
     assert again.num_cached_tokens == 32
     assert sched.kv.prefix_hits == 32
+
+
+def make_fair_scheduler(prefill_chunk: int, budget: int = 64) -> Scheduler:
+    kv = KVCacheManager(1024, 8, prefix_caching=False)
+    return Scheduler(SchedulerConfig(max_seqs=8, token_budget=budget, prefill_chunk=prefill_chunk), kv)
+
+
+def test_a_long_prompt_beside_decoding_streams_is_prefilled_in_prefill_chunks():
+    sched = make_fair_scheduler(prefill_chunk=8)
+    streaming = make_seq(4)
+    sched.add(streaming)
+    run_step(sched)  # now decoding
+    long = make_seq(40)
+    sched.add(long)
+    steps = [run_step(sched) for _ in range(5)]
+    assert [[(c.seq, c.length) for c in out.chunks] for out in steps] == [[(streaming, 1), (long, 8)]] * 5
+    assert long.num_output_tokens == 1  # 5 × 8 = its whole prompt: sampled at the fifth step
+
+
+def test_with_nothing_decoding_a_prompt_gets_the_whole_budget():
+    sched = make_fair_scheduler(prefill_chunk=8, budget=64)
+    long = make_seq(100)
+    sched.add(long)
+    assert [c.length for c in run_step(sched).chunks] == [64]
+
+
+def test_a_short_prompt_behind_a_long_one_is_prefilled_first_and_the_long_one_still_moves():
+    sched = make_fair_scheduler(prefill_chunk=16)
+    streaming = make_seq(4)
+    sched.add(streaming)
+    run_step(sched)
+    long = make_seq(200)
+    sched.add(long)
+    run_step(sched)  # the long prompt has started
+    short = make_seq(6)
+    sched.add(short)
+    out = run_step(sched)
+    lengths = {id(c.seq): c.length for c in out.chunks}
+    assert lengths[id(short)] == 6  # whole prompt in one step: it samples now
+    assert lengths[id(long)] == 16 - 6  # the rest, never under a quarter of the prefill budget
+    assert short.num_output_tokens == 1
+
+
+def test_a_flood_of_short_prompts_cannot_starve_the_oldest_prompt():
+    sched = make_fair_scheduler(prefill_chunk=16, budget=64)
+    streaming = make_seq(4)
+    sched.add(streaming)
+    run_step(sched)
+    long = make_seq(100)
+    sched.add(long)
+    before = long.num_computed_tokens
+    for _ in range(3):
+        sched.add(make_seq(16))  # each would take the whole prefill budget, shortest first
+        run_step(sched)
+    assert long.num_computed_tokens - before >= 3 * 4  # a quarter of 16 every step at least
+
+
+def test_a_prompt_admitted_with_all_but_its_last_token_cached_samples_in_its_first_step():
+    sched = make_scheduler(cells=64, slots=2, budget=16, cache_slots=2)
+    first = make_seq(9, max_tokens=1)
+    sched.add(first)
+    run_step(sched)
+    sched.finish(first)  # its full blocks stay cached
+    again = make_seq(9)
+    sched.add(again)
+    out = run_step(sched)
+    assert [(c.seq, c.length) for c in out.chunks] == [(again, again.num_prompt_tokens - again.num_cached_tokens)]
+    assert again.num_output_tokens == 1

@@ -1,0 +1,118 @@
+"""The "mixed" scenario: streams decoding while long prompts arrive (fair chunked prefill).
+
+``streams`` clients stream short completions back to back; every ``long_every_s`` seconds one more
+request arrives with a ~1,900-token prompt of its own (unique from its first word, so no prefix cache
+helps). What a long prompt costs the running streams shows in their inter-token latency (p99: the
+steps that carried a prefill chunk), and what it costs a short request arriving behind it shows in
+the short requests' time to first token. llama-server prefills up to ``n_batch`` (2,048) prompt
+tokens in a step beside the decodes (llama.cpp#6607); lmgate prefills ``prefill_chunk`` tokens per
+step while others decode, shortest prompt first (backends/llamacpp/scheduler.py).
+
+Each server gets one more slot than streams (for the long requests) and 2,048 context cells per
+slot, enough for a long prompt and its answer under bench-200m's 2,048-token context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import httpx
+
+from lmgate.bench.client import BenchConfig, BenchError, RequestResult, one_request, percentiles
+
+LONG_WORDS = "You are a careful assistant of a travel company. Answer briefly, politely and in English. "
+LONG_PROMPT = LONG_WORDS * 21  # ~1,850 tokens with bench-200m's vocabulary, + the request's number
+SHORT_PROMPT = "Once upon a time, in a land far away, there lived"
+
+
+@dataclass(frozen=True)
+class MixedReport:
+    streams: int
+    long_every_s: float
+    duration_s: float
+    short_requests: int
+    long_requests: int
+    errors: int
+    short_tokens_per_s: float
+    short_ttft_ms: dict[str, float]
+    short_itl_ms: dict[str, float]
+    long_ttft_ms: dict[str, float]
+    first_error: str | None = None
+
+
+async def run_mixed(
+    url: str,
+    model: str = "default",
+    *,
+    streams: int = 8,
+    duration_s: float = 60.0,
+    long_every_s: float = 5.0,
+    max_tokens: int = 64,
+    long_max_tokens: int = 16,
+) -> MixedReport:
+    """Run the scenario for ``duration_s`` (requests in flight at the end are awaited)."""
+    limits = httpx.Limits(max_connections=streams + 64, max_keepalive_connections=0)
+    short = BenchConfig(url, model, 1, 1, max_tokens=max_tokens, prompt=SHORT_PROMPT)
+    shorts: list[RequestResult] = []
+    longs: list[asyncio.Task[RequestResult]] = []
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+        warm_up = await one_request(client, short)
+        if warm_up.error is not None:
+            raise BenchError(f"cannot benchmark {url}: {warm_up.error}")
+        started = time.perf_counter()
+        deadline = started + duration_s
+
+        async def streamer() -> None:
+            while time.perf_counter() < deadline:
+                shorts.append(await one_request(client, short))
+
+        async def arrivals() -> None:
+            j = 0
+            while time.perf_counter() < deadline:
+                config = BenchConfig(url, model, 1, 1, max_tokens=long_max_tokens, prompt=f"Request {j}. {LONG_PROMPT}")
+                longs.append(asyncio.create_task(one_request(client, config)))
+                j += 1
+                await asyncio.sleep(long_every_s)
+
+        await asyncio.gather(arrivals(), *(streamer() for _ in range(streams)))
+        wall = time.perf_counter() - started
+        long_results = list(await asyncio.gather(*longs))
+    ok_short = [r for r in shorts if r.error is None]
+    ok_long = [r for r in long_results if r.error is None]
+    failed = [r for r in (*shorts, *long_results) if r.error is not None]
+    return MixedReport(
+        streams=streams,
+        long_every_s=long_every_s,
+        duration_s=wall,
+        short_requests=len(shorts),
+        long_requests=len(long_results),
+        errors=len(failed),
+        short_tokens_per_s=sum(r.output_tokens for r in ok_short) / wall,
+        short_ttft_ms=percentiles([r.ttft for r in ok_short if r.ttft is not None]),
+        short_itl_ms=percentiles([x for r in ok_short for x in r.itls]),
+        long_ttft_ms=percentiles([r.ttft for r in ok_long if r.ttft is not None]),
+        first_error=failed[0].error if failed else None,
+    )
+
+
+def render(reports: dict[str, MixedReport]) -> list[str]:
+    """The scenario's section of docs/benchmarks.md."""
+    any_report = next(iter(reports.values()))
+    lines = [
+        "",
+        f"## Mixed: {any_report.streams} streams decoding, a ~1,900-token prompt arriving every "
+        f"{any_report.long_every_s:g} s",
+        "",
+        "| server | stream tok/s | stream ITL p50 / p99 ms | short TTFT p50 / p99 ms | long TTFT p50 ms "
+        "| requests short / long | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in reports.items():
+        lines.append(
+            f"| {name} | {r.short_tokens_per_s:.1f} | {r.short_itl_ms['p50']:.0f} / {r.short_itl_ms['p99']:.0f} "
+            f"| {r.short_ttft_ms['p50']:.0f} / {r.short_ttft_ms['p99']:.0f} | {r.long_ttft_ms['p50']:.0f} "
+            f"| {r.short_requests} / {r.long_requests} | {r.errors} |"
+        )
+    return lines
