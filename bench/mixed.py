@@ -48,7 +48,7 @@ async def run_mixed(
     *,
     streams: int = 8,
     duration_s: float = 60.0,
-    long_every_s: float = 5.0,
+    long_every_s: float = 8.0,
     max_tokens: int = 64,
     long_max_tokens: int = 16,
 ) -> MixedReport:
