@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import random
+import re
 import subprocess
 import sys
 import time
@@ -42,6 +43,11 @@ def system_prompt(tenant: int, words: int) -> str:
 
 @contextlib.contextmanager
 def process(args: list[str], url: str, log: Path) -> Iterator[None]:
+    """``args`` serving at ``url`` until the block ends; refuses a URL another server already answers (a
+    stray worker of an interrupted run would take the fresh one's place, warm cache and all)."""
+    with contextlib.suppress(httpx.HTTPError):
+        httpx.get(f"{url}/ready", timeout=1)
+        raise RuntimeError(f"{url} is already served by another process: stop it first")
     with log.open("w") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
         try:
@@ -109,22 +115,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--users", type=int, default=12, help="requests per tenant")
     parser.add_argument("--prompt-words", type=int, default=230, help="system prompt length (~1,000 tiny-chat tokens)")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--worker-ctx", type=int, default=4096,
+                        help="KV cells of each worker: fewer than every tenant's prompt needs (one worker alone gets "
+                        "the fleet's total)")  # fmt: skip
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--out", type=Path, default=Path("docs/fleet-bench.md"))
     args = parser.parse_args(argv)
     logs = Path(".cache/bench-fleet")
     logs.mkdir(parents=True, exist_ok=True)
     serve = [sys.executable, "-m", "lmgate.server.cli", "serve", "--model", str(args.model), "--threads", "1",
-             "--max-seqs", "8", "--n-ctx", "16384", "--log-level", "warning"]  # fmt: skip
+             "--max-seqs", "8", "--log-level", "warning"]  # fmt: skip
     rows: dict[str, dict[str, float]] = {}
     for run in ("one worker", *POLICIES):
         count = 1 if run == "one worker" else args.workers
+        cells = args.worker_ctx * (args.workers if run == "one worker" else 1)  # the fleet's KV memory in one
         with contextlib.ExitStack() as stack:
             targets = []
             for w in range(count):  # fresh workers per run: every policy starts from cold caches
                 port, grpc_port = 8301 + w, 50301 + w
-                stack.enter_context(process([*serve, "--port", str(port), "--grpc-port", str(grpc_port)],
-                                            f"http://127.0.0.1:{port}", logs / f"worker-{w}.log"))  # fmt: skip
+                worker = [*serve, "--n-ctx", str(cells), "--port", str(port), "--grpc-port", str(grpc_port)]
+                stack.enter_context(process(worker, f"http://127.0.0.1:{port}", logs / f"worker-{w}.log"))
                 targets.append(f"127.0.0.1:{grpc_port}")
             policy = "prefix_affinity" if run == "one worker" else run
             config = front_config(logs / "front.yaml", targets, policy)
@@ -132,9 +142,16 @@ def main(argv: list[str] | None = None) -> None:
                      "--no-grpc", "--log-level", "warning"]  # fmt: skip
             stack.enter_context(process(front, "http://127.0.0.1:8300", logs / "front.log"))
             rows[run] = summary(asyncio.run(workload("http://127.0.0.1:8300", args)))
+            rows[run].update(decisions(httpx.get("http://127.0.0.1:8300/metrics", timeout=10).text))
             print(f"{run}: {rows[run]}", flush=True)
     args.out.write_text(render(rows, args))
     print(f"wrote {args.out}")
+
+
+def decisions(metrics: str) -> dict[str, float]:
+    """The front's routing decisions by reason (``lmgate_router_decisions_total``), from its /metrics."""
+    found = re.findall(r'^lmgate_router_decisions_total\{[^}]*reason="(\w+)"[^}]*\} (\S+)$', metrics, re.MULTILINE)
+    return {f"routed_{reason}": float(value) for reason, value in found}
 
 
 def render(rows: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
@@ -143,17 +160,20 @@ def render(rows: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
         "# Fleet benchmark",
         "",
         f"Written by `make bench-fleet` (`bench/fleet.py`) on {time.strftime('%Y-%m-%d')}: a front lmgate over "
-        f"{args.workers} worker lmgates (`{args.model.name}`, 1 thread, 8 sequences each) on this machine; "
+        f"{args.workers} worker lmgates (`{args.model.name}`, 1 thread, 8 sequences, {args.worker_ctx} KV cells each: "
+        f"room for a few tenants' prompts, not all) on this machine; one worker alone gets the fleet's "
+        f"{args.workers * args.worker_ctx} cells; "
         f"{args.tenants} tenants, each with its own ~{args.prompt_words}-word system prompt, {args.users} users each "
         f"(a different question after it), {args.concurrency} requests at a time, {args.max_tokens} output tokens. "
         "Fresh workers per row.",
         "",
-        "| routing | prefix hit rate | TTFT p50 ms | TTFT p99 ms | errors |",
-        "|---|---|---|---|---|",
+        "| routing | prefix hit rate | TTFT p50 ms | TTFT p99 ms | errors | routed by (reason: requests) |",
+        "|---|---|---|---|---|---|",
     ]
     for name, row in rows.items():
+        routed = ", ".join(f"{k.removeprefix('routed_')}: {v:.0f}" for k, v in row.items() if k.startswith("routed_"))
         lines.append(f"| {name} | {row['hit_rate']:.0%} | {row['ttft_p50']:.0f} | {row['ttft_p99']:.0f} | "
-                     f"{row['errors']:.0f} |")  # fmt: skip
+                     f"{row['errors']:.0f} | {routed} |")  # fmt: skip
     lines += [
         "",
         f"prefix_affinity: hit rate {ours['hit_rate'] / alone['hit_rate'] if alone['hit_rate'] else 0:.2f}× one "

@@ -163,6 +163,13 @@ class ModelEntry(BaseModel):
     )
     replicas: int = Field(default=1, ge=1, le=64, description="Copies of this backend in the pool.")
     routing: Policy = Field(default=Policy.PREFIX_AFFINITY, description="How a replica is chosen.")
+    affinity_max_load: float = Field(
+        default=2.0,
+        ge=1.0,
+        description="prefix_affinity: a replica takes the requests whose prefix it holds while its open requests "
+        "stay within this multiple of the replicas' average; beyond, they spill to another replica (1.0: strict "
+        "balance, fewer cache hits; higher: more hits, more uneven load).",
+    )
     fallback: str | None = Field(
         default=None, description="Another model that serves when this pool is unavailable or saturated."
     )

@@ -45,7 +45,9 @@ class ModelPool:
         self.settings = settings
         self.name = settings.name
         self.replicas: list[Backend] = [create_backend(self.name, c) for c in _replica_configs(settings)]
-        self.router = Router.of(len(self.replicas), RouterConfig(policy=settings.routing))
+        self.router = Router.of(
+            len(self.replicas), RouterConfig(policy=settings.routing, epsilon=settings.affinity_max_load - 1)
+        )
         self.gate = AdmissionGate(self.name, settings.max_running, settings.max_waiting)
         self.state = ModelState.UNLOADED if settings.lazy else ModelState.LOADING
         self.loaded = [False] * len(self.replicas)

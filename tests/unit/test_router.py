@@ -110,7 +110,7 @@ def test_the_replica_holding_the_longest_prefix_wins_whatever_the_ring_says():
 
 
 def test_a_hot_prefix_spills_over_past_the_load_bound_and_new_prefixes_use_the_ring():
-    router = Router.of(2)
+    router = Router.of(2, RouterConfig(epsilon=0.25))  # 3 open over 2 replicas: at most 2 on one
     hot = blocks_of("A long shared system prompt. " * 40)
     home = router.pick(now=0, affinity_key=b"hot", blocks=hot)
     router.started(home, 100)
