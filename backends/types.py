@@ -149,6 +149,10 @@ class SamplingParams:
     length_penalty: float = 1.0
     structured_output: StructuredOutput | None = None
     """Decode only text of this shape (None: any text)."""
+    speculative: bool | None = None
+    """Speculative decoding for this request where the model enables it (docs/speculative.md): None
+    follows the model's config, False turns it off, True asks for it (still only where the model has a
+    method configured). It never changes the output, only how fast it comes."""
 
     @property
     def greedy(self) -> bool:
@@ -313,6 +317,10 @@ class BackendStats:
     """Cached prefixes dropped to make room."""
     steps: int = 0
     generated_tokens: int = 0
+    spec_drafted_tokens: int = 0
+    """Draft tokens proposed for speculative decoding and verified by the model."""
+    spec_accepted_tokens: int = 0
+    """Of those, tokens the model's own sampling agreed with (acceptance rate = accepted / drafted)."""
     engine_restarts: int = 0
     """Times the engine's process died and a new one was started (backends/engine/process_backend.py)."""
 

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import random
+import re
 import subprocess
 import sys
 import time
@@ -141,9 +142,16 @@ def main(argv: list[str] | None = None) -> None:
                      "--no-grpc", "--log-level", "warning"]  # fmt: skip
             stack.enter_context(process(front, "http://127.0.0.1:8300", logs / "front.log"))
             rows[run] = summary(asyncio.run(workload("http://127.0.0.1:8300", args)))
+            rows[run].update(decisions(httpx.get("http://127.0.0.1:8300/metrics", timeout=10).text))
             print(f"{run}: {rows[run]}", flush=True)
     args.out.write_text(render(rows, args))
     print(f"wrote {args.out}")
+
+
+def decisions(metrics: str) -> dict[str, float]:
+    """The front's routing decisions by reason (``lmgate_router_decisions_total``), from its /metrics."""
+    found = re.findall(r'^lmgate_router_decisions_total\{[^}]*reason="(\w+)"[^}]*\} (\S+)$', metrics, re.MULTILINE)
+    return {f"routed_{reason}": float(value) for reason, value in found}
 
 
 def render(rows: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
@@ -159,12 +167,13 @@ def render(rows: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
         f"(a different question after it), {args.concurrency} requests at a time, {args.max_tokens} output tokens. "
         "Fresh workers per row.",
         "",
-        "| routing | prefix hit rate | TTFT p50 ms | TTFT p99 ms | errors |",
-        "|---|---|---|---|---|",
+        "| routing | prefix hit rate | TTFT p50 ms | TTFT p99 ms | errors | routed by (reason: requests) |",
+        "|---|---|---|---|---|---|",
     ]
     for name, row in rows.items():
+        routed = ", ".join(f"{k.removeprefix('routed_')}: {v:.0f}" for k, v in row.items() if k.startswith("routed_"))
         lines.append(f"| {name} | {row['hit_rate']:.0%} | {row['ttft_p50']:.0f} | {row['ttft_p99']:.0f} | "
-                     f"{row['errors']:.0f} |")  # fmt: skip
+                     f"{row['errors']:.0f} | {routed} |")  # fmt: skip
     lines += [
         "",
         f"prefix_affinity: hit rate {ours['hit_rate'] / alone['hit_rate'] if alone['hit_rate'] else 0:.2f}× one "

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmgate.bench.client import BenchConfig, BenchReport, run_bench
-from lmgate.bench.suite import Server, serving_process
+from lmgate.bench.servers import Server, serving_process
 
 _TICK = os.sysconf("SC_CLK_TCK")
 

@@ -11,7 +11,9 @@ Servers, one at a time on this machine, each with the same threads, context and 
 
 Scenarios: identical short prompts over a concurrency sweep; shared-prefix (16 users, one
 ~512-token system prompt, a unique question each); structured outputs (lmgate, c=8, free against
-constrained); mixed (bench/mixed.py: 8 streams while long prompts arrive). Writes docs/benchmarks.md and a JSON file.
+constrained); mixed (bench/mixed.py: 8 streams while long prompts arrive); speculative
+(bench/speculative.py: lmgate with and without prompt lookup on a repeating text). Writes
+docs/benchmarks.md and a JSON file.
 Nothing here is downloaded but PyPI packages; the model is the random-weight ``bench-200m``.
 """
 
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
@@ -28,28 +29,18 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
 
-import httpx
-
 from lmgate.backends.llamacpp import cpu_build
-from lmgate.bench import mixed
+from lmgate.bench import mixed, speculative
 from lmgate.bench.client import BenchConfig, BenchReport, run_bench
 from lmgate.bench.plot import plot_sweeps
+from lmgate.bench.servers import CACHE, Server, serving
 
-CACHE = Path(".cache/bench")
 SYSTEM_WORDS = "You are a careful assistant of a travel company. Answer briefly, politely and in English. "
 SYSTEM_PROMPT = SYSTEM_WORDS * 6  # 527 tokens with bench-200m's vocabulary
-
-
-@dataclass(frozen=True)
-class Server:
-    name: str
-    command: list[str]
-    env: dict[str, str] | None = None
 
 
 def _run(command: list[str], **kwargs: object) -> None:
@@ -122,36 +113,6 @@ def llama_cpp_python_server() -> Path:
     _run([str(python), cpu_build.__file__, "install", "--target", "host"])  # cheap once built
     _run([str(python), "-m", "pip", "install", "--quiet", f"llama-cpp-python[server]=={version('llama-cpp-python')}"])
     return python
-
-
-@contextlib.contextmanager
-def serving(server: Server, port: int) -> Iterator[str]:
-    """The server's URL once it answers a one-token completion; the server stops on exit."""
-    with serving_process(server, port) as (url, _):
-        yield url
-
-
-@contextlib.contextmanager
-def serving_process(server: Server, port: int) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """As ``serving``, with the server's process (its pid, for CPU accounting)."""
-    url = f"http://127.0.0.1:{port}"
-    log = (CACHE / f"{server.name}.log").open("w")
-    env = {**os.environ, **(server.env or {})}
-    process = subprocess.Popen(server.command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        for _ in range(600):
-            if process.poll() is not None:
-                raise RuntimeError(f"{server.name} exited with {process.returncode}; see {log.name}")
-            with contextlib.suppress(httpx.HTTPError):  # ready = answers a one-token completion
-                body = {"model": "default", "prompt": "Hi", "max_tokens": 1}
-                if httpx.post(f"{url}/v1/completions", json=body, timeout=30).status_code == 200:
-                    break
-            time.sleep(0.5)
-        yield url, process
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
-        log.close()
 
 
 #: The constrained scenario's output: a JSON object whose one string is longer than max_tokens can
@@ -256,9 +217,10 @@ def main(argv: list[str] | None = None) -> None:
         results["lmgate (prefix cache off)"] = {"shared": sweep(url, "default", [16], args.max_tokens, SYSTEM_PROMPT)}
 
     mixed_reports = run_mixed_servers(model, llama_server, args)
+    speculative_reports = speculative.run(model, args.threads)
 
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {args.threads} threads"
-    args.out.write_text(render(results, args, machine, mixed_reports))
+    args.out.write_text(render(results, args, machine, mixed_reports, speculative_reports))
     sweeps = {name: runs["sweep"] for name, runs in results.items() if "sweep" in runs}
     plot_sweeps(sweeps, args.out.with_suffix(".png"), title=f"bench-200m Q8_0, {machine}")
     args.out.with_suffix(".json").write_text(
@@ -299,6 +261,7 @@ def render(
     args: argparse.Namespace,
     machine: str,
     mixed_reports: dict[str, mixed.MixedReport] | None = None,
+    speculative_reports: list[speculative.SpeculativeReport] | None = None,
 ) -> str:
     ours, anchor = results["lmgate"]["sweep"], results["llama-server"]["sweep"]
     lcp = results["llama-cpp-python"]["sweep"]
@@ -371,6 +334,8 @@ def render(
         ]
     if mixed_reports:
         lines += mixed.render(mixed_reports)
+    if speculative_reports:
+        lines += speculative.render(speculative_reports)
     errors = {name: sum(r.errors for rs in runs.values() for r in rs) for name, runs in results.items()}
     lines += ["", f"Failed requests per server over the whole run: {errors}.", "", "![sweep](benchmarks.png)", ""]
     return "\n".join(lines)

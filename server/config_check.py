@@ -5,7 +5,8 @@ with them on this machine, now.
   the same code reads them); ``keys_file`` / ``keys_env`` hold valid key records.
 - ``llamacpp`` models: the ``gguf`` file exists and its header reads (the check the engine makes
   before loading: not a GGUF file, damaged, cut short); each LoRA adapter fits it (the engine's check
-  too: backends/llamacpp/lora_file.py).
+  too: backends/llamacpp/lora_file.py); a speculative ``draft_model`` is a GGUF with the model's
+  token list (the engine checks the vocabulary again as llama.cpp loaded it).
 - ``transformers`` models: ``model`` is an HF checkpoint directory (config.json, safetensors).
 - ``openai`` and ``grpc`` models: ``api_key_env``, when set, names a variable that holds a key.
 - ``grpc`` models with ``discovery``: the Kubernetes client (the ``kubernetes`` extra) is installed
@@ -20,6 +21,9 @@ what only loading can tell (memory, a checkpoint's tensors) and other machines (
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
+
+import gguf
 
 from lmgate.backends.env_secret import why_no_secret
 from lmgate.backends.llamacpp.gguf_file import GGUFFileError, open_gguf
@@ -38,6 +42,23 @@ from lmgate.server.settings import (
 from lmgate.server.tenancy.records import Tenants
 
 
+def _draft_problem(path: Path, target: gguf.GGUFReader) -> str | None:
+    """Why ``path`` cannot draft for the model read by ``target``; None if it can."""
+    try:
+        draft = open_gguf(path)
+    except GGUFFileError as exc:
+        return f"{exc}" + ("" if path.exists() else " (a relative path is taken from the config file's directory)")
+    tokens = [_tokens(r) for r in (draft, target)]
+    if tokens[0] != tokens[1]:
+        return f"{path.name} has another vocabulary than the model: a draft model needs the same tokenizer"
+    return None
+
+
+def _tokens(reader: gguf.GGUFReader) -> list[str] | None:
+    field = reader.fields.get("tokenizer.ggml.tokens")
+    return None if field is None else list(field.contents())
+
+
 def serving_problems(settings: Settings) -> list[str]:
     """Each reason ``serve`` would refuse or fail with these settings here, naming the field; empty if none."""
     problems = []
@@ -49,11 +70,14 @@ def serving_problems(settings: Settings) -> list[str]:
     for i, model in enumerate(settings.models):
         if isinstance(model, LlamaCppModelSettings):
             try:
-                open_gguf(model.gguf)
+                reader = open_gguf(model.gguf)
             except GGUFFileError as exc:
                 where = "" if model.gguf.exists() else " (a relative path is taken from the config file's directory)"
                 problems.append(f"models.{i}.gguf: {exc}{where}")
                 continue
+            draft = model.speculative.draft_model
+            if draft is not None and (why := _draft_problem(draft, reader)):
+                problems.append(f"models.{i}.speculative.draft_model: {why}")
             for j, adapter in enumerate(model.lora_adapters):
                 try:
                     check_lora_file(adapter.path, model.gguf, name=adapter.name)

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from lmgate.backends.grpc.discovery_config import KubernetesDiscovery
 from lmgate.backends.llamacpp.config import default_threads
+from lmgate.backends.llamacpp.speculative_config import SpeculativeConfig
 from lmgate.backends.lora import LoraAdapter
 from lmgate.server.settings import (
     FakeModelSettings,
@@ -39,7 +40,7 @@ BACKENDS: list[tuple[str, type[BaseModel], str]] = [
     ("openai", OpenAIModelSettings, "a model on any OpenAI-compatible server"),
     ("fake", FakeModelSettings, "echoes the prompt back, no model (tests)"),
 ]
-_FACTORIES = {default_threads: "the CPUs this process may use", list: "`[]`"}
+_FACTORIES = {default_threads: "the CPUs this process may use", list: "`[]`", SpeculativeConfig: "off (`method: none`)"}
 
 
 def render() -> str:
@@ -58,6 +59,9 @@ def render() -> str:
     parts += ["", "### `lora_adapters`: each entry (`llamacpp`, `vllm`)", "",
               "A LoRA adapter served as a model name of its own over the base model ([LoRA adapters](lora.md)).",
               "", _table(LoraAdapter)]  # fmt: skip
+    parts += ["", "### `speculative` (`llamacpp`)", "",
+              "Speculative decoding: draft tokens verified in the same batched decode ([speculative](speculative.md)).",
+              "", _table(SpeculativeConfig)]  # fmt: skip
     return "\n".join([*parts, "", END])
 
 

@@ -17,6 +17,8 @@ backend's ``stats()`` at scrape time. One ``Metrics`` per app, on its own ``Coll
     lmgate_kv_cache_usage_ratio{model,backend}                  gauge, cells held by requests
     lmgate_prefix_cache_hits_total / _queries_total{...}        counters, in prompt tokens
     lmgate_preemptions_total{model,backend}                     counter
+    lmgate_spec_decode_draft_tokens_total / _accepted_tokens_total{model,backend}  counters: speculative
+                                                                decoding (acceptance rate = accepted / draft)
     lmgate_engine_restarts_total{model,backend}                 counter
     lmgate_replicas{model,backend} / lmgate_replicas_usable     gauges: configured / loaded and healthy
     lmgate_discovered_replicas{model}                    gauge: ready workers found by Kubernetes discovery
@@ -357,6 +359,10 @@ class _EngineCollector(Collector):
         queries = CounterMetricFamily("lmgate_prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
                                       labels=labels)  # fmt: skip
         preemptions = CounterMetricFamily("lmgate_preemptions", "Sequences preempted for KV space.", labels=labels)
+        drafted = CounterMetricFamily("lmgate_spec_decode_draft_tokens", "Draft tokens verified by speculative "
+                                      "decoding.", labels=labels)  # fmt: skip
+        accepted = CounterMetricFamily("lmgate_spec_decode_accepted_tokens", "Draft tokens the model agreed with "
+                                       "(acceptance rate = accepted / draft).", labels=labels)  # fmt: skip
         restarts = CounterMetricFamily("lmgate_engine_restarts", "Engine processes started again after one died.",
                                        labels=labels)  # fmt: skip
         replicas = GaugeMetricFamily("lmgate_replicas", "Replicas configured (or discovered).", labels=labels)
@@ -396,6 +402,8 @@ class _EngineCollector(Collector):
             hits.add_metric(values, stats.prefix_hits)
             queries.add_metric(values, stats.prefix_queries)
             preemptions.add_metric(values, stats.preemptions)
+            drafted.add_metric(values, stats.spec_drafted_tokens)
+            accepted.add_metric(values, stats.spec_accepted_tokens)
             restarts.add_metric(values, stats.engine_restarts)
         yield from (running, waiting, kv, hits, queries, preemptions, restarts, replicas, usable, admitted, queued)
-        yield from (decisions, blocks, discovered)
+        yield from (decisions, blocks, drafted, accepted, discovered)

@@ -255,6 +255,7 @@ def _sampling_from_pb(sampling: pb.SamplingParams, *, max_tokens: int | None, lo
         best_of=best_of,
         length_penalty=given("length_penalty", 1.0),
         structured_output=_structure_from_pb(sampling),
+        speculative=_optional(sampling, "speculative"),
     )
 
 
@@ -323,7 +324,7 @@ def sampling_to_pb(params: SamplingParams) -> pb.SamplingParams:
         use_beam_search=params.use_beam_search,
         length_penalty=params.length_penalty,
     )
-    for name in ("max_tokens", "seed", "logprobs", "best_of"):
+    for name in ("max_tokens", "seed", "logprobs", "best_of", "speculative"):
         value = getattr(params, name)
         if value is not None:
             setattr(out, name, value)

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, PositiveInt, model_validator
 
+from lmgate.backends.llamacpp.speculative_config import SpeculativeConfig
 from lmgate.backends.lora import LoraAdapter, adapters_named
 from lmgate.backends.tasks import TasksConfig
 from lmgate.backends.tools.formats import ToolParser
@@ -97,6 +98,11 @@ class LlamaCppConfig(TasksConfig):
         default=16,
         le=256,
         description="Embeddings: inputs decoded together in one batch at most (of max_model_len tokens in all).",
+    )
+    speculative: SpeculativeConfig = Field(
+        default_factory=SpeculativeConfig,
+        description="Speculative decoding (docs/speculative.md): draft tokens verified in the same batched decode; "
+        "off by default. A request may turn it off with `speculative: false`.",
     )
 
     check_integrity: bool = Field(

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from lmgate.backends.engine.beam_search import BeamSearch
 from lmgate.backends.engine.output_text import next_token
 from lmgate.backends.engine.thread import EngineThread, Publish
-from lmgate.backends.llamacpp import beams
+from lmgate.backends.llamacpp import beams, speculator
 from lmgate.backends.llamacpp.config import LlamaCppConfig
 from lmgate.backends.llamacpp.embedder import Embedder, EmbedJob
 from lmgate.backends.llamacpp.kv_cache import KVCacheManager
@@ -57,6 +57,7 @@ class Engine(EngineThread[Request]):
         self.embedder = Embedder(model, config.embed_max_seqs)
         kv = KVCacheManager(model.n_ctx, config.num_slots, prefix_caching=config.prefix_cache)
         self.scheduler = Scheduler(SchedulerConfig(config.max_seqs, model.n_batch, config.prefill_chunk), kv)
+        self.speculator = speculator.build(config, model, kv)
         self._check = config.check_integrity
         self._stats = BackendStats(kv_cells_total=model.n_ctx)
         self._steps = 0
@@ -65,6 +66,8 @@ class Engine(EngineThread[Request]):
     def stop(self) -> None:
         """Abort everything, end the thread and free llama.cpp's objects."""
         super().stop()
+        if self.speculator is not None:
+            self.speculator.close()
         self.embedder.close()
         self.runner.close()
         self.model.close()
@@ -100,6 +103,8 @@ class Engine(EngineThread[Request]):
             log.error("request %s cannot be admitted into an idle KV cache: aborted", head.request_id)
             self._abort(head.request_id)
             return
+        if self.speculator is not None:
+            output = self.speculator.extend(output)
         self._mark_started(output)
         sampled = self.runner.execute(output)
         self._postprocess(output, sampled)
@@ -112,6 +117,12 @@ class Engine(EngineThread[Request]):
                 chunk.seq.started_at = now
 
     def _postprocess(self, output: SchedulerOutput, sampled: list[Sampled]) -> None:
+        for s in sampled:
+            if s.accepted:  # decoded this step: update() counts them computed and commits their blocks
+                s.seq.token_ids.extend(s.accepted)
+                self._generated += len(s.accepted)
+                if self.speculator is not None:
+                    self.speculator.accepted += len(s.accepted)
         self.scheduler.update(output)
         for seq in output.starved:
             if seq.beam is not None:  # only beams starve (scheduler.py)
@@ -140,21 +151,46 @@ class Engine(EngineThread[Request]):
         self._emit(request_id, deltas)
 
     def _advance(self, s: Sampled) -> TokenDelta:
-        """Apply one sampled token to its sequence: text, stop rules, limits."""
-        seq, token, model = s.seq, s.token_id, self.model
-        stops = token in seq.sampling.stop_token_ids or token in model.eog_ids
-        text, finish = next_token(
-            seq.output,
-            None if stops else lambda: model.pieces[token],
-            lambda: seq.num_output_tokens >= seq.max_tokens or seq.num_tokens >= model.max_model_len,
-        )
+        """Apply a step's tokens of one sequence (already appended): text, stop rules, limits.
+
+        With speculation they are the accepted drafts and then the sampled token, taken one by one as
+        if each came from a step of its own: where one ends the choice, the tokens after it are
+        dropped from the sequence, as if never sampled.
+        """
+        seq = s.seq
+        if not s.accepted:
+            text, finish = self._next_token(seq, s.token_id, seq.num_tokens)
+            tokens: tuple[int, ...] = (s.token_id,)
+        else:
+            tokens = (*s.accepted, s.token_id)
+            first, texts = seq.num_tokens - len(tokens), []
+            for j, token in enumerate(tokens):
+                text, finish = self._next_token(seq, token, first + j + 1)
+                texts.append(text)
+                if finish is not None:
+                    del seq.token_ids[first + j + 1 :]
+                    tokens = tokens[: j + 1]
+                    break
+            text = "".join(texts)
         usage = None if finish is None else self._finish(seq, finish)
         logprobs = (s.logprob,) if s.logprob is not None else ()
-        return TokenDelta(seq.index, text, (token,), logprobs, finish, usage)
+        return TokenDelta(seq.index, text, tokens, logprobs, finish, usage)
+
+    def _next_token(self, seq: Sequence, token: int, num_tokens: int) -> tuple[str, FinishReason | None]:
+        """The text and finish of ``token``, the sequence's ``num_tokens``-th token."""
+        model = self.model
+        stops = token in seq.sampling.stop_token_ids or token in model.eog_ids
+        return next_token(
+            seq.output,
+            None if stops else lambda: model.pieces[token],
+            lambda: num_tokens - seq.num_prompt_tokens >= seq.max_tokens or num_tokens >= model.max_model_len,
+        )
 
     def _finish(self, seq: Sequence, reason: FinishReason) -> Usage:
         self.scheduler.finish(seq)
         self.runner.release(seq)
+        if self.speculator is not None:
+            self.speculator.release(seq)
         seq.finish_reason = reason
         self._requests[seq.request_id].unfinished -= 1
         return Usage(seq.num_prompt_tokens, seq.num_output_tokens, seq.num_cached_tokens, seq.queue_time)
@@ -195,6 +231,8 @@ class Engine(EngineThread[Request]):
             prefix_evictions=kv.evictions,
             steps=self._steps,
             generated_tokens=self._generated,
+            spec_drafted_tokens=self.speculator.drafted if self.speculator is not None else 0,
+            spec_accepted_tokens=self.speculator.accepted if self.speculator is not None else 0,
         )
 
     def check_integrity(self) -> None:

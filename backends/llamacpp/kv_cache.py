@@ -211,6 +211,17 @@ class KVCacheManager:
         self._tails += num_cells
         return True
 
+    def shrink(self, slot: int, num_cells: int) -> None:
+        """Give back the last ``num_cells`` reserved cells of ``slot`` (rejected draft tokens: they were
+        decoded into, so llama.cpp drops those positions too). They must lie in the tail, not committed."""
+        state = self._slots[slot]
+        if not 0 <= num_cells <= state.tail:
+            raise KVIntegrityError(f"slot {slot} cannot give back {num_cells} of its {state.tail} tail cells")
+        state.tail -= num_cells
+        self._tails -= num_cells
+        # Not ``_record``: no cached slot changed, so the reclaimable count stays valid.
+        self._ops.append(RemoveOp(slot, self.cells_of(slot)))
+
     def commit(self, slot: int, hashes: list[bytes], tokens: Sequence[int] = ()) -> None:
         """The reserved cells were decoded into; turn every completed block of the tail into a
         shareable block. ``hashes`` are the chain hashes of the slot's full blocks (at least);

@@ -1,6 +1,7 @@
 """A loaded GGUF model and its llama.cpp context: tokenizer, vocabulary facts, lifetime, LoRA adapters.
 
-Together with runner.py, sampler.py and lora.py, the only modules that import ``llama_cpp``. The context is
+Together with runner.py, sampler.py, lora.py, embedder.py and draft_model.py, the only modules that
+import ``llama_cpp``. The context is
 created with a unified KV cache (``kv_unified``) of ``n_ctx`` cells shared by ``config.num_slots``
 sequence ids. ``tokenize`` and ``piece`` read only the immutable vocabulary and may be called from any
 thread; everything touching the context belongs to the engine thread.

@@ -3,7 +3,12 @@
 Every scheduled chunk goes into the same ``llama_batch`` under its slot's sequence id, with the step's
 LoRA adapter (if any) set on the context first; logits are
 requested only for a chunk's last token when that token is the sequence's last. Each such
-sequence then samples from its own chain at its batch index. Log-probabilities are those of the
+sequence then samples from its own chain at its batch index. A chunk with draft tokens
+(speculator.py) has them decoded after it, with logits at each: the chain samples position after
+position while what it samples equals the draft, so every token is drawn from the model's own
+distribution given the tokens before it, with one draw of the chain's generator per token, exactly
+as without the draft (seeded output is the same); the first disagreement, or the position after the
+last draft, gives the step's final token. Log-probabilities are those of the
 raw model distribution (before penalties, temperature and truncation), as vLLM and OpenAI report.
 """
 
@@ -36,6 +41,8 @@ class Sampled:
     token_id: int
     logprob: TokenLogprob | None
     candidates: tuple[tuple[int, float], ...] = ()
+    accepted: tuple[int, ...] = ()
+    """Draft tokens the sequence took before ``token_id`` (speculative decoding), in order."""
 
 
 class Runner:
@@ -77,7 +84,7 @@ class Runner:
         rc = llama_cpp.llama_decode(self.model.ctx, self._batch)
         if rc != 0:
             raise DecodeError(f"llama_decode returned {rc} for {output.num_tokens} tokens")
-        return [self._sample(seq, index) for seq, index in to_sample]
+        return [self._verify(seq, i, draft) if draft else self._sample(seq, i) for seq, i, draft in to_sample]
 
     def release(self, seq: Sequence) -> None:
         """The sequence is done: free its sampler chain."""
@@ -90,27 +97,40 @@ class Runner:
         pos_max: int = llama_cpp.llama_memory_seq_pos_max(self.model.memory, slot)  # the bindings return Any
         return pos_max + 1
 
-    def _fill_batch(self, output: SchedulerOutput) -> list[tuple[Sequence, int]]:
+    def _fill_batch(self, output: SchedulerOutput) -> list[tuple[Sequence, int, tuple[int, ...]]]:
+        """Put every chunk (and its draft) in the batch; (sequence, batch index of its last token, draft)
+        for each chunk that samples."""
         batch, i = self._batch, 0
-        to_sample: list[tuple[Sequence, int]] = []
+        to_sample: list[tuple[Sequence, int, tuple[int, ...]]] = []
         for chunk in output.chunks:
-            seq, end = chunk.seq, chunk.start + chunk.length
+            seq, end, draft = chunk.seq, chunk.start + chunk.length, chunk.draft
+            n = chunk.length + len(draft)
             assert seq.slot is not None
             self._tokens[i : i + chunk.length] = seq.token_ids[chunk.start : end]
-            self._pos[i : i + chunk.length] = np.arange(chunk.start, end)
-            self._logits[i : i + chunk.length] = 0
-            for j in range(i, i + chunk.length):
+            self._tokens[i + chunk.length : i + n] = draft
+            self._pos[i : i + n] = np.arange(chunk.start, chunk.start + n)
+            self._logits[i : i + n] = 0
+            for j in range(i, i + n):
                 batch.seq_id[j][0] = seq.slot
-            i += chunk.length
+            i += n
             if chunk.samples:
-                self._logits[i - 1] = 1
-                to_sample.append((seq, i - 1))
+                self._logits[i - 1 - len(draft) : i] = 1
+                to_sample.append((seq, i - 1 - len(draft), draft))
         batch.n_tokens = i
         return to_sample
 
-    def _sample(self, seq: Sequence, batch_index: int) -> Sampled:
-        if seq.beam is not None:
-            return Sampled(seq, -1, None, self._top_logprobs(batch_index, 2 * seq.beam.width))
+    def _verify(self, seq: Sequence, batch_index: int, draft: tuple[int, ...]) -> Sampled:
+        """Sample at ``batch_index`` onwards while the samples equal ``draft`` (no logprobs, no
+        structured output, no beams here: speculator.py keeps those sequences off drafts)."""
+        chain = self._chain(seq)
+        ctx = self.model.ctx
+        for j, proposed in enumerate(draft):
+            token_id = chain.sample(ctx, batch_index + j)
+            if token_id != proposed:
+                return Sampled(seq, token_id, None, accepted=draft[:j])
+        return Sampled(seq, chain.sample(ctx, batch_index + len(draft)), None, accepted=draft)
+
+    def _chain(self, seq: Sequence) -> SamplerChain:
         chain = self._samplers.get(seq.key)
         if chain is None:
             chain = self._samplers[seq.key] = SamplerChain(
@@ -120,6 +140,12 @@ class Runner:
                 prompt=seq.token_ids[: seq.num_prompt_tokens],
                 banned=self.model.eog_ids if seq.sampling.ignore_eos else frozenset(),
             )
+        return chain
+
+    def _sample(self, seq: Sequence, batch_index: int) -> Sampled:
+        if seq.beam is not None:
+            return Sampled(seq, -1, None, self._top_logprobs(batch_index, 2 * seq.beam.width))
+        chain = self._chain(seq)
         # Log-probabilities are the model's own: read before a structured output's mask.
         logprobs = self._log_softmax(batch_index) if seq.sampling.logprobs is not None else None
         if seq.matcher is not None:

@@ -52,6 +52,9 @@ class ScheduledChunk:
     seq: Sequence
     start: int
     length: int
+    draft: tuple[int, ...] = ()
+    """Speculative tokens decoded after the chunk (backends/llamacpp/speculator.py); their cells are
+    reserved too, and ``update`` keeps only those the sequence accepted."""
 
     @property
     def samples(self) -> bool:
@@ -73,7 +76,7 @@ class SchedulerOutput:
 
     @property
     def num_tokens(self) -> int:
-        return sum(c.length for c in self.chunks)
+        return sum(c.length + len(c.draft) for c in self.chunks)
 
 
 class Scheduler:
@@ -172,11 +175,18 @@ class Scheduler:
                 chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, length))
 
     def update(self, output: SchedulerOutput) -> None:
-        """The runner decoded ``output``: those tokens' KV is now in the cache."""
+        """The runner decoded ``output``: those tokens' KV is now in the cache.
+
+        A chunk's draft tokens count as computed as far as the sequence took them (the engine appends
+        the accepted ones before calling this); the cells of the rest are given back.
+        """
         for chunk in output.chunks:
             seq = chunk.seq
-            seq.num_computed_tokens += chunk.length
+            decoded = chunk.start + chunk.length + len(chunk.draft)
+            seq.num_computed_tokens = min(decoded, seq.num_tokens)
             assert seq.slot is not None
+            if decoded > seq.num_computed_tokens:
+                self.kv.shrink(seq.slot, decoded - seq.num_computed_tokens)
             self.kv.commit(seq.slot, seq.block_hashes(), seq.token_ids)
 
     def fork(self, parent: Sequence, token_id: int) -> Sequence | None:

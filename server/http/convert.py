@@ -56,6 +56,7 @@ def sampling_params(body: _Request, *, max_tokens: int | None, logprobs: int | N
         best_of=body.best_of,
         length_penalty=body.length_penalty,
         structured_output=body.structured_output,
+        speculative=body.speculative,
     )
 
 

@@ -152,6 +152,11 @@ class _Request(BaseModel):
         default=1.0, **BOUNDS["length_penalty"].field(), description="Beam score = logprob / len**this."
     )
     user: str | None = None
+    speculative: StrictBool | None = Field(
+        default=None,
+        description="lmgate extension: false turns speculative decoding off for this request, true asks for it "
+        "where the model enables it (docs/speculative.md); it never changes the output.",
+    )
     structured_outputs: StructuredOutputsParam | None = Field(
         default=None, description="vLLM extension: constrain the output to a JSON Schema, regex, choice or grammar."
     )

@@ -50,7 +50,8 @@ from lmgate.server.tenancy.scope import check_model, salted
 AFFINITY_BYTES = 512
 _INSTRUCTIONS = (Role.SYSTEM, Role.DEVELOPER)
 _DEFAULTS = SamplingParams()
-_PARAMS = tuple(f.name for f in dataclasses.fields(SamplingParams) if f.name != "penalty_last_n")
+_PARAMS = tuple(f.name for f in dataclasses.fields(SamplingParams) if f.name not in ("penalty_last_n", "speculative"))
+"""What a backend may not honour (speculation never changes the output: a backend without it just ignores it)."""
 
 
 @dataclass

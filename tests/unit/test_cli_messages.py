@@ -165,6 +165,18 @@ def test_relative_paths_are_taken_from_the_config_files_directory_wherever_lmgat
     assert result.returncode == 0 and "valid" in result.stdout, result.stderr
 
 
+def test_check_config_checks_a_draft_model_s_file_and_vocabulary(tmp_path, tiny_chat_path, random_model_path):
+    def config(draft: str) -> Path:
+        return write_config(tmp_path / "conf", f"models:\n  - {{name: m, gguf: {tiny_chat_path}, speculative: "
+                                               f"{{method: draft, draft_model: {draft}}}}}\n")  # fmt: skip
+
+    one_line_error(lmgate("check-config", str(config("d.gguf"))), 1,
+                   f"models.0.speculative.draft_model: {tmp_path / 'conf' / 'd.gguf'}: no such file")  # fmt: skip
+    other = "models.0.speculative.draft_model: test-tiny.gguf has another vocabulary than the model"
+    one_line_error(lmgate("check-config", str(config(str(random_model_path)))), 1, other)
+    assert lmgate("check-config", str(config(str(tiny_chat_path)))).returncode == 0
+
+
 def test_check_config_refuses_api_keys_that_serve_would_refuse(tmp_path):
     config = write_config(tmp_path, "server: {api_keys_env: LMGATE_TEST_KEYS}\nmodels:\n  - {name: m, backend: fake}\n")
     env = {k: v for k, v in os.environ.items() if k != "LMGATE_TEST_KEYS"}

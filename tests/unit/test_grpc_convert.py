@@ -103,7 +103,7 @@ FULL = SamplingParams(
     temperature=0.7, top_p=0.9, top_k=5, min_p=0.1, repetition_penalty=1.1, presence_penalty=0.5,
     frequency_penalty=-0.5, seed=42, logit_bias=((5, 1.5), (7, -100.0)), max_tokens=7, stop=("a", "b"),
     stop_token_ids=(1, 2), logprobs=3, n=2,
-    structured_output=StructuredOutput(StructureKind.JSON_SCHEMA, '{"type": "object"}'),
+    structured_output=StructuredOutput(StructureKind.JSON_SCHEMA, '{"type": "object"}'), speculative=False,
 )  # fmt: skip
 BEAM = SamplingParams(n=2, use_beam_search=True, best_of=4, length_penalty=0.5, max_tokens=9)
 CALL = ToolCall("call_1", "get_weather", '{"city": "Paris"}')
@@ -149,7 +149,9 @@ def test_tools_cross_the_hop_unchanged(tools):
     assert [convert.delta_from_pb(convert.delta_to_pb(pb.ChatResponse, "r", MODEL, d)) for d in deltas] == deltas
 
 
-@pytest.mark.parametrize("sampling", [{}, {"temperature": 0.7, "max_tokens": 5, "n": 2, "logprobs": 2}], ids=str)
+@pytest.mark.parametrize(
+    "sampling", [{}, {"temperature": 0.7, "max_tokens": 5, "n": 2, "logprobs": 2}, {"speculative": True}], ids=str
+)
 def test_grpc_takes_the_http_api_s_defaults(sampling):
     body = ChatCompletionRequest.model_validate(
         {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], **sampling}

@@ -160,6 +160,7 @@ def test_unknown_route_is_an_openai_shaped_404(client):
             "response_format",
         ),
         ({"structured_outputs": {"regex": "("}}, "structured_outputs"),
+        ({"speculative": "yes"}, "speculative"),
         ({"model": ""}, "model"),
     ],
 )

@@ -1,0 +1,53 @@
+"""The servers a benchmark runs: started as processes, ready once they answer a one-token completion."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+CACHE = Path(".cache/bench")
+"""Built models, llama-server builds, logs and generated configs of the benchmarks."""
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    command: list[str]
+    env: dict[str, str] | None = None
+
+
+@contextlib.contextmanager
+def serving(server: Server, port: int) -> Iterator[str]:
+    """The server's URL once it answers a one-token completion; the server stops on exit."""
+    with serving_process(server, port) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def serving_process(server: Server, port: int) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """As ``serving``, with the server's process (its pid, for CPU accounting)."""
+    url = f"http://127.0.0.1:{port}"
+    log = (CACHE / f"{server.name}.log").open("w")
+    env = {**os.environ, **(server.env or {})}
+    process = subprocess.Popen(server.command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        for _ in range(600):
+            if process.poll() is not None:
+                raise RuntimeError(f"{server.name} exited with {process.returncode}; see {log.name}")
+            with contextlib.suppress(httpx.HTTPError):  # ready = answers a one-token completion
+                body = {"model": "default", "prompt": "Hi", "max_tokens": 1}
+                if httpx.post(f"{url}/v1/completions", json=body, timeout=30).status_code == 200:
+                    break
+            time.sleep(0.5)
+        yield url, process
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+        log.close()

@@ -1,0 +1,92 @@
+"""Speculative decoding with a draft model (backends/llamacpp/draft_model.py) on the real engine.
+
+tiny-chat drafting for itself agrees with nearly everything; a random-weight model with its
+vocabulary (quantize/random_model.py --vocab-from) disagrees with nearly everything, so drafts are
+rejected and rolled back in both caches step after step. Either way the output is the output
+without speculation, and every cell comes back.
+"""
+
+import asyncio
+
+import pytest
+
+from lmgate.quantize.random_model import PRESETS, build_random_model
+
+from engine_helpers import collect, make_request, start_backend
+
+PROMPTS = ["the cat sat on the mat. the cat sat on the mat.", "Once upon a time"]
+CHATS = ["Hello", "What does a cow say?"]
+SEEDED = {"temperature": 0.8, "seed": 11}
+
+
+@pytest.fixture(scope="module")
+def random_draft_path(tmp_path_factory, tiny_chat_path):
+    return build_random_model(tmp_path_factory.mktemp("draft") / "draft.gguf", PRESETS["test-tiny"],
+                              vocab_from=tiny_chat_path)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+async def plain(tiny_chat_path):
+    backend = await start_backend(tiny_chat_path, max_seqs=4, n_ctx=2048)
+    yield backend
+    await backend.shutdown()
+
+
+async def draft_backend(target, draft):
+    return await start_backend(target, max_seqs=4, n_ctx=2048, speculative={"method": "draft", "draft_model": draft})
+
+
+def counts(choice):
+    usage = choice.deltas[-1].usage
+    return usage.prompt_tokens, usage.completion_tokens
+
+
+async def outputs(backend, **sampling):
+    requests = [make_request(p, max_tokens=48, ignore_eos=True, **sampling) for p in PROMPTS]
+    requests += [make_request(chat=c, max_tokens=32, **sampling) for c in CHATS]
+    return [[(c.token_ids, c.text, counts(c)) for c in await collect(backend, r)] for r in requests]
+
+
+async def assert_idle(backend) -> None:
+    for _ in range(200):
+        if backend.stats().running == 0:
+            break
+        await asyncio.sleep(0.01)
+    stats = backend.stats()
+    assert (stats.running, stats.waiting, stats.kv_cells_used) == (0, 0, 0)
+
+
+async def test_the_model_drafting_for_itself_is_accepted_and_changes_nothing(plain, tiny_chat_path):
+    backend = await draft_backend(tiny_chat_path, tiny_chat_path)
+    try:
+        assert await outputs(backend) == await outputs(plain)
+        stats = backend.stats()
+        assert stats.spec_accepted_tokens > 0.6 * stats.spec_drafted_tokens > 0
+        [choice] = await collect(backend, make_request(chat="Hello", max_tokens=32))
+        assert max(len(d.token_ids) for d in choice.deltas) > 1
+        await assert_idle(backend)
+    finally:
+        await backend.shutdown()
+
+
+async def test_a_random_draft_is_rejected_and_rolled_back_and_the_output_is_unchanged(plain, tiny_chat_path,
+                                                                                      random_draft_path):  # fmt: skip
+    backend = await draft_backend(tiny_chat_path, random_draft_path)
+    try:
+        assert await outputs(backend) == await outputs(plain)
+        assert await outputs(backend, **SEEDED) == await outputs(plain, **SEEDED)
+        together = await asyncio.gather(*(collect(backend, make_request(p, max_tokens=40, ignore_eos=True))
+                                          for p in PROMPTS * 2))  # fmt: skip
+        alone = [await collect(plain, make_request(p, max_tokens=40, ignore_eos=True)) for p in PROMPTS * 2]
+        assert [c[0].token_ids for c in together] == [c[0].token_ids for c in alone]
+        stats = backend.stats()
+        assert stats.spec_drafted_tokens > 100
+        assert stats.spec_accepted_tokens < 0.5 * stats.spec_drafted_tokens
+        await assert_idle(backend)
+    finally:
+        await backend.shutdown()
+
+
+async def test_a_draft_model_with_another_vocabulary_is_refused_at_load(tiny_chat_path, random_model_path):
+    with pytest.raises(Exception, match="same vocabulary"):
+        await draft_backend(tiny_chat_path, random_model_path)
