@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -128,3 +129,18 @@ def ask(client: openai.OpenAI, model: str, question: str, **params: object) -> s
     params.setdefault("max_tokens", 64)
     reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}], **params)
     return reply.choices[0].message.content
+
+
+def poll(condition: Callable[[], object], what: str, attempts: int = 1200) -> None:
+    """Wait (50 ms a try) until ``condition()`` is true; AssertionError naming ``what`` if it never is."""
+    for _ in range(attempts):
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"never happened: {what}")
+
+
+def ask_front(front: Process, question: str) -> str:
+    """One short greedy chat question (8 tokens) to the model ``chat`` of a front gateway."""
+    client = openai.OpenAI(base_url=f"{front.url}/v1", api_key="unused", max_retries=0, timeout=120)
+    return ask(client, "chat", question, max_tokens=8)

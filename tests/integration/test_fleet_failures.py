@@ -2,13 +2,12 @@
 
 import json
 import signal
-import time
 
 import httpx
-import openai
 import pytest
 
-from server_helpers import Process, config, free_port, wait_ready
+from server_helpers import Process, config, free_port, poll, wait_ready
+from server_helpers import ask_front as ask
 
 # Fast detection so that the tests wait seconds, not the production defaults' tens of seconds.
 FAST = {"backend": "grpc", "remote_model": "tiny-chat", "routing": "least_outstanding", "connect_timeout_s": 1,
@@ -17,22 +16,6 @@ FAST = {"backend": "grpc", "remote_model": "tiny-chat", "routing": "least_outsta
 
 def worker_config(tmp, tiny_chat_path):
     return config(tmp, "worker", [{"name": "tiny-chat", "gguf": str(tiny_chat_path)}])
-
-
-def poll(condition, what: str, attempts: int = 1200) -> None:
-    for _ in range(attempts):
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"never happened: {what}")
-
-
-def ask(front: Process, question: str) -> str:
-    client = openai.OpenAI(base_url=f"{front.url}/v1", api_key="unused", max_retries=0, timeout=120)
-    reply = client.chat.completions.create(
-        model="chat", messages=[{"role": "user", "content": question}], temperature=0, max_tokens=8
-    )
-    return reply.choices[0].message.content
 
 
 @pytest.fixture

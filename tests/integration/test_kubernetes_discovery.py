@@ -6,33 +6,16 @@ worker's gRPC port, as a Service with several slices does). Everything waits by 
 """
 
 import json
-import time
 
 import httpx
-import openai
 import pytest
 
 from kube_helpers import FakeKubeApi, endpoint_slice
-from server_helpers import Process, config, wait_ready
+from server_helpers import Process, config, poll, wait_ready
+from server_helpers import ask_front as ask
 
 FAST = {"backend": "grpc", "remote_model": "tiny-chat", "routing": "round_robin", "connect_timeout_s": 5,
         "health_interval_s": 0.2, "health_timeout_s": 1, "keepalive_s": 1, "keepalive_timeout_s": 1}  # fmt: skip
-
-
-def poll(condition, what: str, attempts: int = 1200) -> None:
-    for _ in range(attempts):
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"never happened: {what}")
-
-
-def ask(front: Process, question: str) -> str:
-    client = openai.OpenAI(base_url=f"{front.url}/v1", api_key="unused", max_retries=0, timeout=120)
-    reply = client.chat.completions.create(
-        model="chat", messages=[{"role": "user", "content": question}], temperature=0, max_tokens=8
-    )
-    return reply.choices[0].message.content
 
 
 def served(worker: Process) -> float:
