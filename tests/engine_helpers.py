@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,3 +50,13 @@ async def collect(backend: ProcessBackend, request: GenerateRequest) -> list[Cho
         c.token_ids += delta.token_ids
         c.deltas.append(delta)
     return choices
+
+
+async def assert_idle(backend: ProcessBackend) -> None:
+    """Once its running sequences have ended (polled), the backend holds no sequence and no KV cell."""
+    for _ in range(200):
+        if backend.stats().running == 0:
+            break
+        await asyncio.sleep(0.01)
+    stats = backend.stats()
+    assert (stats.running, stats.waiting, stats.kv_cells_used) == (0, 0, 0)

@@ -12,7 +12,7 @@ import pytest
 
 from lmgate.quantize.random_model import PRESETS, build_random_model
 
-from engine_helpers import collect, make_request, start_backend
+from engine_helpers import assert_idle, collect, make_request, start_backend
 
 PROMPTS = ["the cat sat on the mat. the cat sat on the mat.", "Once upon a time"]
 CHATS = ["Hello", "What does a cow say?"]
@@ -45,15 +45,6 @@ async def outputs(backend, **sampling):
     requests = [make_request(p, max_tokens=48, ignore_eos=True, **sampling) for p in PROMPTS]
     requests += [make_request(chat=c, max_tokens=32, **sampling) for c in CHATS]
     return [[(c.token_ids, c.text, counts(c)) for c in await collect(backend, r)] for r in requests]
-
-
-async def assert_idle(backend) -> None:
-    for _ in range(200):
-        if backend.stats().running == 0:
-            break
-        await asyncio.sleep(0.01)
-    stats = backend.stats()
-    assert (stats.running, stats.waiting, stats.kv_cells_used) == (0, 0, 0)
 
 
 async def test_the_model_drafting_for_itself_is_accepted_and_changes_nothing(plain, tiny_chat_path):

@@ -11,7 +11,7 @@ import pytest
 from lmgate.backends.errors import BackendUnavailable, InvalidRequest
 from lmgate.backends.types import FinishReason
 
-from engine_helpers import collect, make_request, start_backend
+from engine_helpers import assert_idle, collect, make_request, start_backend
 
 PROMPTS = [
     "Hello world",
@@ -175,12 +175,7 @@ async def test_closing_the_stream_early_aborts_and_frees_the_kv(backend):
     await anext(stream)
     assert backend.stats().running == 1
     await stream.aclose()
-    for _ in range(200):
-        if backend.stats().running == 0:
-            break
-        await asyncio.sleep(0.01)
-    stats = backend.stats()
-    assert (stats.running, stats.waiting, stats.kv_cells_used) == (0, 0, 0)
+    await assert_idle(backend)
 
 
 LONG = " ".join(PROMPTS * 3)

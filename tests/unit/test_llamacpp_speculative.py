@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from lmgate.backends.llamacpp.config import LlamaCppConfig
 from lmgate.backends.types import FinishReason
 
-from engine_helpers import Choice, collect, make_request, start_backend
+from engine_helpers import Choice, assert_idle, collect, make_request, start_backend
 
 REPETITIVE = [
     "the cat sat on the mat. the cat sat on the mat. the cat sat on the mat.",
@@ -169,12 +169,7 @@ async def test_kv_cells_are_idle_after_speculative_requests(ngram):
     await anext(stream)
     await anext(stream)
     await stream.aclose()  # aborted mid-generation
-    for _ in range(200):
-        if ngram.stats().running == 0:
-            break
-        await asyncio.sleep(0.01)
-    stats = ngram.stats()
-    assert (stats.running, stats.waiting, stats.kv_cells_used) == (0, 0, 0)
+    await assert_idle(ngram)
 
 
 def test_config_validation_names_the_fix(tiny_chat_path):
