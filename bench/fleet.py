@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import contextlib
 import random
-import re
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 import httpx
 
 from lmgate.bench.client import BenchConfig, RequestResult, one_request, percentiles
+from lmgate.bench.servers import scrape
 
 POLICIES = ("prefix_affinity", "round_robin", "least_outstanding")
 WORDS = (
@@ -142,16 +142,15 @@ def main(argv: list[str] | None = None) -> None:
                      "--no-grpc", "--log-level", "warning"]  # fmt: skip
             stack.enter_context(process(front, "http://127.0.0.1:8300", logs / "front.log"))
             rows[run] = summary(asyncio.run(workload("http://127.0.0.1:8300", args)))
-            rows[run].update(decisions(httpx.get("http://127.0.0.1:8300/metrics", timeout=10).text))
+            rows[run].update(decisions("http://127.0.0.1:8300"))
             print(f"{run}: {rows[run]}", flush=True)
     args.out.write_text(render(rows, args))
     print(f"wrote {args.out}")
 
 
-def decisions(metrics: str) -> dict[str, float]:
+def decisions(url: str) -> dict[str, float]:
     """The front's routing decisions by reason (``lmgate_router_decisions_total``), from its /metrics."""
-    found = re.findall(r'^lmgate_router_decisions_total\{[^}]*reason="(\w+)"[^}]*\} (\S+)$', metrics, re.MULTILINE)
-    return {f"routed_{reason}": float(value) for reason, value in found}
+    return {f"routed_{labels['reason']}": v for labels, v in scrape(url, "lmgate_router_decisions_total")}
 
 
 def render(rows: dict[str, dict[str, float]], args: argparse.Namespace) -> str:

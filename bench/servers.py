@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 CACHE = Path(".cache/bench")
 """Built models, llama-server builds, logs and generated configs of the benchmarks."""
@@ -51,3 +52,9 @@ def serving_process(server: Server, port: int) -> Iterator[tuple[str, subprocess
         process.terminate()
         process.wait(timeout=60)
         log.close()
+
+
+def scrape(url: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """The samples (labels, value) named ``name`` in the server's /metrics (a counter's ``_total``)."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return [(s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]

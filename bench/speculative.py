@@ -12,15 +12,12 @@ so the tokens per second compare the same work.
 from __future__ import annotations
 
 import asyncio
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from lmgate.bench.client import BenchConfig, BenchReport, run_bench
-from lmgate.bench.servers import CACHE, Server, serving
+from lmgate.bench.servers import CACHE, Server, scrape, serving
 
 REPEATING = "for item in items:\n    total += item.price * item.count\n    print(item.name, total)\n" * 12
 
@@ -40,11 +37,6 @@ class SpeculativeReport:
     @property
     def acceptance(self) -> float:
         return self.accepted / self.drafted if self.drafted else 0.0
-
-
-def counter(metrics: str, name: str) -> float:
-    """The sum of a counter's series in a Prometheus text exposition."""
-    return sum(float(v) for v in re.findall(rf"^{name}(?:\{{[^}}]*\}})? (\S+)$", metrics, re.MULTILINE))
 
 
 def run(model: Path, threads: int, levels: tuple[int, ...] = (1, 4), max_tokens: int = 64) -> list[SpeculativeReport]:
@@ -67,10 +59,9 @@ def run(model: Path, threads: int, levels: tuple[int, ...] = (1, 4), max_tokens:
                 for c in levels
             ]
             if server is spec:
-                text = httpx.get(f"{url}/metrics", timeout=10).text
                 counts = (
-                    counter(text, "lmgate_spec_decode_draft_tokens_total"),
-                    counter(text, "lmgate_spec_decode_accepted_tokens_total"),
+                    sum(v for _, v in scrape(url, "lmgate_spec_decode_draft_tokens_total")),
+                    sum(v for _, v in scrape(url, "lmgate_spec_decode_accepted_tokens_total")),
                 )
     return [
         SpeculativeReport(c, p, s, *counts)
