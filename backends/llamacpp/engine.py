@@ -169,6 +169,7 @@ class Engine(EngineThread[Request]):
                 texts.append(text)
                 if finish is not None:
                     del seq.token_ids[first + j + 1 :]
+                    self._generated -= len(tokens) - (j + 1)  # counted in _postprocess, never emitted
                     tokens = tokens[: j + 1]
                     break
             text = "".join(texts)

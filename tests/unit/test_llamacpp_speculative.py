@@ -133,8 +133,14 @@ async def test_stop_tokens_and_stop_strings_cut_inside_a_step_exactly_as_without
     position, token = fresh[0]
     request = {"max_tokens": 60, "ignore_eos": True, "stop_token_ids": (token,)}
     [reference] = await collect(plain, make_request(REPETITIVE[1], **request))
+    before = ngram.stats().generated_tokens
     [speculated] = await collect(ngram, make_request(REPETITIVE[1], **request))
     assert speculated.token_ids == reference.token_ids == ids[: position + 1]
+    for _ in range(200):  # the step's stats reach the gateway with its deltas, or just after
+        if ngram.stats().generated_tokens != before:
+            break
+        await asyncio.sleep(0.01)
+    assert ngram.stats().generated_tokens - before == len(speculated.token_ids)  # the cut tail is not counted
     assert speculated.text == reference.text
     assert counts(speculated) == counts(reference)
     assert speculated.finish_reason == FinishReason.STOP
