@@ -109,7 +109,8 @@ class ProcessBackend(Backend):
 
     def generate(self, request: GenerateRequest) -> AsyncGenerator[TokenDelta, None]:
         """The engine's deltas, with function calls parsed out of the text (backends/tools/stream.py)."""
-        return tool_calls(request, self._tool_format, self._generate)
+        tokens = dict(self._ready.info.tool_tokens) if self._ready is not None else None
+        return tool_calls(request, self._tool_format, self._generate, tokens)
 
     @property
     def _tool_format(self) -> ToolFormat | None:

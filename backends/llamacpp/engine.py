@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from lmgate.backends.engine.beam_search import BeamSearch
@@ -183,7 +183,7 @@ class Engine(EngineThread[Request]):
         stops = token in seq.sampling.stop_token_ids or token in model.eog_ids
         return next_token(
             seq.output,
-            None if stops else lambda: model.pieces[token],
+            None if stops else lambda: model.pieces[token] if seq.shown is None else _shown(seq.shown, token, model),
             lambda: num_tokens - seq.num_prompt_tokens >= seq.max_tokens or num_tokens >= model.max_model_len,
         )
 
@@ -240,3 +240,8 @@ class Engine(EngineThread[Request]):
         """The book-keeping agrees with itself and with what llama.cpp holds, slot by slot."""
         held = {slot: self.runner.cached_tokens(slot) for slot in range(self.scheduler.kv.num_slots)}
         self.scheduler.check_integrity(held)
+
+
+def _shown(shown: Mapping[int, bytes], token: int, model: LlamaModel) -> bytes:
+    """The text ``token`` adds to an output that shows the special tokens ``shown`` (Sequence.shown)."""
+    return shown.get(token) or model.pieces[token]

@@ -35,6 +35,7 @@ from lmgate.backends.types import (
     Capabilities,
     GenerateRequest,
     ModelInfo,
+    ToolChoice,
 )
 
 SAMPLING_PARAMS = STANDARD_SAMPLING_PARAMS | BEAM_SEARCH_PARAMS | {"structured_output"}
@@ -67,9 +68,14 @@ class LlamaCppHost:
         self.engine = Engine(model, config, publish, on_failure)
         self._matchers = matchers(model)
         fmt = formats.resolve(config.tool_parser, model.chat_template)
+        # Call markers the vocabulary holds as special tokens: forced grammars name them by id, and a
+        # request with tools sees those whose piece is empty (control tokens) as text, for its parser.
+        markers = formats.markers(fmt) if fmt is not None else ()
+        tool_tokens = {m: model.special_texts[m] for m in markers if m in model.special_texts}
+        self._shown = {t: m.encode() for m, t in tool_tokens.items() if not model.pieces[t]} or None
         self.info = ModelInfo(
             name, "llamacpp", model.max_model_len, model.quantization, model.max_token_bytes, fmt and fmt.value,
-            model.n_embd,
+            tuple(tool_tokens.items()), model.n_embd,
         )  # fmt: skip
         self.capabilities = Capabilities(SAMPLING_PARAMS, max_n=config.max_seqs, tools=fmt is not None)
         self._arrivals = itertools.count()
@@ -89,6 +95,7 @@ class LlamaCppHost:
                 request_id, i, list(prompt), request.sampling, max_tokens, arrival, OutputText(request.sampling.stop),
                 matcher=self._matchers.matcher(structured) if structured is not None else None,
                 cache_salt=(request.cache_salt or "").encode(), adapter=request.adapter,
+                shown=self._shown if request.tools and request.tools.choice is not ToolChoice.NONE else None,
             )
             for i in range(count)
         ]  # fmt: skip

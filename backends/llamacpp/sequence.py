@@ -12,6 +12,7 @@ import enum
 import hashlib
 import time
 from array import array
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -57,6 +58,10 @@ class Sequence:
     matcher: LLMatcher | None = None
     """Its structured output's ``llguidance.LLMatcher`` (backends/llamacpp/grammar.py), fed every
     sampled token; None when the output is free."""
+    shown: Mapping[int, bytes] | None = None
+    """Special tokens whose text its output shows although their pieces are empty: the call markers of
+    a request with tools that the vocabulary holds as control tokens (Mistral's ``[TOOL_CALLS]``), for
+    the gateway's tool-call parser. None: output text is the pieces, as for every other request."""
     cache_salt: bytes = b""
     """The tenant's prefix-cache partition (GenerateRequest.cache_salt): the first block's hash starts
     from it, so blocks are found only by sequences with the same salt. Empty: today's shared cache."""
@@ -112,7 +117,7 @@ class Sequence:
         """A copy continuing with ``token_id`` whose KV (all computed positions) is shared in ``slot``."""
         child = Sequence(
             self.request_id, self.index, [*self.token_ids, token_id], self.sampling, self.max_tokens, self.arrival,
-            OutputText(), beam=self.beam, cache_salt=self.cache_salt, adapter=self.adapter,
+            OutputText(), beam=self.beam, shown=self.shown, cache_salt=self.cache_salt, adapter=self.adapter,
         )  # fmt: skip
         child.num_prompt_tokens = self.num_prompt_tokens
         child.num_computed_tokens = self.num_computed_tokens

@@ -46,6 +46,15 @@ SYNTAX: dict[ToolFormat, Syntax] = {
     ToolFormat.MISTRAL: Syntax(start="[TOOL_CALLS]", open="[", separator=",", close="]"),
 }
 
+
+def markers(fmt: ToolFormat) -> tuple[str, ...]:
+    """The texts that delimit ``fmt``'s calls (start and close). A vocabulary may hold one as a single
+    special token (Mistral's ``[TOOL_CALLS]`` is a control token, Qwen's ``<tool_call>`` an added one):
+    the engine then shows it as text to the parser, and a forced call's grammar names it by id."""
+    syntax = SYNTAX[fmt]
+    return tuple(m for m in (syntax.start, syntax.close) if m)
+
+
 _MARKERS = (
     (ToolFormat.HERMES, "<tool_call>"),
     (ToolFormat.MISTRAL, "[TOOL_CALLS]"),

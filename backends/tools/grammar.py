@@ -12,6 +12,7 @@ parameters its function declares, instead of running on with invented keys.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from lmgate.backends.structured_output import JSON_LAYOUT
@@ -70,22 +71,36 @@ def _json(schema: dict[str, Any]) -> str:
     return "%json " + json.dumps({**schema, "x-guidance": dict(JSON_LAYOUT)})
 
 
-def forced_calls(tools: Tools, fmt: ToolFormat) -> StructuredOutput:
+def _marker(text: str, tokens: Mapping[str, int], *, before: str = "", after: str = "") -> str:
+    """``before + text + after`` as grammar: ``text`` as its token id (``<[id]>``) when ``tokens`` has it
+    (a special token of the vocabulary, which a string literal would make the model spell out)."""
+    if text not in tokens:
+        return json.dumps(before + text + after)
+    parts = [json.dumps(before)] if before else []
+    parts.append(f"<[{tokens[text]}]>")
+    if after:
+        parts.append(json.dumps(after))
+    return " ".join(parts)
+
+
+def forced_calls(tools: Tools, fmt: ToolFormat, tokens: Mapping[str, int] | None = None) -> StructuredOutput:
     """The constraint for a request whose ``tools`` force a call (``tools.forced``): one call, or with
-    ``required`` and ``parallel`` one or more."""
+    ``required`` and ``parallel`` one or more. ``tokens``: the format's markers that are single
+    special tokens of the model's vocabulary (``ModelInfo.tool_tokens``), by text."""
     syntax = SYNTAX[fmt]
+    tokens = tokens or {}
     call, defs = _call_schema(tools, syntax.arguments_key)
     many = tools.parallel and tools.choice is ToolChoice.REQUIRED
     if fmt is ToolFormat.MISTRAL:
         calls = {"type": "array", "items": call, "minItems": 1, **({} if many else {"maxItems": 1}), "$defs": defs}
-        lark = f"start: {json.dumps(syntax.start)} {_json(calls)}\n"
+        lark = f"start: {_marker(syntax.start, tokens)} {_json(calls)}\n"
     elif fmt is ToolFormat.LLAMA3:
         more = ' ("; " call)*' if many else ""
         lark = f"start: call{more}\ncall: {_json({**call, '$defs': defs})}\n"
     else:
         lark = (  # calls back to back, as the template writes them (a newline between would invite a run on)
             f"start: call{'+' if many else ''}\n"
-            f"call: {json.dumps(syntax.start + chr(10))} {_json({**call, '$defs': defs})} "
-            f"{json.dumps(chr(10) + syntax.close)}\n"
+            f"call: {_marker(syntax.start, tokens, after=chr(10))} {_json({**call, '$defs': defs})} "
+            f"{_marker(syntax.close, tokens, before=chr(10))}\n"
         )
     return StructuredOutput(StructureKind.GRAMMAR, lark)

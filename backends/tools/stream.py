@@ -9,7 +9,7 @@ calls their upstream parsed.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Mapping
 
 from lmgate.backends.errors import InvalidRequest
 from lmgate.backends.tools.formats import SYNTAX, ToolFormat
@@ -18,8 +18,11 @@ from lmgate.backends.tools.parser import ToolCallParser
 from lmgate.backends.types import FinishReason, GenerateRequest, TokenDelta, ToolChoice
 
 
-def prepared(request: GenerateRequest, fmt: ToolFormat | None) -> GenerateRequest:
-    """``request`` as the engine decodes it: with a forced call, under that call's grammar.
+def prepared(
+    request: GenerateRequest, fmt: ToolFormat | None, tokens: Mapping[str, int] | None = None
+) -> GenerateRequest:
+    """``request`` as the engine decodes it: with a forced call, under that call's grammar (``tokens``:
+    the format's markers that are special tokens of the model, ``ModelInfo.tool_tokens``).
     ``InvalidRequest`` naming ``tools`` when the model writes no known call format."""
     tools = request.tools
     if tools is None or tools.choice is ToolChoice.NONE:
@@ -32,7 +35,7 @@ def prepared(request: GenerateRequest, fmt: ToolFormat | None) -> GenerateReques
         )
     if not tools.forced:
         return request
-    sampling = dataclasses.replace(request.sampling, structured_output=forced_calls(tools, fmt))
+    sampling = dataclasses.replace(request.sampling, structured_output=forced_calls(tools, fmt, tokens))
     return dataclasses.replace(request, sampling=sampling)
 
 
@@ -40,6 +43,7 @@ def tool_calls(
     request: GenerateRequest,
     fmt: ToolFormat | None,
     generate: Callable[[GenerateRequest], AsyncGenerator[TokenDelta, None]],
+    tokens: Mapping[str, int] | None = None,
 ) -> AsyncGenerator[TokenDelta, None]:
     """``generate(request)`` with each choice's calls parsed out of its text. A request without tools,
     or with ``tool_choice: none``, gets ``generate``'s own stream: no layer on every request's path.
@@ -47,15 +51,16 @@ def tool_calls(
     tools = request.tools
     if tools is None or tools.choice is ToolChoice.NONE:
         return generate(request)
-    return _parsed(request, fmt, generate)
+    return _parsed(request, fmt, generate, tokens)
 
 
 async def _parsed(
     request: GenerateRequest,
     fmt: ToolFormat | None,
     generate: Callable[[GenerateRequest], AsyncGenerator[TokenDelta, None]],
+    tokens: Mapping[str, int] | None,
 ) -> AsyncGenerator[TokenDelta, None]:
-    decoded = prepared(request, fmt)
+    decoded = prepared(request, fmt, tokens)
     tools = request.tools
     assert fmt is not None and tools is not None  # prepared() refused the request otherwise
     names = frozenset(t.name for t in tools.functions)

@@ -341,3 +341,49 @@ def test_an_agent_loop_on_the_embedded_model(client):
     plain = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "What does a cow say?"}],
                                            tools=AGENT_TOOLS, temperature=0, max_tokens=60)  # fmt: skip
     assert plain.choices[0].message.tool_calls is None and "moo" in plain.choices[0].message.content.lower()
+
+
+@pytest.fixture(scope="module")
+def control_marker_gguf(tiny_chat_path, tmp_path_factory):
+    """tiny-chat with its last token turned into a ``[TOOL_CALLS]`` control token, as in Mistral's
+    vocabularies (llama.cpp renders a control token as nothing), served with the mistral call format."""
+    from gguf import GGUFReader, GGUFValueType, GGUFWriter, TokenType
+    from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
+
+    reader = GGUFReader(tiny_chat_path)
+    tokens = reader.fields["tokenizer.ggml.tokens"].contents()
+    types = reader.fields["tokenizer.ggml.token_type"].contents()
+    marker = len(tokens) - 1
+    tokens[marker], types[marker] = "[TOOL_CALLS]", int(TokenType.CONTROL)
+    path = tmp_path_factory.mktemp("marker") / "tiny-chat-marker.gguf"
+    writer = GGUFWriter(path, reader.fields["general.architecture"].contents())
+    changes = {
+        "tokenizer.ggml.tokens": MetadataDetails(GGUFValueType.ARRAY, tokens, sub_type=GGUFValueType.STRING),
+        "tokenizer.ggml.token_type": MetadataDetails(GGUFValueType.ARRAY, types, sub_type=GGUFValueType.INT32),
+    }
+    copy_with_new_metadata(reader, writer, changes, [])
+    return path, marker
+
+
+def test_a_call_marker_the_vocabulary_holds_as_a_control_token_reaches_the_parser(control_marker_gguf):
+    """The forced call's grammar names ``[TOOL_CALLS]`` by token id, and the engine shows that control
+    token's text to a request with tools, so the call is parsed; a request without tools still sees
+    control tokens as nothing."""
+    path, marker = control_marker_gguf
+    settings = validate_settings({
+        "server": {"grpc_port": 0},
+        "models": [{"name": MODEL, "gguf": str(path), "max_seqs": 2, "tool_parser": "mistral"}],
+    })  # fmt: skip
+    with ServerThread(settings) as server:
+        client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+        forced = client.chat.completions.create(model=MODEL, messages=QUESTION, tools=TOOLS, tool_choice="required",
+                                                parallel_tool_calls=False, max_tokens=60, logprobs=True)  # fmt: skip
+        choice = forced.choices[0]
+        assert choice.finish_reason == "tool_calls" and not choice.message.content
+        assert_valid_calls(choice.message)
+        # The marker came as its one token (the grammar allowed no spelling of it in text).
+        assert choice.logprobs.content[0].token == "[TOOL_CALLS]"
+
+        free = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=1,
+                                              logit_bias={str(marker): 100})  # fmt: skip
+        assert free.usage.completion_tokens == 1 and free.choices[0].message.content == ""
