@@ -1,4 +1,6 @@
-"""The grammar that enforces a call: ``tool_choice`` ``required`` or a named function.
+"""The grammars of function calls: ``forced_calls`` enforces a call (``tool_choice`` ``required`` or a
+named function); ``optional_calls`` (``auto``) leaves the model free until it starts a call, and from
+its marker on holds the call to the same rules, as llama.cpp's lazy grammars do.
 
 The call is written in the model's own format (backends/tools/formats.py), and its object is
 constrained by a JSON Schema: ``name`` one of the allowed functions and the arguments that function's
@@ -104,3 +106,34 @@ def forced_calls(tools: Tools, fmt: ToolFormat, tokens: Mapping[str, int] | None
             f"{_marker(syntax.close, tokens, before=chr(10))}\n"
         )
     return StructuredOutput(StructureKind.GRAMMAR, lark)
+
+
+_TEXT = "TEXT: /(?s:.*)/\n"
+
+
+def optional_calls(tools: Tools, fmt: ToolFormat, tokens: Mapping[str, int] | None = None) -> StructuredOutput:
+    """The constraint for ``tool_choice`` ``auto``: any text, and where the model writes a call's start
+    marker (for ``llama3``: a ``{`` opening the answer), a call that parses and validates, as in
+    ``forced_calls``; with ``parallel``, any number of calls, else at most one."""
+    syntax = SYNTAX[fmt]
+    tokens = tokens or {}
+    call, defs = _call_schema(tools, syntax.arguments_key)
+    calls = "call*" if tools.parallel else "call?"
+    if fmt is ToolFormat.LLAMA3:  # a bare object only at the very start; prose may not open with "{"
+        more = ' ("; " call)*' if tools.parallel else ""
+        return StructuredOutput(
+            StructureKind.GRAMMAR,
+            f"start: call{more} | PROSE\nPROSE: /(?s:([^{{].*)?)/\ncall: {_json({**call, '$defs': defs})}\n",
+        )
+    if fmt is ToolFormat.MISTRAL:
+        array = {"type": "array", "items": call, "minItems": 1, **({} if tools.parallel else {"maxItems": 1})}
+        body = _json({**array, "$defs": defs})
+        calls = "call?"  # one [TOOL_CALLS] list holds all of a turn's calls
+    else:
+        body = f"{_json({**call, '$defs': defs})} {_marker(syntax.close, tokens, before=chr(10))}"
+    newline = ' "\\n"' if fmt is ToolFormat.HERMES else ""  # the Hermes template's layout: marker, newline, object
+    if syntax.start in tokens:  # a special token: text cannot run into it, so TEXT simply ends there
+        head = f"call: TEXT <[{tokens[syntax.start]}]>{newline} {body}\n"
+    else:  # the shortest text that ends with the marker: free text up to the first one
+        head = f"call: head{newline} {body}\nhead[lazy]: TEXT {json.dumps(syntax.start)}\n"
+    return StructuredOutput(StructureKind.GRAMMAR, f"start: {calls} TEXT\n{head}{_TEXT}")

@@ -14,7 +14,7 @@ import re
 
 from lmgate.backends import structured_output
 from lmgate.backends.tools.formats import ToolFormat
-from lmgate.backends.tools.grammar import forced_calls
+from lmgate.backends.tools.grammar import forced_calls, optional_calls
 from lmgate.backends.types import StructuredOutput, StructureKind, ToolChoice, Tools
 
 MAX_TOOLS = 128
@@ -65,12 +65,13 @@ def tool_choice_problem(choice: ToolChoice, function: str | None, names: list[st
     return None
 
 
-def forced_problem(tools: Tools) -> str | None:
-    """A forced call's grammar (every allowed function's parameters under one call schema) that does not
-    compile; checked at the edge so the error names ``tools``, not a format the client never sent."""
-    if not tools.forced:
+def calls_problem(tools: Tools) -> str | None:
+    """A call grammar (every allowed function's parameters under one call schema, forced or optional) that
+    does not compile; checked at the edge so the error names ``tools``, not a format the client never sent."""
+    if tools.choice is ToolChoice.NONE:
         return None
-    return structured_output.problem(forced_calls(tools, ToolFormat.HERMES))
+    calls = forced_calls if tools.forced else optional_calls
+    return structured_output.problem(calls(tools, ToolFormat.HERMES))
 
 
 def tools_problem(tools: Tools) -> tuple[str, str] | None:
@@ -85,6 +86,6 @@ def tools_problem(tools: Tools) -> tuple[str, str] | None:
             return f"tools.{i}", rule
     if rule := tool_choice_problem(tools.choice, tools.function, names):
         return "tool_choice", rule
-    if rule := forced_problem(tools):
+    if rule := calls_problem(tools):
         return "tools", rule
     return None

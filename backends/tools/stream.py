@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator, Callable, Mapping
 
 from lmgate.backends.errors import InvalidRequest
 from lmgate.backends.tools.formats import SYNTAX, ToolFormat
-from lmgate.backends.tools.grammar import forced_calls
+from lmgate.backends.tools.grammar import forced_calls, optional_calls
 from lmgate.backends.tools.parser import ToolCallParser
 from lmgate.backends.types import FinishReason, GenerateRequest, TokenDelta, ToolChoice
 
@@ -21,8 +21,9 @@ from lmgate.backends.types import FinishReason, GenerateRequest, TokenDelta, Too
 def prepared(
     request: GenerateRequest, fmt: ToolFormat | None, tokens: Mapping[str, int] | None = None
 ) -> GenerateRequest:
-    """``request`` as the engine decodes it: with a forced call, under that call's grammar (``tokens``:
-    the format's markers that are special tokens of the model, ``ModelInfo.tool_tokens``).
+    """``request`` as the engine decodes it: under the grammar of its calls, forced or optional
+    (``auto``: free text until a call starts), written with ``tokens``, the format's markers that are
+    special tokens of the model (``ModelInfo.tool_tokens``).
     ``InvalidRequest`` naming ``tools`` when the model writes no known call format."""
     tools = request.tools
     if tools is None or tools.choice is ToolChoice.NONE:
@@ -33,9 +34,10 @@ def prepared(
             "`tool_parser` in its config, or send the request without `tools`",
             param="tools",
         )
-    if not tools.forced:
-        return request
-    sampling = dataclasses.replace(request.sampling, structured_output=forced_calls(tools, fmt, tokens))
+    if not tools.forced and request.sampling.use_beam_search:
+        return request  # beams decode without grammars: auto stays parsed only, as before
+    calls = forced_calls if tools.forced else optional_calls
+    sampling = dataclasses.replace(request.sampling, structured_output=calls(tools, fmt, tokens))
     return dataclasses.replace(request, sampling=sampling)
 
 

@@ -43,7 +43,7 @@ from lmgate.backends.sampling_rules import (
 from lmgate.backends.tools.rules import (
     MAX_TOOLS,
     TOOLS_AND_FORMAT,
-    forced_problem,
+    calls_problem,
     tool_choice_problem,
     tool_list_problem,
 )
@@ -314,7 +314,7 @@ class ChatCompletionRequest(_Request):
             raise ValueError(problem)
         tools = info.data.get("tools")
         if tools and (
-            problem := forced_problem(Tools(tuple(t.function.to_internal() for t in tools), choice, function))
+            problem := calls_problem(Tools(tuple(t.function.to_internal() for t in tools), choice, function))
         ):
             raise ValueError(problem)
         structured = info.data.get("structured_outputs")

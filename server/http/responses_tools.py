@@ -71,7 +71,7 @@ def choice_problem(value: str | NamedFunctionChoice | None, tools: list[Function
     choice, function = tool_choice(value, bool(names))
     if problem := rules.tool_choice_problem(choice, function, names):
         return problem
-    return rules.forced_problem(Tools(internal_tools(tools or []), choice, function))
+    return rules.calls_problem(Tools(internal_tools(tools or []), choice, function))
 
 
 def internal_tools(tools: list[FunctionTool]) -> tuple[Tool, ...]:
