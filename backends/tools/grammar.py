@@ -119,11 +119,12 @@ def optional_calls(tools: Tools, fmt: ToolFormat, tokens: Mapping[str, int] | No
     tokens = tokens or {}
     call, defs = _call_schema(tools, syntax.arguments_key)
     calls = "call*" if tools.parallel else "call?"
-    if fmt is ToolFormat.LLAMA3:  # a bare object only at the very start; prose may not open with "{"
+    if fmt is ToolFormat.LLAMA3:  # a bare object opening the answer (after blanks, as the parser reads it)
         more = ' ("; " call)*' if tools.parallel else ""
         return StructuredOutput(
             StructureKind.GRAMMAR,
-            f"start: call{more} | PROSE\nPROSE: /(?s:([^{{].*)?)/\ncall: {_json({**call, '$defs': defs})}\n",
+            f"start: LEAD call{more} | PROSE\nLEAD: /\\s*/\nPROSE: /(?s:\\s*([^{{\\s].*)?)/\n"
+            f"call: {_json({**call, '$defs': defs})}\n",
         )
     if fmt is ToolFormat.MISTRAL:
         array = {"type": "array", "items": call, "minItems": 1, **({} if tools.parallel else {"maxItems": 1})}
