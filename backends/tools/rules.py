@@ -65,9 +65,11 @@ def tool_choice_problem(choice: ToolChoice, function: str | None, names: list[st
     return None
 
 
+@functools.lru_cache(maxsize=256)
 def calls_problem(tools: Tools) -> str | None:
     """A call grammar (every allowed function's parameters under one call schema, forced or optional) that
-    does not compile; checked at the edge so the error names ``tools``, not a format the client never sent."""
+    does not compile; checked at the edge so the error names ``tools``, not a format the client never sent.
+    Cached: an agent sends the same tools every turn, and checking them compiles their schemas (ms)."""
     if tools.choice is ToolChoice.NONE:
         return None
     calls = forced_calls if tools.forced else optional_calls
