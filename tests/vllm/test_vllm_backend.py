@@ -143,16 +143,18 @@ def test_structured_outputs_go_through_vllms_own(client):
     assert re.fullmatch("[0-9]{3}-[a-z]{2}", matched.choices[0].text)
 
 
-def test_a_forced_call_on_vllm_is_the_llama_cpp_engines_on_the_same_weights(client):
-    """Tools render through the checkpoint's template, the forced call decodes under vLLM's own
-    guidance backend, and lmgate parses it: the same call as the llama.cpp engine makes."""
+@pytest.mark.parametrize("choice", ["required", "auto"])
+def test_a_call_on_vllm_is_the_llama_cpp_engines_on_the_same_weights(client, choice):
+    """Tools render through the checkpoint's template, the call decodes under vLLM's own guidance
+    backend (forced, or auto's lazy grammar), and lmgate parses it: the same call as the llama.cpp
+    engine makes."""
     weather = {"type": "object", "properties": {"city": {"enum": ["Paris", "Rome"]}}, "required": ["city"]}
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": weather}}]
     calls = {}
     for model in ("tiny-vllm", "tiny-llamacpp"):
         reply = client.chat.completions.create(
             model=model, messages=[{"role": "user", "content": "What is the weather in Rome?"}], tools=tools,
-            tool_choice="required", temperature=0, max_tokens=120,
+            tool_choice=choice, temperature=0, max_tokens=120,
         )  # fmt: skip
         assert reply.choices[0].finish_reason == "tool_calls"
         calls[model] = [(c.function.name, c.function.arguments) for c in reply.choices[0].message.tool_calls]
