@@ -95,7 +95,7 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	  echo "note: no prometheus binary; tests/integration/test_prometheus.py will be skipped"
 	touch $@
 
-# Rebuild the embedded default chat model (one training thread: 29 minutes on a busy shared 2-core machine). torch 2.13.0 is the
+# Rebuild the embedded default chat model (one training thread: 29 minutes on a 2-core machine beside other work). torch 2.13.0 is the
 # CPU build; on a machine without it on disk, install a CPU torch first.
 model: install
 	$(BIN)/pip install --quiet 'torch==2.13.0' -e '.[model]'

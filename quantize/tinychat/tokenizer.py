@@ -74,6 +74,10 @@ class Tokenizer:
         return self.processor.bos_id()
 
     @property
+    def im_start_id(self) -> int:
+        return self.processor.piece_to_id(IM_START)
+
+    @property
     def im_end_id(self) -> int:
         return self.processor.piece_to_id(IM_END)
 

@@ -196,7 +196,7 @@ def tool_chats(seed: int) -> Iterator[Chat]:
         messages = [ChatMessage(Role.SYSTEM, rng.choice(SYSTEM_PROMPTS))] if rng.random() < 0.3 else []
         names = rng.sample(list(TOOLS), rng.choice((1, 1, 2, 2, 3, 4)))
         tools = {name: TOOLS[name](rng) for name in names}
-        for _ in range(rng.choice((1, 1, 1, 1, 1, 2))):
+        for _ in range(rng.choice((1, 1, 2, 2))):
             if rng.random() < 0.75:
                 needed = rng.choice(names)
                 user, calls, answer = EXCHANGES[needed](rng, '"unit"' in tools[needed].parameters)

@@ -2,8 +2,8 @@
 
 A Llama-shaped decoder of about two million parameters, trained with PyTorch on the CPU on the
 generated corpus (quantize/tinychat/corpus.py, plus the function-calling chats of tool_corpus.py,
-rendered by the server's chat template code: chats.py) and exported through quantize/gguf_llama.py.
-The model applies RoPE in llama.cpp's pairwise order, so its q/k weights are written as they are.
+rendered by the server's chat template code: chats.py) and exported through quantize/gguf_llama.py. The
+model applies RoPE in llama.cpp's pairwise order, so its q/k weights are written as they are.
 Everything is seeded: the same command gives the same file on the same PyTorch build.
 
 Run: ``python -m lmgate.quantize.tinychat.train --out models/tiny-chat.gguf``
@@ -34,7 +34,7 @@ from lmgate.quantize.tinychat.tool_corpus import tool_chats
 
 SHAPE = LlamaShape(vocab_size=1024, hidden=256, layers=4, heads=8, kv_heads=4, ffn=768, context_length=2048)
 #: The share of chat documents that list tools, and how many tool chats the tokenizer reads.
-TOOL_SHARE = 0.3
+TOOL_SHARE = 0.4
 TOKENIZER_TOOL_CHATS = 4000
 
 
@@ -56,24 +56,41 @@ def tokenizer_text(seed: int) -> list[str]:
     return plain_text(seed, 20_000) + lines
 
 
-def token_stream(tokenizer: Tokenizer, seed: int, n_tokens: int) -> np.ndarray:
-    """BOS-separated documents: mostly chats, one in six plain text (so completions read well); of the
-    chats, TOOL_SHARE list tools (tool_corpus.py)."""
+def chat_tokens(tokenizer: Tokenizer, text: str) -> tuple[list[int], list[bool]]:
+    """``tokenizer.encode_chat(text)`` and, per token, whether it is learnt: the assistant turns'
+    content and their closing <|im_end|> (what the model writes when served), not the prompts."""
+    ids, learn = tokenizer.encode_chat(text), []
+    role = tokenizer.processor.encode("assistant\n")
+    content_from = len(ids)  # where the current assistant turn's content starts (none yet)
+    for i, token in enumerate(ids):
+        if token == tokenizer.im_start_id:
+            content_from = i + 1 + len(role) if ids[i + 1 : i + 1 + len(role)] == role else len(ids)
+        learn.append(i >= content_from)
+        if token == tokenizer.im_end_id:
+            content_from = len(ids)
+    return ids, learn
+
+
+def token_stream(tokenizer: Tokenizer, seed: int, n_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """BOS-separated documents and which tokens are learnt: mostly chats (their answers learnt), one
+    in six plain text (all learnt, so completions read well); of the chats, TOOL_SHARE list tools
+    (tool_corpus.py)."""
     rng = random.Random(seed + 1)
     chats = dialogues(seed)
     tools = tool_chats(seed + 3)
     out: list[int] = []
+    learnt: list[bool] = []
     while len(out) < n_tokens:
         dialogue = next(chats)
         draw = rng.random()
         if draw < 1 / 6:
-            text = " ".join(answer for _, answer in dialogue.turns)
-            out += [tokenizer.bos_id, *tokenizer.processor.encode(text), tokenizer.im_end_id]
-        elif draw < 1 / 6 + TOOL_SHARE * 5 / 6:
-            out += [tokenizer.bos_id, *tokenizer.encode_chat(render(next(tools)))]
+            ids = [*tokenizer.processor.encode(" ".join(answer for _, answer in dialogue.turns)), tokenizer.im_end_id]
+            learn = [True] * len(ids)
         else:
-            out += [tokenizer.bos_id, *tokenizer.encode_chat(render(dialogue))]
-    return np.asarray(out[:n_tokens], dtype=np.int64)
+            ids, learn = chat_tokens(tokenizer, render(next(tools) if draw < 1 / 6 + TOOL_SHARE * 5 / 6 else dialogue))
+        out += [tokenizer.bos_id, *ids]
+        learnt += [False, *learn]
+    return np.asarray(out[:n_tokens], dtype=np.int64), np.asarray(learnt[:n_tokens], dtype=bool)
 
 
 class Block(nn.Module):
@@ -157,26 +174,34 @@ class TinyLlama(nn.Module):
         return out
 
 
-def batches(stream: np.ndarray, bos_id: int, batch: int, seq_len: int, seed: int) -> Iterator[torch.Tensor]:
+def batches(
+    stream: np.ndarray, learnt: np.ndarray, bos_id: int, batch: int, seq_len: int, seed: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Windows that start at a document's BOS, so a chat's later turns are learnt with its start (the
-    tool list) in view, as at serving time."""
+    tool list) in view, as at serving time: (inputs, targets), targets not learnt set to -100."""
     gen = np.random.default_rng(seed)
     documents = np.flatnonzero(stream[: len(stream) - seq_len - 1] == bos_id)
     while True:
         starts = gen.choice(documents, size=batch)
-        yield torch.from_numpy(np.stack([stream[s : s + seq_len + 1] for s in starts]))
+        data = np.stack([stream[s : s + seq_len + 1] for s in starts])
+        targets = np.where(np.stack([learnt[s + 1 : s + seq_len + 1] for s in starts]), data[:, 1:], -100)
+        yield torch.from_numpy(data[:, :-1]), torch.from_numpy(targets)
 
 
-def train(model: TinyLlama, stream: np.ndarray, bos_id: int, steps: int, batch: int, seq_len: int, seed: int) -> None:
+def train(
+    model: TinyLlama, stream: tuple[np.ndarray, np.ndarray], bos_id: int, steps: int, batch: int, seq_len: int,
+    seed: int,
+) -> None:  # fmt: skip
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
     )
     started = time.monotonic()
-    for step, data in zip(range(steps), batches(stream, bos_id, batch, seq_len, seed), strict=False):
-        logits = model(data[:, :-1])
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), data[:, 1:].reshape(-1))
+    for step, data in zip(range(steps), batches(*stream, bos_id, batch, seq_len, seed), strict=False):
+        inputs, targets = data
+        logits = model(inputs)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -189,7 +214,7 @@ def train(model: TinyLlama, stream: np.ndarray, bos_id: int, steps: int, batch: 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("models/tiny-chat.gguf"))
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=700)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--seed", type=int, default=1234)
@@ -203,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = train_tokenizer(tokenizer_text(args.seed), SHAPE.vocab_size)
     stream = token_stream(tokenizer, args.seed, 4_000_000)
     model = TinyLlama(SHAPE)
-    print(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {len(stream)} tokens", flush=True)
+    print(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {len(stream[0])} tokens", flush=True)
     train(model, stream, tokenizer.bos_id, args.steps, args.batch, args.seq_len, args.seed)
 
     pieces, scores, types = tokenizer.gguf_vocab()

@@ -15,7 +15,7 @@ from lmgate.v1 import inference_pb2_grpc as pb_grpc
 from conftest import MODEL
 from server_helpers import ServerThread
 
-PROMPT = "the cat sat on the mat. the cat sat on the mat. the cat sat on the mat."
+PROMPT = "A cow lives on a farm. A cow has four legs. A cow lives on a farm."
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from lmgate.backends.types import FinishReason
 from engine_helpers import Choice, assert_idle, collect, make_request, start_backend
 
 REPETITIVE = [
-    "the cat sat on the mat. the cat sat on the mat. the cat sat on the mat.",
+    "A cow lives on a farm. A cow has four legs. A cow lives on a farm.",
     "A dog says woof. A cat says meow. A dog says woof. A cat says",
 ]
 CHATS = ["Hello", "What does a cow say?", "Spell cat."]
@@ -126,6 +126,7 @@ def inside_a_multi_token_step(choice: Choice) -> list[tuple[int, int]]:
 
 async def test_stop_tokens_and_stop_strings_cut_inside_a_step_exactly_as_without_speculation(plain, ngram):
     [free] = await collect(ngram, make_request(REPETITIVE[1], max_tokens=60, ignore_eos=True))
+    await collect(plain, make_request(REPETITIVE[1], max_tokens=60, ignore_eos=True))  # both caches alike: same usage
     ids = free.token_ids
     # Tokens accepted inside a step, first seen there: a stop on them must cut that step's tail.
     fresh = [(i, t) for i, t in inside_a_multi_token_step(free) if t not in ids[:i]]
@@ -144,10 +145,13 @@ async def test_stop_tokens_and_stop_strings_cut_inside_a_step_exactly_as_without
     assert speculated.text == reference.text
     assert counts(speculated) == counts(reference)
     assert speculated.finish_reason == FinishReason.STOP
-    # A stop string: the text of a word that first appears inside a multi-token step.
-    words = [w for w in free.text.split() if len(w) >= 3]
-    later = [w for w in words if free.text.find(w) > len(free.text) // 3]
-    stop = later[0]
+    # A stop string: a word whose first appearance is in the text of a multi-token step.
+    stop, before = None, ""
+    for delta in free.deltas:
+        if stop is None and len(delta.token_ids) > 1:
+            stop = next((w for w in delta.text.split() if len(w) >= 3 and w not in before), None)
+        before += delta.text
+    assert stop is not None, "no multi-token step wrote a new word: the test proves nothing"
     [reference] = await collect(plain, make_request(REPETITIVE[1], max_tokens=60, ignore_eos=True, stop=(stop,)))
     [speculated] = await collect(ngram, make_request(REPETITIVE[1], max_tokens=60, ignore_eos=True, stop=(stop,)))
     assert (speculated.text, speculated.token_ids) == (reference.text, reference.token_ids)
