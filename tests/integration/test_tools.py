@@ -5,8 +5,10 @@ SDK to the same call; the history of calls and results reaches the template; bad
 naming the field, and a model without a call format says so."""
 
 import asyncio
+import contextlib
 import json
 import uuid
+from collections.abc import Iterator
 from typing import Literal
 
 import grpc
@@ -200,13 +202,19 @@ def test_bad_tools_are_400s_naming_the_field(client, change, param, words):
     assert caught.value.param.split(".")[0].split("[")[0] == param
 
 
-def test_a_model_without_a_call_format_refuses_tools_and_still_chats(tiny_chat_path):
+@contextlib.contextmanager
+def serving(gguf, tool_parser: str) -> Iterator[openai.OpenAI]:
+    """A client of a server of its own for ``gguf`` with this ``tool_parser``."""
     settings = validate_settings({
         "server": {"grpc_port": 0},
-        "models": [{"name": MODEL, "gguf": str(tiny_chat_path), "max_seqs": 2, "tool_parser": "none"}],
+        "models": [{"name": MODEL, "gguf": str(gguf), "max_seqs": 2, "tool_parser": tool_parser}],
     })  # fmt: skip
     with ServerThread(settings) as server:
-        client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+        yield openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+
+
+def test_a_model_without_a_call_format_refuses_tools_and_still_chats(tiny_chat_path):
+    with serving(tiny_chat_path, "none") as client:
         with pytest.raises(openai.BadRequestError) as caught:
             client.chat.completions.create(model=MODEL, messages=QUESTION, tools=TOOLS)
         assert caught.value.param == "tools" and "does not call tools" in caught.value.message
@@ -396,12 +404,7 @@ def test_a_call_marker_the_vocabulary_holds_as_a_control_token_reaches_the_parse
     token's text to a request with tools, so the call is parsed; a request without tools still sees
     control tokens as nothing."""
     path, marker = control_marker_gguf
-    settings = validate_settings({
-        "server": {"grpc_port": 0},
-        "models": [{"name": MODEL, "gguf": str(path), "max_seqs": 2, "tool_parser": "mistral"}],
-    })  # fmt: skip
-    with ServerThread(settings) as server:
-        client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+    with serving(path, "mistral") as client:
         forced = client.chat.completions.create(model=MODEL, messages=QUESTION, tools=TOOLS, tool_choice="required",
                                                 parallel_tool_calls=False, max_tokens=60, logprobs=True)  # fmt: skip
         choice = forced.choices[0]
