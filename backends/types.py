@@ -295,7 +295,7 @@ class ModelInfo:
     the engines whose output lmgate parses; None when it has none or its upstream parses."""
     tool_tokens: tuple[tuple[str, int], ...] = ()
     """The call format's markers that are single special tokens of the vocabulary, as (text, token id):
-    a forced call's grammar names them by id, as the model writes them (backends/tools/grammar.py)."""
+    the call grammars name them by id, as the model writes them (backends/tools/grammar.py)."""
     embedding_size: int | None = None
     """The length of its embedding vectors (None: it does not embed, or the backend cannot tell)."""
 

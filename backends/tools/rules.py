@@ -65,7 +65,7 @@ def tool_choice_problem(choice: ToolChoice, function: str | None, names: list[st
     return None
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=64)  # a tool list may be megabytes: few are kept
 def calls_problem(tools: Tools) -> str | None:
     """A call grammar (every allowed function's parameters under one call schema, forced or optional) that
     does not compile; checked at the edge so the error names ``tools``, not a format the client never sent.
