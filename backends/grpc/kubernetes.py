@@ -162,8 +162,8 @@ class EndpointSliceWatcher:
     def _changed(self, slices: dict[str, frozenset[str]]) -> None:
         targets = frozenset().union(*slices.values())
         if targets != self._published:
-            self._published = targets
             self._publish(targets)
+            self._published = targets  # after: a publish that raised is tried again on the next list
 
     def _require_client(self) -> AsyncClient:
         if self._client is None:

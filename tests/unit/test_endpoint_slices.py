@@ -58,3 +58,22 @@ def test_a_grpc_model_names_its_workers_by_target_or_by_discovery_exactly_once()
         grpc_model(target="w:50051", discovery={"kubernetes": {"service": "workers"}})
     with pytest.raises(ValidationError, match="service"):
         grpc_model(discovery={"kubernetes": {"service": "Not_A_Service"}})
+
+
+def test_a_set_of_replicas_the_pool_failed_to_take_is_published_again():
+    from lmgate.backends.grpc.kubernetes import EndpointSliceWatcher
+
+    published, failures = [], [RuntimeError("the pool could not take it")]
+
+    def publish(targets):
+        if failures:
+            raise failures.pop()
+        published.append(targets)
+
+    watcher = EndpointSliceWatcher("m", KubernetesDiscovery(service="workers", port="grpc"), publish)
+    slices = {"workers-abc": frozenset({"10.0.0.1:50051"})}
+    with pytest.raises(RuntimeError):
+        watcher._changed(slices)
+    watcher._changed(slices)  # the next list brings the same set: it must reach the pool this time
+    watcher._changed(slices)  # and once it has, the same set again is no change
+    assert published == [frozenset({"10.0.0.1:50051"})]
