@@ -93,19 +93,24 @@ class ModelPool:
     def primary(self) -> Backend:
         """A replica to ask about the model (info, tokenizer): the first loaded, healthy one (503 when the pool
         has no replica at all, as a discovered pool may)."""
-        usable = (r for i, r in self.replicas.items() if i in self.loaded and r.healthy())
-        replica = next(usable, None) or next(iter(self.replicas.values()), None)
+        replicas = tuple(self.replicas.items())  # a copy: read from the metrics thread while discovery changes it
+        usable = (r for i, r in replicas if i in self.loaded and r.healthy())
+        replica = next(usable, None) or next((r for _, r in replicas), None)
         if replica is None:
             raise ServiceUnavailableError(f"model `{self.name}` has no replica now; retry shortly", param="model")
         return replica
 
     @property
     def unusable(self) -> frozenset[int]:
-        """Replicas that did not load or report themselves unhealthy: never routed to."""
-        return frozenset(i for i, r in self.replicas.items() if i not in self.loaded or not r.healthy())
+        """Replicas that did not load or report themselves unhealthy: never routed to. Also read by the
+        metrics server's thread, while discovery may add or retire replicas: it iterates over a copy."""
+        return frozenset(i for i, r in tuple(self.replicas.items()) if i not in self.loaded or not r.healthy())
 
     def healthy(self) -> bool:
-        return self.state is ModelState.READY and len(self.unusable) < len(self.replicas)
+        return self._serves(self.unusable)
+
+    def _serves(self, unusable: frozenset[int]) -> bool:
+        return self.state is ModelState.READY and len(unusable) < len(self.replicas)
 
     @property
     def status(self) -> str:
@@ -130,7 +135,8 @@ class ModelPool:
 
     def routable(self, now: float) -> bool:
         """Some replica is loaded, healthy and not ejected by the router."""
-        return self.healthy() and any(r.index not in self.unusable for r in self.router.available(now))
+        unusable = self.unusable  # once: it asks every replica whether it is healthy
+        return self._serves(unusable) and any(r.index not in unusable for r in self.router.available(now))
 
     async def ensure_loaded(self) -> None:
         """Load the replicas if they are not (once, whoever asks first); ServiceUnavailable if that fails."""
@@ -264,7 +270,7 @@ class ModelPool:
         if self.state is not ModelState.READY:
             return BackendStats()
         total = BackendStats()
-        for index, replica in self.replicas.items():
+        for index, replica in tuple(self.replicas.items()):  # a copy: see ``unusable``
             if index not in self.loaded:
                 continue
             s = replica.stats()
