@@ -15,12 +15,17 @@ slot, enough for a long prompt and its answer under bench-200m's 2,048-token con
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
+from lmgate.bench import rounds
 from lmgate.bench.client import BenchConfig, BenchError, RequestResult, one_request, percentiles
+from lmgate.bench.servers import CACHE, llama_server, lmgate_server, serving
 
 LONG_WORDS = "You are a careful assistant of a travel company. Answer briefly, politely and in English. "
 LONG_PROMPT = LONG_WORDS * 21  # ~1,850 tokens with bench-200m's vocabulary, + the request's number
@@ -51,8 +56,10 @@ async def run_mixed(
     long_every_s: float = 8.0,
     max_tokens: int = 64,
     long_max_tokens: int = 16,
+    tag: str = "",
 ) -> MixedReport:
-    """Run the scenario for ``duration_s`` (requests in flight at the end are awaited)."""
+    """Run the scenario for ``duration_s`` (requests in flight at the end are awaited). ``tag`` starts
+    every long prompt, so that another run's long prompts are no cached prefix of this run's."""
     limits = httpx.Limits(max_connections=streams + 64, max_keepalive_connections=0)
     short = BenchConfig(url, model, 1, 1, max_tokens=max_tokens, prompt=SHORT_PROMPT)
     shorts: list[RequestResult] = []
@@ -71,7 +78,9 @@ async def run_mixed(
         async def arrivals() -> None:
             j = 0
             while time.perf_counter() < deadline:
-                config = BenchConfig(url, model, 1, 1, max_tokens=long_max_tokens, prompt=f"Request {j}. {LONG_PROMPT}")
+                config = BenchConfig(
+                    url, model, 1, 1, max_tokens=long_max_tokens, prompt=f"{tag}Request {j}. {LONG_PROMPT}"
+                )
                 longs.append(asyncio.create_task(one_request(client, config)))
                 j += 1
                 await asyncio.sleep(long_every_s)
@@ -97,22 +106,69 @@ async def run_mixed(
     )
 
 
-def render(reports: dict[str, MixedReport]) -> list[str]:
-    """The scenario's section of docs/benchmarks.md."""
-    any_report = next(iter(reports.values()))
+def run_servers(model: Path, binary: Path, threads: int, n_rounds: int = 3) -> dict[str, list[MixedReport]]:
+    """The scenario on lmgate (fair chunked prefill, and with ``prefill_chunk`` off) and llama-server,
+    all up at once, in ``n_rounds`` interleaved rounds (bench/rounds.py): server name → rounds."""
+    slots, ctx = 9, 9 * 2048  # 8 streams + the long request; a long prompt and its answer per slot
+    config = CACHE / "mixed-unchunked.yaml"
+    config.write_text(
+        f"models:\n  - name: default\n    gguf: {model.resolve()}\n    n_threads: {threads}\n"
+        f"    n_ctx: {ctx}\n    max_seqs: {slots}\n    prefill_chunk: null\n"
+    )
+    sizes = ("--threads", str(threads), "--n-ctx", str(ctx), "--max-seqs", str(slots))
+    servers = {
+        "lmgate": (lmgate_server("lmgate-mixed", "--model", str(model), *sizes, "--port", "8206"), 8206),
+        "lmgate (prefill_chunk off)": (lmgate_server("lmgate-mixed-unchunked", "--config", str(config),
+                                                     "--port", "8207"), 8207),
+        "llama-server": (llama_server(binary, "llama-server-mixed", "-m", str(model), "-t", str(threads),
+                                      "-c", str(ctx), "-np", str(slots), "--port", "8208"), 8208),
+    }  # fmt: skip
+    reports: dict[str, list[MixedReport]] = {name: [] for name in servers}
+    with contextlib.ExitStack() as stack:
+        urls = {name: stack.enter_context(serving(server, port)) for name, (server, port) in servers.items()}
+        for r, name in rounds.interleave(n_rounds, list(servers)):
+            report = asyncio.run(run_mixed(urls[name], tag=f"Round {r}. "))
+            reports[name].append(report)
+            print(f"  round {r + 1}, {name}: ITL p99 {report.short_itl_ms['p99']:.0f} ms, "
+                  f"short TTFT p50 {report.short_ttft_ms['p50']:.0f} ms", flush=True)  # fmt: skip
+    return reports
+
+
+def render(reports: dict[str, list[MixedReport]]) -> list[str]:
+    """The scenario's section of docs/benchmarks.md: medians of the rounds (ranges in brackets), and
+    lmgate's figures over llama-server's (the medians of the per-round ratios)."""
+    any_report = next(iter(reports.values()))[0]
     lines = [
         "",
         f"## Mixed: {any_report.streams} streams decoding, a ~1,900-token prompt arriving every "
         f"{any_report.long_every_s:g} s",
         "",
-        "| server | stream tok/s | stream ITL p50 / p99 ms | short TTFT p50 / p99 ms | long TTFT p50 ms "
-        "| requests short / long | errors |",
-        "|---|---|---|---|---|---|---|",
+        "| server | stream tok/s | stream ITL p50 ms | stream ITL p99 ms | short TTFT p50 ms | short TTFT p99 ms "
+        "| long TTFT p50 ms | requests short / long | errors |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, r in reports.items():
-        lines.append(
-            f"| {name} | {r.short_tokens_per_s:.1f} | {r.short_itl_ms['p50']:.0f} / {r.short_itl_ms['p99']:.0f} "
-            f"| {r.short_ttft_ms['p50']:.0f} / {r.short_ttft_ms['p99']:.0f} | {r.long_ttft_ms['p50']:.0f} "
-            f"| {r.short_requests} / {r.long_requests} | {r.errors} |"
-        )
+    for name, runs in reports.items():
+        cells = [
+            rounds.spread(r.short_tokens_per_s for r in runs).show(),
+            rounds.spread(r.short_itl_ms["p50"] for r in runs).show(".0f"),
+            rounds.spread(r.short_itl_ms["p99"] for r in runs).show(".0f"),
+            rounds.spread(r.short_ttft_ms["p50"] for r in runs).show(".0f"),
+            rounds.spread(r.short_ttft_ms["p99"] for r in runs).show(".0f"),
+            rounds.spread(r.long_ttft_ms["p50"] for r in runs).show(".0f"),
+            f"{sum(r.short_requests for r in runs)} / {sum(r.long_requests for r in runs)}",
+            str(sum(r.errors for r in runs)),
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if "lmgate" in reports and "llama-server" in reports:
+        ours, theirs = reports["lmgate"], reports["llama-server"]
+
+        def ratio(figure: Callable[[MixedReport], float]) -> str:
+            return rounds.ratios([figure(r) for r in ours], [figure(r) for r in theirs]).show(".2f", "×")
+
+        lines += [
+            "",
+            f"lmgate / llama-server: stream ITL p99 {ratio(lambda r: r.short_itl_ms['p99'])}, short TTFT p50 "
+            f"{ratio(lambda r: r.short_ttft_ms['p50'])}, stream tok/s {ratio(lambda r: r.short_tokens_per_s)}, "
+            f"long TTFT p50 {ratio(lambda r: r.long_ttft_ms['p50'])}.",
+        ]
     return lines

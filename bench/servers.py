@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +23,17 @@ class Server:
     name: str
     command: list[str]
     env: dict[str, str] | None = None
+
+
+def lmgate_server(name: str, *args: str, python: str = sys.executable) -> Server:
+    """``lmgate serve`` with ``args`` (HTTP only: several gateways run side by side), quiet logs."""
+    command = [python, "-m", "lmgate.server.cli", "serve", "--no-grpc", "--log-level", "warning", *args]
+    return Server(name, command)
+
+
+def llama_server(binary: Path, name: str, *args: str) -> Server:
+    """llama-server with ``args``; its directory is on the library path, for a build with shared libraries."""
+    return Server(name, [str(binary), *args], env={"LD_LIBRARY_PATH": str(binary.parent)})
 
 
 @contextlib.contextmanager

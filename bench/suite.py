@@ -12,8 +12,10 @@ Servers, one at a time on this machine, each with the same threads, context and 
 Scenarios: identical short prompts over a concurrency sweep; shared-prefix (16 users, one
 ~512-token system prompt, a unique question each); structured outputs (lmgate, c=8, free against
 constrained); mixed (bench/mixed.py: 8 streams while long prompts arrive); speculative
-(bench/speculative.py: lmgate with and without prompt lookup on a repeating text). Writes
-docs/benchmarks.md and a JSON file.
+(bench/speculative.py: prompt lookup on a repeating text, lmgate and llama-server each with and
+without). The servers of a scenario are up at once and run it in interleaved rounds (three by
+default; bench/rounds.py): medians and min–max ranges. Writes docs/benchmarks.md, a JSON file of
+the sweeps and a plot.
 Nothing here is downloaded but PyPI packages; the model is the random-weight ``bench-200m``.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -29,15 +32,16 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
 
 from lmgate.backends.llamacpp import cpu_build
-from lmgate.bench import mixed, speculative
+from lmgate.bench import mixed, rounds, speculative
 from lmgate.bench.client import BenchConfig, BenchReport, run_bench
 from lmgate.bench.plot import plot_sweeps
-from lmgate.bench.servers import CACHE, Server, serving
+from lmgate.bench.servers import CACHE, Server, llama_server, lmgate_server, serving
 
 SYSTEM_WORDS = "You are a careful assistant of a travel company. Answer briefly, politely and in English. "
 SYSTEM_PROMPT = SYSTEM_WORDS * 6  # 527 tokens with bench-200m's vocabulary
@@ -125,20 +129,39 @@ STRUCTURED = {"ignore_eos": False, "structured_outputs": {"json": {
 
 
 def sweep(
-    url: str, model: str, levels: list[int], max_tokens: int, shared_prefix: str = "", extra: dict | None = None
+    url: str,
+    model: str,
+    levels: list[int],
+    max_tokens: int,
+    shared_prefix: str = "",
+    extra: dict | None = None,
+    *,
+    waves: int = 4,
+    prompt: str = BenchConfig.prompt,
 ) -> list[BenchReport]:
+    """One run per concurrency in ``levels``, each of ``max(16, waves * c)`` requests."""
     reports = []
     for c in levels:
-        requests = max(32, 8 * c)
         config = BenchConfig(
-            url, model, c, requests, max_tokens=max_tokens, shared_prefix=shared_prefix, extra=extra or {}
+            url,
+            model,
+            c,
+            max(16, waves * c),
+            max_tokens=max_tokens,
+            prompt=prompt,
+            shared_prefix=shared_prefix,
+            extra=extra or {},
         )
         reports.append(asyncio.run(run_bench(config)))
         r = reports[-1]
-        print(f"  c={c}: {r.output_tokens_per_s:.1f} tok/s, TTFT p50 {r.ttft_ms['p50']:.0f} ms, errors {r.errors}")
+        print(f"    c={c}: {r.output_tokens_per_s:.1f} tok/s, TTFT p50 {r.ttft_ms['p50']:.0f} ms, errors {r.errors}")
         if r.first_error:
             print(f"    first error: {r.first_error}")
     return reports
+
+
+Runs = dict[str, dict[str, list[list[BenchReport]]]]
+"""Server name → scenario → rounds → one report per concurrency level."""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -148,123 +171,92 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--slots", type=int, default=16, help="parallel sequences of every server")
     parser.add_argument("--ctx", type=int, default=16384)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every scenario")
+    parser.add_argument("--waves", type=int, default=4, help="requests per client at each concurrency level")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
     parser.add_argument("--baseline", type=Path, help="an earlier lmgate checkout with its own .venv, run as well")
     args = parser.parse_args(argv)
 
     model = build_model(CACHE / "bench-200m.q8_0.gguf")
-    llama_server = build_llama_server()
+    binary = build_llama_server()
     lcp_python = llama_cpp_python_server()
     t, c, np_ = str(args.threads), str(args.ctx), str(args.slots)
-    serve = [
-        "-m",
-        "lmgate.server.cli",
-        "serve",
-        "--model",
-        str(model),
-        "--threads",
-        t,
-        "--n-ctx",
-        c,
-        "--max-seqs",
-        np_,
-        "--log-level",
-        "warning",
-    ]
-    lmgate = [sys.executable, *serve]
-    servers = {
-        "lmgate": Server("lmgate", [*lmgate, "--port", "8201"]),
-        "llama-server": Server(
-            "llama-server",
-            [str(llama_server), "-m", str(model), "-t", t, "-c", c, "-np", np_, "--port", "8202"],
-            env={"LD_LIBRARY_PATH": str(llama_server.parent)},  # for a build with shared libraries
-        ),
-        "llama-cpp-python": Server(
-            "llama-cpp-python",
-            [
-                str(lcp_python),
-                "-m",
-                "llama_cpp.server",
-                "--model",
-                str(model),
-                "--n_threads",
-                t,
-                "--n_ctx",
-                c,
-                "--interrupt_requests",
-                "False",
-                "--port",
-                "8203",
-            ],
-        ),
-    }
+    sizes = ("--model", str(model), "--threads", t, "--n-ctx", c, "--max-seqs", np_)
+    servers = {  # run in interleaved rounds, all up at once
+        "lmgate": (lmgate_server("lmgate", *sizes, "--port", "8201"), 8201),
+        "llama-server": (llama_server(binary, "llama-server", "-m", str(model), "-t", t, "-c", c, "-np", np_,
+                                      "--port", "8202"), 8202),
+    }  # fmt: skip
     if args.baseline is not None:
-        baseline = [str(args.baseline.resolve() / ".venv/bin/python"), *serve, "--port", "8204"]
-        servers["lmgate (baseline)"] = Server("lmgate-baseline", baseline)
-    results: dict[str, dict[str, list[BenchReport]]] = {}
-    for port, (name, server) in enumerate(servers.items(), start=8201):
-        print(f"{name}:", flush=True)
-        with serving(server, port) as url:
-            results[name] = {"sweep": sweep(url, "default", args.levels, args.max_tokens)}
-            if name != "llama-cpp-python":  # it serialises requests: the scenario says nothing new
-                results[name]["shared"] = sweep(url, "default", [16], args.max_tokens, SYSTEM_PROMPT)
+        python = str(args.baseline.resolve() / ".venv/bin/python")
+        servers["lmgate (baseline)"] = (lmgate_server("lmgate-baseline", *sizes, "--port", "8204", python=python), 8204)
+    results: Runs = {name: {} for name in servers}
+    with contextlib.ExitStack() as stack:
+        urls = {name: stack.enter_context(serving(server, port)) for name, (server, port) in servers.items()}
+        for r, name in rounds.interleave(args.rounds, list(servers)):
+            print(f"round {r + 1}, {name}:", flush=True)
+            url, runs = urls[name], results[name]
+            runs.setdefault("sweep", []).append(sweep(url, "default", args.levels, args.max_tokens, waves=args.waves))
+            # A question of this round's own: no server finds the last round's whole prompts cached.
+            question = f"{BenchConfig.prompt} (round {r + 1})"
+            shared = sweep(url, "default", [16], args.max_tokens, SYSTEM_PROMPT, waves=args.waves, prompt=question)
+            runs.setdefault("shared", []).append(shared)
             if name == "lmgate":  # the cost of constrained decoding: the same requests at c=8, constrained
-                results[name]["free"] = sweep(url, "default", [8], args.max_tokens)
-                results[name]["structured"] = sweep(url, "default", [8], args.max_tokens, extra=STRUCTURED)
-    no_cache = Server("lmgate-no-prefix-cache", [*lmgate, "--no-prefix-cache", "--port", "8205"])
-    print("lmgate, prefix cache off:", flush=True)
-    with serving(no_cache, 8205) as url:
-        results["lmgate (prefix cache off)"] = {"shared": sweep(url, "default", [16], args.max_tokens, SYSTEM_PROMPT)}
+                runs.setdefault("free", []).append(sweep(url, "default", [8], args.max_tokens, waves=args.waves))
+                constrained = sweep(url, "default", [8], args.max_tokens, extra=STRUCTURED, waves=args.waves)
+                runs.setdefault("structured", []).append(constrained)
 
-    mixed_reports = run_mixed_servers(model, llama_server, args)
-    speculative_reports = speculative.run(model, args.threads)
+    # One round each: llama-cpp-python's server serialises requests (minutes per sweep), and the
+    # prefix cache off is there to show the order of magnitude the cache is worth.
+    lcp = Server("llama-cpp-python", [str(lcp_python), "-m", "llama_cpp.server", "--model", str(model),
+                                      "--n_threads", t, "--n_ctx", c, "--interrupt_requests", "False",
+                                      "--port", "8203"])  # fmt: skip
+    print("llama-cpp-python (one round):", flush=True)
+    with serving(lcp, 8203) as url:
+        results["llama-cpp-python"] = {"sweep": [sweep(url, "default", args.levels, args.max_tokens, waves=args.waves)]}
+    print("lmgate, prefix cache off (one round):", flush=True)
+    with serving(lmgate_server("lmgate-no-prefix-cache", *sizes, "--no-prefix-cache", "--port", "8205"), 8205) as url:
+        shared = sweep(url, "default", [16], args.max_tokens, SYSTEM_PROMPT, waves=2)
+        results["lmgate (prefix cache off)"] = {"shared": [shared]}
+
+    print("mixed:", flush=True)
+    mixed_reports = mixed.run_servers(model, binary, args.threads, args.rounds)
+    print("speculative:", flush=True)
+    speculative_run = speculative.run(model, binary, args.threads, args.rounds)
 
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {args.threads} threads"
-    args.out.write_text(render(results, args, machine, mixed_reports, speculative_reports))
-    sweeps = {name: runs["sweep"] for name, runs in results.items() if "sweep" in runs}
-    plot_sweeps(sweeps, args.out.with_suffix(".png"), title=f"bench-200m Q8_0, {machine}")
-    args.out.with_suffix(".json").write_text(
-        json.dumps({k: {s: [asdict(r) for r in v] for s, v in d.items()} for k, d in results.items()}, indent=2)
-    )
+    args.out.write_text(render(results, args, machine, mixed_reports, speculative_run))
+    medians = {name: [median_report(level) for level in rounds.by_level(runs["sweep"])]
+               for name, runs in results.items() if "sweep" in runs}  # fmt: skip
+    plot_sweeps(medians, args.out.with_suffix(".png"), title=f"bench-200m Q8_0, {machine} (medians of the rounds)")
+    as_json = {k: {s: [[asdict(r) for r in run] for run in v] for s, v in d.items()} for k, d in results.items()}
+    args.out.with_suffix(".json").write_text(json.dumps(as_json, indent=2))
     print(f"wrote {args.out}")
 
 
-def run_mixed_servers(model: Path, llama_server: Path, args: argparse.Namespace) -> dict[str, mixed.MixedReport]:
-    """The mixed scenario on lmgate (fair chunked prefill, and with ``prefill_chunk`` off) and llama-server."""
-    slots, ctx = 9, 9 * 2048  # 8 streams + the long request; a long prompt and its answer per slot
-    config = CACHE / "mixed-unchunked.yaml"
-    config.write_text(
-        f"models:\n  - name: default\n    gguf: {model.resolve()}\n    n_threads: {args.threads}\n"
-        f"    n_ctx: {ctx}\n    max_seqs: {slots}\n    prefill_chunk: null\n"
-    )
-    lmgate = [sys.executable, "-m", "lmgate.server.cli", "serve", "--no-grpc", "--log-level", "warning"]
-    servers = {
-        "lmgate": Server("lmgate-mixed", [*lmgate, "--model", str(model), "--threads", str(args.threads),
-                                          "--n-ctx", str(ctx), "--max-seqs", str(slots), "--port", "8206"]),
-        "lmgate (prefill_chunk off)": Server("lmgate-mixed-unchunked", [*lmgate, "--config", str(config),
-                                                                        "--port", "8207"]),
-        "llama-server": Server("llama-server-mixed", [str(llama_server), "-m", str(model), "-t", str(args.threads),
-                                                      "-c", str(ctx), "-np", str(slots), "--port", "8208"],
-                               env={"LD_LIBRARY_PATH": str(llama_server.parent)}),
-    }  # fmt: skip
-    reports = {}
-    for port, (name, server) in enumerate(servers.items(), start=8206):
-        print(f"{name}, mixed:", flush=True)
-        with serving(server, port) as url:
-            r = reports[name] = asyncio.run(mixed.run_mixed(url))
-            print(f"  ITL p99 {r.short_itl_ms['p99']:.0f} ms, short TTFT p99 {r.short_ttft_ms['p99']:.0f} ms")
-    return reports
+def median_report(level: list[BenchReport]) -> BenchReport:
+    """The round whose tokens/s is the median (the lower middle of an even count)."""
+    return sorted(level, key=lambda r: r.output_tokens_per_s)[(len(level) - 1) // 2]
 
 
 def render(
-    results: dict[str, dict[str, list[BenchReport]]],
+    results: Runs,
     args: argparse.Namespace,
     machine: str,
-    mixed_reports: dict[str, mixed.MixedReport] | None = None,
-    speculative_reports: list[speculative.SpeculativeReport] | None = None,
+    mixed_reports: dict[str, list[mixed.MixedReport]] | None = None,
+    speculative_run: speculative.SpeculativeRun | None = None,
 ) -> str:
-    ours, anchor = results["lmgate"]["sweep"], results["llama-server"]["sweep"]
-    lcp = results["llama-cpp-python"]["sweep"]
+    def tps(name: str, scenario: str = "sweep") -> list[list[float]]:
+        """levels × rounds of the server's tokens/s."""
+        return [[r.output_tokens_per_s for r in level] for level in rounds.by_level(results[name][scenario])]
+
+    def median(name: str, figure: Callable[[BenchReport], float], scenario: str = "sweep") -> list[float]:
+        """Per level, the median over the rounds of ``figure``."""
+        return [rounds.spread(figure(r) for r in level).median for level in rounds.by_level(results[name][scenario])]
+
+    ttft, itl = (lambda r: r.ttft_ms["p50"]), (lambda r: r.itl_ms["p50"])
+    ours, anchor, lcp = tps("lmgate"), tps("llama-server"), tps("llama-cpp-python")
+    n = len(results["lmgate"]["sweep"])
     lines = [
         "# Benchmarks",
         "",
@@ -275,20 +267,29 @@ def render(
         "short prompt for every request. Ratios are what we compare; absolute numbers move with the machine. "
         "Profiles and the targets: [performance.md](performance.md).",
         "",
+        f"The servers of a scenario are up at once and run it in {n} interleaved rounds (bench/rounds.py). A "
+        "figure is the median of the rounds, with their min–max range in brackets; a ratio is the median of "
+        "the per-round ratios. llama-cpp-python's server, which serialises requests, and lmgate with its "
+        "prefix cache off run one round.",
+        "",
         "## Aggregate output tokens/s by concurrency",
         "",
         "| c | lmgate | llama-server | llama-cpp-python server | lmgate / llama-server | lmgate / llama-cpp-python "
         "| TTFT p50 ms lmgate / llama-server | ITL p50 ms lmgate / llama-server |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for a, b, p in zip(ours, anchor, lcp, strict=True):
+    ours_ttft, anchor_ttft = median("lmgate", ttft), median("llama-server", ttft)
+    ours_itl, anchor_itl = median("lmgate", itl), median("llama-server", itl)
+    for i, level in enumerate(args.levels):
+        a, b, p = rounds.spread(ours[i]), rounds.spread(anchor[i]), rounds.spread(lcp[i])
         lines.append(
-            f"| {a.concurrency} | {a.output_tokens_per_s:.1f} | {b.output_tokens_per_s:.1f} | "
-            f"{p.output_tokens_per_s:.1f} | {a.output_tokens_per_s / b.output_tokens_per_s:.2f}× | "
-            f"{a.output_tokens_per_s / p.output_tokens_per_s:.2f}× | {a.ttft_ms['p50']:.0f} / {b.ttft_ms['p50']:.0f} "
-            f"| {a.itl_ms['p50']:.1f} / {b.itl_ms['p50']:.1f} |"
+            f"| {level} | {a.show()} | {b.show()} | {p.show()} | {rounds.ratios(ours[i], anchor[i]).show('.2f', '×')} "
+            f"| {a.median / p.median:.2f}× | {ours_ttft[i]:.0f} / {anchor_ttft[i]:.0f} "
+            f"| {ours_itl[i]:.1f} / {anchor_itl[i]:.1f} |"
         )
     if "lmgate (baseline)" in results:
+        base = tps("lmgate (baseline)")
+        base_ttft, base_itl = median("lmgate (baseline)", ttft), median("lmgate (baseline)", itl)
         lines += [
             "",
             "## This checkout against the baseline (`--baseline`)",
@@ -297,11 +298,11 @@ def render(
             "| ITL p50 ms baseline / lmgate |",
             "|---|---|---|---|---|---|",
         ]
-        for a, b in zip(results["lmgate (baseline)"]["sweep"], ours, strict=True):
+        for i, level in enumerate(args.levels):
             lines.append(
-                f"| {a.concurrency} | {a.output_tokens_per_s:.1f} | {b.output_tokens_per_s:.1f} | "
-                f"{b.output_tokens_per_s / a.output_tokens_per_s:.2f}× | "
-                f"{a.ttft_ms['p50']:.0f} / {b.ttft_ms['p50']:.0f} | {a.itl_ms['p50']:.1f} / {b.itl_ms['p50']:.1f} |"
+                f"| {level} | {rounds.spread(base[i]).show()} | {rounds.spread(ours[i]).show()} "
+                f"| {rounds.ratios(ours[i], base[i]).show('.2f', '×')} | {base_ttft[i]:.0f} / {ours_ttft[i]:.0f} "
+                f"| {base_itl[i]:.1f} / {ours_itl[i]:.1f} |"
             )
     lines += [
         "",
@@ -311,32 +312,37 @@ def render(
         "|---|---|---|---|---|---|",
     ]
     for name, runs in results.items():
-        for r in runs.get("shared", []):
-            rate = "n/a" if r.prefix_hit_rate is None else f"{r.prefix_hit_rate:.0%}"
-            lines.append(
-                f"| {name} | {r.output_tokens_per_s:.1f} | {r.ttft_ms['p50']:.0f} | {r.ttft_ms['p99']:.0f} "
-                f"| {rate} | {r.errors} |"
-            )
+        if "shared" not in runs:
+            continue
+        [level] = rounds.by_level(runs["shared"])
+        hits = [r.prefix_hit_rate for r in level if r.prefix_hit_rate is not None]
+        lines.append(
+            f"| {name} | {rounds.spread(r.output_tokens_per_s for r in level).show()} "
+            f"| {rounds.spread(r.ttft_ms['p50'] for r in level).show('.0f')} "
+            f"| {rounds.spread(r.ttft_ms['p99'] for r in level).show('.0f')} "
+            f"| {f'{rounds.spread(hits).median:.0%}' if hits else 'n/a'} | {sum(r.errors for r in level)} |"
+        )
+    [shared_ours], [shared_anchor] = tps("lmgate", "shared"), tps("llama-server", "shared")
+    lines += ["", f"lmgate / llama-server: {rounds.ratios(shared_ours, shared_anchor).show('.2f', '×')}."]
     if "structured" in results["lmgate"]:
-        [free], [constrained] = results["lmgate"]["free"], results["lmgate"]["structured"]
+        [free], [constrained] = tps("lmgate", "free"), tps("lmgate", "structured")
+        [free_itl], [constrained_itl] = median("lmgate", itl, "free"), median("lmgate", itl, "structured")
         lines += [
             "",
             "## Structured outputs: the same requests at c=8, free and under a JSON Schema (lmgate)",
             "",
-            "| | tok/s | TTFT p50 ms | ITL p50 ms |",
-            "|---|---|---|---|",
-            f"| free | {free.output_tokens_per_s:.1f} | {free.ttft_ms['p50']:.0f} | {free.itl_ms['p50']:.1f} |",
-            f"| constrained | {constrained.output_tokens_per_s:.1f} | {constrained.ttft_ms['p50']:.0f} "
-            f"| {constrained.itl_ms['p50']:.1f} |",
+            "| | tok/s | ITL p50 ms |",
+            "|---|---|---|",
+            f"| free | {rounds.spread(free).show()} | {free_itl:.1f} |",
+            f"| constrained | {rounds.spread(constrained).show()} | {constrained_itl:.1f} |",
             "",
-            f"Constrained / free: {constrained.output_tokens_per_s / free.output_tokens_per_s:.2f}× "
-            "(the target: at least 0.90×).",
+            f"Constrained / free: {rounds.ratios(constrained, free).show('.2f', '×')} (the target: at least 0.90×).",
         ]
     if mixed_reports:
         lines += mixed.render(mixed_reports)
-    if speculative_reports:
-        lines += speculative.render(speculative_reports)
-    errors = {name: sum(r.errors for rs in runs.values() for r in rs) for name, runs in results.items()}
+    if speculative_run:
+        lines += speculative.render(speculative_run)
+    errors = {name: sum(r.errors for rs in runs.values() for run in rs for r in run) for name, runs in results.items()}
     lines += ["", f"Failed requests per server over the whole run: {errors}.", "", "![sweep](benchmarks.png)", ""]
     return "\n".join(lines)
 

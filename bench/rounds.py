@@ -1,0 +1,57 @@
+"""Interleaved rounds: how the benchmarks compare servers on a machine whose speed drifts.
+
+Every server of a scenario is up at once, and each round runs the scenario on every server in turn,
+starting one server later each round, so that a slow minute of the machine (another tenant, a
+thermal limit) falls on all of them alike. A figure is then the median of its rounds, shown with the
+min–max range of the rounds; a ratio between two servers is the median of the per-round ratios (the
+two ran minutes apart in the same round).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Spread:
+    """The median of a figure over its rounds and the range the rounds span."""
+
+    median: float
+    low: float
+    high: float
+    rounds: int
+
+    def show(self, fmt: str = ".1f", unit: str = "") -> str:
+        """``"53.4 (50.1–55.0)"``; one round gives the bare value."""
+        text = f"{self.median:{fmt}}{unit}"
+        return text if self.rounds == 1 else f"{text} ({self.low:{fmt}}–{self.high:{fmt}})"
+
+
+def spread(values: Iterable[float]) -> Spread:
+    """The spread of ``values`` (one per round; at least one)."""
+    v = list(values)
+    if not v:
+        raise ValueError("a spread needs at least one round")
+    return Spread(statistics.median(v), min(v), max(v), len(v))
+
+
+def ratios(ours: Sequence[float], theirs: Sequence[float]) -> Spread:
+    """The spread of the per-round ratios ``ours[i] / theirs[i]`` (rounds paired by index)."""
+    return spread(a / b for a, b in zip(ours, theirs, strict=True))
+
+
+def interleave(rounds: int, names: Sequence[T]) -> Iterator[tuple[int, T]]:
+    """``(round, name)`` in running order: every name once per round, each round starting one later."""
+    for r in range(rounds):
+        for k in range(len(names)):
+            yield r, names[(r + k) % len(names)]
+
+
+def by_level(runs: Sequence[Sequence[T]]) -> list[list[T]]:
+    """A sweep's reports, rounds × levels, turned into levels × rounds."""
+    return [list(level) for level in zip(*runs, strict=True)]
