@@ -137,7 +137,6 @@ def sweep(
     extra: dict | None = None,
     *,
     waves: int = 4,
-    prompt: str = BenchConfig.prompt,
 ) -> list[BenchReport]:
     """One run per concurrency in ``levels``, each of ``max(16, waves * c)`` requests."""
     reports = []
@@ -148,7 +147,6 @@ def sweep(
             c,
             max(16, waves * c),
             max_tokens=max_tokens,
-            prompt=prompt,
             shared_prefix=shared_prefix,
             extra=extra or {},
         )
@@ -197,9 +195,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"round {r + 1}, {name}:", flush=True)
             url, runs = urls[name], results[name]
             runs.setdefault("sweep", []).append(sweep(url, "default", args.levels, args.max_tokens, waves=args.waves))
-            # A question of this round's own: no server finds the last round's whole prompts cached.
-            question = f"{BenchConfig.prompt} (round {r + 1})"
-            shared = sweep(url, "default", [16], args.max_tokens, SYSTEM_PROMPT, waves=args.waves, prompt=question)
+            # A system prompt of this round's own: every round starts cold on every server, as a new
+            # prompt does (a server up since the last round would find its prompts cached).
+            system = f"Round {r + 1}. {SYSTEM_PROMPT}"
+            shared = sweep(url, "default", [16], args.max_tokens, system, waves=args.waves)
             runs.setdefault("shared", []).append(shared)
             if name == "lmgate":  # the cost of constrained decoding: the same requests at c=8, constrained
                 runs.setdefault("free", []).append(sweep(url, "default", [8], args.max_tokens, waves=args.waves))
