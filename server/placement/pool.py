@@ -231,7 +231,8 @@ class ModelPool:
             task.add_done_callback(self._retiring.discard)
 
     async def _retire(self, backend: Backend) -> None:
-        """Let the streams open on a removed replica finish (up to ``request_timeout_s``), then close it."""
+        """Let the streams open on a removed replica finish (up to ``request_timeout_s``), then close it.
+        Cancelled (``unload``: the pool goes away, so nothing waits for those streams), it closes it now."""
         try:
             async with asyncio.timeout(self.settings.request_timeout_s):
                 while backend.stats().running > 0:
@@ -239,7 +240,8 @@ class ModelPool:
         except TimeoutError:
             log.warning("model %s: a removed replica still had %d request(s) open after %s s: closing it",
                         self.name, backend.stats().running, self.settings.request_timeout_s)  # fmt: skip
-        await backend.shutdown()
+        finally:
+            await backend.shutdown()
 
     @property
     def discovered(self) -> int | None:
@@ -254,7 +256,10 @@ class ModelPool:
             task.cancel()
         await asyncio.gather(*retries, return_exceptions=True)
         await asyncio.gather(*(r.shutdown() for r in self.replicas.values()), return_exceptions=True)
-        await asyncio.gather(*self._retiring, return_exceptions=True)
+        retiring = list(self._retiring)
+        for task in retiring:  # without request_timeout_s a stuck stream would hold unload for ever
+            task.cancel()
+        await asyncio.gather(*retiring, return_exceptions=True)
         if self.discovery is not None:  # found again at the next load
             for index in self.targets:
                 self.router.remove(index)

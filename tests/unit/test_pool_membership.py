@@ -4,12 +4,13 @@ import asyncio
 import json
 import logging
 
+from lmgate.backends.types import BackendStats
 from lmgate.server.placement.pool import ModelPool, ModelState
 from lmgate.server.settings import Settings
 
 
-def discovered_pool() -> ModelPool:
-    entry = {"name": "chat", "backend": "grpc", "discovery": {"kubernetes": {"service": "workers"}}}
+def discovered_pool(**settings: object) -> ModelPool:
+    entry = {"name": "chat", "backend": "grpc", "discovery": {"kubernetes": {"service": "workers"}}, **settings}
     pool = ModelPool(Settings.model_validate({"models": [entry]}).models[0])
     pool.state = ModelState.LOADING  # as during the first list: replicas are registered, _load starts them
     return pool
@@ -45,3 +46,17 @@ def test_a_ready_pool_without_replicas_says_it_is_discovering_and_serves_nothing
     pool = discovered_pool()
     pool.state = ModelState.READY
     assert pool.status == "discovering" and not pool.healthy() and not pool.routable(now=0.0)
+
+
+async def test_unloading_closes_a_removed_replica_whose_stream_never_ends():
+    pool = discovered_pool(request_timeout_s=None)  # nothing bounds the wait for its streams
+    pool.set_targets(frozenset({"10.0.0.1:50051", "10.0.0.2:50051"}))
+    removed = pool.replicas[0]
+    closed: list[bool] = []
+    removed.stats = lambda: BackendStats(running=1)  # a stream that stays open
+    removed.shutdown = lambda: asyncio.sleep(0, closed.append(True))
+    pool.set_targets(frozenset({"10.0.0.2:50051"}))
+    await asyncio.sleep(0.3)
+    assert closed == []  # still waiting for its stream
+    await asyncio.wait_for(pool.unload(), 10)  # a guard against hanging, not a speed assertion
+    assert closed == [True]
