@@ -108,9 +108,10 @@ lora-model: install
 	$(BIN)/pip install --quiet 'torch==2.13.0' -e '.[model]'
 	$(BIN)/python -m lmgate.quantize.tinychat.lora --base $(MODEL) --out $(LORA_MODEL)
 
-# lmgate, llama-server and llama-cpp-python's server on the same GGUF, one run (about 15 minutes
-# the first time: it builds llama-server); writes docs/benchmarks.md. BASELINE=DIR adds an earlier
-# checkout (with its own DIR/.venv) to the run, for a before/after table.
+# lmgate, llama-server and llama-cpp-python's server on the same GGUF, three interleaved rounds of
+# every scenario (about an hour on 2 cores, plus the llama-server build the first time); writes
+# docs/benchmarks.md. BASELINE=DIR adds an earlier checkout (with its own DIR/.venv) to the rounds,
+# for a before/after table.
 bench: install
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m lmgate.bench.suite $(if $(BASELINE),--baseline $(BASELINE))
