@@ -9,6 +9,7 @@ llguidance's validation: backends/structured_output.py), since a forced call com
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import re
 
@@ -65,15 +66,27 @@ def tool_choice_problem(choice: ToolChoice, function: str | None, names: list[st
     return None
 
 
-@functools.lru_cache(maxsize=64)  # a tool list may be megabytes: few are kept
+_CHECKED_CALLS: dict[bytes, str | None] = {}
+"""``calls_problem``'s answers by a digest of the tools: the newest ``_CHECKED_CALLS_KEPT`` (a tool
+list may be megabytes, a digest is 16 bytes)."""
+_CHECKED_CALLS_KEPT = 1024
+
+
 def calls_problem(tools: Tools) -> str | None:
     """A call grammar (every allowed function's parameters under one call schema, forced or optional) that
     does not compile; checked at the edge so the error names ``tools``, not a format the client never sent.
-    Cached: an agent sends the same tools every turn, and checking them compiles their schemas (ms)."""
+    Remembered: an agent sends the same tools every turn, and checking them compiles their schemas (ms)."""
     if tools.choice is ToolChoice.NONE:
         return None
+    key = hashlib.blake2b(repr(tools).encode(), digest_size=16).digest()
+    if key in _CHECKED_CALLS:
+        return _CHECKED_CALLS[key]
     calls = forced_calls if tools.forced else optional_calls
-    return structured_output.problem(calls(tools, ToolFormat.HERMES))
+    problem = structured_output.problem(calls(tools, ToolFormat.HERMES))
+    if len(_CHECKED_CALLS) >= _CHECKED_CALLS_KEPT:
+        _CHECKED_CALLS.pop(next(iter(_CHECKED_CALLS)), None)  # the oldest
+    _CHECKED_CALLS[key] = problem
+    return problem
 
 
 def tools_problem(tools: Tools) -> tuple[str, str] | None:
