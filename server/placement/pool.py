@@ -66,6 +66,8 @@ class ModelPool:
         self._loading: asyncio.Task[None] | None = None
         self._retries: dict[int, asyncio.Task[None]] = {}
         self._retiring: set[asyncio.Task[None]] = set()
+        self._unloading = False
+        """``unload`` runs: a removed replica is closed without waiting for its streams (``_retire``)."""
         self._load_errors: dict[int, BaseException] = {}
         config = getattr(settings, "discovery", None)
         self.discovery = Discovery(self.name, config, self.set_targets) if isinstance(config, GrpcDiscovery) else None
@@ -231,17 +233,16 @@ class ModelPool:
             task.add_done_callback(self._retiring.discard)
 
     async def _retire(self, backend: Backend) -> None:
-        """Let the streams open on a removed replica finish (up to ``request_timeout_s``), then close it.
-        Cancelled (``unload``: the pool goes away, so nothing waits for those streams), it closes it now."""
+        """Let the streams open on a removed replica finish (up to ``request_timeout_s``, or until the pool
+        unloads: nothing waits for those streams then), then close it."""
         try:
             async with asyncio.timeout(self.settings.request_timeout_s):
-                while backend.stats().running > 0:
+                while backend.stats().running > 0 and not self._unloading:
                     await asyncio.sleep(0.1)
         except TimeoutError:
             log.warning("model %s: a removed replica still had %d request(s) open after %s s: closing it",
                         self.name, backend.stats().running, self.settings.request_timeout_s)  # fmt: skip
-        finally:
-            await backend.shutdown()
+        await backend.shutdown()
 
     @property
     def discovered(self) -> int | None:
@@ -256,10 +257,9 @@ class ModelPool:
             task.cancel()
         await asyncio.gather(*retries, return_exceptions=True)
         await asyncio.gather(*(r.shutdown() for r in self.replicas.values()), return_exceptions=True)
-        retiring = list(self._retiring)
-        for task in retiring:  # without request_timeout_s a stuck stream would hold unload for ever
-            task.cancel()
-        await asyncio.gather(*retiring, return_exceptions=True)
+        self._unloading = True  # without request_timeout_s a stuck stream would hold unload for ever
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+        self._unloading = False
         if self.discovery is not None:  # found again at the next load
             for index in self.targets:
                 self.router.remove(index)
