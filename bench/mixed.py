@@ -15,7 +15,6 @@ slot, enough for a long prompt and its answer under bench-200m's 2,048-token con
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import httpx
 
 from lmgate.bench import rounds
 from lmgate.bench.client import BenchConfig, BenchError, RequestResult, one_request, percentiles
-from lmgate.bench.servers import CACHE, llama_server, lmgate_server, serving
+from lmgate.bench.servers import CACHE, llama_server, lmgate_server, serving_all
 
 LONG_WORDS = "You are a careful assistant of a travel company. Answer briefly, politely and in English. "
 LONG_PROMPT = LONG_WORDS * 21  # ~1,850 tokens with bench-200m's vocabulary, + the request's number
@@ -124,8 +123,7 @@ def run_servers(model: Path, binary: Path, threads: int, n_rounds: int = 3) -> d
                                       "-c", str(ctx), "-np", str(slots), "--port", "8208"), 8208),
     }  # fmt: skip
     reports: dict[str, list[MixedReport]] = {name: [] for name in servers}
-    with contextlib.ExitStack() as stack:
-        urls = {name: stack.enter_context(serving(server, port)) for name, (server, port) in servers.items()}
+    with serving_all(servers) as urls:
         for r, name in rounds.interleave(n_rounds, list(servers)):
             report = asyncio.run(run_mixed(urls[name], tag=f"Round {r}. "))
             reports[name].append(report)

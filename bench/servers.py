@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +41,13 @@ def serving(server: Server, port: int) -> Iterator[str]:
     """The server's URL once it answers a one-token completion; the server stops on exit."""
     with serving_process(server, port) as (url, _):
         yield url
+
+
+@contextlib.contextmanager
+def serving_all(servers: Mapping[str, tuple[Server, int]]) -> Iterator[dict[str, str]]:
+    """Every server (name → (server, port)) up at once: name → URL; all stop on exit."""
+    with contextlib.ExitStack() as stack:
+        yield {name: stack.enter_context(serving(server, port)) for name, (server, port) in servers.items()}
 
 
 @contextlib.contextmanager

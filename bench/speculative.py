@@ -16,13 +16,12 @@ same work.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from lmgate.bench import rounds
 from lmgate.bench.client import BenchConfig, BenchReport, run_bench
-from lmgate.bench.servers import CACHE, llama_server, lmgate_server, scrape, serving
+from lmgate.bench.servers import CACHE, llama_server, lmgate_server, scrape, serving_all
 
 REPEATING = "for item in items:\n    total += item.price * item.count\n    print(item.name, total)\n" * 12
 
@@ -74,8 +73,7 @@ def run(
         ),
     }
     reports: dict[str, list[list[BenchReport]]] = {name: [] for name in servers}
-    with contextlib.ExitStack() as stack:
-        urls = {name: stack.enter_context(serving(server, port)) for name, (server, port) in servers.items()}
+    with serving_all(servers) as urls:
         for r, name in rounds.interleave(n_rounds, list(servers)):
             runs = [
                 asyncio.run(run_bench(BenchConfig(urls[name], "default", c, 8 * c, max_tokens=max_tokens,

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
@@ -41,7 +40,7 @@ from lmgate.backends.llamacpp import cpu_build
 from lmgate.bench import mixed, rounds, speculative
 from lmgate.bench.client import BenchConfig, BenchReport, run_bench
 from lmgate.bench.plot import plot_sweeps
-from lmgate.bench.servers import CACHE, Server, llama_server, lmgate_server, serving
+from lmgate.bench.servers import CACHE, Server, llama_server, lmgate_server, serving, serving_all
 
 SYSTEM_WORDS = "You are a careful assistant of a travel company. Answer briefly, politely and in English. "
 SYSTEM_PROMPT = SYSTEM_WORDS * 6  # 527 tokens with bench-200m's vocabulary
@@ -189,8 +188,7 @@ def main(argv: list[str] | None = None) -> None:
         python = str(args.baseline.resolve() / ".venv/bin/python")
         servers["lmgate (baseline)"] = (lmgate_server("lmgate-baseline", *sizes, "--port", "8204", python=python), 8204)
     results: Runs = {name: {} for name in servers}
-    with contextlib.ExitStack() as stack:
-        urls = {name: stack.enter_context(serving(server, port)) for name, (server, port) in servers.items()}
+    with serving_all(servers) as urls:
         for r, name in rounds.interleave(args.rounds, list(servers)):
             print(f"round {r + 1}, {name}:", flush=True)
             url, runs = urls[name], results[name]
