@@ -91,7 +91,7 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
     grpc.add_argument("--grpc-port", type=port, help=f"gRPC port (default {server['grpc_port'].default}; 0: any free)")
     grpc.add_argument("--no-grpc", action="store_true", help="do not serve gRPC")
     serve.add_argument("--threads", type=positive_int, help=f"with --model: llama.cpp threads (default: the CPUs "
-                       f"this process may use, {default_threads()} here)")  # fmt: skip
+                       f"this process may use, at most its CPU quota: {default_threads()} here)")  # fmt: skip
     serve.add_argument("--n-ctx", type=positive_int, help="with --model: KV-cache cells shared by all sequences "
                        "(default: the model's trained context, at most 4096)")  # fmt: skip
     serve.add_argument(

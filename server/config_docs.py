@@ -40,7 +40,11 @@ BACKENDS: list[tuple[str, type[BaseModel], str]] = [
     ("openai", OpenAIModelSettings, "a model on any OpenAI-compatible server"),
     ("fake", FakeModelSettings, "echoes the prompt back, no model (tests)"),
 ]
-_FACTORIES = {default_threads: "the CPUs this process may use", list: "`[]`", SpeculativeConfig: "off (`method: none`)"}
+_FACTORIES = {
+    default_threads: "the CPUs this process may use, at most its CPU quota",
+    list: "`[]`",
+    SpeculativeConfig: "off (`method: none`)",
+}
 
 
 def render() -> str:

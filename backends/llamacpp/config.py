@@ -5,12 +5,12 @@ Pure pydantic, no llama_cpp import: the server validates a config file without l
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import ConfigDict, Field, PositiveInt, model_validator
 
+from lmgate.backends.cpus import usable_cpus
 from lmgate.backends.llamacpp.speculative_config import SpeculativeConfig
 from lmgate.backends.lora import LoraAdapter, adapters_named
 from lmgate.backends.tasks import TasksConfig
@@ -21,8 +21,8 @@ GGML_MAX_N_THREADS = 512
 
 
 def default_threads() -> int:
-    """Physical-ish cores: all CPUs this process may run on (decode is memory-bound beyond that)."""
-    return max(1, len(os.sched_getaffinity(0)))
+    """Physical-ish cores: the CPUs this process may use, cut to a CPU quota's worth (backends/cpus.py)."""
+    return usable_cpus()
 
 
 class LlamaCppConfig(TasksConfig):

@@ -24,7 +24,7 @@ def test_every_setting_has_a_meaning():
 def test_the_reference_gives_type_default_and_meaning():
     reference = config_docs.render()
     assert "| `max_seqs` | integer (≥ 1, ≤ 128) | `8` | Sequences decoded together at most. |" in reference
-    assert "| `n_threads` | integer (≥ 1, ≤ 512) | the CPUs this process may use |" in reference
+    assert "| `n_threads` | integer (≥ 1, ≤ 512) | the CPUs this process may use, at most its CPU quota |" in reference
     assert "| `gguf` | path | required |" in reference
     for kind, _, _ in config_docs.BACKENDS:
         assert f"### `backend: {kind}`" in reference
