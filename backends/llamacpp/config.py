@@ -65,6 +65,13 @@ class LlamaCppConfig(TasksConfig):
         le=128,
         description="Finished sequences kept as cached prefixes (LRU) besides the running ones; default max_seqs.",
     )
+    cache_cells: int | None = Field(
+        default=None,
+        ge=0,
+        description="KV cells that cached prefixes alone may hold (least recently used out beyond; the newest stays "
+        "whatever its size). Default: an eighth of n_ctx. Every decode step attends over the cache's occupied span, "
+        "so cold prefixes slow all streams down (docs/performance.md#cold-prefixes); n_ctx or more: no bound.",
+    )
     n_batch: PositiveInt = Field(default=512, ge=16, description="Token budget of one engine step.")
     n_ubatch: PositiveInt = Field(default=512, ge=16, description="Tokens per compute micro-batch.")
     prefill_chunk: PositiveInt | None = Field(

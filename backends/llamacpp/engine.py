@@ -55,7 +55,10 @@ class Engine(EngineThread[Request]):
         self.model = model
         self.runner = Runner(model)
         self.embedder = Embedder(model, config.embed_max_seqs)
-        kv = KVCacheManager(model.n_ctx, config.num_slots, prefix_caching=config.prefix_cache)
+        cached_cells = model.n_ctx // 8 if config.cache_cells is None else config.cache_cells
+        kv = KVCacheManager(
+            model.n_ctx, config.num_slots, prefix_caching=config.prefix_cache, cached_cells_max=cached_cells
+        )
         self.scheduler = Scheduler(SchedulerConfig(config.max_seqs, model.n_batch, config.prefill_chunk), kv)
         self.speculator = speculator.build(config, model, kv)
         self._check = config.check_integrity

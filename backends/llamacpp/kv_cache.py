@@ -11,7 +11,11 @@ that holds it; its identity for the prefix cache is a hash chained through its p
 equal hashes mean equal prefixes. Cells used = ``BLOCK_SIZE`` × live blocks + every slot's tail.
 
 A finished (or preempted) sequence's slot is kept as a *cached* slot holding its full blocks;
-cached slots are evicted least-recently-used when a slot or cells are needed. A hit may also take
+cached slots are evicted least-recently-used when a slot or cells are needed, and beyond
+``cached_cells_max`` cells that only cached slots hold (the newest cached slot stays whatever its
+size). That bound is for speed, not room: llama.cpp's attention runs every token of a step over the
+unified cache's whole occupied span, masked, and its allocator keeps that span near the cells in use,
+so cold prefixes nobody hits slow every step down (docs/performance.md, "Cold prefixes"). A hit may also take
 the first tokens of the block after the matched chain, where they equal the prompt's (blocks keep
 their token ids for this): a prompt repeated exactly recomputes one token, as in llama-server. Running out of cells
 is a value: ``allocate`` returns False after evicting what it can, and the scheduler preempts.
@@ -80,12 +84,16 @@ class Admission:
 class KVCacheManager:
     """Owned by the engine thread. ``prefix_caching=False`` keeps the accounting and shares nothing."""
 
-    def __init__(self, total_cells: int, num_slots: int, *, prefix_caching: bool = True) -> None:
+    def __init__(
+        self, total_cells: int, num_slots: int, *, prefix_caching: bool = True, cached_cells_max: int | None = None
+    ) -> None:
+        """``cached_cells_max``: cells only cached slots may hold (None: all that are free)."""
         if total_cells <= 0 or num_slots <= 0:
             raise ValueError(f"need cells and slots, got total_cells={total_cells} num_slots={num_slots}")
         self.total_cells = total_cells
         self.num_slots = num_slots
         self.prefix_caching = prefix_caching
+        self.cached_cells_max = total_cells if cached_cells_max is None else cached_cells_max
         self._free = list(range(num_slots - 1, -1, -1))  # pop() hands out slot 0 first
         self._slots: dict[int, _Slot] = {}
         self._index: dict[bytes, Block] = {}
@@ -241,6 +249,10 @@ class KVCacheManager:
 
     def release(self, slot: int) -> None:
         """Give back the slot and every cell only it held."""
+        self._release(slot)
+        self._trim_cached()  # cells it shared with cached slots are theirs alone now
+
+    def _release(self, slot: int) -> None:
         state = self._slots.pop(slot)
         self._tails -= state.tail
         for block in state.blocks:
@@ -258,6 +270,16 @@ class KVCacheManager:
         state.tail = 0
         state.cached, state.last_used = True, next(self._clock)
         self._record(RemoveOp(slot, BLOCK_SIZE * len(state.blocks)))
+        self._trim_cached()
+
+    def _trim_cached(self) -> None:
+        """Evict cached slots, least recently used first, until only cached slots hold at most
+        ``cached_cells_max`` cells; the most recently cached one stays."""
+        if self.cached_cells_max >= self.total_cells:
+            return
+        newest = max(((s.last_used, slot) for slot, s in self._slots.items() if s.cached), default=(0, None))[1]
+        while self.reclaimable_cells > self.cached_cells_max and self._evict_one(exclude=newest):
+            pass
 
     def _record(self, op: MemoryOp) -> None:
         self._ops.append(op)
@@ -337,7 +359,7 @@ class KVCacheManager:
         ]
         if not candidates:
             return False
-        self.release(min(candidates)[1])
+        self._release(min(candidates)[1])
         self.evictions += 1
         return True
 

@@ -185,3 +185,37 @@ def test_an_idle_cache_admits_what_fits_even_when_two_cached_slots_hold_the_shar
     assert admission is not None
     assert kv.allocate(admission.slot, 6 * B - admission.cached_tokens)
     kv.check_integrity(held(kv))
+
+
+def test_cached_slots_beyond_the_cold_cell_bound_go_least_recently_used_first():
+    kv = KVCacheManager(total_cells=20 * B, num_slots=4, cached_cells_max=3 * B)
+    older = fill(kv, hashes("a", "b"), 2 * B)
+    kv.cache(older)
+    newer = fill(kv, hashes("x", "y"), 2 * B)
+    kv.cache(newer)
+    assert kv.evictions == 1 and kv.reclaimable_cells == 2 * B
+    assert kv.admit(hashes("a", "b"), 2 * B).cached_tokens == 0  # the older prompt is gone
+    assert kv.admit(hashes("x", "y"), 2 * B).cached_tokens == B  # the newer one hits (its last block is recomputed)
+    kv.check_integrity(held(kv))
+
+
+def test_the_newest_cached_slot_stays_whatever_its_size():
+    kv = KVCacheManager(total_cells=20 * B, num_slots=4, cached_cells_max=B)
+    big = fill(kv, hashes("a", "b", "c"), 3 * B)
+    kv.cache(big)
+    assert kv.evictions == 0 and kv.reclaimable_cells == 3 * B
+    kv.cache(fill(kv, hashes("x"), B))
+    assert kv.evictions == 1 and kv.reclaimable_cells == B
+
+
+def test_cells_a_running_sequence_shares_are_not_cold_until_it_lets_go():
+    kv = KVCacheManager(total_cells=20 * B, num_slots=4, cached_cells_max=2 * B)
+    first = fill(kv, hashes("a", "b"), 2 * B)
+    sharer = fill(kv, hashes("a", "b", "c"), 3 * B)  # shares "a", "b" with the running first
+    kv.cache(first)
+    assert kv.reclaimable_cells == 0  # the sharer still runs on them
+    kv.cache(fill(kv, hashes("x"), B))
+    assert kv.evictions == 0 and kv.reclaimable_cells == B
+    kv.release(sharer)  # aborted: "a", "b" are cold now, 3 blocks beyond the bound of 2
+    assert kv.evictions == 1 and kv.reclaimable_cells == B  # the older cached slot went
+    kv.check_integrity(held(kv))

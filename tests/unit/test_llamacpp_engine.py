@@ -235,6 +235,23 @@ async def test_cached_prefixes_are_evicted_under_pressure_and_everything_still_c
     assert stats.kv_cells_cached <= stats.kv_cells_total
 
 
+async def test_cold_prefixes_beyond_cache_cells_go_and_the_newest_stays(random_model_path):
+    # Room and slots for all four prompts: only the cold-cell bound evicts.
+    backend = await start_backend(random_model_path, n_ctx=2048, max_seqs=2, cache_slots=8, cache_cells=32)
+    try:
+        for i in range(4):
+            await collect(backend, make_request(f"{i} {LONG[:300]}", max_tokens=4))
+        stats = backend.stats()
+        [newest] = await collect(backend, make_request(f"3 {LONG[:300]}", max_tokens=4))
+        [oldest] = await collect(backend, make_request(f"0 {LONG[:300]}", max_tokens=4))
+    finally:
+        await backend.shutdown()
+    assert stats.prefix_evictions == 3  # each prompt cached put the one before it out
+    assert 32 < stats.kv_cells_cached < 2 * 300  # the newest prompt, beyond the bound
+    assert usage(oldest).cached_tokens == 0
+    assert usage(newest).cached_tokens > 32
+
+
 async def test_beam_search_returns_the_n_best_distinct_beams(tiny_chat_path):
     backend = await start_backend(tiny_chat_path, max_seqs=4)
     try:
