@@ -10,8 +10,10 @@ full blocks plus a tail. Each full block is a physical set of cells, referenced 
 that holds it; its identity for the prefix cache is a hash chained through its parent's hash, so
 equal hashes mean equal prefixes. Cells used = ``BLOCK_SIZE`` × live blocks + every slot's tail.
 
-A finished (or preempted) sequence's slot is kept as a *cached* slot holding its full blocks;
-cached slots are evicted least-recently-used when a slot or cells are needed, and beyond
+A finished (or preempted) sequence's slot is kept as a *cached* slot holding its full blocks. A
+prompt whose prefix a cached slot holds takes that slot over (the least recently used such slot, even
+when a running slot holds the prefix too), as llama-server reuses its most similar idle slot; cached
+slots are evicted least-recently-used when a slot or cells are needed, and beyond
 ``cached_cells_max`` cells that only cached slots hold (the newest cached slot stays whatever its
 size). That bound is for speed, not room: llama.cpp's attention runs every token of a step over the
 unified cache's whole occupied span, masked, and its allocator keeps that span near the cells in use,
@@ -156,9 +158,10 @@ class KVCacheManager:
         chain = self._match(hashes, (num_tokens - 1) // BLOCK_SIZE)
         if self.prefix_caching:
             self.prefix_queries += num_tokens
-        # With a slot free, share from a running holder and leave cached copies for others;
-        # without one, take a cached holder over: its cells are already ours.
-        source = self._holder(chain[-1], prefer_cached=not self._free) if chain else None
+        # A cached holder is taken over (its cells are already in place; what it held past the chain
+        # goes), as llama-server reuses the idle slot most like the prompt: cached copies left beside
+        # running holders would widen every later step's attention (see the module's docstring).
+        source = self._holder(chain[-1]) if chain else None
         if chain and num_tokens - BLOCK_SIZE * len(chain) > self._room_keeping(chain, source):
             chain, source = [], None
         hit = BLOCK_SIZE * len(chain)
@@ -316,9 +319,10 @@ class KVCacheManager:
             shared += 1
         return shared
 
-    def _holder(self, block: Block, *, prefer_cached: bool) -> int:
-        """A slot holding ``block`` (and so its whole chain)."""
-        return min(block.holders, key=lambda s: (self._slots[s].cached != prefer_cached, s))
+    def _holder(self, block: Block) -> int:
+        """A slot holding ``block`` (and so its whole chain): the least recently used cached one, else
+        a running one."""
+        return min(block.holders, key=lambda s: (not self._slots[s].cached, self._slots[s].last_used, s))
 
     def _acquire(self, exclude: int | None) -> int | None:
         while not self._free:

@@ -219,3 +219,24 @@ def test_cells_a_running_sequence_shares_are_not_cold_until_it_lets_go():
     kv.release(sharer)  # aborted: "a", "b" are cold now, 3 blocks beyond the bound of 2
     assert kv.evictions == 1 and kv.reclaimable_cells == B  # the older cached slot went
     kv.check_integrity(held(kv))
+
+
+def test_a_prompt_takes_over_the_least_recently_used_cached_holder_even_beside_a_running_one():
+    """Sharing from the running holder instead would leave the cached copies (and the cells past the
+    shared prefix) in the cache's span, where every step's attention scans them."""
+    kv = KVCacheManager(total_cells=20 * B, num_slots=4)
+    older = fill(kv, hashes("a", "b", "c"), 3 * B)
+    newer = kv.admit(hashes("a", "b", "d"), 3 * B)
+    assert newer is not None and kv.allocate(newer.slot, B)
+    kv.commit(newer.slot, hashes("a", "b", "d"))
+    kv.cache(older)
+    kv.cache(newer.slot)
+    running = kv.admit(hashes("a", "b", "e"), 3 * B)  # takes over `older`, the least recently cached
+    assert running is not None and (running.slot, running.cached_tokens) == (older, 2 * B)
+    assert kv.take_ops()[-1] == RemoveOp(older, 2 * B)  # its block "c" goes
+    assert kv.allocate(running.slot, B)
+    kv.commit(running.slot, hashes("a", "b", "e"))
+    again = kv.admit(hashes("a", "b", "f"), 3 * B)  # a running holder and a cached one: the cached
+    assert again is not None and again.slot == newer.slot
+    assert kv.reclaimable_cells == 0
+    kv.check_integrity(held(kv))
