@@ -72,6 +72,13 @@ class LlamaCppConfig(TasksConfig):
         "whatever its size). Default: an eighth of n_ctx. Every decode step attends over the cache's occupied span, "
         "so cold prefixes slow all streams down (docs/performance.md#cold-prefixes); n_ctx or more: no bound.",
     )
+    cache_idle_tokens: PositiveInt | None = Field(
+        default=None,
+        description="Tokens the engine computes (all sequences together) before a cached prefix nobody took over "
+        "is dropped (the newest stays). Default: about where the attention each computed token spends scanning "
+        "its cells outweighs recomputing them on a hit, n_params / (256 x heads x layers): ~4,000 for a "
+        "200M model, ~25,000 for a 7B one (docs/performance.md#cold-prefixes). An idle engine drops nothing.",
+    )
     n_batch: PositiveInt = Field(default=512, ge=16, description="Token budget of one engine step.")
     n_ubatch: PositiveInt = Field(default=512, ge=16, description="Tokens per compute micro-batch.")
     prefill_chunk: PositiveInt | None = Field(

@@ -11,13 +11,14 @@ that holds it; its identity for the prefix cache is a hash chained through its p
 equal hashes mean equal prefixes. Cells used = ``BLOCK_SIZE`` × live blocks + every slot's tail.
 
 A finished (or preempted) sequence's slot is kept as a *cached* slot holding its full blocks. A
-prompt whose prefix a cached slot holds takes that slot over (the least recently used such slot, even
-when a running slot holds the prefix too), as llama-server reuses its most similar idle slot; cached
-slots are evicted least-recently-used when a slot or cells are needed, and beyond
-``cached_cells_max`` cells that only cached slots hold (the newest cached slot stays whatever its
-size). That bound is for speed, not room: llama.cpp's attention runs every token of a step over the
-unified cache's whole occupied span, masked, and its allocator keeps that span near the cells in use,
-so cold prefixes nobody hits slow every step down (docs/performance.md, "Cold prefixes"). A hit may also take
+prompt whose prefix a cached slot holds takes that slot over (the one with the least past the prefix,
+even when a running slot holds the prefix too), as llama-server reuses its most similar idle slot. Cached
+slots are evicted least-recently-used when a slot or cells are needed, beyond ``cached_cells_max``
+cells that only cached slots hold, and once the engine has computed ``cached_idle_tokens`` tokens
+since a slot was cached (the newest cached slot stays through both). The bound and the expiry are for
+speed, not room: llama.cpp's attention runs every token of a step over the unified cache's whole
+occupied span, masked, and its allocator keeps that span near the cells in use, so a cold prefix
+nobody hits costs every token computed while it waits (docs/performance.md, "Cold prefixes"). A hit may also take
 the first tokens of the block after the matched chain, where they equal the prompt's (blocks keep
 their token ids for this): a prompt repeated exactly recomputes one token, as in llama-server. Running out of cells
 is a value: ``allocate`` returns False after evicting what it can, and the scheduler preempts.
@@ -75,6 +76,7 @@ class _Slot:
     tail: int = 0  # cells reserved or computed beyond the full blocks
     cached: bool = False
     last_used: int = 0
+    cached_at: int = 0  # the manager's count of computed tokens when the slot was cached
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,15 +89,25 @@ class KVCacheManager:
     """Owned by the engine thread. ``prefix_caching=False`` keeps the accounting and shares nothing."""
 
     def __init__(
-        self, total_cells: int, num_slots: int, *, prefix_caching: bool = True, cached_cells_max: int | None = None
+        self,
+        total_cells: int,
+        num_slots: int,
+        *,
+        prefix_caching: bool = True,
+        cached_cells_max: int | None = None,
+        cached_idle_tokens: int | None = None,
     ) -> None:
-        """``cached_cells_max``: cells only cached slots may hold (None: all that are free)."""
+        """``cached_cells_max``: cells only cached slots may hold (None: all that are free);
+        ``cached_idle_tokens``: computed tokens (``advance``) a cached slot is kept for (None: no limit)."""
         if total_cells <= 0 or num_slots <= 0:
             raise ValueError(f"need cells and slots, got total_cells={total_cells} num_slots={num_slots}")
         self.total_cells = total_cells
         self.num_slots = num_slots
         self.prefix_caching = prefix_caching
         self.cached_cells_max = total_cells if cached_cells_max is None else cached_cells_max
+        self.cached_idle_tokens = cached_idle_tokens
+        self._computed = 0
+        self._expiry_due = float("inf")  # no cached slot can expire before this many computed tokens
         self._free = list(range(num_slots - 1, -1, -1))  # pop() hands out slot 0 first
         self._slots: dict[int, _Slot] = {}
         self._index: dict[bytes, Block] = {}
@@ -161,7 +173,7 @@ class KVCacheManager:
         # A cached holder is taken over (its cells are already in place; what it held past the chain
         # goes), as llama-server reuses the idle slot most like the prompt: cached copies left beside
         # running holders would widen every later step's attention (see the module's docstring).
-        source = self._holder(chain[-1]) if chain else None
+        source = self._holder(chain) if chain else None
         if chain and num_tokens - BLOCK_SIZE * len(chain) > self._room_keeping(chain, source):
             chain, source = [], None
         hit = BLOCK_SIZE * len(chain)
@@ -271,9 +283,28 @@ class KVCacheManager:
             return
         self._tails -= state.tail
         state.tail = 0
-        state.cached, state.last_used = True, next(self._clock)
+        state.cached, state.last_used, state.cached_at = True, next(self._clock), self._computed
         self._record(RemoveOp(slot, BLOCK_SIZE * len(state.blocks)))
         self._trim_cached()
+        if self.cached_idle_tokens is not None:
+            self._expiry_due = self._computed  # the slot that was newest until now may be due already
+
+    def advance(self, num_tokens: int) -> None:
+        """The engine computed ``num_tokens`` more tokens (a step's batch): cached slots cached
+        ``cached_idle_tokens`` or more tokens ago go, but the newest. A comparison while none is due."""
+        self._computed += num_tokens
+        if self._computed < self._expiry_due or self.cached_idle_tokens is None:
+            return
+        ttl = self.cached_idle_tokens
+        cached = {slot: state for slot, state in self._slots.items() if state.cached}
+        newest = max(cached, key=lambda slot: cached[slot].last_used, default=None)
+        for slot, state in cached.items():
+            if slot != newest and self._computed - state.cached_at >= ttl:
+                self._release(slot)
+                self.evictions += 1
+        self._expiry_due = min(
+            (s.cached_at + ttl for slot, s in self._slots.items() if s.cached and slot != newest), default=float("inf")
+        )
 
     def _trim_cached(self) -> None:
         """Evict cached slots, least recently used first, until only cached slots hold at most
@@ -319,10 +350,16 @@ class KVCacheManager:
             shared += 1
         return shared
 
-    def _holder(self, block: Block) -> int:
-        """A slot holding ``block`` (and so its whole chain): the least recently used cached one, else
-        a running one."""
-        return min(block.holders, key=lambda s: (not self._slots[s].cached, self._slots[s].last_used, s))
+    def _holder(self, chain: list[Block]) -> int:
+        """A slot holding ``chain``: a cached one if any (to be taken over), the one with the fewest blocks
+        past the chain (the least to lose), the most recently cached of those (the others wait to expire);
+        else a running one."""
+
+        def rank(slot: int) -> tuple[bool, int, int, int]:
+            state = self._slots[slot]
+            return not state.cached, len(state.blocks) - len(chain), -state.last_used, slot
+
+        return min(chain[-1].holders, key=rank)
 
     def _acquire(self, exclude: int | None) -> int | None:
         while not self._free:

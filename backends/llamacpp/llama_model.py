@@ -92,6 +92,9 @@ class LlamaModel:
             raise ModelLoadError(f"llama.cpp could not load {path}: not a GGUF model it supports")
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self.n_params: int = llama_cpp.llama_model_n_params(self.model)
+        self.attention_rows: int = llama_cpp.llama_model_n_head(self.model) * llama_cpp.llama_model_n_layer(self.model)
+        """Query heads × layers: how many times attention scans each KV cell for each token computed."""
         self.ctx = llama_cpp.llama_init_from_model(self.model, self._context_params(config))
         if not self.ctx:
             llama_cpp.llama_model_free(self.model)

@@ -221,22 +221,62 @@ def test_cells_a_running_sequence_shares_are_not_cold_until_it_lets_go():
     kv.check_integrity(held(kv))
 
 
-def test_a_prompt_takes_over_the_least_recently_used_cached_holder_even_beside_a_running_one():
+def test_a_prompt_takes_over_the_cached_holder_with_the_least_past_its_prefix_even_beside_a_running_one():
     """Sharing from the running holder instead would leave the cached copies (and the cells past the
     shared prefix) in the cache's span, where every step's attention scans them."""
     kv = KVCacheManager(total_cells=20 * B, num_slots=4)
-    older = fill(kv, hashes("a", "b", "c"), 3 * B)
-    newer = kv.admit(hashes("a", "b", "d"), 3 * B)
-    assert newer is not None and kv.allocate(newer.slot, B)
-    kv.commit(newer.slot, hashes("a", "b", "d"))
-    kv.cache(older)
-    kv.cache(newer.slot)
-    running = kv.admit(hashes("a", "b", "e"), 3 * B)  # takes over `older`, the least recently cached
-    assert running is not None and (running.slot, running.cached_tokens) == (older, 2 * B)
-    assert kv.take_ops()[-1] == RemoveOp(older, 2 * B)  # its block "c" goes
+    longer = fill(kv, hashes("a", "b", "c", "d"), 4 * B)
+    shorter = kv.admit(hashes("a", "b", "e"), 3 * B)
+    assert shorter is not None and kv.allocate(shorter.slot, B)
+    kv.commit(shorter.slot, hashes("a", "b", "e"))
+    kv.cache(shorter.slot)
+    kv.cache(longer)
+    running = kv.admit(hashes("a", "b", "f"), 3 * B)  # `shorter` loses one block, `longer` would lose two
+    assert running is not None and (running.slot, running.cached_tokens) == (shorter.slot, 2 * B)
+    assert kv.take_ops()[-1] == RemoveOp(shorter.slot, 2 * B)  # its block "e" goes
     assert kv.allocate(running.slot, B)
-    kv.commit(running.slot, hashes("a", "b", "e"))
-    again = kv.admit(hashes("a", "b", "f"), 3 * B)  # a running holder and a cached one: the cached
-    assert again is not None and again.slot == newer.slot
+    kv.commit(running.slot, hashes("a", "b", "f"))
+    again = kv.admit(hashes("a", "b", "g"), 3 * B)  # a running holder and a cached one: the cached
+    assert again is not None and again.slot == longer
     assert kv.reclaimable_cells == 0
     kv.check_integrity(held(kv))
+
+
+def test_between_cached_holders_alike_the_most_recently_cached_is_taken_over():
+    """The older ones are left to expire (``cached_idle_tokens``); taking over the oldest each time
+    would keep every one of them alive under a stream of prompts with the same prefix."""
+    kv = KVCacheManager(total_cells=20 * B, num_slots=4)
+    first = fill(kv, hashes("a", "b", "c"), 3 * B)
+    second = kv.admit(hashes("a", "b", "d"), 3 * B)
+    assert second is not None and kv.allocate(second.slot, B)
+    kv.commit(second.slot, hashes("a", "b", "d"))
+    kv.cache(first)
+    kv.cache(second.slot)
+    admission = kv.admit(hashes("a", "b", "e"), 3 * B)
+    assert admission is not None and admission.slot == second.slot
+    kv.check_integrity(held(kv))
+
+
+def test_cached_slots_go_once_the_engine_computed_their_idle_tokens_and_the_newest_stays():
+    kv = KVCacheManager(total_cells=20 * B, num_slots=4, cached_idle_tokens=100)
+    older = fill(kv, hashes("a", "b"), 2 * B)
+    kv.cache(older)
+    kv.advance(60)
+    newer = fill(kv, hashes("x", "y"), 2 * B)
+    kv.cache(newer)
+    kv.advance(39)
+    assert kv.evictions == 0 and kv.reclaimable_cells == 4 * B  # `older` has waited 99 tokens
+    kv.advance(1)
+    assert kv.evictions == 1 and kv.reclaimable_cells == 2 * B
+    assert kv.take_ops()[-1] == RemoveOp(older, 0)
+    kv.advance(1000)  # the newest stays however long it waits
+    assert kv.evictions == 1 and kv.admit(hashes("x", "y"), 2 * B).cached_tokens == B
+    kv.check_integrity(held(kv))
+
+
+def test_without_an_idle_limit_cached_slots_wait_for_ever():
+    kv = KVCacheManager(total_cells=20 * B, num_slots=4)
+    for chain in (hashes("a", "b"), hashes("x", "y")):
+        kv.cache(fill(kv, chain, 2 * B))
+    kv.advance(10**9)
+    assert kv.evictions == 0 and kv.reclaimable_cells == 4 * B

@@ -9,6 +9,10 @@ import asyncio
 import pytest
 
 from lmgate.backends.errors import BackendUnavailable, InvalidRequest
+from lmgate.backends.llamacpp.config import LlamaCppConfig
+from lmgate.backends.llamacpp.engine import default_idle_tokens
+from lmgate.backends.llamacpp.kv_cache import BLOCK_SIZE
+from lmgate.backends.llamacpp.llama_model import LlamaModel
 from lmgate.backends.types import FinishReason
 
 from engine_helpers import assert_idle, collect, make_request, start_backend
@@ -250,6 +254,33 @@ async def test_cold_prefixes_beyond_cache_cells_go_and_the_newest_stays(random_m
     assert 32 < stats.kv_cells_cached < 2 * 300  # the newest prompt, beyond the bound
     assert usage(oldest).cached_tokens == 0
     assert usage(newest).cached_tokens > 32
+
+
+async def test_cached_prefixes_go_after_cache_idle_tokens_and_the_newest_stays(random_model_path):
+    # Room, slots and no cold-cell bound for all three prompts: only the idle limit evicts.
+    backend = await start_backend(
+        random_model_path, n_ctx=4096, max_seqs=2, cache_slots=8, cache_cells=4096, cache_idle_tokens=500
+    )
+    try:
+        for i in range(3):  # ~330 tokens computed each: the first has waited ~660 when the third is cached
+            await collect(backend, make_request(f"{i} {LONG[:300]}", max_tokens=4))
+        stats = backend.stats()
+        [newest] = await collect(backend, make_request(f"2 {LONG[:300]}", max_tokens=4))
+        [oldest] = await collect(backend, make_request(f"0 {LONG[:300]}", max_tokens=4))
+    finally:
+        await backend.shutdown()
+    assert stats.prefix_evictions == 1
+    assert usage(oldest).cached_tokens == 0
+    assert usage(newest).cached_tokens > 32
+
+
+def test_the_default_idle_limit_follows_the_model_shape(random_model_path):
+    model = LlamaModel(LlamaCppConfig(gguf=random_model_path, n_ctx=256, max_seqs=1))
+    try:
+        expected = model.n_params // (256 * model.attention_rows)
+    finally:
+        model.close()
+    assert model.attention_rows > 1 and default_idle_tokens(model) == max(BLOCK_SIZE, expected)
 
 
 async def test_beam_search_returns_the_n_best_distinct_beams(tiny_chat_path):
