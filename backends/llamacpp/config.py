@@ -82,10 +82,11 @@ class LlamaCppConfig(TasksConfig):
     n_batch: PositiveInt = Field(default=512, ge=16, description="Token budget of one engine step.")
     n_ubatch: PositiveInt = Field(default=512, ge=16, description="Tokens per compute micro-batch.")
     prefill_chunk: PositiveInt | None = Field(
-        default=128,
+        default=64,
         description="Prompt tokens a step prefills at most while it also decodes running streams: a long prompt "
         "is prefilled in chunks of this size beside them, which bounds their inter-token latency (a smaller chunk: "
-        "smoother streams, a slightly slower prefill). None: up to n_batch, as llama-server does.",
+        "smoother streams, a slightly slower prefill); fewer where that fills whole 64-token tiles of flash "
+        "attention with the decoding tokens. None: up to n_batch, as llama-server does.",
     )
     n_threads: PositiveInt = Field(
         default_factory=default_threads, le=GGML_MAX_N_THREADS, description="Threads for decoding."

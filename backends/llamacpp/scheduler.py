@@ -9,7 +9,8 @@ prefills prompts, in chunks over several steps when a prompt is longer:
 - **Fair chunked prefill.** While a step decodes other sequences, it prefills at most
   ``prefill_chunk`` prompt tokens, so a long prompt arriving costs the running streams one short
   step at a time, not one long step (llama-server puts up to ``n_batch`` prompt tokens beside the
-  decodes). With nothing decoding, a step prefills up to the whole budget.
+  decodes); fewer where that makes the step's tokens fill whole tiles of ggml's flash attention
+  (``aligned_prefill``). With nothing decoding, a step prefills up to the whole budget.
 - **Shortest prompt first.** The prefill budget goes to the prompts with the fewest tokens left to
   compute, so a short request arriving behind a long prompt starts within a step or two; the oldest
   prompt still gets a quarter of the budget every step, so a stream of short prompts cannot starve it.
@@ -33,6 +34,18 @@ from dataclasses import dataclass
 
 from lmgate.backends.llamacpp.kv_cache import KVCacheManager, KVIntegrityError, MemoryOp
 from lmgate.backends.llamacpp.sequence import Sequence, SequenceStatus
+
+ATTENTION_TILE = 64
+"""Batch tokens ggml's CPU flash attention computes together as one tile of queries, once a batch has
+that many (``GGML_FA_TILE_Q``): a partial tile costs a whole one, so a step of 8 decodes and 128 prompt
+tokens pays three tiles of attention where 8 and 120 pay two (docs/performance.md)."""
+
+
+def aligned_prefill(decodes: int, budget: int) -> int:
+    """The prompt tokens to put beside ``decodes`` decoding tokens within ``budget``: cut so the step's
+    tokens fill whole attention tiles, or ``budget`` itself when that would leave no prompt token."""
+    whole = (decodes + budget) // ATTENTION_TILE * ATTENTION_TILE
+    return whole - decodes if whole > decodes else budget
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +153,7 @@ class Scheduler:
             elif seq.beam is not None:
                 starved.append(seq)
         if chunks and self.config.prefill_chunk is not None:
-            budget = min(budget, self.config.prefill_chunk)
+            budget = aligned_prefill(len(chunks), min(budget, self.config.prefill_chunk))
         if not preempted:
             self._admit(adapter)
         scheduled = {id(c.seq) for c in chunks}

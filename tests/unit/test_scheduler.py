@@ -2,9 +2,17 @@
 
 import itertools
 
+import pytest
+
 from lmgate.backends.engine.output_text import OutputText
 from lmgate.backends.llamacpp.kv_cache import KVCacheManager, RemoveOp
-from lmgate.backends.llamacpp.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
+from lmgate.backends.llamacpp.scheduler import (
+    ATTENTION_TILE,
+    Scheduler,
+    SchedulerConfig,
+    SchedulerOutput,
+    aligned_prefill,
+)
 from lmgate.backends.llamacpp.sequence import Sequence, SequenceStatus
 from lmgate.backends.types import SamplingParams
 
@@ -142,6 +150,28 @@ def test_a_long_prompt_beside_decoding_streams_is_prefilled_in_prefill_chunks():
     steps = [run_step(sched) for _ in range(5)]
     assert [[(c.seq, c.length) for c in out.chunks] for out in steps] == [[(streaming, 1), (long, 8)]] * 5
     assert long.num_output_tokens == 1  # 5 × 8 = its whole prompt: sampled at the fifth step
+
+
+@pytest.mark.parametrize(
+    ("decodes", "budget", "expected"),
+    [(8, 128, 120), (8, 64, 56), (64, 64, 64), (60, 3, 3), (100, 20, 20), (1, 8, 8)],
+)
+def test_a_prefill_chunk_is_cut_to_fill_whole_attention_tiles(decodes, budget, expected):
+    assert aligned_prefill(decodes, budget) == expected
+    assert expected == budget or (decodes + expected) % ATTENTION_TILE == 0
+
+
+def test_beside_eight_streams_a_prompt_gets_the_chunk_that_fills_the_step_to_a_whole_tile():
+    kv = KVCacheManager(4096, 9, prefix_caching=False)
+    sched = Scheduler(SchedulerConfig(max_seqs=9, token_budget=512, prefill_chunk=128), kv)
+    streams = [make_seq(4) for _ in range(8)]
+    for seq in streams:
+        sched.add(seq)
+    run_step(sched)  # all eight are decoding now
+    sched.add(make_seq(1000))
+    out = run_step(sched)
+    assert [c.length for c in out.chunks] == [1] * 8 + [120]
+    assert out.num_tokens == 2 * ATTENTION_TILE
 
 
 def test_with_nothing_decoding_a_prompt_gets_the_whole_budget():
