@@ -239,17 +239,24 @@ async def test_cached_prefixes_are_evicted_under_pressure_and_everything_still_c
     assert stats.kv_cells_cached <= stats.kv_cells_total
 
 
-async def test_cold_prefixes_beyond_cache_cells_go_and_the_newest_stays(random_model_path):
-    # Room and slots for all four prompts: only the cold-cell bound evicts.
-    backend = await start_backend(random_model_path, n_ctx=2048, max_seqs=2, cache_slots=8, cache_cells=32)
+async def serve_prompts_then_repeat(backend, count: int):
+    """Serve ``count`` distinct ~300-token prompts one after another, then the last and the first
+    again; shut the backend down. (stats after the first pass, the last one's repeat, the first's)"""
     try:
-        for i in range(4):
+        for i in range(count):
             await collect(backend, make_request(f"{i} {LONG[:300]}", max_tokens=4))
         stats = backend.stats()
-        [newest] = await collect(backend, make_request(f"3 {LONG[:300]}", max_tokens=4))
+        [newest] = await collect(backend, make_request(f"{count - 1} {LONG[:300]}", max_tokens=4))
         [oldest] = await collect(backend, make_request(f"0 {LONG[:300]}", max_tokens=4))
     finally:
         await backend.shutdown()
+    return stats, newest, oldest
+
+
+async def test_cold_prefixes_beyond_cache_cells_go_and_the_newest_stays(random_model_path):
+    # Room and slots for all four prompts: only the cold-cell bound evicts.
+    backend = await start_backend(random_model_path, n_ctx=2048, max_seqs=2, cache_slots=8, cache_cells=32)
+    stats, newest, oldest = await serve_prompts_then_repeat(backend, 4)
     assert stats.prefix_evictions == 3  # each prompt cached put the one before it out
     assert 32 < stats.kv_cells_cached < 2 * 300  # the newest prompt, beyond the bound
     assert usage(oldest).cached_tokens == 0
@@ -257,18 +264,12 @@ async def test_cold_prefixes_beyond_cache_cells_go_and_the_newest_stays(random_m
 
 
 async def test_cached_prefixes_go_after_cache_idle_tokens_and_the_newest_stays(random_model_path):
-    # Room, slots and no cold-cell bound for all three prompts: only the idle limit evicts.
+    # Room, slots and no cold-cell bound for all three prompts: only the idle limit evicts. Each
+    # request computes ~300 tokens: the first has waited ~600 when the third is cached, the second ~300.
     backend = await start_backend(
         random_model_path, n_ctx=4096, max_seqs=2, cache_slots=8, cache_cells=4096, cache_idle_tokens=500
     )
-    try:
-        for i in range(3):  # ~330 tokens computed each: the first has waited ~660 when the third is cached
-            await collect(backend, make_request(f"{i} {LONG[:300]}", max_tokens=4))
-        stats = backend.stats()
-        [newest] = await collect(backend, make_request(f"2 {LONG[:300]}", max_tokens=4))
-        [oldest] = await collect(backend, make_request(f"0 {LONG[:300]}", max_tokens=4))
-    finally:
-        await backend.shutdown()
+    stats, newest, oldest = await serve_prompts_then_repeat(backend, 3)
     assert stats.prefix_evictions == 1
     assert usage(oldest).cached_tokens == 0
     assert usage(newest).cached_tokens > 32
