@@ -18,7 +18,7 @@ from lmgate.backends.engine.thread import EngineThread, Publish
 from lmgate.backends.llamacpp import beams, speculator
 from lmgate.backends.llamacpp.config import LlamaCppConfig
 from lmgate.backends.llamacpp.embedder import Embedder, EmbedJob
-from lmgate.backends.llamacpp.kv_cache import BLOCK_SIZE, KVCacheManager
+from lmgate.backends.llamacpp.kv_cache import KVCacheManager, default_idle_tokens
 from lmgate.backends.llamacpp.llama_model import LlamaModel
 from lmgate.backends.llamacpp.runner import Runner, Sampled
 from lmgate.backends.llamacpp.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
@@ -61,7 +61,7 @@ class Engine(EngineThread[Request]):
             config.num_slots,
             prefix_caching=config.prefix_cache,
             cached_cells_max=cached_cells,
-            cached_idle_tokens=config.cache_idle_tokens or default_idle_tokens(model),
+            cached_idle_tokens=config.cache_idle_tokens or default_idle_tokens(model.n_params, model.attention_rows),
         )
         self.scheduler = Scheduler(SchedulerConfig(config.max_seqs, model.n_batch, config.prefill_chunk), kv)
         self.speculator = speculator.build(config, model, kv)
@@ -248,14 +248,6 @@ class Engine(EngineThread[Request]):
         """The book-keeping agrees with itself and with what llama.cpp holds, slot by slot."""
         held = {slot: self.runner.cached_tokens(slot) for slot in range(self.scheduler.kv.num_slots)}
         self.scheduler.check_integrity(held)
-
-
-def default_idle_tokens(model: LlamaModel) -> int:
-    """Computed tokens a cold cached prefix is kept for by default: about the break-even of keeping a cell
-    (each computed token's attention scans it once per head and layer, ~0.6 µs per token for bench-200m's
-    192 on 2 cores) against recomputing it on a hit (a prompt token's share of the weights' FLOPs, ~1.4 ms
-    there): n_params / (256 × heads × layers), 2× on the side of keeping (docs/performance.md)."""
-    return max(BLOCK_SIZE, model.n_params // (256 * max(model.attention_rows, 1)))
 
 
 def _shown(shown: Mapping[int, bytes], token: int, model: LlamaModel) -> bytes:

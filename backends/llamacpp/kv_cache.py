@@ -36,6 +36,15 @@ from dataclasses import dataclass, field
 BLOCK_SIZE = 16
 
 
+def default_idle_tokens(n_params: int, attention_rows: int) -> int:
+    """Computed tokens a cold cached prefix is kept for by default, for a model of ``n_params`` weights
+    whose attention scans each KV cell ``attention_rows`` (query heads × layers) times per token: about
+    the break-even of keeping a cell (~3 ns per scan, ~0.6 µs per token for bench-200m's 192 on 2 cores)
+    against recomputing it on a hit (a prompt token's share of the weights' FLOPs, ~1.4 ms there),
+    n_params / (256 × attention_rows), 2× on the side of keeping (docs/performance.md, "Cold prefixes")."""
+    return max(BLOCK_SIZE, n_params // (256 * max(attention_rows, 1)))
+
+
 class KVIntegrityError(AssertionError):
     """The book-keeping disagrees with itself or with llama.cpp: a bug, never user input."""
 
@@ -295,23 +304,26 @@ class KVCacheManager:
         self._computed += num_tokens
         if self._computed < self._expiry_due or self.cached_idle_tokens is None:
             return
-        ttl = self.cached_idle_tokens
-        cached = {slot: state for slot, state in self._slots.items() if state.cached}
-        newest = max(cached, key=lambda slot: cached[slot].last_used, default=None)
-        for slot, state in cached.items():
-            if slot != newest and self._computed - state.cached_at >= ttl:
+        ttl, newest = self.cached_idle_tokens, self._newest_cached()
+        for slot in [s for s, state in self._slots.items() if state.cached and s != newest]:
+            if self._computed - self._slots[slot].cached_at >= ttl:
                 self._release(slot)
                 self.evictions += 1
         self._expiry_due = min(
             (s.cached_at + ttl for slot, s in self._slots.items() if s.cached and slot != newest), default=float("inf")
         )
 
+    def _newest_cached(self) -> int | None:
+        """The most recently cached slot, which the bound and the expiry both spare."""
+        cached = [(state.last_used, slot) for slot, state in self._slots.items() if state.cached]
+        return max(cached)[1] if cached else None
+
     def _trim_cached(self) -> None:
         """Evict cached slots, least recently used first, until only cached slots hold at most
         ``cached_cells_max`` cells; the most recently cached one stays."""
         if self.cached_cells_max >= self.total_cells:
             return
-        newest = max(((s.last_used, slot) for slot, s in self._slots.items() if s.cached), default=(0, None))[1]
+        newest = self._newest_cached()
         while self.reclaimable_cells > self.cached_cells_max and self._evict_one(exclude=newest):
             pass
 

@@ -2,7 +2,14 @@
 
 import pytest
 
-from lmgate.backends.llamacpp.kv_cache import BLOCK_SIZE, KVCacheManager, KVIntegrityError, RemoveOp, ShareOp
+from lmgate.backends.llamacpp.kv_cache import (
+    BLOCK_SIZE,
+    KVCacheManager,
+    KVIntegrityError,
+    RemoveOp,
+    ShareOp,
+    default_idle_tokens,
+)
 
 B = BLOCK_SIZE
 
@@ -280,3 +287,15 @@ def test_without_an_idle_limit_cached_slots_wait_for_ever():
         kv.cache(fill(kv, chain, 2 * B))
     kv.advance(10**9)
     assert kv.evictions == 0 and kv.reclaimable_cells == 4 * B
+
+
+@pytest.mark.parametrize(
+    ("n_params", "heads", "layers", "expected"),
+    [
+        (200_827_904, 16, 12, 4_085),  # bench-200m: the model the break-even was measured on
+        (6_738_415_616, 32, 32, 25_705),  # a Llama-2-7B: 25x the weights, 5x the scans per cell
+        (10_000, 4, 2, BLOCK_SIZE),  # a toy model keeps prefixes at least a block's worth
+    ],
+)
+def test_the_default_idle_limit_weighs_a_tokens_flops_against_the_scans_of_a_cell(n_params, heads, layers, expected):
+    assert default_idle_tokens(n_params, heads * layers) == expected

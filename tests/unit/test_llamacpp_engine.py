@@ -9,10 +9,6 @@ import asyncio
 import pytest
 
 from lmgate.backends.errors import BackendUnavailable, InvalidRequest
-from lmgate.backends.llamacpp.config import LlamaCppConfig
-from lmgate.backends.llamacpp.engine import default_idle_tokens
-from lmgate.backends.llamacpp.kv_cache import BLOCK_SIZE
-from lmgate.backends.llamacpp.llama_model import LlamaModel
 from lmgate.backends.types import FinishReason
 
 from engine_helpers import assert_idle, collect, make_request, start_backend
@@ -273,15 +269,6 @@ async def test_cached_prefixes_go_after_cache_idle_tokens_and_the_newest_stays(r
     assert stats.prefix_evictions == 1
     assert usage(oldest).cached_tokens == 0
     assert usage(newest).cached_tokens > 32
-
-
-def test_the_default_idle_limit_follows_the_model_shape(random_model_path):
-    model = LlamaModel(LlamaCppConfig(gguf=random_model_path, n_ctx=256, max_seqs=1))
-    try:
-        expected = model.n_params // (256 * model.attention_rows)
-    finally:
-        model.close()
-    assert model.attention_rows > 1 and default_idle_tokens(model) == max(BLOCK_SIZE, expected)
 
 
 async def test_beam_search_returns_the_n_best_distinct_beams(tiny_chat_path):
