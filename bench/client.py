@@ -1,7 +1,7 @@
 """``lmgate bench``: C concurrent streaming clients against any OpenAI-compatible server.
 
-Each client sends streamed /v1/completions requests back to back (fixed prompt, fixed
-``max_tokens``, ``ignore_eos`` so every request produces the same length) until the run's request
+Each client sends streamed /v1/completions requests back to back (distinct prompts unless
+told otherwise, fixed ``max_tokens``, ``ignore_eos`` so every request produces the same length) until the run's request
 count is reached. Reported: aggregate output tokens/s over the wall time, time to first token,
 inter-token latency and end-to-end latency percentiles. Output tokens come from the server's
 usage when it sends it, otherwise from the number of content chunks. A warm-up request goes first:
@@ -34,12 +34,18 @@ class BenchConfig:
     prompt: str = "Once upon a time, in a land far away, there lived"
     shared_prefix: str = ""
     """When set, request i sends ``shared_prefix + f"{prompt} ({i})"``: many users, one system prompt."""
+    distinct: str | None = None
+    """When set (and no ``shared_prefix``), request i sends ``f"{distinct} {i}. {prompt}"``: prompts that
+    differ from their first tokens, and from another run's with another tag, so no prefix cache helps.
+    When None, every request sends ``prompt`` as it is."""
     api_key: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     """More fields of every request's body (a constraint: ``{"structured_outputs": {...}}``)."""
 
     def prompt_for(self, i: int) -> str:
-        return f"{self.shared_prefix}{self.prompt} ({i})" if self.shared_prefix else self.prompt
+        if self.shared_prefix:
+            return f"{self.shared_prefix}{self.prompt} ({i})"
+        return self.prompt if self.distinct is None else f"{self.distinct} {i}. {self.prompt}"
 
 
 @dataclass

@@ -9,7 +9,7 @@ Servers, one at a time on this machine, each with the same threads, context and 
   (``interrupt_requests`` off, so a new request does not cut the stream in progress);
 - with ``--baseline DIR``, an earlier lmgate checkout with its own ``DIR/.venv``, for before/after.
 
-Scenarios: identical short prompts over a concurrency sweep; shared-prefix (16 users, one
+Scenarios: distinct short prompts over a concurrency sweep; shared-prefix (16 users, one
 ~512-token system prompt, a unique question each); structured outputs (lmgate, c=8, free against
 constrained); mixed (bench/mixed.py: 8 streams while long prompts arrive); speculative
 (bench/speculative.py: prompt lookup on a repeating text, lmgate and llama-server each with and
@@ -136,8 +136,10 @@ def sweep(
     extra: dict | None = None,
     *,
     waves: int = 4,
+    distinct: str | None = None,
 ) -> list[BenchReport]:
-    """One run per concurrency in ``levels``, each of ``max(16, waves * c)`` requests."""
+    """One run per concurrency in ``levels``, each of ``max(16, waves * c)`` requests. With ``distinct`` (a
+    tag no other run of the server uses) and no ``shared_prefix``, every request's prompt is its own."""
     reports = []
     for c in levels:
         config = BenchConfig(
@@ -147,6 +149,7 @@ def sweep(
             max(16, waves * c),
             max_tokens=max_tokens,
             shared_prefix=shared_prefix,
+            distinct=None if distinct is None else f"{distinct}, c={c}, request",
             extra=extra or {},
         )
         reports.append(asyncio.run(run_bench(config)))
@@ -192,15 +195,21 @@ def main(argv: list[str] | None = None) -> None:
         for r, name in rounds.interleave(args.rounds, list(servers)):
             print(f"round {r + 1}, {name}:", flush=True)
             url, runs = urls[name], results[name]
-            runs.setdefault("sweep", []).append(sweep(url, "default", args.levels, args.max_tokens, waves=args.waves))
+            tag = f"Round {r + 1}"  # distinct prompts, no prefix of another run's
+            runs.setdefault("sweep", []).append(
+                sweep(url, "default", args.levels, args.max_tokens, waves=args.waves, distinct=tag)
+            )
             # A system prompt of this round's own: every round starts cold on every server, as a new
             # prompt does (a server up since the last round would find its prompts cached).
             system = f"Round {r + 1}. {SYSTEM_PROMPT}"
             shared = sweep(url, "default", [16], args.max_tokens, system, waves=args.waves)
             runs.setdefault("shared", []).append(shared)
             if name == "lmgate":  # the cost of constrained decoding: the same requests at c=8, constrained
-                runs.setdefault("free", []).append(sweep(url, "default", [8], args.max_tokens, waves=args.waves))
-                constrained = sweep(url, "default", [8], args.max_tokens, extra=STRUCTURED, waves=args.waves)
+                free = sweep(url, "default", [8], args.max_tokens, waves=args.waves, distinct=f"{tag}, free")
+                runs.setdefault("free", []).append(free)
+                constrained = sweep(
+                    url, "default", [8], args.max_tokens, extra=STRUCTURED, waves=args.waves, distinct=f"{tag}, JSON"
+                )
                 runs.setdefault("structured", []).append(constrained)
 
     # One round each: llama-cpp-python's server serialises requests (minutes per sweep), and the
@@ -210,7 +219,8 @@ def main(argv: list[str] | None = None) -> None:
                                       "--port", "8203"])  # fmt: skip
     print("llama-cpp-python (one round):", flush=True)
     with serving(lcp, 8203) as url:
-        results["llama-cpp-python"] = {"sweep": [sweep(url, "default", args.levels, args.max_tokens, waves=args.waves)]}
+        lcp_sweep = sweep(url, "default", args.levels, args.max_tokens, waves=args.waves, distinct="Round 1")
+        results["llama-cpp-python"] = {"sweep": [lcp_sweep]}
     print("lmgate, prefix cache off (one round):", flush=True)
     with serving(lmgate_server("lmgate-no-prefix-cache", *sizes, "--no-prefix-cache", "--port", "8205"), 8205) as url:
         shared = sweep(url, "default", [16], args.max_tokens, SYSTEM_PROMPT, waves=2)
@@ -260,8 +270,9 @@ def render(
         f"Written by `make bench` (`bench/suite.py`) on {time.strftime('%Y-%m-%d')}: {machine}. Model: the "
         f"random-weight `bench-200m` (hidden 1024, 12 layers, GQA 16/4, ffn 2816, vocab 32000), Q8_0, 214 MB. "
         f"Every server: {args.threads} threads, {args.ctx} context cells, {args.slots} parallel sequences; "
-        f"streamed `/v1/completions`, {args.max_tokens} output tokens per request (`ignore_eos`), the same "
-        "short prompt for every request. Ratios are what we compare; absolute numbers move with the machine. "
+        f"streamed `/v1/completions`, {args.max_tokens} output tokens per request (`ignore_eos`), a short "
+        'prompt of its own for every request ("Round r, c=C, request i. Once upon a time…": no prefix '
+        "cache helps). Ratios are what we compare; absolute numbers move with the machine. "
         "Profiles and the targets: [performance.md](performance.md).",
         "",
         f"The servers of a scenario are up at once and run it in {n} interleaved rounds (bench/rounds.py). A "

@@ -132,6 +132,9 @@ def _bench_arguments(bench: argparse.ArgumentParser) -> None:
     bench.add_argument("-c", "--concurrency", type=positive_int, nargs="+", default=[1, 2, 4, 8, 16])
     bench.add_argument("--requests", type=positive_int, help="per concurrency level (default 4 x c, at least 8)")
     bench.add_argument("--max-tokens", type=positive_int, default=64)
+    bench.add_argument(
+        "--same-prompt", action="store_true", help="every request sends the same prompt (default: distinct prompts)"
+    )
     bench.add_argument("--json", type=Path, help="also write the reports as JSON")
     bench.add_argument("--plot", type=Path, help="also write a PNG plot (needs the `bench` extra: matplotlib)")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import secrets
 import sys
 from typing import TYPE_CHECKING
 
@@ -79,9 +80,11 @@ def run_bench(args: argparse.Namespace) -> int:
     from lmgate.bench.client import BenchConfig, report_json, report_table, run_bench
 
     reports = []
+    run = secrets.token_hex(2)  # distinct prompts: no run's prompt is a prefix of another run's on the server
     for c in args.concurrency:
         requests = args.requests or max(8, 4 * c)
-        config = BenchConfig(args.url, args.model, c, requests, max_tokens=args.max_tokens)
+        distinct = None if args.same_prompt else f"Run {run}, c={c}, request"
+        config = BenchConfig(args.url, args.model, c, requests, max_tokens=args.max_tokens, distinct=distinct)
         reports.append(asyncio.run(run_bench(config)))
         print(report_table(reports[-1:]).splitlines()[-1] if len(reports) > 1 else report_table(reports), flush=True)
     if args.json:

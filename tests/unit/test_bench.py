@@ -21,3 +21,13 @@ async def test_bench_counts_every_request_and_token():
     assert (report.requests, report.errors) == (7, 0)
     assert report.output_tokens == 7 * 5  # the fake backend echoes the five prompt words
     assert report.output_tokens_per_s > 0 and report.ttft_ms["p50"] > 0
+
+
+def test_distinct_prompts_differ_from_their_first_words_and_between_runs():
+    run = BenchConfig("http://x", "m", 1, 3, prompt="Once upon a time", distinct="Run a1")
+    other = BenchConfig("http://x", "m", 1, 3, prompt="Once upon a time", distinct="Run b2")
+    prompts = [run.prompt_for(i) for i in range(3)] + [other.prompt_for(i) for i in range(3)]
+    assert len({p.split(".")[0] for p in prompts}) == 6  # no two share what comes before the fixed text
+    assert all(p.endswith("Once upon a time") for p in prompts)
+    same = BenchConfig("http://x", "m", 1, 3, prompt="Once upon a time")
+    assert {same.prompt_for(i) for i in range(3)} == {"Once upon a time"}
