@@ -75,9 +75,19 @@ class LlamaCppConfig(TasksConfig):
     cache_idle_tokens: PositiveInt | None = Field(
         default=None,
         description="Tokens the engine computes (all sequences together) before a cached prefix nobody took over "
-        "is dropped (the newest stays). Default: about where the attention each computed token spends scanning "
-        "its cells outweighs recomputing them on a hit, n_params / (256 x heads x layers): ~4,000 for a "
-        "200M model, ~25,000 for a 7B one (docs/performance.md#cold-prefixes). An idle engine drops nothing.",
+        "leaves the KV cache (the newest stays): to the host RAM tier (cache_ram_mib), or dropped without one. "
+        "Default with the tier: 64, a few steps (a copy out and back costs far less than the prefix's share of "
+        "every step's attention). Without it: about where that attention outweighs recomputing the prefix on a "
+        "hit, n_params / (256 x heads x layers): ~4,000 for a 200M model, ~25,000 for a 7B one "
+        "(docs/performance.md#cold-prefixes). An idle engine moves nothing.",
+    )
+    cache_ram_mib: int = Field(
+        default=1024,
+        ge=0,
+        description="Host RAM (MiB) for cached prefixes moved out of the KV cache (idle, evicted or beyond "
+        "cache_cells), put back when a prompt continues one, as llama-server's --cache-ram; oldest out beyond. "
+        "A prefix costs the KV cache's bytes per cell (n_ctx cells take what `lmgate plan` says for the KV "
+        "cache). 0: none, cold prefixes are dropped. Not for sliding-window or recurrent models.",
     )
     n_batch: PositiveInt = Field(default=512, ge=16, description="Token budget of one engine step.")
     n_ubatch: PositiveInt = Field(default=512, ge=16, description="Tokens per compute micro-batch.")

@@ -18,7 +18,7 @@ from lmgate.backends.engine.thread import EngineThread, Publish
 from lmgate.backends.llamacpp import beams, speculator
 from lmgate.backends.llamacpp.config import LlamaCppConfig
 from lmgate.backends.llamacpp.embedder import Embedder, EmbedJob
-from lmgate.backends.llamacpp.kv_cache import KVCacheManager, default_idle_tokens
+from lmgate.backends.llamacpp.kv_cache import HOST_TIER_IDLE_TOKENS, KVCacheManager, default_idle_tokens
 from lmgate.backends.llamacpp.llama_model import LlamaModel
 from lmgate.backends.llamacpp.runner import Runner, Sampled
 from lmgate.backends.llamacpp.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
@@ -56,12 +56,18 @@ class Engine(EngineThread[Request]):
         self.runner = Runner(model)
         self.embedder = Embedder(model, config.embed_max_seqs)
         cached_cells = model.n_ctx // 8 if config.cache_cells is None else config.cache_cells
+        host_cells = config.cache_ram_mib * 2**20 // model.kv_cell_bytes if model.restorable else 0
+        if host_cells:
+            idle = config.cache_idle_tokens or HOST_TIER_IDLE_TOKENS
+        else:
+            idle = config.cache_idle_tokens or default_idle_tokens(model.n_params, model.attention_rows)
         kv = KVCacheManager(
             model.n_ctx,
             config.num_slots,
             prefix_caching=config.prefix_cache,
             cached_cells_max=cached_cells,
-            cached_idle_tokens=config.cache_idle_tokens or default_idle_tokens(model.n_params, model.attention_rows),
+            cached_idle_tokens=idle,
+            host_cells_max=host_cells,
         )
         self.scheduler = Scheduler(SchedulerConfig(config.max_seqs, model.n_batch, config.prefill_chunk), kv)
         self.speculator = speculator.build(config, model, kv)

@@ -23,6 +23,11 @@ the first tokens of the block after the matched chain, where they equal the prom
 their token ids for this): a prompt repeated exactly recomputes one token, as in llama-server. Running out of cells
 is a value: ``allocate`` returns False after evicting what it can, and the scheduler preempts.
 
+With a host tier (host_tier.py), an evicted or expired cached slot that holds cells of its own is first
+copied out to host RAM; a prompt whose prefix a host copy holds further than the KV cache does gets
+that copy put back into a slot of its own instead of recomputing it. Cold prefixes then leave the
+attention span within a few steps and stay reusable.
+
 This class does no I/O: it records ``MemoryOp``s in order, and the runner applies them to
 llama.cpp before the next decode.
 """
@@ -33,7 +38,14 @@ import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from lmgate.backends.llamacpp.host_tier import HostTier
+
 BLOCK_SIZE = 16
+
+HOST_TIER_IDLE_TOKENS = 64
+"""Default ``cached_idle_tokens`` with a host tier: copying a cached slot out and back costs a few µs
+per cell, keeping it in the span ~0.2–0.6 µs per cell for every token computed (bench-200m, 2 cores),
+so a cold slot is worth moving out after a few steps (docs/performance.md, "Cold prefixes")."""
 
 
 def default_idle_tokens(n_params: int, attention_rows: int) -> int:
@@ -66,7 +78,30 @@ class ShareOp:
     num_tokens: int
 
 
-MemoryOp = RemoveOp | ShareOp
+@dataclass(frozen=True, slots=True)
+class SpillOp:
+    """Copy every position ``slot`` holds to host memory under ``key`` (a RemoveOp of the slot follows)."""
+
+    slot: int
+    key: int
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreOp:
+    """Put host copy ``key`` into ``slot``, which holds nothing, and free the copy."""
+
+    key: int
+    slot: int
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetOp:
+    """Free host copy ``key``."""
+
+    key: int
+
+
+MemoryOp = RemoveOp | ShareOp | SpillOp | RestoreOp | ForgetOp
 
 
 @dataclass(eq=False, slots=True)
@@ -105,9 +140,11 @@ class KVCacheManager:
         prefix_caching: bool = True,
         cached_cells_max: int | None = None,
         cached_idle_tokens: int | None = None,
+        host_cells_max: int = 0,
     ) -> None:
         """``cached_cells_max``: cells only cached slots may hold (None: all that are free);
-        ``cached_idle_tokens``: computed tokens (``advance``) a cached slot is kept for (None: no limit)."""
+        ``cached_idle_tokens``: computed tokens (``advance``) a cached slot is kept for (None: no limit);
+        ``host_cells_max``: positions host copies of evicted cached slots may hold (0: no host tier)."""
         if total_cells <= 0 or num_slots <= 0:
             raise ValueError(f"need cells and slots, got total_cells={total_cells} num_slots={num_slots}")
         self.total_cells = total_cells
@@ -115,6 +152,7 @@ class KVCacheManager:
         self.prefix_caching = prefix_caching
         self.cached_cells_max = total_cells if cached_cells_max is None else cached_cells_max
         self.cached_idle_tokens = cached_idle_tokens
+        self.host = HostTier(host_cells_max) if prefix_caching and host_cells_max > 0 else None
         self._computed = 0
         self._expiry_due = float("inf")  # no cached slot can expire before this many computed tokens
         self._free = list(range(num_slots - 1, -1, -1))  # pop() hands out slot 0 first
@@ -172,13 +210,20 @@ class KVCacheManager:
         is shared into the slot: whole blocks, then, given the sequence's ``tokens``, the leading
         tokens of the source's next block that match. When keeping that prefix would leave too
         little room (cached slots holding it cannot be evicted), the sequence is admitted without
-        it, so that an idle cache always admits what fits in it. None when the uncomputed rest
+        it, so that an idle cache always admits what fits in it. A host copy that holds more of the
+        prefix than the KV cache is put back instead, when it fits. None when the uncomputed rest
         cannot fit in the cells that are free or reclaimable from cached slots, or no slot can be
-        had; nothing changes then.
+        had; nothing changes then (but cached slots may have moved to the host tier).
         """
-        chain = self._match(hashes, (num_tokens - 1) // BLOCK_SIZE)
+        max_blocks = (num_tokens - 1) // BLOCK_SIZE
+        chain = self._match(hashes, max_blocks)
         if self.prefix_caching:
             self.prefix_queries += num_tokens
+        if self.host is not None:
+            restored = self._restore(hashes[:max_blocks], len(chain), num_tokens)
+            if restored is not None:
+                return restored
+            chain = self._match(hashes, max_blocks)  # evictions on the way may have dropped some of it
         # A cached holder is taken over (its cells are already in place; what it held past the chain
         # goes), as llama-server reuses the idle slot most like the prompt: cached copies left beside
         # running holders would widen every later step's attention (see the module's docstring).
@@ -278,6 +323,8 @@ class KVCacheManager:
 
     def _release(self, slot: int) -> None:
         state = self._slots.pop(slot)
+        if state.cached and self.host is not None:
+            self._spill(slot, state)
         self._tails -= state.tail
         for block in state.blocks:
             self._drop(block, slot)
@@ -317,6 +364,50 @@ class KVCacheManager:
         """The most recently cached slot, which the bound and the expiry both spare."""
         cached = [(state.last_used, slot) for slot, state in self._slots.items() if state.cached]
         return max(cached)[1] if cached else None
+
+    def _spill(self, slot: int, state: _Slot) -> None:
+        """Copy a cached slot that is going to the host tier, unless every block it holds stays in the KV
+        cache with other slots (nothing would leave the span) or it alone exceeds the tier."""
+        assert self.host is not None
+        cells = BLOCK_SIZE * len(state.blocks)
+        if cells > self.host.max_cells or all(len(block.holders) > 1 for block in state.blocks):
+            return
+        key, dropped = self.host.add([(block.hash, block.tokens) for block in state.blocks], cells)
+        self._ops.append(SpillOp(slot, key))  # before the RemoveOp that ``_release`` records next
+        self._ops.extend(ForgetOp(old) for old in dropped)
+
+    def _restore(self, hashes: list[bytes], in_cache: int, num_tokens: int) -> Admission | None:
+        """Admit a sequence of ``num_tokens`` from the host copy holding the most of ``hashes``, if it
+        holds more than the ``in_cache`` blocks the KV cache has and it fits while whole (it is read back
+        whole, then cut to the prefix); None otherwise."""
+        assert self.host is not None
+        key, depth = self.host.match(hashes)
+        if key is None or depth <= in_cache:
+            return None
+        cells = self.host.cells_of(key)
+        if max(cells, num_tokens) > self.free_cells + self.reclaimable_cells:
+            return None
+        copy = self.host.take(key)  # first: evictions below may add copies and push old ones out
+        slot = self._acquire(exclude=None)
+        while slot is not None and cells > self.free_cells:
+            if not self._evict_one(exclude=slot):
+                self._release(slot)
+                slot = None
+        if slot is None:  # not expected after the check above; the copy is lost, the prompt recomputed
+            self._ops.append(ForgetOp(key))
+            return None
+        self._record(RestoreOp(key, slot))
+        state = self._slots[slot]
+        for block_hash, tokens in copy.blocks[:depth]:
+            block = Block(block_hash, {slot}, tokens)
+            self._index.setdefault(block_hash, block)
+            state.blocks.append(block)
+        self._live_blocks += depth
+        if cells > BLOCK_SIZE * depth:
+            self._record(RemoveOp(slot, BLOCK_SIZE * depth))
+        state.last_used = next(self._clock)
+        self.prefix_hits += BLOCK_SIZE * depth
+        return Admission(slot, BLOCK_SIZE * depth)
 
     def _trim_cached(self) -> None:
         """Evict cached slots, least recently used first, until only cached slots hold at most

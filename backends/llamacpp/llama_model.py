@@ -95,6 +95,15 @@ class LlamaModel:
         self.n_params: int = llama_cpp.llama_model_n_params(self.model)
         self.attention_rows: int = llama_cpp.llama_model_n_head(self.model) * llama_cpp.llama_model_n_layer(self.model)
         """Query heads × layers: how many times attention scans each KV cell for each token computed."""
+        self.kv_cell_bytes = max(1, memory.kv_bytes // memory.cells)
+        """Bytes of one KV cell (K and V of every layer): what a host copy of it takes."""
+        self.restorable = not (
+            llama_cpp.llama_model_n_swa(self.model)
+            or llama_cpp.llama_model_is_recurrent(self.model)
+            or llama_cpp.llama_model_is_hybrid(self.model)
+        )
+        """Whether a sequence's cells can be copied out and put back whole (not a sliding window, whose
+        saved state leaves the masked cells out, nor recurrent state)."""
         self.ctx = llama_cpp.llama_init_from_model(self.model, self._context_params(config))
         if not self.ctx:
             llama_cpp.llama_model_free(self.model)

@@ -14,13 +14,22 @@ raw model distribution (before penalties, temperature and truncation), as vLLM a
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
 
 import llama_cpp
 import numpy as np
 
 from lmgate.backends.llamacpp.grammar import mask_logits
-from lmgate.backends.llamacpp.kv_cache import MemoryOp, RemoveOp
+from lmgate.backends.llamacpp.kv_cache import (
+    ForgetOp,
+    KVIntegrityError,
+    MemoryOp,
+    RemoveOp,
+    RestoreOp,
+    ShareOp,
+    SpillOp,
+)
 from lmgate.backends.llamacpp.llama_model import LlamaModel
 from lmgate.backends.llamacpp.sampler import SamplerChain
 from lmgate.backends.llamacpp.scheduler import SchedulerOutput
@@ -58,21 +67,37 @@ class Runner:
         self._logits = np.ctypeslib.as_array(self._batch.logits, shape=(n,))
         self._n_seq_id[:] = 1
         self._samplers: dict[tuple[str, int], SamplerChain] = {}
+        self._host: dict[int, ctypes.Array[ctypes.c_uint8]] = {}
+        """Host copies of cached slots (host_tier.py), by key: llama.cpp's serialised cells."""
 
     def close(self) -> None:
         for chain in self._samplers.values():
             chain.close()
         self._samplers.clear()
+        self._host.clear()
         llama_cpp.llama_batch_free(self._batch)
 
     def apply(self, ops: tuple[MemoryOp, ...]) -> None:
-        """Apply the KV manager's removals and shares to llama.cpp's cache, in order."""
-        memory = self.model.memory
+        """Apply the KV manager's removals, shares and host copies to llama.cpp's cache, in order."""
+        memory, ctx = self.model.memory, self.model.ctx
         for op in ops:
             if isinstance(op, RemoveOp):
                 llama_cpp.llama_memory_seq_rm(memory, op.slot, op.from_pos, -1)
-            else:
+            elif isinstance(op, ShareOp):
                 llama_cpp.llama_memory_seq_cp(memory, op.src, op.dst, 0, op.num_tokens)
+            elif isinstance(op, SpillOp):
+                size = llama_cpp.llama_state_seq_get_size(ctx, op.slot)
+                data = (ctypes.c_uint8 * size)()
+                if llama_cpp.llama_state_seq_get_data(ctx, data, size, op.slot) != size:
+                    raise KVIntegrityError(f"llama.cpp did not write the {size} bytes of slot {op.slot}")
+                self._host[op.key] = data
+            elif isinstance(op, RestoreOp):
+                data = self._host.pop(op.key)
+                # llama.cpp finds the cells itself; the manager has checked that enough are free.
+                if llama_cpp.llama_state_seq_set_data(ctx, data, len(data), op.slot) != len(data):
+                    raise KVIntegrityError(f"llama.cpp could not put host copy {op.key} back into slot {op.slot}")
+            elif isinstance(op, ForgetOp):
+                self._host.pop(op.key, None)
 
     def execute(self, output: SchedulerOutput) -> list[Sampled]:
         """Decode the scheduled chunks; sample for the chunks that end their sequence."""

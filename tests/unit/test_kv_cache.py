@@ -4,10 +4,13 @@ import pytest
 
 from lmgate.backends.llamacpp.kv_cache import (
     BLOCK_SIZE,
+    ForgetOp,
     KVCacheManager,
     KVIntegrityError,
     RemoveOp,
+    RestoreOp,
     ShareOp,
+    SpillOp,
     default_idle_tokens,
 )
 
@@ -299,3 +302,63 @@ def test_without_an_idle_limit_cached_slots_wait_for_ever():
 )
 def test_the_default_idle_limit_weighs_a_tokens_flops_against_the_scans_of_a_cell(n_params, heads, layers, expected):
     assert default_idle_tokens(n_params, heads * layers) == expected
+
+
+def test_an_evicted_cached_slot_goes_to_the_host_tier_and_comes_back_for_a_longer_prefix():
+    kv = KVCacheManager(total_cells=10 * B, num_slots=2, cached_idle_tokens=B, host_cells_max=8 * B)
+    first = fill(kv, hashes("a", "b", "c"), 3 * B)
+    kv.cache(first)
+    kv.cache(fill(kv, hashes("x"), B + 3))  # the newest cached slot stays in the KV cache
+    kv.take_ops()
+    kv.advance(B)
+    assert kv.take_ops() == (SpillOp(first, 0), RemoveOp(first, 0))  # copied out, then its cells go
+    assert kv.used_cells == B and len(kv.host) == 1
+    admission = kv.admit(hashes("a", "b", "d"), 3 * B + 1)  # "a", "b" of the copy; not its "c"
+    assert admission is not None and admission.cached_tokens == 2 * B
+    assert kv.take_ops() == (RestoreOp(0, admission.slot), RemoveOp(admission.slot, 2 * B))
+    assert kv.used_cells == 3 * B and len(kv.host) == 0 and kv.prefix_hits == 2 * B
+    kv.check_integrity(held(kv))
+
+
+def test_a_host_copy_comes_back_only_when_it_holds_more_of_the_prefix_than_the_kv_cache():
+    kv = KVCacheManager(total_cells=10 * B, num_slots=3, host_cells_max=8 * B)
+    running = fill(kv, hashes("a", "b"), 2 * B + 4)
+    kv.cache(fill(kv, hashes("a", "b", "c"), 3 * B))  # shares "a", "b"; "c" is its own
+    kv._evict_one()
+    kv.take_ops()
+    assert len(kv.host) == 1  # a copy of all three blocks
+    same = kv.admit(hashes("a", "b", "d"), 3 * B + 1)
+    assert same is not None and same.cached_tokens == 2 * B
+    assert kv.take_ops() == (ShareOp(running, same.slot, 2 * B),) and len(kv.host) == 1
+    kv.release(same.slot)
+    kv.take_ops()
+    longer = kv.admit(hashes("a", "b", "c", "e"), 4 * B)
+    assert longer is not None and longer.cached_tokens == 3 * B
+    assert kv.take_ops() == (RestoreOp(0, longer.slot),) and len(kv.host) == 0
+    assert kv.used_cells == 2 * B + 4 + 3 * B  # the copy's "a", "b" are cells of their own again
+    kv.check_integrity(held(kv))
+
+
+def test_only_cells_of_its_own_are_worth_a_host_copy():
+    kv = KVCacheManager(total_cells=10 * B, num_slots=3, host_cells_max=8 * B)
+    running = fill(kv, hashes("a", "b"), 2 * B + 4)
+    cached = fill(kv, hashes("a", "b"), 2 * B + 1)  # shares both blocks of the running one
+    kv.cache(cached)
+    kv.take_ops()
+    kv._evict_one()
+    assert kv.take_ops() == (RemoveOp(cached, 0),)  # its cells stay with the running slot: no copy
+    assert len(kv.host) == 0 and kv.cells_of(running) == 2 * B + 4
+
+
+def test_the_host_tier_drops_its_oldest_copies_beyond_its_cells():
+    kv = KVCacheManager(total_cells=10 * B, num_slots=1, host_cells_max=3 * B)
+    for name in "pqr":  # one slot: admitting the next evicts the cached one into the tier
+        kv.cache(fill(kv, hashes(name, name), 2 * B))
+    ops = kv.take_ops()
+    assert SpillOp(0, 0) in ops and SpillOp(0, 1) in ops and ForgetOp(0) in ops
+    assert kv.host is not None and kv.host.cells == 2 * B and kv.host.match(hashes("q", "q")) == (1, 2)
+    assert kv.host.match(hashes("p", "p")) == (None, 0)
+
+
+def test_no_host_tier_without_prefix_caching():
+    assert KVCacheManager(total_cells=B, num_slots=1, prefix_caching=False, host_cells_max=B).host is None

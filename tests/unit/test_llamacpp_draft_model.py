@@ -25,8 +25,10 @@ def random_draft_path(tmp_path_factory, tiny_chat_path):
                               vocab_from=tiny_chat_path)  # fmt: skip
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 async def plain(tiny_chat_path):
+    """Fresh for each test, as the speculating backend is: the same requests in the same order land in
+    the same cells, so float sums agree and a near-tie resolves the same way on both."""
     backend = await start_backend(tiny_chat_path, max_seqs=4, n_ctx=2048)
     yield backend
     await backend.shutdown()
@@ -39,6 +41,16 @@ async def draft_backend(target, draft):
 def counts(choice):
     usage = choice.deltas[-1].usage
     return usage.prompt_tokens, usage.completion_tokens
+
+
+def assert_same_up_to_a_tie(a, b) -> None:
+    """Equal tokens, or a first difference between two tokens the model all but ties on: sequences decoded
+    together sit in other cells than alone, and attention sums the cells in another order. (With
+    ``ignore_eos`` the best token may be the end one, which is skipped: three logprobs are needed.)"""
+    i = next((i for i, (x, y) in enumerate(zip(a.token_ids, b.token_ids, strict=True)) if x != y), None)
+    if i is not None:
+        top = {t.token_id: t.logprob for t in [lp for d in b.deltas for lp in d.logprobs][i].top}
+        assert a.token_ids[i] in top and abs(top[a.token_ids[i]] - top[b.token_ids[i]]) < 0.05, f"diverged at {i}"
 
 
 async def outputs(backend, **sampling):
@@ -66,10 +78,11 @@ async def test_a_random_draft_is_rejected_and_rolled_back_and_the_output_is_unch
     try:
         assert await outputs(backend) == await outputs(plain)
         assert await outputs(backend, **SEEDED) == await outputs(plain, **SEEDED)
-        together = await asyncio.gather(*(collect(backend, make_request(p, max_tokens=40, ignore_eos=True))
-                                          for p in PROMPTS * 2))  # fmt: skip
-        alone = [await collect(plain, make_request(p, max_tokens=40, ignore_eos=True)) for p in PROMPTS * 2]
-        assert [c[0].token_ids for c in together] == [c[0].token_ids for c in alone]
+        together = await asyncio.gather(*(collect(backend, make_request(p, max_tokens=40, ignore_eos=True,
+                                                                        logprobs=3)) for p in PROMPTS * 2))  # fmt: skip
+        alone = [await collect(plain, make_request(p, max_tokens=40, ignore_eos=True, logprobs=3)) for p in PROMPTS * 2]
+        for [a], [b] in zip(together, alone, strict=True):
+            assert_same_up_to_a_tie(a, b)
         stats = backend.stats()
         assert stats.spec_drafted_tokens > 100
         assert stats.spec_accepted_tokens < 0.5 * stats.spec_drafted_tokens

@@ -187,17 +187,18 @@ def usage(choice):
 
 async def test_a_repeated_prompt_is_served_from_the_prefix_cache(backend):
     before = backend.stats()
-    [cold] = await collect(backend, make_request(LONG + " first", max_tokens=8, logprobs=2))
-    [warm] = await collect(backend, make_request(LONG + " second", max_tokens=8, logprobs=2))
-    prompt_len = len(await backend.tokenize(LONG))
-    assert usage(cold).cached_tokens < prompt_len // 2  # earlier tests used other prompts
+    long = f"Repeated. {LONG}"  # earlier tests used other prompts (their prefixes may wait in host RAM)
+    [cold] = await collect(backend, make_request(long + " first", max_tokens=8, logprobs=2))
+    [warm] = await collect(backend, make_request(long + " second", max_tokens=8, logprobs=2))
+    prompt_len = len(await backend.tokenize(long))
+    assert usage(cold).cached_tokens < prompt_len // 2
     # Whole blocks and then the matching head of the next one: exactly the prompts' common prefix.
-    first, second = await backend.tokenize(LONG + " first"), await backend.tokenize(LONG + " second")
+    first, second = await backend.tokenize(long + " first"), await backend.tokenize(long + " second")
     common = next(i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b)
     assert common >= prompt_len - 1
     assert usage(warm).cached_tokens == common
     assert backend.stats().prefix_hits - before.prefix_hits >= usage(warm).cached_tokens
-    [again] = await collect(backend, make_request(LONG + " first", max_tokens=8, logprobs=2))
+    [again] = await collect(backend, make_request(long + " first", max_tokens=8, logprobs=2))
     assert_same_up_to_ties(again, cold)
 
 
@@ -242,16 +243,18 @@ async def serve_prompts_then_repeat(backend, count: int):
         for i in range(count):
             await collect(backend, make_request(f"{i} {LONG[:300]}", max_tokens=4))
         stats = backend.stats()
-        [newest] = await collect(backend, make_request(f"{count - 1} {LONG[:300]}", max_tokens=4))
-        [oldest] = await collect(backend, make_request(f"0 {LONG[:300]}", max_tokens=4))
+        [newest] = await collect(backend, make_request(f"{count - 1} {LONG[:300]}", max_tokens=4, logprobs=2))
+        [oldest] = await collect(backend, make_request(f"0 {LONG[:300]}", max_tokens=4, logprobs=2))
     finally:
         await backend.shutdown()
     return stats, newest, oldest
 
 
 async def test_cold_prefixes_beyond_cache_cells_go_and_the_newest_stays(random_model_path):
-    # Room and slots for all four prompts: only the cold-cell bound evicts.
-    backend = await start_backend(random_model_path, n_ctx=2048, max_seqs=2, cache_slots=8, cache_cells=32)
+    # Room and slots for all four prompts: only the cold-cell bound evicts (and no host tier keeps them).
+    backend = await start_backend(
+        random_model_path, n_ctx=2048, max_seqs=2, cache_slots=8, cache_cells=32, cache_ram_mib=0
+    )
     stats, newest, oldest = await serve_prompts_then_repeat(backend, 4)
     assert stats.prefix_evictions == 3  # each prompt cached put the one before it out
     assert 32 < stats.kv_cells_cached < 2 * 300  # the newest prompt, beyond the bound
@@ -263,12 +266,35 @@ async def test_cached_prefixes_go_after_cache_idle_tokens_and_the_newest_stays(r
     # Room, slots and no cold-cell bound for all three prompts: only the idle limit evicts. Each
     # request computes ~300 tokens: the first has waited ~600 when the third is cached, the second ~300.
     backend = await start_backend(
-        random_model_path, n_ctx=4096, max_seqs=2, cache_slots=8, cache_cells=4096, cache_idle_tokens=500
+        random_model_path,
+        n_ctx=4096,
+        max_seqs=2,
+        cache_slots=8,
+        cache_cells=4096,
+        cache_idle_tokens=500,
+        cache_ram_mib=0,
     )
     stats, newest, oldest = await serve_prompts_then_repeat(backend, 3)
     assert stats.prefix_evictions == 1
     assert usage(oldest).cached_tokens == 0
     assert usage(newest).cached_tokens > 32
+
+
+async def test_cold_prefixes_wait_in_host_ram_and_come_back_with_the_same_output(random_model_path):
+    # As above, but the prefixes the bound puts out of the KV cache go to host RAM, and back on a hit.
+    backend = await start_backend(random_model_path, n_ctx=2048, max_seqs=2, cache_slots=8, cache_cells=32)
+    cold = await start_backend(random_model_path, n_ctx=2048, max_seqs=2, prefix_cache=False)
+    try:
+        [reference] = await collect(cold, make_request(f"0 {LONG[:300]}", max_tokens=4, logprobs=2))
+    finally:
+        await cold.shutdown()
+    stats, newest, oldest = await serve_prompts_then_repeat(backend, 4)
+    assert stats.prefix_evictions == 3
+    assert 32 < stats.kv_cells_cached < 2 * 300  # only the newest in the KV cache
+    prompt = usage(oldest).prompt_tokens
+    assert usage(oldest).cached_tokens == (prompt - 1) // 16 * 16  # every whole block, from host RAM
+    assert usage(newest).cached_tokens > 32
+    assert_same_up_to_ties(oldest, reference)
 
 
 async def test_beam_search_returns_the_n_best_distinct_beams(tiny_chat_path):
