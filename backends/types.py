@@ -317,7 +317,9 @@ class BackendStats:
     """Of those, tokens found (their KV shared, not recomputed)."""
     preemptions: int = 0
     prefix_evictions: int = 0
-    """Cached prefixes dropped to make room."""
+    """Cached prefixes that left the KV cache (to make room, cold, or idle): dropped, or moved to host RAM."""
+    prefix_host_bytes: int = 0
+    """Host RAM held by cached prefixes moved out of the KV cache (llama.cpp's host tier: cache_ram_mib)."""
     steps: int = 0
     generated_tokens: int = 0
     spec_drafted_tokens: int = 0

@@ -358,6 +358,8 @@ class _EngineCollector(Collector):
                                    labels=labels)  # fmt: skip
         queries = CounterMetricFamily("lmgate_prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
                                       labels=labels)  # fmt: skip
+        host = GaugeMetricFamily("lmgate_prefix_cache_host_bytes", "Host RAM held by cached prefixes moved out of "
+                                 "the KV cache (cache_ram_mib).", labels=labels)  # fmt: skip
         preemptions = CounterMetricFamily("lmgate_preemptions", "Sequences preempted for KV space.", labels=labels)
         drafted = CounterMetricFamily("lmgate_spec_decode_draft_tokens", "Draft tokens verified by speculative "
                                       "decoding.", labels=labels)  # fmt: skip
@@ -401,9 +403,10 @@ class _EngineCollector(Collector):
             kv.add_metric(values, stats.kv_usage)
             hits.add_metric(values, stats.prefix_hits)
             queries.add_metric(values, stats.prefix_queries)
+            host.add_metric(values, stats.prefix_host_bytes)
             preemptions.add_metric(values, stats.preemptions)
             drafted.add_metric(values, stats.spec_drafted_tokens)
             accepted.add_metric(values, stats.spec_accepted_tokens)
             restarts.add_metric(values, stats.engine_restarts)
-        yield from (running, waiting, kv, hits, queries, preemptions, restarts, replicas, usable, admitted, queued)
-        yield from (decisions, blocks, drafted, accepted, discovered)
+        yield from (running, waiting, kv, hits, queries, host, preemptions, restarts, replicas, usable, admitted)
+        yield from (queued, decisions, blocks, drafted, accepted, discovered)

@@ -244,6 +244,7 @@ class Engine(EngineThread[Request]):
             prefix_hits=kv.prefix_hits,
             preemptions=self.scheduler.num_preemptions,
             prefix_evictions=kv.evictions,
+            prefix_host_bytes=kv.host.cells * self.model.kv_cell_bytes if kv.host is not None else 0,
             steps=self._steps,
             generated_tokens=self._generated,
             spec_drafted_tokens=self.speculator.drafted if self.speculator is not None else 0,

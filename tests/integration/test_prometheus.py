@@ -117,3 +117,4 @@ def test_prometheus_sees_tokens_latencies_and_the_engine(lmgate, prometheus):
     assert scalar(prometheus, f"lmgate_requests_running{selector}") == 0
     assert scalar(prometheus, f"lmgate_prefix_cache_queries_total{selector}") > 0
     assert scalar(prometheus, f"lmgate_prefix_cache_hits_total{selector}") > 0  # the same prompt each time
+    assert scalar(prometheus, f"lmgate_prefix_cache_host_bytes{selector}") is not None

@@ -9,6 +9,7 @@ import asyncio
 import pytest
 
 from lmgate.backends.errors import BackendUnavailable, InvalidRequest
+from lmgate.backends.llamacpp import memory_plan
 from lmgate.backends.types import FinishReason
 
 from engine_helpers import assert_idle, collect, make_request, start_backend
@@ -291,6 +292,8 @@ async def test_cold_prefixes_wait_in_host_ram_and_come_back_with_the_same_output
     stats, newest, oldest = await serve_prompts_then_repeat(backend, 4)
     assert stats.prefix_evictions == 3
     assert 32 < stats.kv_cells_cached < 2 * 300  # only the newest in the KV cache
+    plan = memory_plan.plan(random_model_path, 2048, 10)
+    assert stats.prefix_host_bytes >= 3 * 288 * plan.kv_bytes // plan.cells  # the other three, in host RAM
     prompt = usage(oldest).prompt_tokens
     assert usage(oldest).cached_tokens == (prompt - 1) // 16 * 16  # every whole block, from host RAM
     assert usage(newest).cached_tokens > 32
