@@ -18,7 +18,12 @@ from lmgate.backends.engine.thread import EngineThread, Publish
 from lmgate.backends.llamacpp import beams, speculator
 from lmgate.backends.llamacpp.config import LlamaCppConfig
 from lmgate.backends.llamacpp.embedder import Embedder, EmbedJob
-from lmgate.backends.llamacpp.kv_cache import HOST_TIER_IDLE_TOKENS, KVCacheManager, default_idle_tokens
+from lmgate.backends.llamacpp.kv_cache import (
+    HOST_TIER_IDLE_TOKENS,
+    KVCacheManager,
+    KVIntegrityError,
+    default_idle_tokens,
+)
 from lmgate.backends.llamacpp.llama_model import LlamaModel
 from lmgate.backends.llamacpp.runner import Runner, Sampled
 from lmgate.backends.llamacpp.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
@@ -253,8 +258,12 @@ class Engine(EngineThread[Request]):
 
     def check_integrity(self) -> None:
         """The book-keeping agrees with itself and with what llama.cpp holds, slot by slot."""
-        held = {slot: self.runner.cached_tokens(slot) for slot in range(self.scheduler.kv.num_slots)}
+        kv = self.scheduler.kv
+        held = {slot: self.runner.cached_tokens(slot) for slot in range(kv.num_slots)}
         self.scheduler.check_integrity(held)
+        copies = kv.host.keys() if kv.host is not None else set()
+        if self.runner.host_keys() != copies:  # a copy's bytes kept after the tier let it go would leak
+            raise KVIntegrityError(f"host copies {sorted(self.runner.host_keys())} != the tier's {sorted(copies)}")
 
 
 def _shown(shown: Mapping[int, bytes], token: int, model: LlamaModel) -> bytes:

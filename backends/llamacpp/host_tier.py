@@ -45,6 +45,9 @@ class HostTier:
     def __len__(self) -> int:
         return len(self._copies)
 
+    def keys(self) -> set[int]:
+        return set(self._copies)
+
     def add(self, blocks: Sequence[StoredBlock], cells: int) -> tuple[int, list[int]]:
         """Index a copy of ``cells`` positions holding ``blocks``: its key, and the keys of the oldest
         copies dropped to make room (the caller frees their bytes)."""

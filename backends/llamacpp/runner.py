@@ -117,6 +117,10 @@ class Runner:
         if chain is not None:
             chain.close()
 
+    def host_keys(self) -> set[int]:
+        """The keys of the host copies the runner holds bytes for."""
+        return set(self._host)
+
     def cached_tokens(self, slot: int) -> int:
         """Tokens llama.cpp holds for ``slot`` (its highest position + 1)."""
         pos_max: int = llama_cpp.llama_memory_seq_pos_max(self.model.memory, slot)  # the bindings return Any

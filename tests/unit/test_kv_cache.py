@@ -362,3 +362,73 @@ def test_the_host_tier_drops_its_oldest_copies_beyond_its_cells():
 
 def test_no_host_tier_without_prefix_caching():
     assert KVCacheManager(total_cells=B, num_slots=1, prefix_caching=False, host_cells_max=B).host is None
+
+
+class FakeLlama:
+    """What llama.cpp would hold after the manager's ops: positions 0..n of each slot, and host copies."""
+
+    def __init__(self) -> None:
+        self.held: dict[int, int] = {}
+        self.copies: dict[int, int] = {}
+
+    def apply(self, ops) -> None:
+        for op in ops:
+            if isinstance(op, RemoveOp):
+                self.held[op.slot] = min(self.held.get(op.slot, 0), op.from_pos)
+            elif isinstance(op, ShareOp):
+                self.held[op.dst] = max(self.held.get(op.dst, 0), min(op.num_tokens, self.held.get(op.src, 0)))
+            elif isinstance(op, SpillOp):
+                assert self.held.get(op.slot, 0) > 0, "a copy of nothing"
+                self.copies[op.key] = self.held[op.slot]
+            elif isinstance(op, RestoreOp):
+                assert self.held.get(op.slot, 0) == 0, "restored over a slot in use"
+                self.held[op.slot] = self.copies.pop(op.key)
+            else:
+                del self.copies[op.key]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_traffic_keeps_the_accounts_equal_to_what_llama_cpp_holds(seed):
+    import random
+
+    rng = random.Random(seed)
+    kv = KVCacheManager(
+        total_cells=24 * B, num_slots=6, cached_cells_max=6 * B, cached_idle_tokens=2 * B, host_cells_max=12 * B
+    )
+    llama = FakeLlama()
+    running: dict[int, tuple[list[str], int]] = {}  # slot → block names, tokens computed
+    for _ in range(300):
+        action = rng.random()
+        if action < 0.35 and len(running) < 4:
+            names = rng.choices("ab", k=rng.randint(1, 5))  # two letters: prefixes shared all the time
+            tokens = B * len(names) + rng.randint(0, B - 1)
+            admission = kv.admit(hashes(*names)[: tokens // B], tokens)
+            if admission is not None:
+                if kv.allocate(admission.slot, tokens - admission.cached_tokens):
+                    llama.apply(kv.take_ops())  # shares, copies put back and evictions come before the decode
+                    llama.held[admission.slot] = tokens
+                    kv.commit(admission.slot, hashes(*names))
+                    running[admission.slot] = (names, tokens)
+                else:
+                    kv.release(admission.slot)
+        elif action < 0.75 and running:
+            slot = rng.choice(list(running))
+            names, tokens = running[slot]
+            grow = rng.randint(1, B)
+            if kv.allocate(slot, grow):
+                tokens += grow
+                llama.apply(kv.take_ops())
+                llama.held[slot] = tokens
+                names = names + rng.choices("ab", k=max(0, tokens // B - len(names)))
+                kv.commit(slot, hashes(*names))
+                running[slot] = (names, tokens)
+        elif running:
+            slot = rng.choice(list(running))
+            del running[slot]
+            kv.cache(slot) if rng.random() < 0.8 else kv.release(slot)
+        kv.advance(rng.randint(1, B))
+        llama.apply(kv.take_ops())
+        kv.check_integrity({slot: llama.held.get(slot, 0) for slot in range(kv.num_slots)})
+        assert kv.host is not None and set(llama.copies) == kv.host.keys()
+        assert kv.host.cells == sum(c.cells for c in kv.host._copies.values()) <= kv.host.max_cells
+    assert kv.host.stored > 0 and kv.host.restored > 0  # the traffic did go out and come back
