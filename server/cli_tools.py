@@ -72,6 +72,8 @@ def run_plan(args: argparse.Namespace) -> int:
         print(f"does not fit: {exc}")
         return 1
     print(f"fits: {available / 2**30:.1f} GiB available")
+    print("plus, as cold prefixes leave the KV cache, up to cache_ram_mib of host RAM (default 1 GiB, at most half "
+          "of what is available then)")  # fmt: skip
     return 0
 
 

@@ -87,7 +87,8 @@ class LlamaCppConfig(TasksConfig):
         description="Host RAM (MiB) for cached prefixes moved out of the KV cache (idle, evicted or beyond "
         "cache_cells), put back when a prompt continues one, as llama-server's --cache-ram; oldest out beyond. "
         "A prefix costs the KV cache's bytes per cell (n_ctx cells take what `lmgate plan` says for the KV "
-        "cache). 0: none, cold prefixes are dropped. Not for sliding-window or recurrent models.",
+        "cache); at most half the memory available when the model has loaded. 0: none, cold prefixes are dropped. "
+        "Not for sliding-window or recurrent models.",
     )
     n_batch: PositiveInt = Field(default=512, ge=16, description="Token budget of one engine step.")
     n_ubatch: PositiveInt = Field(default=512, ge=16, description="Tokens per compute micro-batch.")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from lmgate.backends.engine.beam_search import BeamSearch
 from lmgate.backends.engine.output_text import next_token
 from lmgate.backends.engine.thread import EngineThread, Publish
-from lmgate.backends.llamacpp import beams, speculator
+from lmgate.backends.llamacpp import beams, memory_plan, speculator
 from lmgate.backends.llamacpp.config import LlamaCppConfig
 from lmgate.backends.llamacpp.embedder import Embedder, EmbedJob
 from lmgate.backends.llamacpp.kv_cache import (
@@ -61,7 +61,7 @@ class Engine(EngineThread[Request]):
         self.runner = Runner(model)
         self.embedder = Embedder(model, config.embed_max_seqs)
         cached_cells = model.n_ctx // 8 if config.cache_cells is None else config.cache_cells
-        host_cells = config.cache_ram_mib * 2**20 // model.kv_cell_bytes if model.restorable else 0
+        host_cells = host_tier_cells(config.cache_ram_mib, model) if model.restorable else 0
         if host_cells:
             idle = config.cache_idle_tokens or HOST_TIER_IDLE_TOKENS
         else:
@@ -264,6 +264,17 @@ class Engine(EngineThread[Request]):
         copies = kv.host.keys() if kv.host is not None else set()
         if self.runner.host_keys() != copies:  # a copy's bytes kept after the tier let it go would leak
             raise KVIntegrityError(f"host copies {sorted(self.runner.host_keys())} != the tier's {sorted(copies)}")
+
+
+def host_tier_cells(cache_ram_mib: int, model: LlamaModel) -> int:
+    """KV cells the host tier may hold: ``cache_ram_mib``, but at most half the memory available now (the
+    model is loaded), so that a tier filling up over hours cannot get the engine process killed for memory."""
+    wanted = cache_ram_mib * 2**20
+    allowed = min(wanted, memory_plan.available_bytes() // 2)
+    if allowed < wanted:
+        log.warning("cache_ram_mib=%d: %d MiB is available now; the host tier holds at most %d MiB",
+                    cache_ram_mib, memory_plan.available_bytes() // 2**20, allowed // 2**20)  # fmt: skip
+    return allowed // model.kv_cell_bytes
 
 
 def _shown(shown: Mapping[int, bytes], token: int, model: LlamaModel) -> bytes:
