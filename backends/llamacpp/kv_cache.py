@@ -387,13 +387,15 @@ class KVCacheManager:
         cells = self.host.cells_of(key)
         if max(cells, num_tokens) > self.free_cells + self.reclaimable_cells:
             return None
+        if not self._free and not any(state.cached for state in self._slots.values()):
+            return None  # no slot to be had
         copy = self.host.take(key)  # first: evictions below may add copies and push old ones out
         slot = self._acquire(exclude=None)
         while slot is not None and cells > self.free_cells:
             if not self._evict_one(exclude=slot):
                 self._release(slot)
                 slot = None
-        if slot is None:  # not expected after the check above; the copy is lost, the prompt recomputed
+        if slot is None:  # not expected after the checks above; the copy is lost, the prompt recomputed
             self._ops.append(ForgetOp(key))
             return None
         self._record(RestoreOp(key, slot))

@@ -432,3 +432,16 @@ def test_random_traffic_keeps_the_accounts_equal_to_what_llama_cpp_holds(seed):
         assert kv.host is not None and set(llama.copies) == kv.host.keys()
         assert kv.host.cells == sum(c.cells for c in kv.host._copies.values()) <= kv.host.max_cells
     assert kv.host.stored > 0 and kv.host.restored > 0  # the traffic did go out and come back
+
+
+def test_a_host_copy_stays_in_the_tier_while_no_slot_can_be_had():
+    kv = KVCacheManager(total_cells=10 * B, num_slots=2, host_cells_max=8 * B)
+    kv.cache(fill(kv, hashes("a", "b"), 2 * B))
+    kv._evict_one()
+    busy = [fill(kv, hashes("x"), B), fill(kv, hashes("y"), B)]  # both slots running
+    kv.take_ops()
+    assert kv.admit(hashes("a", "b"), 2 * B + 1) is None
+    assert kv.take_ops() == () and len(kv.host) == 1
+    kv.release(busy[0])
+    admission = kv.admit(hashes("a", "b"), 2 * B + 1)
+    assert admission is not None and admission.cached_tokens == 2 * B and len(kv.host) == 0
