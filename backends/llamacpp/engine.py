@@ -136,12 +136,15 @@ class Engine(EngineThread[Request]):
                 chunk.seq.started_at = now
 
     def _postprocess(self, output: SchedulerOutput, sampled: list[Sampled]) -> None:
+        if self.speculator is not None:
+            drafted = {id(c.seq): len(c.draft) for c in output.chunks if c.draft}
+            for s in sampled:
+                if id(s.seq) in drafted:
+                    self.speculator.observe(s.seq, drafted[id(s.seq)], len(s.accepted))
         for s in sampled:
             if s.accepted:  # decoded this step: update() counts them computed and commits their blocks
                 s.seq.token_ids.extend(s.accepted)
                 self._generated += len(s.accepted)
-                if self.speculator is not None:
-                    self.speculator.accepted += len(s.accepted)
         self.scheduler.update(output)
         for seq in output.starved:
             if seq.beam is not None:  # only beams starve (scheduler.py)

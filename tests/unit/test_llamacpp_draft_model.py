@@ -84,8 +84,9 @@ async def test_a_random_draft_is_rejected_and_rolled_back_and_the_output_is_unch
         for [a], [b] in zip(together, alone, strict=True):
             assert_same_up_to_a_tie(a, b)
         stats = backend.stats()
-        assert stats.spec_drafted_tokens > 100
+        assert stats.spec_drafted_tokens > 50  # each sequence drafted 4, 3, 2, 1 (and probes) before backing off
         assert stats.spec_accepted_tokens < 0.5 * stats.spec_drafted_tokens
+        assert stats.spec_drafted_tokens < stats.steps  # backed off: a fixed 4 a step drafts several times that
         await assert_idle(backend)
     finally:
         await backend.shutdown()

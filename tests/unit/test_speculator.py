@@ -9,7 +9,7 @@ from lmgate.backends.llamacpp.kv_cache import BLOCK_SIZE, KVCacheManager, Remove
 from lmgate.backends.llamacpp.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from lmgate.backends.llamacpp.sequence import Sequence
 from lmgate.backends.llamacpp.speculative_config import SpeculativeConfig
-from lmgate.backends.llamacpp.speculator import NgramDrafter, Speculator
+from lmgate.backends.llamacpp.speculator import PROBE_STEPS, NgramDrafter, Speculator
 from lmgate.backends.types import SamplingParams
 
 _arrivals = itertools.count()
@@ -187,3 +187,53 @@ def test_update_without_drafts_is_unchanged():
     assert replace(out.chunks[0]).draft == ()
     finish_step(sched, out, {})
     assert seq.num_computed_tokens == 11
+
+
+def draft_lengths(outcomes: list[str], num_draft: int = 4) -> list[int]:
+    """The draft length of each step of one sequence whose drafts are taken whole ("all") or not
+    ("none"), or that drafts nothing ("-": the step's draft length is 0)."""
+    sched, spec = make(num_draft=num_draft, cells=1024)
+    seq = make_seq(10, max_tokens=500)
+    decoding(sched, seq)
+    lengths = []
+    for outcome in outcomes:
+        out = spec.extend(sched.schedule())
+        [chunk] = out.chunks
+        lengths.append(len(chunk.draft))
+        assert outcome == "-" or chunk.draft, f"step {len(lengths)} drafted nothing"
+        if chunk.draft:
+            taken = len(chunk.draft) if outcome == "all" else 0
+            spec.observe(seq, len(chunk.draft), taken)
+            finish_step(sched, out, {id(seq): taken})
+        else:
+            finish_step(sched, out, {})
+    return lengths
+
+
+def test_rejected_drafts_shrink_the_next_ones_down_to_none_then_a_probe_of_one():
+    lengths = draft_lengths(["none"] * 4 + ["-"] * PROBE_STEPS + ["none"])
+    assert lengths[:4] == [4, 3, 2, 1]
+    assert lengths[4 : 4 + PROBE_STEPS] == [0] * PROBE_STEPS  # nothing drafted, nothing wasted
+    assert lengths[-1] == 1  # then one token tried again
+
+
+def test_drafts_taken_whole_grow_back_to_num_draft():
+    assert draft_lengths(["none", "none", "none", "all", "all", "all"]) == [4, 3, 2, 1, 3, 4]
+
+
+def test_a_draft_stops_where_the_sequence_cannot_follow_it():
+    eos = 9
+
+    def draft_of(**sampling):
+        sched, _ = make()
+        kv = sched.kv
+        spec = Speculator(SpeculativeConfig(method="ngram"), FixedDrafter([3, eos, 4, 5]), kv, 64, 10_000,
+                          frozenset({eos}))  # fmt: skip
+        seq = make_seq(10, **sampling)
+        decoding(sched, seq)
+        [chunk] = spec.extend(sched.schedule()).chunks
+        return chunk.draft
+
+    assert draft_of() == (3, eos)  # the end token may be sampled, then the sequence is done
+    assert draft_of(ignore_eos=True) == (3,)  # its sampler never draws the end token
+    assert draft_of(stop_token_ids=(3,)) == (3,)
