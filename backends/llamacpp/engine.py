@@ -18,12 +18,7 @@ from lmgate.backends.engine.thread import EngineThread, Publish
 from lmgate.backends.llamacpp import beams, memory_plan, speculator
 from lmgate.backends.llamacpp.config import LlamaCppConfig
 from lmgate.backends.llamacpp.embedder import Embedder, EmbedJob
-from lmgate.backends.llamacpp.kv_cache import (
-    HOST_TIER_IDLE_TOKENS,
-    KVCacheManager,
-    KVIntegrityError,
-    default_idle_tokens,
-)
+from lmgate.backends.llamacpp.kv_cache import KVCacheManager, KVIntegrityError, default_idle_tokens
 from lmgate.backends.llamacpp.llama_model import LlamaModel
 from lmgate.backends.llamacpp.runner import Runner, Sampled
 from lmgate.backends.llamacpp.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
@@ -61,17 +56,14 @@ class Engine(EngineThread[Request]):
         self.runner = Runner(model)
         self.embedder = Embedder(model, config.embed_max_seqs)
         cached_cells = model.n_ctx // 8 if config.cache_cells is None else config.cache_cells
-        host_cells = host_tier_cells(config.cache_ram_mib, model) if model.restorable else 0
-        if host_cells:
-            idle = config.cache_idle_tokens or HOST_TIER_IDLE_TOKENS
-        else:
-            idle = config.cache_idle_tokens or default_idle_tokens(model.n_params, model.attention_rows)
+        host_cells = self._host_tier_cells(config.cache_ram_mib) if model.restorable else 0
+        idle = default_idle_tokens(model.n_params, model.attention_rows, host_tier=host_cells > 0)
         kv = KVCacheManager(
             model.n_ctx,
             config.num_slots,
             prefix_caching=config.prefix_cache,
             cached_cells_max=cached_cells,
-            cached_idle_tokens=idle,
+            cached_idle_tokens=config.cache_idle_tokens or idle,
             host_cells_max=host_cells,
         )
         self.scheduler = Scheduler(SchedulerConfig(config.max_seqs, model.n_batch, config.prefill_chunk), kv)
@@ -259,6 +251,14 @@ class Engine(EngineThread[Request]):
             spec_accepted_tokens=self.speculator.accepted if self.speculator is not None else 0,
         )
 
+    def _host_tier_cells(self, cache_ram_mib: int) -> int:
+        available = memory_plan.available_bytes()
+        cells = memory_plan.host_tier_cells(cache_ram_mib, self.model.kv_cell_bytes, available)
+        if cells * self.model.kv_cell_bytes < cache_ram_mib * 2**20:
+            log.warning("cache_ram_mib=%d: %d MiB is available now; the host tier holds at most half",
+                        cache_ram_mib, available // 2**20)  # fmt: skip
+        return cells
+
     def check_integrity(self) -> None:
         """The book-keeping agrees with itself and with what llama.cpp holds, slot by slot."""
         kv = self.scheduler.kv
@@ -267,17 +267,6 @@ class Engine(EngineThread[Request]):
         copies = kv.host.keys() if kv.host is not None else set()
         if self.runner.host_keys() != copies:  # a copy's bytes kept after the tier let it go would leak
             raise KVIntegrityError(f"host copies {sorted(self.runner.host_keys())} != the tier's {sorted(copies)}")
-
-
-def host_tier_cells(cache_ram_mib: int, model: LlamaModel) -> int:
-    """KV cells the host tier may hold: ``cache_ram_mib``, but at most half the memory available now (the
-    model is loaded), so that a tier filling up over hours cannot get the engine process killed for memory."""
-    wanted = cache_ram_mib * 2**20
-    allowed = min(wanted, memory_plan.available_bytes() // 2)
-    if allowed < wanted:
-        log.warning("cache_ram_mib=%d: %d MiB is available now; the host tier holds at most %d MiB",
-                    cache_ram_mib, memory_plan.available_bytes() // 2**20, allowed // 2**20)  # fmt: skip
-    return allowed // model.kv_cell_bytes
 
 
 def _shown(shown: Mapping[int, bytes], token: int, model: LlamaModel) -> bytes:

@@ -48,12 +48,15 @@ per cell, keeping it in the span ~0.2–0.6 µs per cell for every token compute
 so a cold slot is worth moving out after a few steps (docs/performance.md, "Cold prefixes")."""
 
 
-def default_idle_tokens(n_params: int, attention_rows: int) -> int:
-    """Computed tokens a cold cached prefix is kept for by default, for a model of ``n_params`` weights
-    whose attention scans each KV cell ``attention_rows`` (query heads × layers) times per token: about
-    the break-even of keeping a cell (~3 ns per scan, ~0.6 µs per token for bench-200m's 192 on 2 cores)
+def default_idle_tokens(n_params: int, attention_rows: int, *, host_tier: bool = False) -> int:
+    """Computed tokens a cold cached prefix is kept for by default. With a host tier, where it waits
+    outside the span, ``HOST_TIER_IDLE_TOKENS``. Without, for a model of ``n_params`` weights whose
+    attention scans each KV cell ``attention_rows`` (query heads × layers) times per token: about the
+    break-even of keeping a cell (~3 ns per scan, ~0.6 µs per token for bench-200m's 192 on 2 cores)
     against recomputing it on a hit (a prompt token's share of the weights' FLOPs, ~1.4 ms there),
     n_params / (256 × attention_rows), 2× on the side of keeping (docs/performance.md, "Cold prefixes")."""
+    if host_tier:
+        return HOST_TIER_IDLE_TOKENS
     return max(BLOCK_SIZE, n_params // (256 * max(attention_rows, 1)))
 
 
@@ -391,13 +394,10 @@ class KVCacheManager:
             return None  # no slot to be had
         copy = self.host.take(key)  # first: evictions below may add copies and push old ones out
         slot = self._acquire(exclude=None)
-        while slot is not None and cells > self.free_cells:
-            if not self._evict_one(exclude=slot):
-                self._release(slot)
-                slot = None
-        if slot is None:  # not expected after the checks above; the copy is lost, the prompt recomputed
-            self._ops.append(ForgetOp(key))
-            return None
+        while slot is not None and cells > self.free_cells and self._evict_one(exclude=slot):
+            pass
+        if slot is None or cells > self.free_cells:  # the checks above rule both out
+            raise KVIntegrityError(f"no slot or {cells} free cells for host copy {key} after the room check")
         self._record(RestoreOp(key, slot))
         state = self._slots[slot]
         for block_hash, tokens in copy.blocks[:depth]:

@@ -78,6 +78,13 @@ def available_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def host_tier_cells(cache_ram_mib: int, cell_bytes: int, available: int) -> int:
+    """KV cells the host tier may hold: ``cache_ram_mib``, but at most half of ``available`` (the memory
+    available once the model is loaded), so that a tier filling up over hours cannot get the engine
+    process killed for memory."""
+    return min(cache_ram_mib * 2**20, available // 2) // cell_bytes
+
+
 def check_fits(memory: MemoryPlan, available: int, *, name: str) -> None:
     """Raise MemoryError with what is needed and what to lower when ``memory`` exceeds ``available``."""
     if memory.total_bytes <= available:

@@ -167,7 +167,8 @@ class Speculator:
         return draft
 
     def _limit(self, chunk: ScheduledChunk) -> int:
-        """Draft tokens ``chunk``'s sequence may take this step (0: it decodes without)."""
+        """Draft tokens ``chunk``'s sequence may take this step (0: it decodes without; a sequence backed off
+        to none counts this step towards its next one-token probe)."""
         seq = chunk.seq
         sampling = seq.sampling
         if chunk.length != 1 or sampling.speculative is False or seq.beam is not None or seq.matcher is not None:

@@ -302,6 +302,7 @@ def test_without_an_idle_limit_cached_slots_wait_for_ever():
 )
 def test_the_default_idle_limit_weighs_a_tokens_flops_against_the_scans_of_a_cell(n_params, heads, layers, expected):
     assert default_idle_tokens(n_params, heads * layers) == expected
+    assert default_idle_tokens(n_params, heads * layers, host_tier=True) == 64  # out of the span in a few steps
 
 
 def test_an_evicted_cached_slot_goes_to_the_host_tier_and_comes_back_for_a_longer_prefix():

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from lmgate.backends.errors import BackendUnavailable
-from lmgate.backends.llamacpp.memory_plan import available_bytes, check_fits, plan, read_shape
+from lmgate.backends.llamacpp.memory_plan import available_bytes, check_fits, host_tier_cells, plan, read_shape
 
 from engine_helpers import start_backend
 
@@ -46,14 +46,7 @@ def test_lmgate_plan_prints_the_estimate(tiny_chat_path):
     assert "KV cache:  8.0 MiB" in result.stdout and "fits" in result.stdout
 
 
-def test_the_host_tier_takes_cache_ram_mib_but_never_more_than_half_the_memory_available(monkeypatch):
-    from types import SimpleNamespace
-
-    from lmgate.backends.llamacpp import engine, memory_plan
-
-    model = SimpleNamespace(kv_cell_bytes=4096)
-    monkeypatch.setattr(memory_plan, "available_bytes", lambda: 64 * 2**30)
-    assert engine.host_tier_cells(1024, model) == 2**30 // 4096
-    monkeypatch.setattr(memory_plan, "available_bytes", lambda: 2**30)
-    assert engine.host_tier_cells(1024, model) == 2**29 // 4096
-    assert engine.host_tier_cells(0, model) == 0
+def test_the_host_tier_takes_cache_ram_mib_but_never_more_than_half_the_memory_available():
+    assert host_tier_cells(1024, 4096, available=64 * 2**30) == 2**30 // 4096
+    assert host_tier_cells(1024, 4096, available=2**30) == 2**29 // 4096
+    assert host_tier_cells(0, 4096, available=2**30) == 0
