@@ -92,8 +92,11 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
     grpc.add_argument("--no-grpc", action="store_true", help="do not serve gRPC")
     serve.add_argument("--threads", type=positive_int, help=f"with --model: llama.cpp threads (default: the CPUs "
                        f"this process may use, at most its CPU quota: {default_threads()} here)")  # fmt: skip
-    serve.add_argument("--n-ctx", type=positive_int, help="with --model: KV-cache cells shared by all sequences "
+    serve.add_argument("--n-ctx", type=positive_int, help="with --model: KV-cache cells of all sequences together "
                        "(default: the model's trained context, at most 4096)")  # fmt: skip
+    serve.add_argument("--max-model-len", type=positive_int, help="with --model: the longest prompt + output of one "
+                       "sequence (default: n-ctx); at most n-ctx / max-seqs gives each sequence a KV stream of its "
+                       "own, faster under concurrency (docs/performance.md#per-sequence-kv-streams)")  # fmt: skip
     serve.add_argument(
         "--max-seqs",
         type=positive_int,

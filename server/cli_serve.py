@@ -53,7 +53,8 @@ def embedded_model(path: Path = EMBEDDED_MODEL) -> Path:
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """The config file's settings (relative paths against its directory) or a one-model config for
     ``--model`` (or the embedded model), with the server flags on top; ConfigError when invalid."""
-    model_flags = [f"--{f.replace('_', '-')}" for f in ("threads", "n_ctx", "max_seqs") if getattr(args, f) is not None]
+    flags = ("threads", "n_ctx", "max_seqs", "max_model_len")
+    model_flags = [f"--{f.replace('_', '-')}" for f in flags if getattr(args, f) is not None]
     model_flags += ["--no-prefix-cache"] if args.no_prefix_cache else []
     model_flags += ["--lora"] if args.lora else []
     if args.config is not None and model_flags:
@@ -70,9 +71,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             "backend": "llamacpp",
             "gguf": str(path),
         }
-        for flag, key in (("threads", "n_threads"), ("n_ctx", "n_ctx"), ("max_seqs", "max_seqs")):
+        for flag in flags:
             if getattr(args, flag) is not None:
-                model[key] = getattr(args, flag)
+                model["n_threads" if flag == "threads" else flag] = getattr(args, flag)
         if args.no_prefix_cache:
             model["prefix_cache"] = False
         if args.lora:

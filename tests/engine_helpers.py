@@ -60,3 +60,20 @@ async def assert_idle(backend: ProcessBackend) -> None:
         await asyncio.sleep(0.01)
     stats = backend.stats()
     assert (stats.running, stats.waiting, stats.kv_cells_used) == (0, 0, 0)
+
+
+def first_divergence(a: list[int], b: list[int]) -> int | None:
+    """The first position where two token lists differ (a common prefix of unequal length is no difference)."""
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
+
+
+def top2_margin(choice: Choice, position: int) -> float:
+    top = [lp for d in choice.deltas for lp in d.logprobs][position].top
+    return top[0].logprob - top[1].logprob
+
+
+def assert_same_up_to_ties(a: Choice, b: Choice) -> None:
+    """Equal token ids, or a first difference on a near-tie of either run (both need logprobs=2)."""
+    i = first_divergence(a.token_ids, b.token_ids)
+    if i is not None:
+        assert min(top2_margin(a, i), top2_margin(b, i)) < 0.1, f"diverged at {i} on a clear winner"

@@ -34,8 +34,17 @@ class LlamaCppConfig(TasksConfig):
     gguf: Path = Field(description="The GGUF file; a relative path is relative to the config file's directory.")
     n_ctx: PositiveInt | None = Field(
         default=None,
-        description="KV-cache cells shared by all sequences (unified cache). "
+        description="KV-cache cells of all sequences together (see kv_unified). "
         "Default: the model's trained context, capped at 4096.",
+    )
+    kv_unified: bool | None = Field(
+        default=None,
+        description="true: one KV cache all sequences share, so one sequence may use any free cell up to n_ctx. "
+        "false: a stream of n_ctx / max_seqs cells (rounded up to 256) per sequence, as llama-server's slots: each "
+        "token attends over its own sequence's cells only, faster when many sequences run at once "
+        "(docs/performance.md#per-sequence-kv-streams), but a sequence is at most that long and prefixes are copied "
+        "between sequences instead of shared. Default: streams when max_model_len is set and fits in one, else "
+        "unified. Streams need a model whose cells can be copied (not sliding-window or recurrent).",
     )
     max_model_len: PositiveInt | None = Field(
         default=None,
@@ -63,14 +72,16 @@ class LlamaCppConfig(TasksConfig):
         default=None,
         ge=0,
         le=128,
-        description="Finished sequences kept as cached prefixes (LRU) besides the running ones; default max_seqs.",
+        description="Finished sequences kept as cached prefixes (LRU) besides the running ones; default max_seqs. "
+        "Unified cache only: with per-sequence streams a finished sequence's stream holds its prefix until taken.",
     )
     cache_cells: int | None = Field(
         default=None,
         ge=0,
         description="KV cells that cached prefixes alone may hold (least recently used out beyond; the newest stays "
         "whatever its size). Default: an eighth of n_ctx. Every decode step attends over the cache's occupied span, "
-        "so cold prefixes slow all streams down (docs/performance.md#cold-prefixes); n_ctx or more: no bound.",
+        "so cold prefixes slow all streams down (docs/performance.md#cold-prefixes); n_ctx or more: no bound. "
+        "Unified cache only.",
     )
     cache_idle_tokens: PositiveInt | None = Field(
         default=None,
@@ -79,7 +90,7 @@ class LlamaCppConfig(TasksConfig):
         "Default with the tier: 64, a few steps (a copy out and back costs far less than the prefix's share of "
         "every step's attention). Without it: about where that attention outweighs recomputing the prefix on a "
         "hit, n_params / (256 x heads x layers): ~4,000 for a 200M model, ~25,000 for a 7B one "
-        "(docs/performance.md#cold-prefixes). An idle engine moves nothing.",
+        "(docs/performance.md#cold-prefixes). An idle engine moves nothing. Unified cache only.",
     )
     cache_ram_mib: int = Field(
         default=1024,
@@ -111,7 +122,8 @@ class LlamaCppConfig(TasksConfig):
 
     @property
     def num_slots(self) -> int:
-        """llama.cpp sequence ids: running sequences plus cached prefixes."""
+        """llama.cpp sequence ids of a unified cache: running sequences plus cached prefixes (per-sequence
+        streams have max_seqs, cached prefixes waiting in the streams of finished sequences)."""
         cached = self.max_seqs if self.cache_slots is None else self.cache_slots
         return self.max_seqs + (cached if self.prefix_cache else 0)
 

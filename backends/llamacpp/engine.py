@@ -19,10 +19,12 @@ from lmgate.backends.llamacpp import beams, memory_plan, speculator
 from lmgate.backends.llamacpp.config import LlamaCppConfig
 from lmgate.backends.llamacpp.embedder import Embedder, EmbedJob
 from lmgate.backends.llamacpp.kv_cache import KVCacheManager, KVIntegrityError, default_idle_tokens
+from lmgate.backends.llamacpp.kv_manager import KVManager
 from lmgate.backends.llamacpp.llama_model import LlamaModel
 from lmgate.backends.llamacpp.runner import Runner, Sampled
 from lmgate.backends.llamacpp.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from lmgate.backends.llamacpp.sequence import Sequence, SequenceStatus
+from lmgate.backends.llamacpp.stream_cache import StreamCacheManager
 from lmgate.backends.types import BackendStats, FinishReason, TokenDelta, Usage
 
 log = logging.getLogger(__name__)
@@ -55,17 +57,22 @@ class Engine(EngineThread[Request]):
         self.model = model
         self.runner = Runner(model)
         self.embedder = Embedder(model, config.embed_max_seqs)
-        cached_cells = model.n_ctx // 8 if config.cache_cells is None else config.cache_cells
         host_cells = self._host_tier_cells(config.cache_ram_mib) if model.restorable else 0
-        idle = default_idle_tokens(model.n_params, model.attention_rows, host_tier=host_cells > 0)
-        kv = KVCacheManager(
-            model.n_ctx,
-            config.num_slots,
-            prefix_caching=config.prefix_cache,
-            cached_cells_max=cached_cells,
-            cached_idle_tokens=config.cache_idle_tokens or idle,
-            host_cells_max=host_cells,
-        )
+        kv: KVManager
+        if model.stream_cells is not None:
+            kv = StreamCacheManager(
+                model.stream_cells, model.num_slots, prefix_caching=config.prefix_cache, host_cells_max=host_cells
+            )
+        else:
+            idle = default_idle_tokens(model.n_params, model.attention_rows, host_tier=host_cells > 0)
+            kv = KVCacheManager(
+                model.n_ctx,
+                model.num_slots,
+                prefix_caching=config.prefix_cache,
+                cached_cells_max=model.n_ctx // 8 if config.cache_cells is None else config.cache_cells,
+                cached_idle_tokens=config.cache_idle_tokens or idle,
+                host_cells_max=host_cells,
+            )
         self.scheduler = Scheduler(SchedulerConfig(config.max_seqs, model.n_batch, config.prefill_chunk), kv)
         self.speculator = speculator.build(config, model, kv)
         self._check = config.check_integrity

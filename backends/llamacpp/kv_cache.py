@@ -104,7 +104,17 @@ class ForgetOp:
     key: int
 
 
-MemoryOp = RemoveOp | ShareOp | SpillOp | RestoreOp | ForgetOp
+@dataclass(frozen=True, slots=True)
+class CopyOp:
+    """Copy the cells of ``src`` into ``dst`` (a slot of another KV stream that holds nothing), then drop
+    ``dst``'s positions ≥ ``num_tokens`` (stream_cache.py: streams cannot share cells)."""
+
+    src: int
+    dst: int
+    num_tokens: int
+
+
+MemoryOp = RemoveOp | ShareOp | SpillOp | RestoreOp | ForgetOp | CopyOp
 
 
 @dataclass(eq=False, slots=True)
@@ -203,6 +213,10 @@ class KVCacheManager:
         """Positions ``slot`` holds (shared blocks included)."""
         state = self._slots[slot]
         return BLOCK_SIZE * len(state.blocks) + state.tail
+
+    def room(self, slot: int) -> int:
+        """Cells ``slot`` could grow by without evicting anything: the free ones (any slot may use them)."""
+        return self.free_cells
 
     # --- admission and growth ---
 

@@ -1,10 +1,11 @@
 """A loaded GGUF model and its llama.cpp context: tokenizer, vocabulary facts, lifetime, LoRA adapters.
 
 Together with runner.py, sampler.py, lora.py, embedder.py and draft_model.py, the only modules that
-import ``llama_cpp``. The context is
-created with a unified KV cache (``kv_unified``) of ``n_ctx`` cells shared by ``config.num_slots``
-sequence ids. ``tokenize`` and ``piece`` read only the immutable vocabulary and may be called from any
-thread; everything touching the context belongs to the engine thread.
+import ``llama_cpp``. The context's KV cache is either unified (``kv_unified``), ``n_ctx`` cells shared by
+``config.num_slots`` sequence ids (kv_cache.py), or one stream of ``stream_cells`` cells per sequence id,
+``max_seqs`` of them (stream_cache.py): ``config.kv_unified`` decides, by default streams when
+``max_model_len`` is set and fits in one. ``tokenize`` and ``piece`` read only the immutable vocabulary
+and may be called from any thread; everything touching the context belongs to the engine thread.
 """
 
 from __future__ import annotations
@@ -47,6 +48,24 @@ _ROPE_SCALING = {
     "yarn": llama_cpp.LLAMA_ROPE_SCALING_TYPE_YARN,
 }
 _DEFAULT_MAX_CTX = 4096
+_STREAM_PAD = 256  # llama.cpp rounds each stream's cells (n_ctx_seq) up to this
+
+
+def _stream_cells(config: LlamaCppConfig, n_ctx: int) -> int | None:
+    """Cells of each sequence's own KV stream (as llama.cpp sizes them: n_ctx / max_seqs rounded up to 256),
+    or None for a unified cache: as ``config.kv_unified`` says, by default streams when ``max_model_len`` is
+    set and fits in one (one sequence at most: unified)."""
+    if config.kv_unified or (config.kv_unified is None and config.max_seqs == 1):
+        return None
+    cells = -(-max(n_ctx // config.max_seqs, 1) // _STREAM_PAD) * _STREAM_PAD
+    if config.kv_unified is None and (config.max_model_len is None or config.max_model_len > cells):
+        return None
+    if config.max_model_len is not None and config.max_model_len > cells:
+        raise ModelLoadError(
+            f"max_model_len={config.max_model_len} does not fit in a KV stream of {cells} cells (n_ctx={n_ctx} / "
+            f"max_seqs={config.max_seqs}, kv_unified false): raise n_ctx, lower max_seqs, or lower max_model_len"
+        )
+    return cells
 
 
 def _max_model_len(config: LlamaCppConfig, n_ctx: int, trained: int) -> int:
@@ -78,8 +97,11 @@ class LlamaModel:
             raise ModelLoadError(f"{exc} (the model's `gguf` setting)") from exc
         self.requested_ctx = config.n_ctx or min(shape.context_train or _DEFAULT_MAX_CTX, _DEFAULT_MAX_CTX)
         self._yarn_orig_ctx = config.yarn_orig_ctx or shape.context_train
-        self.max_model_len = _max_model_len(config, self.requested_ctx, shape.context_train)
-        memory = memory_plan.plan(path, self.requested_ctx, config.num_slots, config.n_ubatch)
+        self.stream_cells = _stream_cells(config, self.requested_ctx)
+        """Cells of each sequence's KV stream; None: one unified cache."""
+        self.max_model_len = _max_model_len(config, self.stream_cells or self.requested_ctx, shape.context_train)
+        cells = self.requested_ctx if self.stream_cells is None else self.stream_cells * config.max_seqs
+        memory = memory_plan.plan(path, cells, config.num_slots, config.n_ubatch)
         try:
             memory_plan.check_fits(memory, memory_plan.available_bytes(), name=path.name)
         except MemoryError as exc:
@@ -104,6 +126,17 @@ class LlamaModel:
         )
         """Whether a sequence's cells can be copied out and put back whole (not a sliding window, whose
         saved state leaves the masked cells out, nor recurrent state)."""
+        if self.stream_cells is not None and not self.restorable:
+            if config.kv_unified is False:
+                llama_cpp.llama_model_free(self.model)
+                raise ModelLoadError(
+                    f"kv_unified false: {path.name} is a sliding-window or recurrent model, whose cells cannot be "
+                    "copied between streams; leave kv_unified unset or true"
+                )
+            self.stream_cells = None
+            self.max_model_len = _max_model_len(config, self.requested_ctx, shape.context_train)
+        self.num_slots = config.num_slots if self.stream_cells is None else config.max_seqs
+        """llama.cpp sequence ids: with streams, one per sequence decoded together."""
         self.ctx = llama_cpp.llama_init_from_model(self.model, self._context_params(config))
         if not self.ctx:
             llama_cpp.llama_model_free(self.model)
@@ -115,6 +148,10 @@ class LlamaModel:
             raise
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
+        if self.stream_cells is not None and llama_cpp.llama_n_ctx_seq(self.ctx) != self.stream_cells:
+            made = llama_cpp.llama_n_ctx_seq(self.ctx)
+            self.close()
+            raise ModelLoadError(f"llama.cpp made KV streams of {made} cells where lmgate planned {self.stream_cells}")
         self.n_batch = llama_cpp.llama_n_batch(self.ctx)
         self.pieces = [self._token_to_piece(t) for t in range(self.n_vocab)]
         self.eog_ids = frozenset(t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t))
@@ -142,10 +179,10 @@ class LlamaModel:
     def _context_params(self, config: LlamaCppConfig) -> llama_cpp.llama_context_params:
         # llama_cpp's ctypes bindings return Any: the annotations here say what the C functions return.
         params: llama_cpp.llama_context_params = llama_cpp.llama_context_default_params()
-        params.n_ctx = self.requested_ctx
+        params.n_ctx = self.requested_ctx if self.stream_cells is None else self.stream_cells * self.num_slots
         params.n_batch = config.n_batch
         params.n_ubatch = min(config.n_ubatch, config.n_batch)
-        params.n_seq_max = config.num_slots
+        params.n_seq_max = self.num_slots
         params.n_threads = config.n_threads
         params.n_threads_batch = config.n_threads_batch or config.n_threads
         params.flash_attn_type = _FLASH_ATTN[config.flash_attn]
@@ -155,7 +192,7 @@ class LlamaModel:
             params.rope_scaling_type = _ROPE_SCALING[config.rope_scaling]
             params.rope_freq_scale = 1.0 / config.rope_scale
             params.yarn_orig_ctx = self._yarn_orig_ctx
-        params.kv_unified = True
+        params.kv_unified = self.stream_cells is None
         params.no_perf = True
         return params
 

@@ -1,7 +1,8 @@
 """Executes a ``SchedulerOutput`` on llama.cpp: one multi-sequence batch, one ``llama_decode``.
 
 Every scheduled chunk goes into the same ``llama_batch`` under its slot's sequence id, with the step's
-LoRA adapter (if any) set on the context first; logits are
+LoRA adapter (if any) set on the context first, ordered by sequence id when each sequence has a KV stream
+of its own (llama.cpp then splits the batch into one micro-batch per run of consecutive ids); logits are
 requested only for a chunk's last token when that token is the sequence's last. Each such
 sequence then samples from its own chain at its batch index. A chunk with draft tokens
 (speculator.py) has them decoded after it, with logits at each: the chain samples position after
@@ -22,6 +23,7 @@ import numpy as np
 
 from lmgate.backends.llamacpp.grammar import mask_logits
 from lmgate.backends.llamacpp.kv_cache import (
+    CopyOp,
     ForgetOp,
     KVIntegrityError,
     MemoryOp,
@@ -69,6 +71,7 @@ class Runner:
         self._samplers: dict[tuple[str, int], SamplerChain] = {}
         self._host: dict[int, ctypes.Array[ctypes.c_uint8]] = {}
         """Host copies of cached slots (host_tier.py), by key: llama.cpp's serialised cells."""
+        self._by_slot = model.stream_cells is not None
 
     def close(self) -> None:
         for chain in self._samplers.values():
@@ -78,26 +81,36 @@ class Runner:
         llama_cpp.llama_batch_free(self._batch)
 
     def apply(self, ops: tuple[MemoryOp, ...]) -> None:
-        """Apply the KV manager's removals, shares and host copies to llama.cpp's cache, in order."""
-        memory, ctx = self.model.memory, self.model.ctx
+        """Apply the KV manager's removals, shares and copies to llama.cpp's cache, in order."""
+        memory = self.model.memory
         for op in ops:
             if isinstance(op, RemoveOp):
                 llama_cpp.llama_memory_seq_rm(memory, op.slot, op.from_pos, -1)
             elif isinstance(op, ShareOp):
                 llama_cpp.llama_memory_seq_cp(memory, op.src, op.dst, 0, op.num_tokens)
             elif isinstance(op, SpillOp):
-                size = llama_cpp.llama_state_seq_get_size(ctx, op.slot)
-                data = (ctypes.c_uint8 * size)()
-                if llama_cpp.llama_state_seq_get_data(ctx, data, size, op.slot) != size:
-                    raise KVIntegrityError(f"llama.cpp did not write the {size} bytes of slot {op.slot}")
-                self._host[op.key] = data
+                self._host[op.key] = self._save(op.slot)
             elif isinstance(op, RestoreOp):
-                data = self._host.pop(op.key)
-                # llama.cpp finds the cells itself; the manager has checked that enough are free.
-                if llama_cpp.llama_state_seq_set_data(ctx, data, len(data), op.slot) != len(data):
-                    raise KVIntegrityError(f"llama.cpp could not put host copy {op.key} back into slot {op.slot}")
+                self._load(self._host.pop(op.key), op.slot)
+            elif isinstance(op, CopyOp):
+                self._load(self._save(op.src), op.dst)
+                llama_cpp.llama_memory_seq_rm(memory, op.dst, op.num_tokens, -1)
             elif isinstance(op, ForgetOp):
                 self._host.pop(op.key, None)
+
+    def _save(self, slot: int) -> ctypes.Array[ctypes.c_uint8]:
+        """llama.cpp's serialised cells of ``slot``."""
+        size: int = llama_cpp.llama_state_seq_get_size(self.model.ctx, slot)  # the bindings return Any
+        data = (ctypes.c_uint8 * size)()
+        if llama_cpp.llama_state_seq_get_data(self.model.ctx, data, size, slot) != size:
+            raise KVIntegrityError(f"llama.cpp did not write the {size} bytes of slot {slot}")
+        return data
+
+    def _load(self, data: ctypes.Array[ctypes.c_uint8], slot: int) -> None:
+        """Put serialised cells into ``slot``, which holds nothing. llama.cpp finds the cells itself; the
+        manager has checked that enough are free."""
+        if llama_cpp.llama_state_seq_set_data(self.model.ctx, data, len(data), slot) != len(data):
+            raise KVIntegrityError(f"llama.cpp could not put {len(data)} bytes of cells into slot {slot}")
 
     def execute(self, output: SchedulerOutput) -> list[Sampled]:
         """Decode the scheduled chunks; sample for the chunks that end their sequence."""
@@ -131,7 +144,8 @@ class Runner:
         for each chunk that samples."""
         batch, i = self._batch, 0
         to_sample: list[tuple[Sequence, int, tuple[int, ...]]] = []
-        for chunk in output.chunks:
+        chunks = sorted(output.chunks, key=lambda c: c.seq.slot or 0) if self._by_slot else output.chunks
+        for chunk in chunks:
             seq, end, draft = chunk.seq, chunk.start + chunk.length, chunk.draft
             n = chunk.length + len(draft)
             assert seq.slot is not None

@@ -32,7 +32,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from lmgate.backends.llamacpp.kv_cache import KVCacheManager, KVIntegrityError, MemoryOp
+from lmgate.backends.llamacpp.kv_cache import KVIntegrityError, MemoryOp
+from lmgate.backends.llamacpp.kv_manager import KVManager
 from lmgate.backends.llamacpp.sequence import Sequence, SequenceStatus
 
 ATTENTION_TILE = 64
@@ -95,7 +96,7 @@ class SchedulerOutput:
 class Scheduler:
     """Owned by the engine thread; every method runs there."""
 
-    def __init__(self, config: SchedulerConfig, kv: KVCacheManager) -> None:
+    def __init__(self, config: SchedulerConfig, kv: KVManager) -> None:
         self.config = config
         self.kv = kv
         self.waiting: deque[Sequence] = deque()

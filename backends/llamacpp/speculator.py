@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 
-from lmgate.backends.llamacpp.kv_cache import KVCacheManager
+from lmgate.backends.llamacpp.kv_manager import KVManager
 from lmgate.backends.llamacpp.ngram import NgramIndex
 from lmgate.backends.llamacpp.scheduler import ScheduledChunk, SchedulerOutput
 from lmgate.backends.llamacpp.sequence import Sequence
@@ -38,7 +38,7 @@ PROBE_STEPS = 16
 """Steps a sequence whose draft length fell to 0 decodes without drafts before it tries one token."""
 
 
-def build(settings: LlamaCppConfig, model: LlamaModel, kv: KVCacheManager) -> Speculator | None:
+def build(settings: LlamaCppConfig, model: LlamaModel, kv: KVManager) -> Speculator | None:
     """The model's speculator; None when speculation is off. Raises ``ModelLoadError`` for a draft
     model that cannot be loaded or whose vocabulary is not the model's."""
     config = settings.speculative
@@ -100,7 +100,7 @@ class Speculator:
         self,
         config: SpeculativeConfig,
         drafter: Drafter,
-        kv: KVCacheManager,
+        kv: KVManager,
         token_budget: int,
         max_model_len: int,
         eog_ids: frozenset[int] = frozenset(),
@@ -129,11 +129,11 @@ class Speculator:
         budget = self._budget - output.num_tokens
         extended: dict[int, ScheduledChunk] = {}
         for (chunk, _), draft in zip(chosen, drafts, strict=True):
-            draft = self._cut(draft, chunk.seq)[: min(budget, self._kv.free_cells)]
+            assert chunk.seq.slot is not None
+            draft = self._cut(draft, chunk.seq)[: min(budget, self._kv.room(chunk.seq.slot))]
             if not draft:
                 continue
-            assert chunk.seq.slot is not None
-            if not self._kv.allocate(chunk.seq.slot, len(draft)):  # free cells: no eviction happens
+            if not self._kv.allocate(chunk.seq.slot, len(draft)):  # within its room: no eviction happens
                 continue
             extended[id(chunk)] = replace(chunk, draft=tuple(draft))
             budget -= len(draft)

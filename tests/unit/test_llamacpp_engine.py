@@ -12,7 +12,7 @@ from lmgate.backends.errors import BackendUnavailable, InvalidRequest
 from lmgate.backends.llamacpp import memory_plan
 from lmgate.backends.types import FinishReason
 
-from engine_helpers import assert_idle, collect, make_request, start_backend
+from engine_helpers import assert_idle, assert_same_up_to_ties, collect, first_divergence, make_request, start_backend
 
 PROMPTS = [
     "Hello world",
@@ -31,22 +31,6 @@ async def backend(random_model_path):
     backend = await start_backend(random_model_path, max_seqs=8, n_ctx=1024)
     yield backend
     await backend.shutdown()
-
-
-def first_divergence(a: list[int], b: list[int]) -> int | None:
-    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
-
-
-def top2_margin(choice, position: int) -> float:
-    top = [lp for d in choice.deltas for lp in d.logprobs][position].top
-    return top[0].logprob - top[1].logprob
-
-
-def assert_same_up_to_ties(a, b) -> None:
-    """Equal token ids, or a first difference on a near-tie of either run (both need logprobs=2)."""
-    i = first_divergence(a.token_ids, b.token_ids)
-    if i is not None:
-        assert min(top2_margin(a, i), top2_margin(b, i)) < 0.1, f"diverged at {i} on a clear winner"
 
 
 async def test_concurrent_greedy_requests_match_one_at_a_time_up_to_float_ties(backend):

@@ -1,0 +1,163 @@
+"""The engine with a KV stream per sequence (``kv_unified`` false), on real llama.cpp with a random tiny model.
+
+Every backend checks its KV book-keeping against llama.cpp after every step (``check_integrity``), so
+each test also proves no cell or slot is lost, copies included.
+"""
+
+import asyncio
+
+import pytest
+
+from lmgate.backends.errors import InvalidRequest, ModelLoadError
+from lmgate.backends.llamacpp.config import LlamaCppConfig
+from lmgate.backends.llamacpp.llama_model import LlamaModel
+from lmgate.backends.types import FinishReason
+
+from engine_helpers import assert_idle, assert_same_up_to_ties, collect, make_request, start_backend
+
+PROMPTS = [
+    "Hello world",
+    "The quick brown fox jumps over the lazy dog",
+    "One two three four five six seven eight nine ten eleven twelve",
+    "lmgate serves many requests at once",
+    "Zebra",
+    "The end",
+]
+LONG = " ".join(PROMPTS * 2)  # ~340 tokens of the random model's tokenizer
+STREAMS = {"n_ctx": 2048, "max_seqs": 4, "max_model_len": 512}  # 4 streams of 512 cells
+
+
+def usage(choice):
+    return choice.deltas[-1].usage
+
+
+@pytest.fixture(scope="module")
+async def streams(random_model_path):
+    backend = await start_backend(random_model_path, **STREAMS)
+    yield backend
+    await backend.shutdown()
+
+
+@pytest.fixture(scope="module")
+async def unified(random_model_path):
+    backend = await start_backend(random_model_path, n_ctx=2048, max_seqs=4, prefix_cache=False)
+    yield backend
+    await backend.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("settings", "stream_cells", "max_model_len"),
+    [
+        ({"n_ctx": 1024, "max_seqs": 4}, None, 1024),  # no max_model_len: a sequence may use every cell
+        ({"n_ctx": 1024, "max_seqs": 4, "max_model_len": 256}, 256, 256),  # it fits a stream: streams
+        ({"n_ctx": 1024, "max_seqs": 4, "max_model_len": 257}, None, 257),
+        ({"n_ctx": 1000, "max_seqs": 4, "max_model_len": 256}, 256, 256),  # 250 cells, rounded up as llama.cpp does
+        ({"n_ctx": 1024, "max_seqs": 4, "max_model_len": 256, "kv_unified": True}, None, 256),
+        ({"n_ctx": 1024, "max_seqs": 4, "kv_unified": False}, 256, 256),
+        ({"n_ctx": 1024, "max_seqs": 1, "max_model_len": 256}, None, 256),  # one sequence: nothing to split
+    ],
+)
+def test_the_kv_layout_follows_kv_unified_and_max_model_len(random_model_path, settings, stream_cells, max_model_len):
+    model = LlamaModel(LlamaCppConfig(gguf=random_model_path, n_threads=1, **settings))
+    try:
+        assert (model.stream_cells, model.max_model_len) == (stream_cells, max_model_len)
+        assert model.num_slots == (
+            settings["max_seqs"] if stream_cells else LlamaCppConfig(gguf=random_model_path, **settings).num_slots
+        )
+        if stream_cells:
+            assert model.n_ctx == stream_cells * settings["max_seqs"]
+    finally:
+        model.close()
+
+
+def test_a_max_model_len_beyond_a_forced_stream_is_refused_naming_the_fix(random_model_path):
+    config = LlamaCppConfig(gguf=random_model_path, n_ctx=1024, max_seqs=4, max_model_len=512, kv_unified=False)
+    with pytest.raises(ModelLoadError, match=r"does not fit in a KV stream of 256 cells.*raise n_ctx"):
+        LlamaModel(config)
+
+
+async def test_concurrent_greedy_requests_match_one_at_a_time_and_the_unified_cache(streams, unified):
+    """More requests than streams, together: each as alone, and as on the unified cache (up to float ties)."""
+    prompts = [*PROMPTS, *(f"{p}!" for p in PROMPTS)]
+    alone = [await collect(unified, make_request(p, max_tokens=24, logprobs=2)) for p in prompts]
+    together = await asyncio.gather(*(collect(streams, make_request(p, max_tokens=24, logprobs=2)) for p in prompts))
+    for reference, batched in zip(alone, together, strict=True):
+        assert_same_up_to_ties(reference[0], batched[0])
+    await assert_idle(streams)
+
+
+async def test_a_finished_sequences_stream_serves_its_prefix_again(streams, unified):
+    [cold] = await collect(streams, make_request(f"Again. {LONG} first", max_tokens=8, logprobs=2))
+    [warm] = await collect(streams, make_request(f"Again. {LONG} second", max_tokens=8, logprobs=2))
+    [reference] = await collect(unified, make_request(f"Again. {LONG} second", max_tokens=8, logprobs=2))
+    prompt_len = len(await streams.tokenize(f"Again. {LONG}"))
+    assert usage(cold).cached_tokens < prompt_len // 2
+    assert usage(warm).cached_tokens >= prompt_len - 1
+    assert_same_up_to_ties(warm, reference)
+
+
+async def test_a_prefix_is_copied_from_a_sequence_still_running(streams, unified):
+    runner = streams.generate(make_request(f"Copied. {LONG} A", max_tokens=150, ignore_eos=True))
+    await anext(runner)  # its prompt is computed
+    [b] = await collect(streams, make_request(f"Copied. {LONG} B", max_tokens=12, logprobs=2))
+    assert streams.stats().running == 1
+    await runner.aclose()
+    [reference] = await collect(unified, make_request(f"Copied. {LONG} B", max_tokens=12, logprobs=2))
+    assert usage(b).cached_tokens >= 48
+    assert_same_up_to_ties(b, reference)
+    await assert_idle(streams)
+
+
+async def test_prefixes_go_to_host_ram_when_their_stream_is_wanted_and_come_back(random_model_path, unified):
+    backend = await start_backend(random_model_path, n_ctx=1024, max_seqs=2, max_model_len=512)
+    try:
+        for i in range(4):  # two streams: each prompt takes the lowest and puts the one before out
+            await collect(backend, make_request(f"{i} {LONG[:300]}", max_tokens=4))
+        stats = backend.stats()
+        [oldest] = await collect(backend, make_request(f"0 {LONG[:300]}", max_tokens=4, logprobs=2))
+    finally:
+        await backend.shutdown()
+    [reference] = await collect(unified, make_request(f"0 {LONG[:300]}", max_tokens=4, logprobs=2))
+    assert stats.prefix_evictions == 3 and stats.prefix_host_bytes > 0
+    prompt = usage(oldest).prompt_tokens
+    assert usage(oldest).cached_tokens == (prompt - 1) // 16 * 16  # every whole block, from host RAM
+    assert_same_up_to_ties(oldest, reference)
+
+
+async def test_a_prompt_longer_than_a_stream_is_refused(streams):
+    with pytest.raises(InvalidRequest) as err:
+        await collect(streams, make_request(LONG * 4, max_tokens=4))
+    assert "512" in str(err.value)
+
+
+async def test_beam_search_forks_by_copying_and_frees_every_stream(tiny_chat_path):
+    backend = await start_backend(tiny_chat_path, n_ctx=1024, max_seqs=4, max_model_len=256)
+    try:
+        request = make_request(chat="What does a cow say?", max_tokens=24, n=2, best_of=4, use_beam_search=True)
+        choices = await collect(backend, request)
+        await assert_idle(backend)
+    finally:
+        await backend.shutdown()
+    assert "moo" in choices[0].text and choices[0].token_ids != choices[1].token_ids
+    assert all(c.finish_reason in (FinishReason.STOP, FinishReason.LENGTH) for c in choices)
+
+
+async def test_speculation_in_streams_gives_the_output_without_it(tiny_chat_path):
+    plain = await start_backend(tiny_chat_path, n_ctx=1024, max_seqs=4, max_model_len=256)
+    ngram = await start_backend(
+        tiny_chat_path, n_ctx=1024, max_seqs=4, max_model_len=256, speculative={"method": "ngram"}
+    )
+    prompt = "A cow says moo. A dog says woof. A cow says moo. A dog says woof. A cow says"
+    try:
+        [reference] = await collect(plain, make_request(prompt, max_tokens=60, ignore_eos=True, logprobs=2))
+        speculated = await asyncio.gather(
+            *(collect(ngram, make_request(prompt, max_tokens=60, ignore_eos=True)) for _ in range(3))
+        )
+        accepted = ngram.stats().spec_accepted_tokens
+        await assert_idle(ngram)
+    finally:
+        await plain.shutdown()
+        await ngram.shutdown()
+    for [choice] in speculated:
+        assert choice.token_ids == reference.token_ids
+    assert accepted > 10

@@ -1,0 +1,230 @@
+"""The per-sequence-stream KV manager's accounts and prefix reuse, on plain data (no llama.cpp)."""
+
+import random
+
+import pytest
+
+from lmgate.backends.llamacpp.kv_cache import (
+    BLOCK_SIZE,
+    CopyOp,
+    ForgetOp,
+    KVIntegrityError,
+    RemoveOp,
+    RestoreOp,
+    SpillOp,
+)
+from lmgate.backends.llamacpp.stream_cache import StreamCacheManager
+
+B = BLOCK_SIZE
+
+
+def hashes(*names: str) -> list[bytes]:
+    """Chain hashes stand-ins: block i of a prompt 'ab' is b'a', b'ab'..."""
+    out, chain = [], b""
+    for name in names:
+        chain += name.encode()
+        out.append(chain)
+    return out
+
+
+def tokens_of(*blocks: int, tail: tuple[int, ...] = ()) -> list[int]:
+    """Token ids: block i is BLOCK_SIZE copies of ``blocks[i]``, then ``tail``."""
+    return [t for b in blocks for t in [b] * B] + list(tail)
+
+
+def fill(kv: StreamCacheManager, chain: list[bytes], tokens: int, ids: list[int] | None = None) -> int:
+    """Admit a sequence of ``tokens`` and compute all of it; returns its slot."""
+    admission = kv.admit(chain, tokens, ids or [])
+    assert admission is not None
+    assert kv.allocate(admission.slot, tokens - admission.cached_tokens)
+    kv.commit(admission.slot, chain, ids or [])
+    return admission.slot
+
+
+def held(kv: StreamCacheManager) -> dict[int, int]:
+    return {slot: kv.cells_of(slot) for slot in range(kv.num_slots)}
+
+
+def test_a_cached_slot_holding_the_prefix_is_taken_over_and_cut_to_it():
+    kv = StreamCacheManager(stream_cells=8 * B, num_slots=3)
+    slot = fill(kv, hashes("a", "b", "c"), 3 * B + 5)
+    kv.cache(slot)
+    kv.take_ops()
+    admission = kv.admit(hashes("a", "b", "x"), 3 * B + 1)
+    assert admission is not None and (admission.slot, admission.cached_tokens) == (slot, 2 * B)
+    assert kv.take_ops() == (RemoveOp(slot, 2 * B),)  # nothing copied: the cells were in its stream already
+    assert kv.prefix_hits == 2 * B
+    kv.check_integrity(held(kv))
+
+
+def test_a_repeated_prompt_leaves_exactly_one_token_to_compute():
+    kv = StreamCacheManager(stream_cells=8 * B, num_slots=2)
+    ids = tokens_of(1, 2, 3)
+    kv.cache(fill(kv, hashes("a", "b", "c"), 3 * B, ids))
+    admission = kv.admit(hashes("a", "b", "c"), 3 * B, ids)
+    assert admission is not None and admission.cached_tokens == 3 * B - 1
+
+
+def test_a_running_holder_is_copied_into_the_lowest_idle_slot():
+    kv = StreamCacheManager(stream_cells=8 * B, num_slots=3)
+    running = fill(kv, hashes("s", "y", "s"), 3 * B + 4)
+    kv.take_ops()
+    admission = kv.admit(hashes("s", "y", "s", "q"), 4 * B + 2)
+    assert admission is not None and (admission.slot, admission.cached_tokens) == (1, 3 * B)
+    assert kv.take_ops() == (CopyOp(running, 1, 3 * B),)
+    assert kv.cells_of(1) == 3 * B and kv.cells_of(running) == 3 * B + 4  # copied, not shared
+    kv.check_integrity(held(kv))
+
+
+def test_new_sequences_pack_the_lowest_ids_and_the_cached_content_there_goes_to_the_host_tier():
+    kv = StreamCacheManager(stream_cells=8 * B, num_slots=3, host_cells_max=4 * B)
+    first, second = fill(kv, hashes("a", "a"), 2 * B), fill(kv, hashes("b"), B + 1)
+    assert (first, second) == (0, 1)
+    kv.cache(first)
+    kv.take_ops()
+    admission = kv.admit(hashes("c"), B + 1)  # no prefix anywhere: slot 0 (cached) before slot 2 (free)
+    assert admission is not None and admission.slot == 0 and admission.cached_tokens == 0
+    assert kv.take_ops() == (SpillOp(0, 0), RemoveOp(0, 0))
+    assert kv.evictions == 1 and kv.host is not None and kv.host.match(hashes("a", "a")) == (0, 2)
+    kv.check_integrity(held(kv))
+
+
+def test_without_a_host_tier_a_free_slot_goes_before_a_cached_one():
+    kv = StreamCacheManager(stream_cells=8 * B, num_slots=3)
+    kv.cache(fill(kv, hashes("a", "a"), 2 * B))
+    admission = kv.admit(hashes("c"), B + 1)
+    assert admission is not None and admission.slot == 1 and kv.cells_of(0) == 2 * B  # the prefix stays
+
+
+def test_a_host_copy_holding_more_of_the_prefix_beats_a_shorter_cached_slot():
+    kv = StreamCacheManager(stream_cells=8 * B, num_slots=2, host_cells_max=8 * B)
+    first = fill(kv, hashes("a", "b", "c"), 3 * B)
+    kv.cache(fill(kv, hashes("a"), B + 2))  # slot 1, "a" copied from slot 0
+    kv.cache(first)
+    kv.admit(hashes("z"), 2)  # takes slot 0: "a b c" goes to the host
+    kv.take_ops()
+    admission = kv.admit(hashes("a", "b", "d"), 3 * B + 1)
+    assert admission is not None and admission.cached_tokens == 2 * B and admission.slot == 1
+    assert kv.take_ops() == (SpillOp(1, 1), RemoveOp(1, 0), RestoreOp(0, 1), RemoveOp(1, 2 * B))
+    assert kv.host is not None and kv.host.keys() == {1}  # the copy came back; slot 1's "a" went out
+    kv.check_integrity(held(kv))
+
+
+def test_the_host_tier_drops_its_oldest_copies_beyond_its_cells():
+    kv = StreamCacheManager(stream_cells=8 * B, num_slots=1, host_cells_max=3 * B)
+    for name in "pqr":  # one slot: admitting the next spills the cached one
+        kv.cache(fill(kv, hashes(name, name), 2 * B))
+    ops = kv.take_ops()
+    assert SpillOp(0, 0) in ops and SpillOp(0, 1) in ops and ForgetOp(0) in ops
+    assert kv.host is not None and kv.host.match(hashes("q", "q")) == (1, 2)
+
+
+def test_nothing_is_admitted_while_every_slot_runs_or_beyond_a_stream():
+    kv = StreamCacheManager(stream_cells=4 * B, num_slots=2)
+    assert kv.admit([], 4 * B + 1) is None
+    fill(kv, [], 3)
+    fill(kv, [], 3)
+    assert kv.admit([], 3) is None and kv.take_ops() == ()
+
+
+def test_a_stream_is_the_sequences_own_and_growing_beyond_it_is_a_bug():
+    kv = StreamCacheManager(stream_cells=4 * B, num_slots=2)
+    slot = fill(kv, hashes("a", "b", "c"), 3 * B)
+    fill(kv, hashes("x", "y", "z", "w"), 4 * B)  # the other stream full does not matter
+    assert kv.room(slot) == B and kv.allocate(slot, B)
+    with pytest.raises(KVIntegrityError):
+        kv.allocate(slot, 1)
+
+
+def test_a_fork_copies_every_position():
+    kv = StreamCacheManager(stream_cells=8 * B, num_slots=2)
+    parent = fill(kv, hashes("a"), B + 3)
+    kv.take_ops()
+    child = kv.fork(parent)
+    assert child == 1 and kv.take_ops() == (CopyOp(parent, child, B + 3),) and kv.cells_of(child) == B + 3
+    assert kv.fork(parent) is None  # every slot runs
+    kv.check_integrity(held(kv))
+
+
+def test_without_prefix_caching_nothing_is_matched_or_kept():
+    kv = StreamCacheManager(stream_cells=8 * B, num_slots=2, prefix_caching=False, host_cells_max=8 * B)
+    slot = fill(kv, hashes("a", "b"), 2 * B + 1)
+    kv.cache(slot)
+    assert kv.cells_of(slot) == 0 and kv.host is None
+    admission = kv.admit(hashes("a", "b"), 2 * B + 1)
+    assert admission is not None and admission.cached_tokens == 0 and kv.prefix_queries == 0
+
+
+def test_integrity_check_catches_a_mismatch_with_llama_cpp():
+    kv = StreamCacheManager(stream_cells=8 * B, num_slots=2)
+    slot = fill(kv, hashes("a"), B + 2)
+    with pytest.raises(KVIntegrityError):
+        kv.check_integrity({slot: B + 1})
+
+
+class FakeLlama:
+    """What llama.cpp would hold after the manager's ops: positions 0..n of each stream, and host copies."""
+
+    def __init__(self) -> None:
+        self.held: dict[int, int] = {}
+        self.copies: dict[int, int] = {}
+
+    def apply(self, ops) -> None:
+        for op in ops:
+            if isinstance(op, RemoveOp):
+                self.held[op.slot] = min(self.held.get(op.slot, 0), op.from_pos)
+            elif isinstance(op, CopyOp):
+                assert self.held.get(op.dst, 0) == 0, "copied over a slot in use"
+                self.held[op.dst] = min(self.held.get(op.src, 0), op.num_tokens)
+            elif isinstance(op, SpillOp):
+                assert self.held.get(op.slot, 0) > 0, "a copy of nothing"
+                self.copies[op.key] = self.held[op.slot]
+            elif isinstance(op, RestoreOp):
+                assert self.held.get(op.slot, 0) == 0, "restored over a slot in use"
+                self.held[op.slot] = self.copies.pop(op.key)
+            else:
+                del self.copies[op.key]
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_random_traffic_keeps_the_accounts_equal_to_what_llama_cpp_holds(seed):
+    rng = random.Random(seed)
+    kv = StreamCacheManager(stream_cells=8 * B, num_slots=5, host_cells_max=10 * B)
+    llama = FakeLlama()
+    running: dict[int, tuple[list[str], int]] = {}  # slot → block names, tokens computed
+    for _ in range(300):
+        action = rng.random()
+        if action < 0.35:
+            names = rng.choices("ab", k=rng.randint(1, 5))  # two letters: prefixes shared all the time
+            tokens = B * len(names) + rng.randint(0, B - 1)
+            admission = kv.admit(hashes(*names)[: tokens // B], tokens)
+            if admission is not None:
+                assert admission.slot not in running
+                kv.allocate(admission.slot, tokens - admission.cached_tokens)
+                llama.apply(kv.take_ops())  # copies and restores come before the decode
+                llama.held[admission.slot] = tokens
+                kv.commit(admission.slot, hashes(*names))
+                running[admission.slot] = (names, tokens)
+            else:
+                assert len(running) == kv.num_slots
+        elif action < 0.75 and running:
+            slot = rng.choice(list(running))
+            names, tokens = running[slot]
+            grow = min(rng.randint(1, B), kv.room(slot))
+            if grow:
+                kv.allocate(slot, grow)
+                tokens += grow
+                llama.apply(kv.take_ops())
+                llama.held[slot] = tokens
+                names = names + rng.choices("ab", k=max(0, tokens // B - len(names)))
+                kv.commit(slot, hashes(*names))
+                running[slot] = (names, tokens)
+        elif running:
+            slot = rng.choice(list(running))
+            del running[slot]
+            kv.cache(slot) if rng.random() < 0.8 else kv.release(slot)
+        llama.apply(kv.take_ops())
+        kv.check_integrity({slot: llama.held.get(slot, 0) for slot in range(kv.num_slots)})
+        assert kv.host is not None and set(llama.copies) == kv.host.keys()
+        assert kv.host.cells <= kv.host.max_cells
+    assert kv.host.stored > 0 and kv.host.restored > 0 and kv.prefix_hits > 0
