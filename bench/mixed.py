@@ -116,9 +116,11 @@ def run_servers(model: Path, binary: Path, threads: int, n_rounds: int = 3) -> d
     config = CACHE / "mixed-unchunked.yaml"
     config.write_text(
         f"models:\n  - name: default\n    gguf: {model.resolve()}\n    n_threads: {threads}\n"
-        f"    n_ctx: {ctx}\n    max_seqs: {slots}\n    prefill_chunk: null\n"
+        f"    n_ctx: {ctx}\n    max_seqs: {slots}\n    max_model_len: {ctx // slots}\n    prefill_chunk: null\n"
     )
+    # As llama-server's slots: a KV stream of ctx / slots cells per sequence (suite.py).
     sizes = ("--threads", str(threads), "--n-ctx", str(ctx), "--max-seqs", str(slots))
+    sizes += ("--max-model-len", str(ctx // slots))
     servers = {
         "lmgate": (lmgate_server("lmgate-mixed", "--model", str(model), *sizes, "--port", "8206"), 8206),
         "lmgate (prefill_chunk off)": (lmgate_server("lmgate-mixed-unchunked", "--config", str(config),

@@ -59,9 +59,12 @@ def run(
     config = CACHE / "speculative.yaml"
     config.write_text(
         f"models:\n  - name: default\n    gguf: {model.resolve()}\n    n_threads: {threads}\n"
-        f"    n_ctx: {ctx}\n    max_seqs: {slots}\n    speculative: {{method: ngram}}\n"
+        f"    n_ctx: {ctx}\n    max_seqs: {slots}\n    max_model_len: {ctx // slots}\n"
+        "    speculative: {method: ngram}\n"
     )
+    # As llama-server's slots: a KV stream of ctx / slots cells per sequence (suite.py).
     sizes = ("--threads", str(threads), "--n-ctx", str(ctx), "--max-seqs", str(slots))
+    sizes += ("--max-model-len", str(ctx // slots))
     anchor = ("-m", str(model), "-t", str(threads), "-c", str(ctx), "-np", str(slots))
     servers = {
         PLAIN: (lmgate_server("lmgate-plain", "--model", str(model), *sizes, "--port", "8209"), 8209),

@@ -44,6 +44,8 @@ from lmgate.bench.servers import CACHE, Server, llama_server, lmgate_server, ser
 
 SYSTEM_WORDS = "You are a careful assistant of a travel company. Answer briefly, politely and in English. "
 SYSTEM_PROMPT = SYSTEM_WORDS * 6  # 527 tokens with bench-200m's vocabulary
+UNIFIED = "lmgate (unified)"
+"""lmgate with one KV cache any request may fill (no --max-model-len), beside the per-slot-stream one."""
 
 
 def _run(command: list[str], **kwargs: object) -> None:
@@ -182,14 +184,19 @@ def main(argv: list[str] | None = None) -> None:
     lcp_python = llama_cpp_python_server()
     t, c, np_ = str(args.threads), str(args.ctx), str(args.slots)
     sizes = ("--model", str(model), "--threads", t, "--n-ctx", c, "--max-seqs", np_)
+    # llama-server gives each of its -np slots a KV stream of -c / -np cells, the longest request it takes;
+    # lmgate with the same limit makes the same layout. "lmgate (unified)" lets a request use every cell.
+    per_slot = ("--max-model-len", str(args.ctx // args.slots))
     servers = {  # run in interleaved rounds, all up at once
-        "lmgate": (lmgate_server("lmgate", *sizes, "--port", "8201"), 8201),
+        "lmgate": (lmgate_server("lmgate", *sizes, *per_slot, "--port", "8201"), 8201),
         "llama-server": (llama_server(binary, "llama-server", "-m", str(model), "-t", t, "-c", c, "-np", np_,
                                       "--port", "8202"), 8202),
+        UNIFIED: (lmgate_server("lmgate-unified", *sizes, "--port", "8213"), 8213),
     }  # fmt: skip
     if args.baseline is not None:
         python = str(args.baseline.resolve() / ".venv/bin/python")
-        servers["lmgate (baseline)"] = (lmgate_server("lmgate-baseline", *sizes, "--port", "8204", python=python), 8204)
+        baseline = lmgate_server("lmgate-baseline", *sizes, *per_slot, "--port", "8204", python=python)
+        servers["lmgate (baseline)"] = (baseline, 8204)
     results: Runs = {name: {} for name in servers}
     with serving_all(servers) as urls:
         for r, name in rounds.interleave(args.rounds, list(servers)):
@@ -222,7 +229,8 @@ def main(argv: list[str] | None = None) -> None:
         lcp_sweep = sweep(url, "default", args.levels, args.max_tokens, waves=args.waves, distinct="Round 1")
         results["llama-cpp-python"] = {"sweep": [lcp_sweep]}
     print("lmgate, prefix cache off (one round):", flush=True)
-    with serving(lmgate_server("lmgate-no-prefix-cache", *sizes, "--no-prefix-cache", "--port", "8205"), 8205) as url:
+    no_cache = lmgate_server("lmgate-no-prefix-cache", *sizes, *per_slot, "--no-prefix-cache", "--port", "8205")
+    with serving(no_cache, 8205) as url:
         shared = sweep(url, "default", [16], args.max_tokens, SYSTEM_PROMPT, waves=2)
         results["lmgate (prefix cache off)"] = {"shared": [shared]}
 
@@ -269,7 +277,10 @@ def render(
         "",
         f"Written by `make bench` (`bench/suite.py`) on {time.strftime('%Y-%m-%d')}: {machine}. Model: the "
         f"random-weight `bench-200m` (hidden 1024, 12 layers, GQA 16/4, ffn 2816, vocab 32000), Q8_0, 214 MB. "
-        f"Every server: {args.threads} threads, {args.ctx} context cells, {args.slots} parallel sequences; "
+        f"Every server: {args.threads} threads, {args.ctx} context cells, {args.slots} parallel sequences, so "
+        f"{args.ctx // args.slots} cells a request at most (llama-server's slots; lmgate: `--max-model-len`, which "
+        'gives each sequence a KV stream of its own as llama-server does; "lmgate (unified)" is lmgate with one '
+        "KV cache any request may fill); "
         f"streamed `/v1/completions`, {args.max_tokens} output tokens per request (`ignore_eos`), a short "
         'prompt of its own for every request ("Round r, c=C, request i. Once upon a time…": no prefix '
         "cache helps). Ratios are what we compare; absolute numbers move with the machine. "
@@ -295,6 +306,21 @@ def render(
             f"| {a.median / p.median:.2f}× | {ours_ttft[i]:.0f} / {anchor_ttft[i]:.0f} "
             f"| {ours_itl[i]:.1f} / {anchor_itl[i]:.1f} |"
         )
+    if UNIFIED in results:
+        unified, unified_ttft = tps(UNIFIED), median(UNIFIED, ttft)
+        lines += [
+            "",
+            "## lmgate's two KV layouts: a stream per sequence (lmgate) and one unified cache",
+            "",
+            "| c | unified tok/s | unified / llama-server | streams / unified | TTFT p50 ms unified |",
+            "|---|---|---|---|---|",
+        ]
+        for i, level in enumerate(args.levels):
+            lines.append(
+                f"| {level} | {rounds.spread(unified[i]).show()} "
+                f"| {rounds.ratios(unified[i], anchor[i]).show('.2f', '×')} "
+                f"| {rounds.ratios(ours[i], unified[i]).show('.2f', '×')} | {unified_ttft[i]:.0f} |"
+            )
     if "lmgate (baseline)" in results:
         base = tps("lmgate (baseline)")
         base_ttft, base_itl = median("lmgate (baseline)", ttft), median("lmgate (baseline)", itl)

@@ -73,7 +73,8 @@ class Engine(EngineThread[Request]):
                 cached_idle_tokens=config.cache_idle_tokens or idle,
                 host_cells_max=host_cells,
             )
-        self.scheduler = Scheduler(SchedulerConfig(config.max_seqs, model.n_batch, config.prefill_chunk), kv)
+        streams = model.stream_cells is not None
+        self.scheduler = Scheduler(SchedulerConfig(config.max_seqs, model.n_batch, config.prefill_chunk, streams), kv)
         self.speculator = speculator.build(config, model, kv)
         self._check = config.check_integrity
         self._stats = BackendStats(kv_cells_total=model.n_ctx)

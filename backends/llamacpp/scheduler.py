@@ -10,7 +10,9 @@ prefills prompts, in chunks over several steps when a prompt is longer:
   ``prefill_chunk`` prompt tokens, so a long prompt arriving costs the running streams one short
   step at a time, not one long step (llama-server puts up to ``n_batch`` prompt tokens beside the
   decodes); fewer where that makes the step's tokens fill whole tiles of ggml's flash attention
-  (``aligned_prefill``). With nothing decoding, a step prefills up to the whole budget.
+  (``aligned_prefill``). With a KV stream per sequence, llama.cpp puts a chunk's first token in the
+  decodes' micro-batch and the rest in one of its own: that rest is what fills whole tiles, so the
+  chunk is one token longer. With nothing decoding, a step prefills up to the whole budget.
 - **Shortest prompt first.** The prefill budget goes to the prompts with the fewest tokens left to
   compute, so a short request arriving behind a long prompt starts within a step or two; the oldest
   prompt still gets a quarter of the budget every step, so a stream of short prompts cannot starve it.
@@ -42,9 +44,15 @@ that many (``GGML_FA_TILE_Q``): a partial tile costs a whole one, so a step of 8
 tokens pays three tiles of attention where 8 and 120 pay two (docs/performance.md)."""
 
 
-def aligned_prefill(decodes: int, budget: int) -> int:
+def aligned_prefill(decodes: int, budget: int, *, streams: bool = False) -> int:
     """The prompt tokens to put beside ``decodes`` decoding tokens within ``budget``: cut so the step's
-    tokens fill whole attention tiles, or ``budget`` itself when that would leave no prompt token."""
+    tokens fill whole attention tiles, or ``budget`` itself when that would leave no prompt token. With
+    ``streams`` (a KV stream per sequence), the tokens after the chunk's first fill them: a micro-batch of
+    fewer than a tile's queries takes ggml's untiled attention, ~1.6x the cost per token (bench-200m,
+    2 cores, docs/performance.md#per-sequence-kv-streams)."""
+    if streams:
+        whole = (budget - 1) // ATTENTION_TILE * ATTENTION_TILE
+        return whole + 1 if whole else budget
     whole = (decodes + budget) // ATTENTION_TILE * ATTENTION_TILE
     return whole - decodes if whole > decodes else budget
 
@@ -56,7 +64,10 @@ class SchedulerConfig:
     token_budget: int
     """Tokens per step at most (llama.cpp's ``n_batch``)."""
     prefill_chunk: int | None = None
-    """Prompt tokens per step at most while the step also decodes (None: the whole budget)."""
+    """Prompt tokens per step at most while the step also decodes (None: the whole budget); one more with
+    ``streams``, whose chunks' first token rides in the decodes' micro-batch."""
+    streams: bool = False
+    """A KV stream per sequence (stream_cache.py): llama.cpp splits a step into micro-batches by sequence."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +165,9 @@ class Scheduler:
             elif seq.beam is not None:
                 starved.append(seq)
         if chunks and self.config.prefill_chunk is not None:
-            budget = aligned_prefill(len(chunks), min(budget, self.config.prefill_chunk))
+            streams = self.config.streams
+            chunk = min(budget, self.config.prefill_chunk + streams)
+            budget = aligned_prefill(len(chunks), chunk, streams=streams)
         if not preempted:
             self._admit(adapter)
         scheduled = {id(c.seq) for c in chunks}

@@ -40,7 +40,8 @@ class SpeculativeConfig(BaseModel):
         default=4,
         le=128,
         description="Speculate only while at most this many sequences decode: on a CPU, verifying drafts costs "
-        "compute that a larger batch already uses.",
+        "compute that a larger batch already uses. With a KV stream per sequence (kv_unified), 1: llama.cpp "
+        "would evaluate each drafting sequence's tokens apart.",
     )
 
     @property

@@ -4,7 +4,9 @@ After the scheduler has chosen the step's chunks, each sequence that decodes one
 to ``num_draft`` draft tokens to its chunk; the runner decodes them in the same batch and samples
 each position with the sequence's own chain, keeping drafts while they equal what it samples
 (runner.py). It applies only while few sequences decode (``max_batch``: on a CPU a bigger batch
-already uses the compute that verification costs), within the step's token budget, and in cells
+already uses the compute that verification costs; with a KV stream per sequence, only while one does:
+llama.cpp splits a multi-stream batch into micro-batches of equal tokens per sequence, so each drafting
+sequence would cost an evaluation of the whole model of its own), within the step's token budget, and in cells
 that are free: a draft never preempts or evicts anything. Sequences of a beam search, with a
 structured output or asking for log-probabilities decode without drafts, and so does a request
 that sent ``speculative: false``. A draft never runs past ``max_tokens`` or the context: the last
@@ -53,6 +55,8 @@ def build(settings: LlamaCppConfig, model: LlamaModel, kv: KVManager) -> Specula
 
             assert config.draft_model is not None  # SpeculativeConfig checks it
             drafter = DraftModelDrafter(config.draft_model, model, settings)
+    if model.stream_cells is not None:
+        config = config.model_copy(update={"max_batch": 1})
     return Speculator(config, drafter, kv, model.n_batch, model.max_model_len, model.eog_ids)
 
 

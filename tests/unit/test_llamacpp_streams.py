@@ -150,14 +150,15 @@ async def test_speculation_in_streams_gives_the_output_without_it(tiny_chat_path
     prompt = "A cow says moo. A dog says woof. A cow says moo. A dog says woof. A cow says"
     try:
         [reference] = await collect(plain, make_request(prompt, max_tokens=60, ignore_eos=True, logprobs=2))
-        speculated = await asyncio.gather(
+        [alone] = await collect(ngram, make_request(prompt, max_tokens=60, ignore_eos=True))
+        accepted = ngram.stats().spec_accepted_tokens
+        together = await asyncio.gather(
             *(collect(ngram, make_request(prompt, max_tokens=60, ignore_eos=True)) for _ in range(3))
         )
-        accepted = ngram.stats().spec_accepted_tokens
         await assert_idle(ngram)
     finally:
         await plain.shutdown()
         await ngram.shutdown()
-    for [choice] in speculated:
+    for [choice] in [[alone], *together]:
         assert choice.token_ids == reference.token_ids
-    assert accepted > 10
+    assert accepted > 10  # the lone sequence's drafts were taken

@@ -14,6 +14,7 @@ from lmgate.backends.llamacpp.scheduler import (
     aligned_prefill,
 )
 from lmgate.backends.llamacpp.sequence import Sequence, SequenceStatus
+from lmgate.backends.llamacpp.stream_cache import StreamCacheManager
 from lmgate.backends.types import SamplingParams
 
 _arrivals = itertools.count()
@@ -172,6 +173,23 @@ def test_beside_eight_streams_a_prompt_gets_the_chunk_that_fills_the_step_to_a_w
     out = run_step(sched)
     assert [c.length for c in out.chunks] == [1] * 8 + [120]
     assert out.num_tokens == 2 * ATTENTION_TILE
+
+
+@pytest.mark.parametrize(("budget", "expected"), [(65, 65), (64, 64), (128, 65), (200, 193), (20, 20)])
+def test_with_a_stream_per_sequence_the_chunk_after_its_first_token_fills_whole_tiles(budget, expected):
+    assert aligned_prefill(8, budget, streams=True) == expected
+    assert expected == budget or (expected - 1) % ATTENTION_TILE == 0
+
+
+def test_with_a_stream_per_sequence_a_prompt_beside_streams_gets_one_token_more_than_the_chunk():
+    kv = StreamCacheManager(1024, 9, prefix_caching=False)
+    sched = Scheduler(SchedulerConfig(max_seqs=9, token_budget=512, prefill_chunk=64, streams=True), kv)
+    for _ in range(8):
+        sched.add(make_seq(4))
+    run_step(sched)  # all eight are decoding now
+    sched.add(make_seq(1000))
+    out = run_step(sched)
+    assert [c.length for c in out.chunks] == [1] * 8 + [ATTENTION_TILE + 1]  # its own micro-batch: one tile
 
 
 def test_with_nothing_decoding_a_prompt_gets_the_whole_budget():
