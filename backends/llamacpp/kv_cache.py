@@ -60,6 +60,17 @@ def default_idle_tokens(n_params: int, attention_rows: int, *, host_tier: bool =
     return max(BLOCK_SIZE, n_params // (256 * max(attention_rows, 1)))
 
 
+def matching_head(block_tokens: Sequence[int], tokens: Sequence[int]) -> int:
+    """How many leading ``tokens`` equal a cached block's ``block_tokens``: the part of the block a prompt
+    may take beyond whole blocks (an exact repeat then recomputes one token, as in llama-server)."""
+    shared = 0
+    for cached, wanted in zip(block_tokens, tokens, strict=False):
+        if cached != wanted:
+            break
+        shared += 1
+    return shared
+
+
 class KVIntegrityError(AssertionError):
     """The book-keeping disagrees with itself or with llama.cpp: a bug, never user input."""
 
@@ -461,13 +472,7 @@ class KVCacheManager:
         blocks = self._slots[source].blocks
         if not self.prefix_caching or len(blocks) <= num_blocks:
             return 0
-        start = BLOCK_SIZE * num_blocks
-        shared = 0
-        for cached, wanted in zip(blocks[num_blocks].tokens, tokens[start:limit], strict=False):
-            if cached != wanted:
-                break
-            shared += 1
-        return shared
+        return matching_head(blocks[num_blocks].tokens, tokens[BLOCK_SIZE * num_blocks : limit])
 
     def _holder(self, chain: list[Block]) -> int:
         """A slot holding ``chain``: a cached one if any (to be taken over), the one with the fewest blocks

@@ -44,6 +44,7 @@ from lmgate.backends.llamacpp.kv_cache import (
     RemoveOp,
     RestoreOp,
     SpillOp,
+    matching_head,
 )
 
 
@@ -227,12 +228,7 @@ class StreamCacheManager:
         blocks = self._streams[source].blocks
         if len(blocks) <= num_blocks:
             return 0
-        start, shared = BLOCK_SIZE * num_blocks, 0
-        for cached, wanted in zip(blocks[num_blocks][1], tokens[start:limit], strict=False):
-            if cached != wanted:
-                break
-            shared += 1
-        return shared
+        return matching_head(blocks[num_blocks][1], tokens[BLOCK_SIZE * num_blocks : limit])
 
     def _cut(self, slot: int, num_blocks: int, keep: int) -> None:
         """Keep the first ``num_blocks`` blocks of a cached ``slot`` and ``keep`` positions after them (its tail)."""

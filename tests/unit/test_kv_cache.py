@@ -14,25 +14,7 @@ from lmgate.backends.llamacpp.kv_cache import (
     default_idle_tokens,
 )
 
-B = BLOCK_SIZE
-
-
-def hashes(*names: str) -> list[bytes]:
-    """Chain hashes stand-ins: block i of a prompt 'ab' is b'a', b'ab'..."""
-    out, chain = [], b""
-    for name in names:
-        chain += name.encode()
-        out.append(chain)
-    return out
-
-
-def fill(kv: KVCacheManager, chain: list[bytes], tokens: int) -> int:
-    """Admit a sequence of ``tokens`` and compute all of it; returns its slot."""
-    admission = kv.admit(chain, tokens)
-    assert admission is not None
-    assert kv.allocate(admission.slot, tokens - admission.cached_tokens)
-    kv.commit(admission.slot, chain)
-    return admission.slot
+from kv_helpers import B, FakeLlama, fill, hashes, tokens_of
 
 
 def held(kv: KVCacheManager) -> dict[int, int]:
@@ -127,11 +109,6 @@ def test_integrity_check_catches_a_mismatch_with_llama_cpp():
     kv.check_integrity({slot: B + 3})
     with pytest.raises(KVIntegrityError):
         kv.check_integrity({slot: B + 2})
-
-
-def tokens_of(*blocks: int, tail: tuple[int, ...] = ()) -> list[int]:
-    """Token ids: a block per number (its value repeated), then ``tail``."""
-    return [t for b in blocks for t in [b] * B] + list(tail)
 
 
 def test_a_cached_block_after_the_chain_gives_its_matching_head():
@@ -363,29 +340,6 @@ def test_the_host_tier_drops_its_oldest_copies_beyond_its_cells():
 
 def test_no_host_tier_without_prefix_caching():
     assert KVCacheManager(total_cells=B, num_slots=1, prefix_caching=False, host_cells_max=B).host is None
-
-
-class FakeLlama:
-    """What llama.cpp would hold after the manager's ops: positions 0..n of each slot, and host copies."""
-
-    def __init__(self) -> None:
-        self.held: dict[int, int] = {}
-        self.copies: dict[int, int] = {}
-
-    def apply(self, ops) -> None:
-        for op in ops:
-            if isinstance(op, RemoveOp):
-                self.held[op.slot] = min(self.held.get(op.slot, 0), op.from_pos)
-            elif isinstance(op, ShareOp):
-                self.held[op.dst] = max(self.held.get(op.dst, 0), min(op.num_tokens, self.held.get(op.src, 0)))
-            elif isinstance(op, SpillOp):
-                assert self.held.get(op.slot, 0) > 0, "a copy of nothing"
-                self.copies[op.key] = self.held[op.slot]
-            elif isinstance(op, RestoreOp):
-                assert self.held.get(op.slot, 0) == 0, "restored over a slot in use"
-                self.held[op.slot] = self.copies.pop(op.key)
-            else:
-                del self.copies[op.key]
 
 
 @pytest.mark.parametrize("seed", range(40))

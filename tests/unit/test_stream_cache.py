@@ -5,7 +5,6 @@ import random
 import pytest
 
 from lmgate.backends.llamacpp.kv_cache import (
-    BLOCK_SIZE,
     CopyOp,
     ForgetOp,
     KVIntegrityError,
@@ -15,30 +14,7 @@ from lmgate.backends.llamacpp.kv_cache import (
 )
 from lmgate.backends.llamacpp.stream_cache import StreamCacheManager
 
-B = BLOCK_SIZE
-
-
-def hashes(*names: str) -> list[bytes]:
-    """Chain hashes stand-ins: block i of a prompt 'ab' is b'a', b'ab'..."""
-    out, chain = [], b""
-    for name in names:
-        chain += name.encode()
-        out.append(chain)
-    return out
-
-
-def tokens_of(*blocks: int, tail: tuple[int, ...] = ()) -> list[int]:
-    """Token ids: block i is BLOCK_SIZE copies of ``blocks[i]``, then ``tail``."""
-    return [t for b in blocks for t in [b] * B] + list(tail)
-
-
-def fill(kv: StreamCacheManager, chain: list[bytes], tokens: int, ids: list[int] | None = None) -> int:
-    """Admit a sequence of ``tokens`` and compute all of it; returns its slot."""
-    admission = kv.admit(chain, tokens, ids or [])
-    assert admission is not None
-    assert kv.allocate(admission.slot, tokens - admission.cached_tokens)
-    kv.commit(admission.slot, chain, ids or [])
-    return admission.slot
+from kv_helpers import B, FakeLlama, fill, hashes, tokens_of
 
 
 def held(kv: StreamCacheManager) -> dict[int, int]:
@@ -160,30 +136,6 @@ def test_integrity_check_catches_a_mismatch_with_llama_cpp():
     slot = fill(kv, hashes("a"), B + 2)
     with pytest.raises(KVIntegrityError):
         kv.check_integrity({slot: B + 1})
-
-
-class FakeLlama:
-    """What llama.cpp would hold after the manager's ops: positions 0..n of each stream, and host copies."""
-
-    def __init__(self) -> None:
-        self.held: dict[int, int] = {}
-        self.copies: dict[int, int] = {}
-
-    def apply(self, ops) -> None:
-        for op in ops:
-            if isinstance(op, RemoveOp):
-                self.held[op.slot] = min(self.held.get(op.slot, 0), op.from_pos)
-            elif isinstance(op, CopyOp):
-                assert self.held.get(op.dst, 0) == 0, "copied over a slot in use"
-                self.held[op.dst] = min(self.held.get(op.src, 0), op.num_tokens)
-            elif isinstance(op, SpillOp):
-                assert self.held.get(op.slot, 0) > 0, "a copy of nothing"
-                self.copies[op.key] = self.held[op.slot]
-            elif isinstance(op, RestoreOp):
-                assert self.held.get(op.slot, 0) == 0, "restored over a slot in use"
-                self.held[op.slot] = self.copies.pop(op.key)
-            else:
-                del self.copies[op.key]
 
 
 @pytest.mark.parametrize("seed", range(30))
