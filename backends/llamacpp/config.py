@@ -43,8 +43,9 @@ class LlamaCppConfig(TasksConfig):
         "false: a stream of n_ctx / max_seqs cells (rounded up to 256) per sequence, as llama-server's slots: each "
         "token attends over its own sequence's cells only, faster when many sequences run at once "
         "(docs/performance.md#per-sequence-kv-streams), but a sequence is at most that long and prefixes are copied "
-        "between sequences instead of shared. Default: streams when max_model_len is set and fits in one, else "
-        "unified. Streams need a model whose cells can be copied (not sliding-window or recurrent).",
+        "between sequences instead of shared. Default: streams when max_model_len is set and fits in one (and "
+        "the rounding adds no cells beyond n_ctx's own to 256), else unified; unified too for max_seqs 1 and for "
+        "models whose cells cannot be copied (sliding-window or recurrent), where false is an error.",
     )
     max_model_len: PositiveInt | None = Field(
         default=None,

@@ -54,11 +54,16 @@ _STREAM_PAD = 256  # llama.cpp rounds each stream's cells (n_ctx_seq) up to this
 def _stream_cells(config: LlamaCppConfig, n_ctx: int) -> int | None:
     """Cells of each sequence's own KV stream (as llama.cpp sizes them: n_ctx / max_seqs rounded up to 256),
     or None for a unified cache: as ``config.kv_unified`` says, by default streams when ``max_model_len`` is
-    set and fits in one (one sequence at most: unified)."""
+    set and fits in one, and the streams do not outgrow n_ctx (rounded up to 256) by that rounding (one
+    sequence at most: unified)."""
     if config.kv_unified or (config.kv_unified is None and config.max_seqs == 1):
         return None
     cells = -(-max(n_ctx // config.max_seqs, 1) // _STREAM_PAD) * _STREAM_PAD
-    if config.kv_unified is None and (config.max_model_len is None or config.max_model_len > cells):
+    if config.kv_unified is None and (
+        config.max_model_len is None
+        or config.max_model_len > cells
+        or cells * config.max_seqs > -(-n_ctx // _STREAM_PAD) * _STREAM_PAD
+    ):
         return None
     if config.max_model_len is not None and config.max_model_len > cells:
         raise ModelLoadError(
@@ -101,7 +106,8 @@ class LlamaModel:
         """Cells of each sequence's KV stream; None: one unified cache."""
         self.max_model_len = _max_model_len(config, self.stream_cells or self.requested_ctx, shape.context_train)
         cells = self.requested_ctx if self.stream_cells is None else self.stream_cells * config.max_seqs
-        memory = memory_plan.plan(path, cells, config.num_slots, config.n_ubatch)
+        seqs = config.num_slots if self.stream_cells is None else config.max_seqs
+        memory = memory_plan.plan(path, cells, seqs, config.n_ubatch)
         try:
             memory_plan.check_fits(memory, memory_plan.available_bytes(), name=path.name)
         except MemoryError as exc:

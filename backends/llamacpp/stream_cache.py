@@ -6,19 +6,21 @@ over the occupied span of every sequence's (docs/performance.md, "Per-sequence K
 llama-server's layout for its ``-np`` slots. The price: a sequence holds at most ``stream_cells``
 positions, and slots cannot share cells, only copy them.
 
-A prompt reuses a prefix three ways, the one holding the most of it first (the first on a tie):
+A prompt reuses a prefix three ways, the one holding the most of it first (on a tie, in this order):
 
 - a *cached* slot (a finished sequence whose full blocks stay in its stream) holding the prefix is
   taken over and cut to it: nothing moves, as llama-server reuses its most similar idle slot;
-- a host copy (host_tier.py) holding it is read back into the new slot (``RestoreOp``);
 - a running slot holding it is copied into the new slot (``CopyOp``: llama.cpp writes the cells out and
-  reads them in, microseconds per cell where recomputing a token costs milliseconds).
+  reads them in, microseconds per cell where recomputing a token costs milliseconds);
+- a host copy (host_tier.py) holding it is read back into the new slot (``RestoreOp``).
 
-A sequence needing a slot of its own takes the lowest-numbered one not running; what that slot held
-goes to the host tier first (if there is one and the slot holds full blocks). Low ids keep the running
-sequences packed: llama.cpp splits a multi-stream batch into one micro-batch per run of consecutive
-sequence ids, each an evaluation of the whole model (running ids 0, 1, 3 cost two, 0, 1, 2 one).
-Without a host tier, free slots go before cached ones, whose prefixes would be lost.
+A sequence needing a slot of its own takes the lowest-numbered one not running (without a host tier, or
+when the slot's prefix would not fit in it, the lowest that holds nothing, if any); what that slot held
+goes to the host tier first. Low ids keep the running sequences packed: llama.cpp splits a multi-stream
+batch into one micro-batch per run of consecutive sequence ids, each an evaluation of the whole model
+(running ids 0, 1, 3 cost two, 0, 1, 2 one). So a cached slot is taken over only where a new sequence
+would go anyway (or lower, or while nothing runs); one further up is copied from instead, which costs
+microseconds a cell once where a gap costs an evaluation every step.
 
 A slot's cells are its own, so growing never waits for another sequence and nothing is ever preempted;
 only growing beyond the stream fails, which the engine rules out (``max_model_len`` ≤ ``stream_cells``):
@@ -29,7 +31,6 @@ kv_cache.py; like it, this class does no I/O and records ``MemoryOp``s for the r
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -53,7 +54,6 @@ class _Stream:
     blocks: list[StoredBlock] = field(default_factory=list)
     tail: int = 0  # cells reserved or computed beyond the full blocks
     running: bool = False
-    last_used: int = 0
 
     @property
     def cells(self) -> int:
@@ -77,7 +77,6 @@ class StreamCacheManager:
         self.host = HostTier(host_cells_max) if prefix_caching and host_cells_max > 0 else None
         self._streams = [_Stream() for _ in range(num_slots)]
         self._ops: list[MemoryOp] = []
-        self._clock = itertools.count(1)
         self.prefix_queries = 0
         self.prefix_hits = 0
         self.evictions = 0
@@ -120,38 +119,41 @@ class StreamCacheManager:
         wanted = hashes[: (num_tokens - 1) // BLOCK_SIZE] if self.prefix_caching else []
         depth, source = self._holder(wanted)
         key, host_depth = self.host.match(wanted) if self.host is not None else (None, 0)
-        if source is not None and not self._streams[source].running and depth >= host_depth:
+        target = self._target(idle)
+        packed = source is not None and (source <= target or len(idle) == self.num_slots)
+        if source is not None and not self._streams[source].running and depth >= host_depth and packed:
             slot, partial = source, self._partial(source, depth, tokens, num_tokens - 1)
             self._cut(slot, depth, partial)
         elif self.host is not None and key is not None and host_depth > depth:
             copy = self.host.take(key)  # before a spill in _claim can push it out
-            slot, depth, partial = self._claim(idle), host_depth, 0
+            slot, depth, partial = self._claim(target), host_depth, 0
             self._ops.append(RestoreOp(key, slot))
             if copy.cells > BLOCK_SIZE * depth:
                 self._ops.append(RemoveOp(slot, BLOCK_SIZE * depth))
             self._streams[slot].blocks = list(copy.blocks[:depth])
-        elif source is not None:
-            slot, partial = self._claim(idle), self._partial(source, depth, tokens, num_tokens - 1)
+        elif source is not None:  # running, or cached above where the new sequence goes: never ``target``
+            slot, partial = self._claim(target), self._partial(source, depth, tokens, num_tokens - 1)
             self._ops.append(CopyOp(source, slot, BLOCK_SIZE * depth + partial))
             self._streams[slot].blocks = self._streams[source].blocks[:depth]
             self._streams[slot].tail = partial
         else:
-            slot, depth, partial = self._claim(idle), 0, 0
-        stream = self._streams[slot]
-        stream.running, stream.last_used = True, next(self._clock)
+            slot, depth, partial = self._claim(target), 0, 0
+        self._streams[slot].running = True
         self.prefix_hits += BLOCK_SIZE * depth + partial
         return Admission(slot, BLOCK_SIZE * depth + partial)
 
     def fork(self, src: int) -> int | None:
-        """A new slot holding a copy of every position ``src`` holds (beam search); None if every slot runs."""
+        """A new slot holding a copy of every position ``src`` (a running slot) holds (beam search); None if
+        every slot runs."""
+        if not self._streams[src].running:
+            raise KVIntegrityError(f"fork of slot {src}, which is not running")
         idle = [slot for slot, stream in enumerate(self._streams) if not stream.running]
         if not idle:
             return None
-        slot = self._claim(idle)
+        slot = self._claim(self._target(idle))
         source, stream = self._streams[src], self._streams[slot]
         self._ops.append(CopyOp(src, slot, source.cells))
-        stream.blocks, stream.tail = list(source.blocks), source.tail
-        stream.running, stream.last_used = True, next(self._clock)
+        stream.blocks, stream.tail, stream.running = list(source.blocks), source.tail, True
         return slot
 
     def allocate(self, slot: int, num_cells: int) -> bool:
@@ -192,7 +194,7 @@ class StreamCacheManager:
         if not self.prefix_caching or not stream.blocks:
             self.release(slot)
             return
-        stream.tail, stream.running, stream.last_used = 0, False, next(self._clock)
+        stream.tail, stream.running = 0, False
         self._ops.append(RemoveOp(slot, stream.cells))
 
     def advance(self, num_tokens: int) -> None:
@@ -208,7 +210,7 @@ class StreamCacheManager:
     def _holder(self, wanted: list[bytes]) -> tuple[int, int | None]:
         """How many blocks of ``wanted`` the best slot holds, and that slot (None if none holds the first):
         the most blocks, then a cached slot (taken over without a copy), the fewest blocks past the prefix,
-        the most recently used."""
+        the lowest id (where new sequences go)."""
         best: tuple[int, bool, int, int] | None = None
         source = None
         for slot, stream in enumerate(self._streams):
@@ -217,7 +219,7 @@ class StreamCacheManager:
                 if block_hash != want:
                     break
                 depth += 1
-            rank = (depth, not stream.running, depth - len(stream.blocks), stream.last_used)
+            rank = (depth, not stream.running, depth - len(stream.blocks), -slot)
             if depth and (best is None or rank > best):
                 best, source = rank, slot
         return (best[0], source) if best is not None else (0, None)
@@ -237,10 +239,18 @@ class StreamCacheManager:
         stream.tail = keep
         self._ops.append(RemoveOp(slot, stream.cells))
 
-    def _claim(self, idle: list[int]) -> int:
-        """Empty the idle slot a new sequence goes to (the lowest; without a host tier, the lowest free one
-        if any) and return it; what it held goes to the host tier, if any."""
-        slot = min(idle, key=lambda s: (self.host is None and bool(self._streams[s].cells), s))
+    def _target(self, idle: list[int]) -> int:
+        """The idle slot a new sequence goes to: the lowest, but the lowest holding nothing before one whose
+        prefix would be lost (no host tier, or too big for it)."""
+
+        def loses(slot: int) -> bool:
+            cells = self._streams[slot].cells
+            return cells > 0 and (self.host is None or cells > self.host.max_cells)
+
+        return min(idle, key=lambda slot: (loses(slot), slot))
+
+    def _claim(self, slot: int) -> int:
+        """Empty idle ``slot`` for a new sequence and return it; what it held goes to the host tier, if any."""
         stream = self._streams[slot]
         if stream.cells:
             self.evictions += 1

@@ -361,6 +361,7 @@ def test_random_traffic_keeps_the_accounts_equal_to_what_llama_cpp_holds(seed):
             if admission is not None:
                 if kv.allocate(admission.slot, tokens - admission.cached_tokens):
                     llama.apply(kv.take_ops())  # shares, copies put back and evictions come before the decode
+                    assert llama.held.get(admission.slot, 0) == admission.cached_tokens
                     llama.held[admission.slot] = tokens
                     kv.commit(admission.slot, hashes(*names))
                     running[admission.slot] = (names, tokens)

@@ -52,6 +52,8 @@ async def unified(random_model_path):
         ({"n_ctx": 1024, "max_seqs": 4, "max_model_len": 256}, 256, 256),  # it fits a stream: streams
         ({"n_ctx": 1024, "max_seqs": 4, "max_model_len": 257}, None, 257),
         ({"n_ctx": 1000, "max_seqs": 4, "max_model_len": 256}, 256, 256),  # 250 cells, rounded up as llama.cpp does
+        ({"n_ctx": 1024, "max_seqs": 3, "max_model_len": 256}, None, 256),  # 3 x 512 cells: 1.5 x n_ctx
+        ({"n_ctx": 1024, "max_seqs": 3, "kv_unified": False}, 512, 512),  # asked for: so be it
         ({"n_ctx": 1024, "max_seqs": 4, "max_model_len": 256, "kv_unified": True}, None, 256),
         ({"n_ctx": 1024, "max_seqs": 4, "kv_unified": False}, 256, 256),
         ({"n_ctx": 1024, "max_seqs": 1, "max_model_len": 256}, None, 256),  # one sequence: nothing to split
@@ -162,3 +164,22 @@ async def test_speculation_in_streams_gives_the_output_without_it(tiny_chat_path
     for [choice] in [[alone], *together]:
         assert choice.token_ids == reference.token_ids
     assert accepted > 10  # the lone sequence's drafts were taken
+
+
+def test_with_streams_the_runner_orders_the_batch_by_sequence_id():
+    """llama.cpp makes a micro-batch per run of consecutive ids in batch order: slot order keeps it one."""
+    from types import SimpleNamespace
+
+    from lmgate.backends.llamacpp.runner import Runner
+    from lmgate.backends.llamacpp.scheduler import ScheduledChunk, SchedulerOutput
+
+    for stream_cells, order in ((256, [0, 2, 3]), (None, [3, 0, 2])):  # unified: as scheduled
+        runner = Runner(SimpleNamespace(n_batch=32, stream_cells=stream_cells))  # type: ignore[arg-type]
+        try:
+            seqs = [SimpleNamespace(slot=slot, token_ids=list(range(10)), num_tokens=10) for slot in (3, 0, 2)]
+            chunks = tuple(ScheduledChunk(seq, 9, 1) for seq in seqs)  # type: ignore[arg-type]
+            to_sample = runner._fill_batch(SchedulerOutput(chunks, (), ()))
+            assert [runner._batch.seq_id[i][0] for i in range(3)] == order
+            assert [(seq.slot, i) for seq, i, _ in to_sample] == list(zip(order, range(3), strict=True))
+        finally:
+            runner.close()

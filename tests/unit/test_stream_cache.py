@@ -52,6 +52,68 @@ def test_a_running_holder_is_copied_into_the_lowest_idle_slot():
     kv.check_integrity(held(kv))
 
 
+def test_a_copy_from_a_running_slot_takes_the_matching_head_of_its_next_block():
+    kv = StreamCacheManager(stream_cells=8 * B, num_slots=2)
+    ids = tokens_of(1, 2, 3)
+    running = fill(kv, hashes("a", "b", "c"), 3 * B, ids)
+    kv.take_ops()
+    prompt = tokens_of(1, 2, tail=(3,) * 5 + (9,))  # two whole blocks, then 5 tokens of the third
+    admission = kv.admit(hashes("a", "b"), len(prompt), prompt)
+    assert admission is not None and admission.cached_tokens == 2 * B + 5
+    assert kv.take_ops() == (CopyOp(running, 1, 2 * B + 5),)
+    kv.allocate(1, 1)
+    kv.check_integrity({running: 3 * B, 1: 2 * B + 6})
+
+
+def test_shrink_gives_back_rejected_draft_cells_and_drops_those_positions():
+    kv = StreamCacheManager(stream_cells=8 * B, num_slots=1)
+    slot = fill(kv, hashes("a"), B + 2)
+    kv.take_ops()
+    kv.allocate(slot, 5)
+    kv.shrink(slot, 3)
+    assert kv.cells_of(slot) == B + 4 and kv.take_ops() == (RemoveOp(slot, B + 4),)
+    with pytest.raises(KVIntegrityError):
+        kv.shrink(slot, 5)  # its tail holds 4
+
+
+def test_a_cached_slot_above_where_a_new_sequence_goes_is_copied_from_not_taken_over():
+    """Slots 0-3 hold one system prompt, 0 runs: a new request takes slot 1 over (the lowest holder), and
+    when only slot 3 holds the prefix, its cells are copied into slot 1, leaving the running ids packed."""
+    kv = StreamCacheManager(stream_cells=8 * B, num_slots=4, host_cells_max=16 * B)
+    slots = [fill(kv, hashes("s", "s"), 2 * B + 1) for _ in range(4)]
+    for slot in slots[1:]:
+        kv.cache(slot)
+    kv.take_ops()
+    admission = kv.admit(hashes("s", "s", "q"), 3 * B)
+    assert admission is not None and (admission.slot, admission.cached_tokens) == (1, 2 * B)
+    assert kv.take_ops() == (RemoveOp(1, 2 * B),)
+    kv.cache(fill(kv, hashes("z"), B + 1, None))  # slot 2 now holds "z"
+    kv.cache(1)
+    kv.take_ops()
+    assert kv.cells_of(3) == 2 * B and kv.cells_of(2) == B
+    admission = kv.admit(hashes("s", "s", "r"), 3 * B)
+    assert admission is not None and (admission.slot, admission.cached_tokens) == (1, 2 * B)  # slot 1 still has it
+    kv.release(1)
+    kv.take_ops()
+    admission = kv.admit(hashes("s", "s", "t"), 3 * B)
+    assert admission is not None and (admission.slot, admission.cached_tokens) == (1, 2 * B)
+    assert kv.take_ops() == (CopyOp(3, 1, 2 * B),)  # slot 1 was free; 3 holds the prefix further up
+    kv.check_integrity(held(kv))
+
+
+def test_a_fork_into_a_cached_slot_sends_its_prefix_to_the_host_tier_first():
+    kv = StreamCacheManager(stream_cells=8 * B, num_slots=2, host_cells_max=8 * B)
+    parent = fill(kv, hashes("p"), B + 1)
+    kv.cache(fill(kv, hashes("c", "c"), 2 * B))  # slot 1, cached
+    kv.take_ops()
+    child = kv.fork(parent)
+    assert child == 1 and kv.take_ops() == (SpillOp(1, 0), RemoveOp(1, 0), CopyOp(parent, 1, B + 1))
+    kv.check_integrity(held(kv))
+    kv.cache(parent)
+    with pytest.raises(KVIntegrityError):
+        kv.fork(parent)  # only a running slot forks
+
+
 def test_new_sequences_pack_the_lowest_ids_and_the_cached_content_there_goes_to_the_host_tier():
     kv = StreamCacheManager(stream_cells=8 * B, num_slots=3, host_cells_max=4 * B)
     first, second = fill(kv, hashes("a", "a"), 2 * B), fill(kv, hashes("b"), B + 1)
@@ -140,37 +202,58 @@ def test_integrity_check_catches_a_mismatch_with_llama_cpp():
 
 @pytest.mark.parametrize("seed", range(30))
 def test_random_traffic_keeps_the_accounts_equal_to_what_llama_cpp_holds(seed):
+    """Admissions (with token ids: partial-block matches), growth, drafts partly rejected, forks, endings."""
     rng = random.Random(seed)
     kv = StreamCacheManager(stream_cells=8 * B, num_slots=5, host_cells_max=10 * B)
     llama = FakeLlama()
-    running: dict[int, tuple[list[str], int]] = {}  # slot → block names, tokens computed
+
+    def ids(names: list[str], tokens: int) -> list[int]:
+        """Block i is ``names[i]``'s letter repeated; a prompt's partial last block too."""
+        return [ord(name) for name in names for _ in range(B)][:tokens]
+
+    def more(names: list[str], tokens: int) -> list[str]:
+        return names + rng.choices("ab", k=max(0, -(-tokens // B) - len(names)))
+
+    running: dict[int, tuple[list[str], int]] = {}  # slot → block names (the last maybe partial), tokens computed
     for _ in range(300):
         action = rng.random()
-        if action < 0.35:
-            names = rng.choices("ab", k=rng.randint(1, 5))  # two letters: prefixes shared all the time
-            tokens = B * len(names) + rng.randint(0, B - 1)
-            admission = kv.admit(hashes(*names)[: tokens // B], tokens)
+        if action < 0.3:
+            names = rng.choices("ab", k=rng.randint(1, 6))  # two letters: prefixes shared all the time
+            tokens = rng.randint(1, B * len(names))
+            admission = kv.admit(hashes(*names)[: tokens // B], tokens, ids(names, tokens))
             if admission is not None:
                 assert admission.slot not in running
                 kv.allocate(admission.slot, tokens - admission.cached_tokens)
                 llama.apply(kv.take_ops())  # copies and restores come before the decode
+                assert llama.held.get(admission.slot, 0) == admission.cached_tokens
                 llama.held[admission.slot] = tokens
-                kv.commit(admission.slot, hashes(*names))
+                kv.commit(admission.slot, hashes(*names), ids(names, tokens))
                 running[admission.slot] = (names, tokens)
             else:
                 assert len(running) == kv.num_slots
-        elif action < 0.75 and running:
+        elif action < 0.7 and running:
             slot = rng.choice(list(running))
             names, tokens = running[slot]
-            grow = min(rng.randint(1, B), kv.room(slot))
-            if grow:
-                kv.allocate(slot, grow)
-                tokens += grow
+            drafted = min(rng.randint(1, B), kv.room(slot))
+            if drafted:
+                kv.allocate(slot, drafted)
                 llama.apply(kv.take_ops())
-                llama.held[slot] = tokens
-                names = names + rng.choices("ab", k=max(0, tokens // B - len(names)))
-                kv.commit(slot, hashes(*names))
+                llama.held[slot] = tokens + drafted  # decoded, then some rejected: their cells go
+                kept = rng.randint(1, drafted) if rng.random() < 0.5 else drafted
+                kv.shrink(slot, drafted - kept)
+                tokens += kept
+                names = more(names, tokens)
+                kv.commit(slot, hashes(*names), ids(names, tokens))
                 running[slot] = (names, tokens)
+        elif action < 0.75 and running:
+            parent = rng.choice(list(running))
+            child = kv.fork(parent)
+            if child is not None:
+                running[child] = running[parent]
+                llama.apply(kv.take_ops())
+                assert llama.held[child] == llama.held[parent]
+            else:
+                assert len(running) == kv.num_slots
         elif running:
             slot = rng.choice(list(running))
             del running[slot]
