@@ -28,9 +28,6 @@ class KVManager(Protocol):
     def used_cells(self) -> int: ...
 
     @property
-    def free_cells(self) -> int: ...
-
-    @property
     def reclaimable_cells(self) -> int:
         """Cells only cached (finished) slots hold."""
         ...

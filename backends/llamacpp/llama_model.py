@@ -106,8 +106,7 @@ class LlamaModel:
         """Cells of each sequence's KV stream; None: one unified cache."""
         self.max_model_len = _max_model_len(config, self.stream_cells or self.requested_ctx, shape.context_train)
         cells = self.requested_ctx if self.stream_cells is None else self.stream_cells * config.max_seqs
-        seqs = config.num_slots if self.stream_cells is None else config.max_seqs
-        memory = memory_plan.plan(path, cells, seqs, config.n_ubatch)
+        memory = memory_plan.plan(path, cells, self.num_slots, config.n_ubatch)
         try:
             memory_plan.check_fits(memory, memory_plan.available_bytes(), name=path.name)
         except MemoryError as exc:
@@ -141,8 +140,6 @@ class LlamaModel:
                 )
             self.stream_cells = None
             self.max_model_len = _max_model_len(config, self.requested_ctx, shape.context_train)
-        self.num_slots = config.num_slots if self.stream_cells is None else config.max_seqs
-        """llama.cpp sequence ids: with streams, one per sequence decoded together."""
         self.ctx = llama_cpp.llama_init_from_model(self.model, self._context_params(config))
         if not self.ctx:
             llama_cpp.llama_model_free(self.model)
@@ -201,6 +198,12 @@ class LlamaModel:
         params.kv_unified = self.stream_cells is None
         params.no_perf = True
         return params
+
+    @property
+    def num_slots(self) -> int:
+        """llama.cpp sequence ids: running and cached (``config.num_slots``) in a unified cache, one per sequence
+        decoded together with streams."""
+        return self._config.num_slots if self.stream_cells is None else self._config.max_seqs
 
     @property
     def pooling(self) -> int | None:

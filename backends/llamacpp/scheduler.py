@@ -166,7 +166,7 @@ class Scheduler:
                 starved.append(seq)
         if chunks and self.config.prefill_chunk is not None:
             streams = self.config.streams
-            chunk = min(budget, self.config.prefill_chunk + streams)
+            chunk = min(budget, self.config.prefill_chunk + (1 if streams else 0))
             budget = aligned_prefill(len(chunks), chunk, streams=streams)
         if not preempted:
             self._admit(adapter)

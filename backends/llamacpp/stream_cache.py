@@ -88,10 +88,6 @@ class StreamCacheManager:
         return sum(stream.cells for stream in self._streams)
 
     @property
-    def free_cells(self) -> int:
-        return self.total_cells - self.used_cells
-
-    @property
     def reclaimable_cells(self) -> int:
         """Cells cached slots hold."""
         return sum(stream.cells for stream in self._streams if not stream.running)

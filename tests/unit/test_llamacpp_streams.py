@@ -8,10 +8,16 @@ import asyncio
 
 import pytest
 
+from lmgate.backends.engine.output_text import OutputText
 from lmgate.backends.errors import InvalidRequest, ModelLoadError
+from lmgate.backends.llamacpp import speculator
 from lmgate.backends.llamacpp.config import LlamaCppConfig
 from lmgate.backends.llamacpp.llama_model import LlamaModel
-from lmgate.backends.types import FinishReason
+from lmgate.backends.llamacpp.runner import Runner
+from lmgate.backends.llamacpp.scheduler import ScheduledChunk, SchedulerOutput
+from lmgate.backends.llamacpp.sequence import Sequence
+from lmgate.backends.llamacpp.stream_cache import StreamCacheManager
+from lmgate.backends.types import FinishReason, SamplingParams
 
 from engine_helpers import assert_idle, assert_same_up_to_ties, collect, make_request, start_backend
 
@@ -24,7 +30,7 @@ PROMPTS = [
     "The end",
 ]
 LONG = " ".join(PROMPTS * 2)  # ~340 tokens of the random model's tokenizer
-STREAMS = {"n_ctx": 2048, "max_seqs": 4, "max_model_len": 512}  # 4 streams of 512 cells
+STREAMS = {"n_ctx": 2048, "max_seqs": 4, "kv_unified": False}  # 4 streams of 512 cells: max_model_len 512
 
 
 def usage(choice):
@@ -127,9 +133,10 @@ async def test_prefixes_go_to_host_ram_when_their_stream_is_wanted_and_come_back
 
 
 async def test_a_prompt_longer_than_a_stream_is_refused(streams):
+    """No max_model_len was set: the stream's 512 cells are the limit the gateway checks prompts against."""
     with pytest.raises(InvalidRequest) as err:
         await collect(streams, make_request(LONG * 4, max_tokens=4))
-    assert "512" in str(err.value)
+    assert "maximum context length is 512 tokens" in str(err.value)
 
 
 async def test_beam_search_forks_by_copying_and_frees_every_stream(tiny_chat_path):
@@ -166,20 +173,34 @@ async def test_speculation_in_streams_gives_the_output_without_it(tiny_chat_path
     assert accepted > 10  # the lone sequence's drafts were taken
 
 
-def test_with_streams_the_runner_orders_the_batch_by_sequence_id():
-    """llama.cpp makes a micro-batch per run of consecutive ids in batch order: slot order keeps it one."""
-    from types import SimpleNamespace
+@pytest.fixture(scope="module", params=[False, True], ids=["streams", "unified"])
+def model(request, random_model_path):
+    """A loaded model (no engine) in either layout."""
+    config = LlamaCppConfig(gguf=random_model_path, n_ctx=1024, max_seqs=4, kv_unified=request.param,
+                            speculative={"method": "ngram", "max_batch": 4}, n_threads=1)  # fmt: skip
+    model = LlamaModel(config)
+    yield model
+    model.close()
 
-    from lmgate.backends.llamacpp.runner import Runner
-    from lmgate.backends.llamacpp.scheduler import ScheduledChunk, SchedulerOutput
 
-    for stream_cells, order in ((256, [0, 2, 3]), (None, [3, 0, 2])):  # unified: as scheduled
-        runner = Runner(SimpleNamespace(n_batch=32, stream_cells=stream_cells))  # type: ignore[arg-type]
-        try:
-            seqs = [SimpleNamespace(slot=slot, token_ids=list(range(10)), num_tokens=10) for slot in (3, 0, 2)]
-            chunks = tuple(ScheduledChunk(seq, 9, 1) for seq in seqs)  # type: ignore[arg-type]
-            to_sample = runner._fill_batch(SchedulerOutput(chunks, (), ()))
-            assert [runner._batch.seq_id[i][0] for i in range(3)] == order
-            assert [(seq.slot, i) for seq, i, _ in to_sample] == list(zip(order, range(3), strict=True))
-        finally:
-            runner.close()
+def test_with_streams_only_a_lone_decoding_sequence_speculates(model):
+    """llama.cpp evaluates each stream's extra tokens apart: two drafting sequences would cost two
+    evaluations of the model, so there the speculator keeps to one sequence (max_batch 1)."""
+    built = speculator.build(model._config, model, StreamCacheManager(256, 4))
+    assert built is not None and built.config.max_batch == (1 if model.stream_cells else 4)
+
+
+def test_with_streams_the_runner_orders_the_batch_by_sequence_id(model):
+    """llama.cpp makes a micro-batch per run of consecutive ids in batch order: slot order keeps it one;
+    the unified cache's batch stays in scheduling order."""
+    runner = Runner(model)
+    try:
+        seqs = [Sequence("r", 0, list(range(10)), SamplingParams(), 4, slot, OutputText()) for slot in (3, 0, 2)]
+        for seq, slot in zip(seqs, (3, 0, 2), strict=True):
+            seq.slot, seq.num_computed_tokens = slot, 9
+        to_sample = runner._fill_batch(SchedulerOutput(tuple(ScheduledChunk(seq, 9, 1) for seq in seqs), (), ()))
+        order = [0, 2, 3] if model.stream_cells else [3, 0, 2]
+        assert [runner._batch.seq_id[i][0] for i in range(3)] == order
+        assert [(seq.slot, i) for seq, i, _ in to_sample] == list(zip(order, range(3), strict=True))
+    finally:
+        runner.close()

@@ -237,20 +237,3 @@ def test_a_draft_stops_where_the_sequence_cannot_follow_it():
     assert draft_of() == (3, eos)  # the end token may be sampled, then the sequence is done
     assert draft_of(ignore_eos=True) == (3,)  # its sampler never draws the end token
     assert draft_of(stop_token_ids=(3,)) == (3,)
-
-
-def test_with_a_kv_stream_per_sequence_only_a_lone_decoding_sequence_speculates(random_model_path):
-    """llama.cpp evaluates each stream's extra tokens apart (stream_cache.py): two drafting sequences
-    would cost two evaluations of the model, so the speculator there keeps to one sequence."""
-    from types import SimpleNamespace
-
-    from lmgate.backends.llamacpp import speculator
-    from lmgate.backends.llamacpp.config import LlamaCppConfig
-
-    settings = LlamaCppConfig(gguf=random_model_path, speculative={"method": "ngram", "max_batch": 4})
-    kv = KVCacheManager(256, 4)
-    model = SimpleNamespace(n_batch=64, max_model_len=256, eog_ids=frozenset(), stream_cells=64)
-    built = speculator.build(settings, model, kv)  # type: ignore[arg-type]
-    assert built is not None and built.config.max_batch == 1
-    unified = speculator.build(settings, SimpleNamespace(**{**vars(model), "stream_cells": None}), kv)  # type: ignore[arg-type]
-    assert unified is not None and unified.config.max_batch == 4
