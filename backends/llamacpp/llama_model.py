@@ -223,10 +223,13 @@ class LlamaModel:
         of ``max_model_len`` cells, ``pooling``, and one micro-batch as large as the whole batch (llama.cpp
         pools per micro-batch: a sequence split over two would be pooled over its last part only), and
         no flash attention (see below).
-        Raises ``ModelLoadError`` when llama.cpp cannot make it (out of memory). Freed by the caller."""
+        Raises ``ModelLoadError`` when llama.cpp cannot make it (out of memory). Freed by the caller.
+        Its cache is unified whatever the generation context's layout: its inputs share ``max_model_len``
+        cells, one of them up to all of them (streams would give each ``max_model_len / n_seq_max``)."""
         params = self._context_params(self._config)
         params.n_ctx = params.n_batch = params.n_ubatch = self.max_model_len
         params.n_seq_max = min(n_seq_max, self.max_model_len)
+        params.kv_unified = True
         params.embeddings = True
         params.pooling_type = pooling
         # NOTE: no flash attention here. llama.cpp's CPU flash-attention kernel changes path once a batch
