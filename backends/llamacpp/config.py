@@ -16,6 +16,8 @@ from lmgate.backends.lora import LoraAdapter, adapters_named
 from lmgate.backends.tasks import TasksConfig
 from lmgate.backends.tools.formats import ToolParser
 
+STREAM_PAD = 256
+"""llama.cpp rounds the cells of each sequence's KV stream (``n_ctx_seq``) up to a multiple of this."""
 GGML_MAX_N_THREADS = 512
 """ggml's thread-pool limit: more aborts the engine."""
 
@@ -147,6 +149,35 @@ class LlamaCppConfig(TasksConfig):
     check_integrity: bool = Field(
         default=False, description="Check the KV book-keeping after every step (tests, debugging)."
     )
+
+    def stream_cells(self, n_ctx: int) -> int | None:
+        """Cells of each sequence's own KV stream over ``n_ctx`` cells (n_ctx / max_seqs, rounded up to 256 as
+        llama.cpp does), or None for a unified cache: as ``kv_unified`` says, by default streams when
+        ``max_model_len`` is set and fits in one and the streams do not outgrow n_ctx (rounded up to 256) by
+        that rounding (one sequence at most: unified). Raises ``ValueError`` when ``kv_unified`` is false and
+        ``max_model_len`` does not fit in a stream."""
+        if self.kv_unified or (self.kv_unified is None and self.max_seqs == 1):
+            return None
+        cells = -(-max(n_ctx // self.max_seqs, 1) // STREAM_PAD) * STREAM_PAD
+        fits = self.max_model_len is None or self.max_model_len <= cells
+        if self.kv_unified is None and (
+            self.max_model_len is None or not fits or cells * self.max_seqs > -(-n_ctx // STREAM_PAD) * STREAM_PAD
+        ):
+            return None
+        if not fits:
+            raise ValueError(
+                f"max_model_len={self.max_model_len} does not fit in a KV stream of {cells} cells (n_ctx={n_ctx} / "
+                f"max_seqs={self.max_seqs}, kv_unified false): raise n_ctx, lower max_seqs, or lower max_model_len"
+            )
+        return cells
+
+    @model_validator(mode="after")
+    def _fits_a_stream(self) -> LlamaCppConfig:
+        """With ``kv_unified`` false and n_ctx set, ``max_model_len`` fits in a stream (else the model would not
+        load: ``check-config`` says so first)."""
+        if self.n_ctx is not None:
+            self.stream_cells(self.n_ctx)
+        return self
 
     @model_validator(mode="after")
     def _adapter_names(self) -> LlamaCppConfig:

@@ -48,29 +48,6 @@ _ROPE_SCALING = {
     "yarn": llama_cpp.LLAMA_ROPE_SCALING_TYPE_YARN,
 }
 _DEFAULT_MAX_CTX = 4096
-_STREAM_PAD = 256  # llama.cpp rounds each stream's cells (n_ctx_seq) up to this
-
-
-def _stream_cells(config: LlamaCppConfig, n_ctx: int) -> int | None:
-    """Cells of each sequence's own KV stream (as llama.cpp sizes them: n_ctx / max_seqs rounded up to 256),
-    or None for a unified cache: as ``config.kv_unified`` says, by default streams when ``max_model_len`` is
-    set and fits in one, and the streams do not outgrow n_ctx (rounded up to 256) by that rounding (one
-    sequence at most: unified)."""
-    if config.kv_unified or (config.kv_unified is None and config.max_seqs == 1):
-        return None
-    cells = -(-max(n_ctx // config.max_seqs, 1) // _STREAM_PAD) * _STREAM_PAD
-    if config.kv_unified is None and (
-        config.max_model_len is None
-        or config.max_model_len > cells
-        or cells * config.max_seqs > -(-n_ctx // _STREAM_PAD) * _STREAM_PAD
-    ):
-        return None
-    if config.max_model_len is not None and config.max_model_len > cells:
-        raise ModelLoadError(
-            f"max_model_len={config.max_model_len} does not fit in a KV stream of {cells} cells (n_ctx={n_ctx} / "
-            f"max_seqs={config.max_seqs}, kv_unified false): raise n_ctx, lower max_seqs, or lower max_model_len"
-        )
-    return cells
 
 
 def _max_model_len(config: LlamaCppConfig, n_ctx: int, trained: int) -> int:
@@ -102,7 +79,10 @@ class LlamaModel:
             raise ModelLoadError(f"{exc} (the model's `gguf` setting)") from exc
         self.requested_ctx = config.n_ctx or min(shape.context_train or _DEFAULT_MAX_CTX, _DEFAULT_MAX_CTX)
         self._yarn_orig_ctx = config.yarn_orig_ctx or shape.context_train
-        self.stream_cells = _stream_cells(config, self.requested_ctx)
+        try:
+            self.stream_cells = config.stream_cells(self.requested_ctx)
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from exc
         """Cells of each sequence's KV stream; None: one unified cache."""
         self.max_model_len = _max_model_len(config, self.stream_cells or self.requested_ctx, shape.context_train)
         cells = self.requested_ctx if self.stream_cells is None else self.stream_cells * config.max_seqs

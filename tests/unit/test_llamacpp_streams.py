@@ -7,6 +7,7 @@ each test also proves no cell or slot is lost, copies included.
 import asyncio
 
 import pytest
+from pydantic import ValidationError
 
 from lmgate.backends.engine.output_text import OutputText
 from lmgate.backends.errors import InvalidRequest, ModelLoadError
@@ -79,9 +80,12 @@ def test_the_kv_layout_follows_kv_unified_and_max_model_len(random_model_path, s
 
 
 def test_a_max_model_len_beyond_a_forced_stream_is_refused_naming_the_fix(random_model_path):
-    config = LlamaCppConfig(gguf=random_model_path, n_ctx=1024, max_seqs=4, max_model_len=512, kv_unified=False)
-    with pytest.raises(ModelLoadError, match=r"does not fit in a KV stream of 256 cells.*raise n_ctx"):
-        LlamaModel(config)
+    settings = {"max_seqs": 4, "max_model_len": 512, "kv_unified": False}
+    fix = r"does not fit in a KV stream of 256 cells \(n_ctx=1024 / max_seqs=4.*raise n_ctx"
+    with pytest.raises(ValidationError, match=fix):  # n_ctx in the config: refused with it (check-config)
+        LlamaCppConfig(gguf=random_model_path, n_ctx=1024, **settings)
+    with pytest.raises(ModelLoadError, match=fix):  # n_ctx from the model's 1,024 trained positions: at load
+        LlamaModel(LlamaCppConfig(gguf=random_model_path, **settings))
 
 
 async def test_concurrent_greedy_requests_match_one_at_a_time_and_the_unified_cache(streams, unified):
