@@ -262,10 +262,14 @@ class Scheduler:
 
     def _admit(self, adapter: str | None) -> None:
         """Admit ``adapter``'s waiting sequences, in arrival order, while a slot is free and their
-        prompt fits; ``_prefill`` gives them tokens."""
+        prompt fits; ``_prefill`` gives them tokens. A beam search's prompt needs a slot for every beam
+        of its width, held for it until it ends, so that its forks find one (else they would be dropped
+        and the search would be narrower under load than alone)."""
         queue = [s for s in self.waiting if s.adapter == adapter]
+        free = self.config.max_seqs - len(self.running) - self._held_for_beams()
         for seq in queue:
-            if len(self.running) >= self.config.max_seqs:
+            need = seq.beam.width if seq.beam is not None else 1
+            if need > free:
                 break
             admission = self.kv.admit(seq.block_hashes(), seq.num_tokens, seq.token_ids)
             if admission is None:
@@ -276,6 +280,17 @@ class Scheduler:
             if seq.num_preemptions == 0:
                 seq.num_cached_tokens = admission.cached_tokens
             self.running.append(seq)
+            free -= need
+
+    def _held_for_beams(self) -> int:
+        """Slots the running beam searches may still fork into: each search's width less its running beams."""
+        beams: dict[int, int] = {}
+        widths: dict[int, int] = {}
+        for seq in self.running:
+            if seq.beam is not None:
+                beams[id(seq.beam)] = beams.get(id(seq.beam), 0) + 1
+                widths[id(seq.beam)] = seq.beam.width
+        return sum(max(widths[search] - running, 0) for search, running in beams.items())
 
     def _cache_slot(self, seq: Sequence) -> None:
         assert seq.slot is not None

@@ -155,6 +155,32 @@ async def test_beam_search_forks_by_copying_and_frees_every_stream(tiny_chat_pat
     assert all(c.finish_reason in (FinishReason.STOP, FinishReason.LENGTH) for c in choices)
 
 
+async def test_a_beam_search_under_load_waits_for_a_stream_per_beam_and_finds_what_it_finds_alone(tiny_chat_path):
+    """Three streams, two busy: a search of width 3 waits for all three rather than forking into the one
+    idle stream and dropping its other beams (a narrower search, another answer). No prefix cache: the prompt
+    is computed whole both times, so equal searches give equal tokens to the bit."""
+    backend = await start_backend(tiny_chat_path, n_ctx=768, max_seqs=3, max_model_len=256, prefix_cache=False)
+    search = make_request(chat="What does a cow say?", max_tokens=24, n=3, best_of=3, use_beam_search=True)
+    try:
+        alone = await collect(backend, search)
+        started = [asyncio.Event() for _ in range(2)]
+
+        async def busy(i: int) -> None:
+            async for _ in backend.generate(make_request(f"Story {i}:", max_tokens=120, ignore_eos=True)):
+                started[i].set()
+
+        load = [asyncio.create_task(busy(i)) for i in range(2)]
+        for event in started:
+            await event.wait()
+        under_load = await collect(backend, search)
+        await asyncio.gather(*load)
+        await assert_idle(backend)
+    finally:
+        await backend.shutdown()
+    assert [c.token_ids for c in under_load] == [c.token_ids for c in alone]
+    assert len({tuple(c.token_ids) for c in alone}) == 3
+
+
 async def test_speculation_in_streams_gives_the_output_without_it(tiny_chat_path):
     plain = await start_backend(tiny_chat_path, n_ctx=1024, max_seqs=4, max_model_len=256)
     ngram = await start_backend(

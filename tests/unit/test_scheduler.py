@@ -4,6 +4,7 @@ import itertools
 
 import pytest
 
+from lmgate.backends.engine.beam_search import BeamSearch
 from lmgate.backends.engine.output_text import OutputText
 from lmgate.backends.llamacpp.kv_cache import KVCacheManager, RemoveOp
 from lmgate.backends.llamacpp.scheduler import (
@@ -68,6 +69,35 @@ def test_admission_is_fifo_and_bounded_by_slots():
     out = run_step(sched)
     assert [c.seq for c in out.chunks] == seqs[:2]
     assert seqs[2].status is SequenceStatus.WAITING
+
+
+def test_a_beam_search_waits_for_a_slot_per_beam_and_holds_them_until_it_ends():
+    sched = make_scheduler(cells=256, slots=4, budget=64)
+    plain = [make_seq(3, name=f"plain{i}") for i in range(2)]
+    for seq in plain:
+        sched.add(seq)
+    run_step(sched)
+    search = make_seq(3, name="search")
+    search.beam = BeamSearch(width=3, n=1, max_tokens=8, end_tokens=frozenset())
+    behind = make_seq(3, name="behind")
+    sched.add(search)
+    sched.add(behind)
+    run_step(sched)
+    assert search.status is behind.status is SequenceStatus.WAITING  # 2 running + 3 beams > 4 slots; FIFO
+    sched.finish(plain[0])
+    run_step(sched)
+    assert search.status is SequenceStatus.RUNNING  # 1 running + 3 beams
+    assert behind.status is SequenceStatus.WAITING  # the search's other two slots are held for its forks
+    fork = sched.fork(search, 9)
+    assert fork is not None and fork.beam is search.beam
+    sched.finish(plain[1])
+    run_step(sched)
+    assert behind.status is SequenceStatus.RUNNING  # a slot freed: the search still holds one for its third beam
+    late = make_seq(3, name="late")
+    sched.add(late)
+    run_step(sched)
+    assert late.status is SequenceStatus.WAITING  # 3 running + the one slot held for the third beam
+    assert sched.fork(search, 8) is not None
 
 
 def test_a_prompt_that_does_not_fit_in_free_cells_waits_at_the_head():
