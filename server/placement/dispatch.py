@@ -283,12 +283,12 @@ class Dispatcher:
         blocks = prefix_blocks(requests[0]) if len(pool.replicas) > 1 else None  # one replica: nothing to choose
         cost = sum(_cost(r) for r in requests)
         tried: set[int] = set()
+        last: ServiceUnavailableError | None = None
         while True:
             now = time.monotonic()
             index = pool.router.pick(now, key, exclude=pool.unusable | tried, blocks=blocks)
             if index is None:
-                raise ServiceUnavailableError(f"no replica of model `{pool.name}` could serve the request",
-                                              param="model")  # fmt: skip
+                raise no_replica(pool, last)
             backend = pool.replicas[index]
             pool.router.started(index, cost)
             try:
@@ -296,7 +296,8 @@ class Dispatcher:
                     streams = [await open_stream(backend, requests[0])]
                 else:
                     streams = await open_streams(backend, requests)
-            except ServiceUnavailableError:
+            except ServiceUnavailableError as exc:
+                last = exc
                 pool.router.ended(index, cost)
                 pool.router.failed(index, time.monotonic())
                 tried.add(index)
@@ -360,6 +361,12 @@ async def _within_deadline(
             pool.router.failed(index, time.monotonic())
             raise
         yield delta
+
+
+def no_replica(pool: ModelPool, last: ServiceUnavailableError | None) -> ServiceUnavailableError:
+    """Every usable replica was tried (or none is usable): what the last one tried said, if one was."""
+    why = f": the last one tried said: {last.message}" if last is not None else ""
+    return ServiceUnavailableError(f"no replica of model `{pool.name}` could serve the request{why}", param="model")
 
 
 def timed_out(pool: ModelPool) -> RequestTimeoutError:

@@ -21,7 +21,7 @@ from lmgate.backends.embedding import Embeddings, EmbedRequest, check_dimensions
 from lmgate.backends.errors import BackendError
 from lmgate.backends.tasks import Task
 from lmgate.server.errors import ServiceUnavailableError, from_backend_error
-from lmgate.server.placement.dispatch import Dispatcher, timed_out
+from lmgate.server.placement.dispatch import Dispatcher, no_replica, timed_out
 from lmgate.server.placement.pool import ModelPool
 from lmgate.server.tenancy.records import Tenant
 from lmgate.server.tenancy.scope import check_model
@@ -101,10 +101,11 @@ async def _on_replica(pool: ModelPool, request: EmbedRequest) -> Embeddings:
     """Step 5: the router's replica; an unavailable one is marked failed and the next tried."""
     cost = request.token_estimate
     tried: set[int] = set()
+    last: ServiceUnavailableError | None = None
     while True:
         index = pool.router.pick(time.monotonic(), None, exclude=pool.unusable | tried)  # no prefix to share
         if index is None:
-            raise ServiceUnavailableError(f"no replica of model `{pool.name}` could serve the request", param="model")
+            raise no_replica(pool, last)
         pool.router.started(index, cost)
         try:
             result = await pool.replicas[index].embed(request)
@@ -112,6 +113,7 @@ async def _on_replica(pool: ModelPool, request: EmbedRequest) -> Embeddings:
             error = from_backend_error(exc)
             if not isinstance(error, ServiceUnavailableError):
                 raise error from exc
+            last = error
             pool.router.failed(index, time.monotonic())
             tried.add(index)
             continue

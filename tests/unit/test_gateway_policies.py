@@ -230,6 +230,23 @@ def test_a_replica_that_cannot_start_is_skipped_and_the_other_serves(tiny_chat_p
             assert card.replicas == 2 and card.ready
 
 
+def test_when_no_replica_can_serve_the_503_says_what_the_last_one_said():
+    with ServerThread(settings(fake("tiny"))) as worker:
+        target = worker.grpc_target
+        front = settings({"name": "chat", "backend": "grpc", "target": [target], "remote_model": "tiny"})
+        gateway = ServerThread(front)
+        gateway.__enter__()
+    try:  # the front's one replica loaded; now its worker is gone
+        body = {"model": "chat", "messages": [{"role": "user", "content": "Hi"}]}
+        reply = httpx.post(f"{gateway.base_url}/v1/chat/completions", json=body, timeout=30)
+    finally:
+        gateway.__exit__()
+    assert reply.status_code == 503
+    message = reply.json()["error"]["message"]
+    assert message.startswith("no replica of model `chat` could serve the request: the last one tried said: ")
+    assert target in message
+
+
 def test_the_openai_backend_streams_an_upstream_through(tiny_chat_path):
     upstream = validate_settings(
         {"server": {"grpc_port": 0}, "models": [{"name": "tiny", "gguf": str(tiny_chat_path)}]}
