@@ -80,9 +80,10 @@ class LlamaModel:
         self.requested_ctx = config.n_ctx or min(shape.context_train or _DEFAULT_MAX_CTX, _DEFAULT_MAX_CTX)
         self._yarn_orig_ctx = config.yarn_orig_ctx or shape.context_train
         try:
-            self.stream_cells = config.stream_cells(self.requested_ctx)
+            stream_cells = config.stream_cells(self.requested_ctx)
         except ValueError as exc:
             raise ModelLoadError(str(exc)) from exc
+        self.stream_cells = stream_cells
         """Cells of each sequence's KV stream; None: one unified cache."""
         self.max_model_len = _max_model_len(config, self.stream_cells or self.requested_ctx, shape.context_train)
         cells = self.requested_ctx if self.stream_cells is None else self.stream_cells * config.max_seqs
