@@ -51,6 +51,12 @@ def advance(search: BeamSearch[Sequence], sampled: list[Sampled], scheduler: Sch
     old = _sequences(search)
     candidates, search.pending = search.pending, {}
     continuations = search.step(candidates)
+    # The beams that lost go first: their slots are the ones the forks take (the scheduler holds no more
+    # than the search's width). A parent keeps its sequence (its first continuation), so none of them forks.
+    alive = {id(beam.key) for beam in search.live if beam.key is not None}
+    for seq in old:
+        if id(seq) not in alive:
+            _retire(seq, scheduler, runner)
     # Forks copy their parent's tokens, so they go before the parents append theirs.
     pairs = list(zip(search.live, continuations, strict=True))
     for beam, c in pairs:
@@ -61,10 +67,6 @@ def advance(search: BeamSearch[Sequence], sampled: list[Sampled], scheduler: Sch
     for beam, c in pairs:
         if beam.key is not None and beam.key is c.parent.key:
             beam.key.append(c.token)
-    alive = {id(beam.key) for beam in search.live}
-    for seq in old:
-        if id(seq) not in alive:
-            _retire(seq, scheduler, runner)
     return search.done
 
 

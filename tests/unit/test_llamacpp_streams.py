@@ -9,13 +9,15 @@ import asyncio
 import pytest
 from pydantic import ValidationError
 
+from lmgate.backends.engine.beam_search import BeamSearch
 from lmgate.backends.engine.output_text import OutputText
 from lmgate.backends.errors import InvalidRequest, ModelLoadError
-from lmgate.backends.llamacpp import speculator
+from lmgate.backends.llamacpp import beams, speculator
 from lmgate.backends.llamacpp.config import LlamaCppConfig
+from lmgate.backends.llamacpp.kv_cache import KVCacheManager
 from lmgate.backends.llamacpp.llama_model import LlamaModel
-from lmgate.backends.llamacpp.runner import Runner
-from lmgate.backends.llamacpp.scheduler import ScheduledChunk, SchedulerOutput
+from lmgate.backends.llamacpp.runner import Runner, Sampled
+from lmgate.backends.llamacpp.scheduler import ScheduledChunk, Scheduler, SchedulerConfig, SchedulerOutput
 from lmgate.backends.llamacpp.sequence import Sequence
 from lmgate.backends.llamacpp.stream_cache import StreamCacheManager
 from lmgate.backends.types import FinishReason, SamplingParams
@@ -232,5 +234,34 @@ def test_with_streams_the_runner_orders_the_batch_by_sequence_id(model):
         order = [0, 2, 3] if model.stream_cells else [3, 0, 2]
         assert [runner._batch.seq_id[i][0] for i in range(3)] == order
         assert [(seq.slot, i) for seq, i, _ in to_sample] == list(zip(order, range(3), strict=True))
+    finally:
+        runner.close()
+
+
+def test_a_beam_search_keeps_its_width_when_one_beam_takes_every_continuation(model):
+    """No spare slot (as many as the search is wide): the beams that lost give theirs to the forks of the
+    one that won, before it forks. The candidates are given by hand; nothing is decoded."""
+    kv = StreamCacheManager(256, 3) if model.stream_cells else KVCacheManager(768, 3, prefix_caching=False)
+    scheduler, runner = Scheduler(SchedulerConfig(max_seqs=3, token_budget=64), kv), Runner(model)
+    root = Sequence("beam", 0, list(range(5)), SamplingParams(), 8, 0, OutputText())
+    search = BeamSearch[Sequence](width=3, n=1, max_tokens=8, end_tokens=frozenset())
+    search.live[0].key = search.root = root
+    root.beam = search
+    scheduler.add(root)
+
+    def step(candidates) -> None:
+        output = scheduler.schedule()
+        scheduler.update(output)
+        sampled = [Sampled(c.seq, -1, None, candidates(c.seq)) for c in output.chunks if c.samples]
+        beams.advance(search, sampled, scheduler, runner)
+
+    try:
+        step(lambda seq: ((10, -0.1), (11, -0.2), (12, -0.3), (13, -9.0), (14, -9.0), (15, -9.0)))
+        assert len(search.live) == 3
+        winner = search.live[0].key
+        step(lambda seq: ((20, -0.1), (21, -0.2), (22, -0.3), (23, -9.0), (24, -9.0), (25, -9.0)) if seq is winner
+             else tuple((30 + i, -9.0) for i in range(6)))  # fmt: skip
+        assert len(search.live) == 3 and len(scheduler.running) == 3
+        assert [beam.output for beam in search.live] == [[10, 20], [10, 21], [10, 22]]
     finally:
         runner.close()
