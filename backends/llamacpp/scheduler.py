@@ -264,12 +264,14 @@ class Scheduler:
         """Admit ``adapter``'s waiting sequences, in arrival order, while a slot is free and their
         prompt fits; ``_prefill`` gives them tokens. A beam search's prompt needs a slot for every beam
         of its width, held for it until it ends, so that its forks find one (else they would be dropped
-        and the search would be narrower under load than alone)."""
+        and the search would be narrower under load than alone); what arrived after a waiting search,
+        whatever its adapter, waits behind it, so that slots free up for it."""
         queue = [s for s in self.waiting if s.adapter == adapter]
         free = self.config.max_seqs - len(self.running) - self._held_for_beams()
+        search = min((s.arrival for s in self.waiting if s.beam is not None), default=None)
         for seq in queue:
             need = seq.beam.width if seq.beam is not None else 1
-            if need > free:
+            if need > free or (search is not None and seq.arrival > search):
                 break
             admission = self.kv.admit(seq.block_hashes(), seq.num_tokens, seq.token_ids)
             if admission is None:
@@ -281,6 +283,8 @@ class Scheduler:
                 seq.num_cached_tokens = admission.cached_tokens
             self.running.append(seq)
             free -= need
+            if seq.beam is not None:  # the search waited for is in: the next one, if any, is waited for
+                search = min((s.arrival for s in self.waiting if s.beam is not None), default=None)
 
     def _held_for_beams(self) -> int:
         """Slots the running beam searches may still fork into: each search's width less its running beams."""

@@ -100,6 +100,25 @@ def test_a_beam_search_waits_for_a_slot_per_beam_and_holds_them_until_it_ends():
     assert sched.fork(search, 8) is not None
 
 
+def test_what_arrives_after_a_waiting_beam_search_waits_behind_it_whatever_its_adapter():
+    """Else a steady flow on the base model would take every slot that frees, one at a time, and a search on
+    an adapter, which needs its width at once, would wait for ever."""
+    sched = make_scheduler(cells=256, slots=2, budget=64)
+    running = make_seq(3, name="running")
+    sched.add(running)
+    run_step(sched)
+    search = make_seq(3, name="search")
+    search.adapter, search.beam = "woof", BeamSearch(width=2, n=1, max_tokens=8, end_tokens=frozenset())
+    later = make_seq(3, name="later")
+    sched.add(search)
+    sched.add(later)
+    run_step(sched)
+    assert search.status is later.status is SequenceStatus.WAITING  # one slot free: not enough, not taken
+    sched.finish(running)
+    run_step(sched)
+    assert search.status is SequenceStatus.RUNNING and later.status is SequenceStatus.WAITING
+
+
 def test_a_prompt_that_does_not_fit_in_free_cells_waits_at_the_head():
     sched = make_scheduler(cells=20, budget=64)
     big_running = make_seq(12)
