@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
+import logging
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ from lmgate.server.placement.registry import ModelRegistry
 from lmgate.server.tenancy.quota import Lease, token_estimate
 from lmgate.server.tenancy.records import Tenant
 from lmgate.server.tenancy.scope import check_model, salted
+
+log = logging.getLogger(__name__)
 
 AFFINITY_BYTES = 512
 _INSTRUCTIONS = (Role.SYSTEM, Role.DEVELOPER)
@@ -364,9 +367,11 @@ async def _within_deadline(
 
 
 def no_replica(pool: ModelPool, last: ServiceUnavailableError | None) -> ServiceUnavailableError:
-    """Every usable replica was tried (or none is usable): what the last one tried said, if one was."""
-    why = f": the last one tried said: {last.message}" if last is not None else ""
-    return ServiceUnavailableError(f"no replica of model `{pool.name}` could serve the request{why}", param="model")
+    """Every usable replica was tried (or none is usable). What the last one tried said goes to the log, not
+    to the client: an upstream's error may name its address, its organisation or a masked key."""
+    if last is not None:
+        log.warning("model %s: no replica could serve a request; the last one tried said: %s", pool.name, last.message)
+    return ServiceUnavailableError(f"no replica of model `{pool.name}` could serve the request", param="model")
 
 
 def timed_out(pool: ModelPool) -> RequestTimeoutError:
