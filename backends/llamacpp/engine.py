@@ -59,6 +59,7 @@ class Engine(EngineThread[Request]):
         self.embedder = Embedder(model, config.embed_max_seqs)
         host_cells = self._host_tier_cells(config.cache_ram_mib) if model.restorable else 0
         kv: KVManager
+        streams = model.stream_cells is not None
         if model.stream_cells is not None:
             kv = StreamCacheManager(
                 model.stream_cells, model.num_slots, prefix_caching=config.prefix_cache, host_cells_max=host_cells
@@ -73,7 +74,6 @@ class Engine(EngineThread[Request]):
                 cached_idle_tokens=config.cache_idle_tokens or idle,
                 host_cells_max=host_cells,
             )
-        streams = model.stream_cells is not None
         self.scheduler = Scheduler(SchedulerConfig(config.max_seqs, model.n_batch, config.prefill_chunk, streams), kv)
         self.speculator = speculator.build(config, model, kv)
         self._check = config.check_integrity

@@ -287,14 +287,9 @@ class Scheduler:
                 search = min((s.arrival for s in self.waiting if s.beam is not None), default=None)
 
     def _held_for_beams(self) -> int:
-        """Slots the running beam searches may still fork into: each search's width less its running beams."""
-        beams: dict[int, int] = {}
-        widths: dict[int, int] = {}
-        for seq in self.running:
-            if seq.beam is not None:
-                beams[id(seq.beam)] = beams.get(id(seq.beam), 0) + 1
-                widths[id(seq.beam)] = seq.beam.width
-        return sum(max(widths[search] - running, 0) for search, running in beams.items())
+        """Slots the running beam searches may still fork into: their widths less their running beams."""
+        beams = [seq.beam for seq in self.running if seq.beam is not None]
+        return sum(search.width for search in {id(b): b for b in beams}.values()) - len(beams)
 
     def _cache_slot(self, seq: Sequence) -> None:
         assert seq.slot is not None

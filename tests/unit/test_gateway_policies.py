@@ -233,7 +233,8 @@ def test_a_replica_that_cannot_start_is_skipped_and_the_other_serves(tiny_chat_p
 def test_when_no_replica_can_serve_the_log_says_what_the_last_one_said_and_the_client_gets_a_503(caplog):
     with ServerThread(settings(fake("tiny"))) as worker:
         target = worker.grpc_target
-        front = settings({"name": "chat", "backend": "grpc", "target": [target], "remote_model": "tiny"})
+        front = settings({"name": "chat", "backend": "grpc", "target": [target], "remote_model": "tiny",
+                          "health_interval_s": 60})  # fmt: skip  # no health check marks it gone first
         gateway = ServerThread(front)
         gateway.__enter__()
     try:  # the front's one replica loaded; now its worker is gone
