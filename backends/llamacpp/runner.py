@@ -33,7 +33,7 @@ from lmgate.backends.llamacpp.kv_cache import (
     SpillOp,
 )
 from lmgate.backends.llamacpp.llama_model import LlamaModel
-from lmgate.backends.llamacpp.sampler import SamplerChain
+from lmgate.backends.llamacpp.sampler import Sampler, build_sampler
 from lmgate.backends.llamacpp.scheduler import SchedulerOutput
 from lmgate.backends.llamacpp.sequence import Sequence
 from lmgate.backends.structured_output import consume
@@ -68,7 +68,7 @@ class Runner:
         self._n_seq_id = np.ctypeslib.as_array(self._batch.n_seq_id, shape=(n,))
         self._logits = np.ctypeslib.as_array(self._batch.logits, shape=(n,))
         self._n_seq_id[:] = 1
-        self._samplers: dict[tuple[str, int], SamplerChain] = {}
+        self._samplers: dict[tuple[str, int], Sampler] = {}
         self._host: dict[int, ctypes.Array[ctypes.c_uint8]] = {}
         """Host copies of cached slots (host_tier.py), by key: llama.cpp's serialised cells."""
         self._by_slot = model.stream_cells is not None
@@ -173,10 +173,10 @@ class Runner:
                 return Sampled(seq, token_id, None, accepted=draft[:j])
         return Sampled(seq, chain.sample(ctx, batch_index + len(draft)), None, accepted=draft)
 
-    def _chain(self, seq: Sequence) -> SamplerChain:
+    def _chain(self, seq: Sequence) -> Sampler:
         chain = self._samplers.get(seq.key)
         if chain is None:
-            chain = self._samplers[seq.key] = SamplerChain(
+            chain = self._samplers[seq.key] = build_sampler(
                 seq.sampling,
                 n_vocab=self.model.n_vocab,
                 seed=seq.sampling.choice_seed(seq.index),
