@@ -2,7 +2,9 @@
 
 Every server of a scenario is up at once, and each round runs the scenario on every server in turn,
 starting one server later each round, so that a slow minute of the machine (another tenant, a
-thermal limit) falls on all of them alike. A figure is then the median of its rounds, shown with the
+thermal limit) falls on all of them alike. A sweep over concurrency levels goes level by level, every
+server in turn at each level (``rotate``), so the runs a ratio compares are seconds apart, not the
+minutes a whole round of one server takes. A figure is then the median of its rounds, shown with the
 min–max range of the rounds; a ratio between two servers is the median of the per-round ratios (the
 two ran minutes apart in the same round).
 """
@@ -48,8 +50,13 @@ def ratios(ours: Sequence[float], theirs: Sequence[float]) -> Spread:
 def interleave(rounds: int, names: Sequence[T]) -> Iterator[tuple[int, T]]:
     """``(round, name)`` in running order: every name once per round, each round starting one later."""
     for r in range(rounds):
-        for k in range(len(names)):
-            yield r, names[(r + k) % len(names)]
+        for name in rotate(names, r):
+            yield r, name
+
+
+def rotate(names: Sequence[T], start: int) -> list[T]:
+    """``names`` in running order starting at ``start`` (modulo their number)."""
+    return [names[(start + k) % len(names)] for k in range(len(names))]
 
 
 def by_level(runs: Sequence[Sequence[T]]) -> list[list[T]]:

@@ -75,17 +75,15 @@ def run(
             8212,
         ),
     }
-    reports: dict[str, list[list[BenchReport]]] = {name: [] for name in servers}
+    reports: dict[str, list[list[BenchReport]]] = {name: [[] for _ in range(n_rounds)] for name in servers}
     with serving_all(servers) as urls:
-        for r, name in rounds.interleave(n_rounds, list(servers)):
-            runs = [
-                asyncio.run(run_bench(BenchConfig(urls[name], "default", c, 8 * c, max_tokens=max_tokens,
-                                                  prompt=REPEATING)))
-                for c in levels
-            ]  # fmt: skip
-            reports[name].append(runs)
-            print(f"  round {r + 1}, {name}: " + ", ".join(f"c={c} {x.output_tokens_per_s:.1f} tok/s"
-                                                          for c, x in zip(levels, runs, strict=True)))  # fmt: skip
+        for r in range(n_rounds):
+            for i, c in enumerate(levels):  # level by level, every server in turn (rounds.py)
+                for name in rounds.rotate(list(servers), r + i):
+                    config = BenchConfig(urls[name], "default", c, 8 * c, max_tokens=max_tokens, prompt=REPEATING)
+                    report = asyncio.run(run_bench(config))
+                    reports[name][r].append(report)
+                    print(f"  round {r + 1}, {name}: c={c} {report.output_tokens_per_s:.1f} tok/s", flush=True)
         drafted = sum(v for _, v in scrape(urls[NGRAM], "lmgate_spec_decode_draft_tokens_total"))
         accepted = sum(v for _, v in scrape(urls[NGRAM], "lmgate_spec_decode_accepted_tokens_total"))
     return SpeculativeRun(levels, reports, drafted, accepted)

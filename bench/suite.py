@@ -14,7 +14,8 @@ Scenarios: distinct short prompts over a concurrency sweep; shared-prefix (16 us
 constrained); mixed (bench/mixed.py: 8 streams while long prompts arrive); speculative
 (bench/speculative.py: prompt lookup on a repeating text, lmgate and llama-server each with and
 without). The servers of a scenario are up at once and run it in interleaved rounds (three by
-default; bench/rounds.py): medians and min–max ranges. Writes docs/benchmarks.md, a JSON file of
+default; bench/rounds.py; a sweep level by level, every server in turn at each level): medians and
+min–max ranges. Writes docs/benchmarks.md, a JSON file of
 the sweeps and a plot.
 Nothing here is downloaded but PyPI packages; the model is the random-weight ``bench-200m``.
 """
@@ -198,14 +199,22 @@ def main(argv: list[str] | None = None) -> None:
         baseline = lmgate_server("lmgate-baseline", *sizes, *per_slot, "--port", "8204", python=python)
         servers["lmgate (baseline)"] = (baseline, 8204)
     results: Runs = {name: {} for name in servers}
+    names = list(servers)
     with serving_all(servers) as urls:
-        for r, name in rounds.interleave(args.rounds, list(servers)):
+        for r in range(args.rounds):
+            tag = f"Round {r + 1}"  # distinct prompts, no prefix of another run's
+            for name in names:
+                results[name].setdefault("sweep", []).append([])
+            for i, level in enumerate(args.levels):  # level by level, every server in turn (rounds.py)
+                for name in rounds.rotate(names, r + i):
+                    print(f"round {r + 1}, {name}:", flush=True)
+                    results[name]["sweep"][r] += sweep(
+                        urls[name], "default", [level], args.max_tokens, waves=args.waves, distinct=tag
+                    )
+        for r, name in rounds.interleave(args.rounds, names):
             print(f"round {r + 1}, {name}:", flush=True)
             url, runs = urls[name], results[name]
-            tag = f"Round {r + 1}"  # distinct prompts, no prefix of another run's
-            runs.setdefault("sweep", []).append(
-                sweep(url, "default", args.levels, args.max_tokens, waves=args.waves, distinct=tag)
-            )
+            tag = f"Round {r + 1}"
             # A system prompt of this round's own: every round starts cold on every server, as a new
             # prompt does (a server up since the last round would find its prompts cached).
             system = f"Round {r + 1}. {SYSTEM_PROMPT}"
@@ -286,8 +295,9 @@ def render(
         "cache helps). Ratios are what we compare; absolute numbers move with the machine. "
         "Profiles and the targets: [performance.md](performance.md).",
         "",
-        f"The servers of a scenario are up at once and run it in {n} interleaved rounds (bench/rounds.py). A "
-        "figure is the median of the rounds, with their min–max range in brackets; a ratio is the median of "
+        f"The servers of a scenario are up at once and run it in {n} interleaved rounds (bench/rounds.py; the "
+        "concurrency sweeps level by level, every server in turn at each level, so a ratio compares runs seconds "
+        "apart). A figure is the median of the rounds, with their min–max range in brackets; a ratio is the median of "
         "the per-round ratios. llama-cpp-python's server, which serialises requests, and lmgate with its "
         "prefix cache off run one round.",
         "",

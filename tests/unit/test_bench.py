@@ -1,5 +1,6 @@
 """lmgate bench counts what the server streams (checked against the fake backend over real HTTP)."""
 
+from lmgate.bench import rounds
 from lmgate.bench.client import BenchConfig, percentiles, run_bench
 from lmgate.server.settings import validate_settings
 
@@ -31,3 +32,10 @@ def test_distinct_prompts_differ_from_their_first_words_and_between_runs():
     assert all(p.endswith("Once upon a time") for p in prompts)
     same = BenchConfig("http://x", "m", 1, 3, prompt="Once upon a time")
     assert {same.prompt_for(i) for i in range(3)} == {"Once upon a time"}
+
+
+def test_rounds_rotate_who_runs_first_and_ratios_pair_rounds():
+    assert list(rounds.interleave(2, ["a", "b", "c"])) == [(0, "a"), (0, "b"), (0, "c"), (1, "b"), (1, "c"), (1, "a")]
+    assert [rounds.rotate(["a", "b"], k) for k in range(3)] == [["a", "b"], ["b", "a"], ["a", "b"]]
+    ratio = rounds.ratios([10.0, 30.0, 20.0], [10.0, 10.0, 40.0])  # per round: 1, 3, 0.5
+    assert (ratio.median, ratio.low, ratio.high) == (1.0, 0.5, 3.0)
