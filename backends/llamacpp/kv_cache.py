@@ -304,6 +304,10 @@ class KVCacheManager:
         self._record(ShareOp(src, slot, self.cells_of(src)))
         return slot
 
+    def pack(self) -> list[tuple[int, int]]:
+        """Nothing to move: llama.cpp decodes a unified cache's batch in one micro-batch whatever its ids."""
+        return []
+
     def allocate(self, slot: int, num_cells: int) -> bool:
         """Reserve ``num_cells`` more cells for ``slot``, evicting cached slots if needed.
 

@@ -48,6 +48,11 @@ class KVManager(Protocol):
         """A new slot holding every position ``src`` holds; None: no slot or room."""
         ...
 
+    def pack(self) -> list[tuple[int, int]]:
+        """Move running sequences so their slots are consecutive where the layout gains by it: ``(from, to)``
+        per move, in order; the caller re-points the sequences. Between steps only."""
+        ...
+
     def allocate(self, slot: int, num_cells: int) -> bool:
         """Reserve cells for ``slot``; False (nothing reserved): the caller preempts."""
         ...

@@ -17,6 +17,10 @@ prefills prompts, in chunks over several steps when a prompt is longer:
   compute, so a short request arriving behind a long prompt starts within a step or two; the oldest
   prompt still gets a quarter of the budget every step, so a stream of short prompts cannot starve it.
 
+With a KV stream per sequence, a step with nothing waiting first lets the KV manager close the gaps
+that finished sequences leave between running slots (stream_cache.py, ``pack``): llama.cpp evaluates
+the model once per run of consecutive sequence ids.
+
 When a running sequence cannot get cells, the newest running sequence is preempted: its slot becomes
 a cached slot (evicted first when cells are short) and it goes back to the front of the queue, to be
 recomputed (its tokens are kept) from whatever of its prefix is still cached.
@@ -130,6 +134,8 @@ class Scheduler:
         preempted: list[Sequence] = []
         starved: list[Sequence] = []
         adapter: str | None = None
+        if not self.waiting:  # else a newcomer takes the lowest idle slot, a gap first, with no copy
+            self._pack()
         for adapter in self._turns():
             self._schedule_adapter(adapter, chunks, preempted, starved)
             if chunks or preempted or starved:
@@ -137,6 +143,15 @@ class Scheduler:
         self._steps += 1
         self._served[adapter] = self._steps
         return SchedulerOutput(tuple(chunks), tuple(preempted), self.kv.take_ops(), tuple(starved), adapter)
+
+    def _pack(self) -> None:
+        """Let the KV manager close gaps between running slots (stream_cache.py) and follow its moves."""
+        moves = self.kv.pack()
+        if moves:
+            by_slot = {seq.slot: seq for seq in self.running}
+            for src, dst in moves:
+                seq = by_slot.pop(src)
+                seq.slot, by_slot[dst] = dst, seq
 
     def _turns(self) -> list[str | None]:
         """The adapters with work (a running sequence with tokens to compute, or a waiting one), the

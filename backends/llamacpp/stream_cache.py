@@ -22,6 +22,12 @@ batch into one micro-batch per run of consecutive sequence ids, each an evaluati
 would go anyway (or lower, or while nothing runs); one further up is copied from instead, which costs
 microseconds a cell once where a gap costs an evaluation every step.
 
+Sequences finish in any order, so a low slot falls idle under running ones: between steps, with
+nothing waiting for a slot (a newcomer would fill the gap for free), ``pack`` moves the highest running
+sequence down into it (``CopyOp``: ~0.5 ms for 100 cells on bench-200m, where each step with the gap
+costs ~5.7 ms more at 8 decodes), unless its prefix there would be lost or the sequence is longer than
+``MOVE_CELLS_MAX``.
+
 A slot's cells are its own, so growing never waits for another sequence and nothing is ever preempted;
 only growing beyond the stream fails, which the engine rules out (``max_model_len`` ≤ ``stream_cells``):
 it is a ``KVIntegrityError``. Cached slots cost other sequences nothing while they wait, so they stay
@@ -47,6 +53,10 @@ from lmgate.backends.llamacpp.kv_cache import (
     SpillOp,
     matching_head,
 )
+
+MOVE_CELLS_MAX = 1024
+"""The longest sequence ``pack`` moves: copying 1,000 cells costs ~5 ms on bench-200m (2 cores), about what
+one extra micro-batch of 8 decodes costs a step (docs/performance.md, "Gaps between running slots")."""
 
 
 @dataclass(eq=False, slots=True)
@@ -152,6 +162,29 @@ class StreamCacheManager:
         stream.blocks, stream.tail, stream.running = list(source.blocks), source.tail, True
         return slot
 
+    def pack(self) -> list[tuple[int, int]]:
+        """Move running sequences into the idle slots between running ones, the highest first, so the
+        running slots are consecutive ids; ``(from, to)`` per move, in order. An idle slot whose prefix
+        would be lost (``_loses``) is not moved into, nor is a sequence longer than ``MOVE_CELLS_MAX``
+        moved. Between steps only (every reserved cell decoded into)."""
+        moves: list[tuple[int, int]] = []
+        while True:
+            running = [slot for slot, stream in enumerate(self._streams) if stream.running]
+            if len(running) < 2:
+                return moves
+            low, high = running[0], running[-1]
+            gaps = (s for s in range(low + 1, high) if not self._streams[s].running and not self._loses(s))
+            gap = next(gaps, None)
+            source = self._streams[high]
+            if gap is None or source.cells > MOVE_CELLS_MAX:
+                return moves
+            stream = self._streams[self._claim(gap)]
+            self._ops.append(CopyOp(high, gap, source.cells))
+            self._ops.append(RemoveOp(high, 0))
+            stream.blocks, stream.tail, stream.running = source.blocks, source.tail, True
+            source.blocks, source.tail, source.running = [], 0, False
+            moves.append((high, gap))
+
     def allocate(self, slot: int, num_cells: int) -> bool:
         """Reserve ``num_cells`` more cells of ``slot``'s stream. Always True: a stream is the sequence's own,
         and the engine keeps sequences within it; beyond it is a ``KVIntegrityError``."""
@@ -238,12 +271,12 @@ class StreamCacheManager:
     def _target(self, idle: list[int]) -> int:
         """The idle slot a new sequence goes to: the lowest, but the lowest holding nothing before one whose
         prefix would be lost (no host tier, or too big for it)."""
+        return min(idle, key=lambda slot: (self._loses(slot), slot))
 
-        def loses(slot: int) -> bool:
-            cells = self._streams[slot].cells
-            return cells > 0 and (self.host is None or cells > self.host.max_cells)
-
-        return min(idle, key=lambda slot: (loses(slot), slot))
+    def _loses(self, slot: int) -> bool:
+        """Whether claiming idle ``slot`` drops a prefix (no host tier, or too big for it)."""
+        cells = self._streams[slot].cells
+        return cells > 0 and (self.host is None or cells > self.host.max_cells)
 
     def _claim(self, slot: int) -> int:
         """Empty idle ``slot`` for a new sequence and return it; what it held goes to the host tier, if any."""

@@ -6,6 +6,7 @@ each test also proves no cell or slot is lost, copies included.
 
 import asyncio
 
+import llama_cpp
 import pytest
 from pydantic import ValidationError
 
@@ -265,3 +266,64 @@ def test_a_beam_search_keeps_its_width_when_one_beam_takes_every_continuation(mo
         assert [beam.output for beam in search.live] == [[10, 20], [10, 21], [10, 22]]
     finally:
         runner.close()
+
+
+@pytest.fixture(scope="module")
+def streams_model(random_model_path):
+    model = LlamaModel(LlamaCppConfig(gguf=random_model_path, n_ctx=1024, max_seqs=4, kv_unified=False, n_threads=1))
+    yield model
+    model.close()
+
+
+def test_a_sequence_moved_down_into_a_gap_decodes_as_where_it_was(streams_model):
+    """Three sequences in slots 0-2; the middle one ends first and nothing waits, so the last one's cells
+    are copied into slot 1 (stream_cache.py ``pack``). It goes on as it would have in slot 2, on llama.cpp."""
+    model = streams_model
+    assert model.stream_cells is not None
+
+    def run(pack: bool) -> tuple[dict[int, list[int]], dict[int, list[float]], list[tuple[int, int]]]:
+        llama_cpp.llama_memory_clear(model.memory, True)
+        kv = StreamCacheManager(model.stream_cells, 4, prefix_caching=False)
+        moves: list[tuple[int, int]] = []
+        packer = kv.pack
+
+        def record() -> list[tuple[int, int]]:
+            done = packer() if pack else []
+            moves.extend(done)
+            return done
+
+        kv.pack = record  # type: ignore[method-assign]
+        scheduler, runner = Scheduler(SchedulerConfig(max_seqs=4, token_budget=64, streams=True), kv), Runner(model)
+        prompts = [[(7 * i + 3 * k) % 200 + 10 for k in range(12 + 5 * i)] for i in range(3)]
+        seqs = [Sequence("r", i, p, SamplingParams(temperature=0.0, logprobs=2), m, i, OutputText())
+                for i, (p, m) in enumerate(zip(prompts, (12, 2, 12), strict=True))]  # fmt: skip
+        for seq in seqs:
+            scheduler.add(seq)
+        tokens: dict[int, list[int]] = {i: [] for i in range(3)}
+        margins: dict[int, list[float]] = {i: [] for i in range(3)}
+        try:
+            while scheduler.has_work:
+                output = scheduler.schedule()
+                sampled = runner.execute(output)
+                scheduler.update(output)
+                for s in sampled:
+                    s.seq.append(s.token_id)
+                    tokens[s.seq.index].append(s.token_id)
+                    assert s.logprob is not None
+                    margins[s.seq.index].append(s.logprob.top[0].logprob - s.logprob.top[1].logprob)
+                    if s.seq.num_output_tokens == s.seq.max_tokens:
+                        scheduler.finish(s.seq)
+                        runner.release(s.seq)
+                runner.apply(kv.take_ops())
+                held = {slot: llama_cpp.llama_memory_seq_pos_max(model.memory, slot) + 1 for slot in range(4)}
+                scheduler.check_integrity(held)
+        finally:
+            runner.close()
+        return tokens, margins, moves
+
+    moved, margins, moves = run(pack=True)
+    stayed, _, none = run(pack=False)
+    assert moves == [(2, 1)] and none == []
+    for i in range(3):
+        diverged = next((k for k, (a, b) in enumerate(zip(moved[i], stayed[i], strict=True)) if a != b), None)
+        assert diverged is None or margins[i][diverged] < 0.1, f"sequence {i} diverged at {diverged} on a clear winner"

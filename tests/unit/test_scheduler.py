@@ -6,7 +6,7 @@ import pytest
 
 from lmgate.backends.engine.beam_search import BeamSearch
 from lmgate.backends.engine.output_text import OutputText
-from lmgate.backends.llamacpp.kv_cache import KVCacheManager, RemoveOp
+from lmgate.backends.llamacpp.kv_cache import CopyOp, KVCacheManager, RemoveOp
 from lmgate.backends.llamacpp.scheduler import (
     ATTENTION_TILE,
     Scheduler,
@@ -239,6 +239,26 @@ def test_with_a_stream_per_sequence_a_prompt_beside_streams_gets_one_token_more_
     sched.add(make_seq(1000))
     out = run_step(sched)
     assert [c.length for c in out.chunks] == [1] * 8 + [ATTENTION_TILE + 1]  # its own micro-batch: one tile
+
+
+def test_with_streams_a_gap_under_running_slots_is_closed_unless_a_newcomer_will_take_it():
+    """llama.cpp cuts a multi-stream step at each gap in the sequence ids: the highest sequence moves down."""
+    kv = StreamCacheManager(1024, 4, prefix_caching=False)
+    sched = Scheduler(SchedulerConfig(max_seqs=4, token_budget=64, streams=True), kv)
+    seqs = [make_seq(4, max_tokens=16) for _ in range(3)]
+    for seq in seqs:
+        sched.add(seq)
+    run_step(sched)
+    assert [seq.slot for seq in seqs] == [0, 1, 2]
+    sched.finish(seqs[1])
+    newcomer = make_seq(4)
+    sched.add(newcomer)
+    out = run_step(sched)  # the newcomer fills the gap: nothing copied
+    assert newcomer.slot == 1 and not any(isinstance(op, CopyOp) for op in out.memory_ops)
+    sched.finish(newcomer)
+    out = run_step(sched)  # nothing waits: the sequence in slot 2 moves to 1, then decodes there
+    assert [seqs[0].slot, seqs[2].slot] == [0, 1]
+    assert CopyOp(2, 1, 5) in out.memory_ops and sorted(c.seq.slot for c in out.chunks) == [0, 1]
 
 
 def test_with_nothing_decoding_a_prompt_gets_the_whole_budget():

@@ -12,7 +12,7 @@ from lmgate.backends.llamacpp.kv_cache import (
     RestoreOp,
     SpillOp,
 )
-from lmgate.backends.llamacpp.stream_cache import StreamCacheManager
+from lmgate.backends.llamacpp.stream_cache import MOVE_CELLS_MAX, StreamCacheManager
 
 from kv_helpers import B, FakeLlama, fill, hashes, tokens_of
 
@@ -193,6 +193,45 @@ def test_without_prefix_caching_nothing_is_matched_or_kept():
     assert admission is not None and admission.cached_tokens == 0 and kv.prefix_queries == 0
 
 
+def test_pack_moves_the_highest_running_sequence_into_a_gap_between_running_slots():
+    kv = StreamCacheManager(stream_cells=8 * B, num_slots=5)
+    llama = FakeLlama()
+    slots = [fill(kv, hashes(name), B + 3) for name in "abcd"]
+    llama.held = dict.fromkeys(slots, B + 3)
+    kv.release(slots[1])  # a gap at 1, between 0 and 2, 3
+    llama.apply(kv.take_ops())
+    assert kv.pack() == [(3, 1)]
+    assert kv.take_ops() == (CopyOp(3, 1, B + 3), RemoveOp(3, 0))
+    assert (kv.cells_of(1), kv.cells_of(3)) == (B + 3, 0)
+    assert kv.pack() == []  # 0, 1, 2: packed
+    kv.check_integrity(held(kv))
+    kv.release(0)
+    assert kv.pack() == []  # 1, 2: a free slot below the running ones is no gap
+
+
+def test_pack_sends_a_gaps_cached_prefix_to_the_host_tier_and_never_drops_one():
+    for host_cells, moves in ((8 * B, [(2, 1)]), (0, [])):
+        kv = StreamCacheManager(stream_cells=8 * B, num_slots=3, host_cells_max=host_cells)
+        _, middle, _ = (fill(kv, hashes(name), B + 1) for name in "abc")
+        kv.cache(middle)  # a finished sequence's prefix stays in the gap
+        kv.take_ops()
+        assert kv.pack() == moves
+        if moves:
+            assert kv.take_ops() == (SpillOp(1, 0), RemoveOp(1, 0), CopyOp(2, 1, B + 1), RemoveOp(2, 0))
+            assert kv.host is not None and kv.host.match(hashes("b")) == (0, 1)
+        else:
+            assert kv.take_ops() == () and kv.cells_of(middle) == B  # no host tier: the prefix stays
+
+
+def test_pack_leaves_a_sequence_longer_than_the_move_bound_where_it_is():
+    kv = StreamCacheManager(stream_cells=2 * MOVE_CELLS_MAX, num_slots=3)
+    long_chain = hashes(*"c" * (MOVE_CELLS_MAX // B))
+    _, middle, long = fill(kv, hashes("a"), B), fill(kv, hashes("b"), B), fill(kv, long_chain, MOVE_CELLS_MAX + 1)
+    kv.release(middle)
+    kv.take_ops()
+    assert kv.pack() == [] and kv.cells_of(long) == MOVE_CELLS_MAX + 1
+
+
 def test_integrity_check_catches_a_mismatch_with_llama_cpp():
     kv = StreamCacheManager(stream_cells=8 * B, num_slots=2)
     slot = fill(kv, hashes("a"), B + 2)
@@ -254,6 +293,12 @@ def test_random_traffic_keeps_the_accounts_equal_to_what_llama_cpp_holds(seed):
                 assert llama.held[child] == llama.held[parent]
             else:
                 assert len(running) == kv.num_slots
+        elif action < 0.8:
+            for src, dst in kv.pack():
+                running[dst] = running.pop(src)
+            ids_running = sorted(running)
+            gaps = set(range(ids_running[0], ids_running[-1] + 1)) - set(running) if running else set()
+            assert all(kv.cells_of(gap) > 0 for gap in gaps)  # only a prefix too big for the host tier stays
         elif running:
             slot = rng.choice(list(running))
             del running[slot]
