@@ -41,11 +41,20 @@ class BenchConfig:
     api_key: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     """More fields of every request's body (a constraint: ``{"structured_outputs": {...}}``)."""
+    varied: bool = False
+    """When set, request i asks for its own length, spread evenly over ``max_tokens // 8`` to
+    ``2 * max_tokens`` by i (the same lengths on every server), so requests end at different steps."""
 
     def prompt_for(self, i: int) -> str:
         if self.shared_prefix:
             return f"{self.shared_prefix}{self.prompt} ({i})"
         return self.prompt if self.distinct is None else f"{self.distinct} {i}. {self.prompt}"
+
+    def max_tokens_for(self, i: int) -> int:
+        if not self.varied:
+            return self.max_tokens
+        low = max(1, self.max_tokens // 8)
+        return low + (37 * i) % (2 * self.max_tokens - low + 1)
 
 
 @dataclass
@@ -90,7 +99,7 @@ async def one_request(client: httpx.AsyncClient, config: BenchConfig, i: int = 0
     body = {
         "model": config.model,
         "prompt": config.prompt_for(i),
-        "max_tokens": config.max_tokens,
+        "max_tokens": config.max_tokens_for(i),
         "temperature": 0,
         "ignore_eos": True,
         "stream": True,

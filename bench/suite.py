@@ -140,9 +140,11 @@ def sweep(
     *,
     waves: int = 4,
     distinct: str | None = None,
+    varied: bool = False,
 ) -> list[BenchReport]:
     """One run per concurrency in ``levels``, each of ``max(16, waves * c)`` requests. With ``distinct`` (a
-    tag no other run of the server uses) and no ``shared_prefix``, every request's prompt is its own."""
+    tag no other run of the server uses) and no ``shared_prefix``, every request's prompt is its own; with
+    ``varied``, its output length too (bench/client.py)."""
     reports = []
     for c in levels:
         config = BenchConfig(
@@ -154,6 +156,7 @@ def sweep(
             shared_prefix=shared_prefix,
             distinct=None if distinct is None else f"{distinct}, c={c}, request",
             extra=extra or {},
+            varied=varied,
         )
         reports.append(asyncio.run(run_bench(config)))
         r = reports[-1]
@@ -211,6 +214,11 @@ def main(argv: list[str] | None = None) -> None:
                     results[name]["sweep"][r] += sweep(
                         urls[name], "default", [level], args.max_tokens, waves=args.waves, distinct=tag
                     )
+            for name in rounds.rotate(names, r):  # requests that end at different steps
+                print(f"round {r + 1}, {name}, varied lengths:", flush=True)
+                varied = sweep(urls[name], "default", [8], args.max_tokens, waves=args.waves, distinct=f"{tag}, varied",
+                               varied=True)  # fmt: skip
+                results[name].setdefault("varied", []).append(varied)
         for r, name in rounds.interleave(args.rounds, names):
             print(f"round {r + 1}, {name}:", flush=True)
             url, runs = urls[name], results[name]
@@ -331,6 +339,25 @@ def render(
                 f"| {rounds.ratios(unified[i], anchor[i]).show('.2f', '×')} "
                 f"| {rounds.ratios(ours[i], unified[i]).show('.2f', '×')} | {unified_ttft[i]:.0f} |"
             )
+    if "varied" in results["lmgate"]:
+        varied = {name: [run[0].output_tokens_per_s for run in results[name]["varied"]] for name in results
+                  if "varied" in results[name]}  # fmt: skip
+        lo = max(1, args.max_tokens // 8)
+        cells = [rounds.spread(v).show() for v in varied.values()]
+        cells.append(rounds.ratios(varied["lmgate"], varied["llama-server"]).show(".2f", "×"))
+        lines += [
+            "",
+            "## Output lengths of their own (c=8)",
+            "",
+            f"Distinct prompts as above, each request asking for its own length ({lo} to {2 * args.max_tokens} tokens, "
+            "the same lengths on every server), so requests end at different steps and slots fall idle between "
+            "running ones. With a KV stream per sequence llama.cpp evaluates the model once per run of consecutive "
+            "sequence ids; lmgate moves a sequence down into such a gap (docs/architecture.md, `pack`). Tokens/s:",
+            "",
+            "| " + " | ".join([*varied, "lmgate / llama-server"]) + " |",
+            "|" + "---|" * (len(varied) + 1),
+            "| " + " | ".join(cells) + " |",
+        ]
     if "lmgate (baseline)" in results:
         base = tps("lmgate (baseline)")
         base_ttft, base_itl = median("lmgate (baseline)", ttft), median("lmgate (baseline)", itl)

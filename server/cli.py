@@ -138,6 +138,11 @@ def _bench_arguments(bench: argparse.ArgumentParser) -> None:
     bench.add_argument(
         "--same-prompt", action="store_true", help="every request sends the same prompt (default: distinct prompts)"
     )
+    bench.add_argument(
+        "--varied-lengths",
+        action="store_true",
+        help="request i asks for its own output length, max-tokens/8 to 2 x max-tokens (default: all max-tokens)",
+    )
     bench.add_argument("--json", type=Path, help="also write the reports as JSON")
     bench.add_argument("--plot", type=Path, help="also write a PNG plot (needs the `bench` extra: matplotlib)")
 

@@ -86,7 +86,9 @@ def run_bench(args: argparse.Namespace) -> int:
     for c in args.concurrency:
         requests = args.requests or max(8, 4 * c)
         distinct = None if args.same_prompt else f"Run {run}, c={c}, request"
-        config = BenchConfig(args.url, args.model, c, requests, max_tokens=args.max_tokens, distinct=distinct)
+        config = BenchConfig(
+            args.url, args.model, c, requests, max_tokens=args.max_tokens, distinct=distinct, varied=args.varied_lengths
+        )
         reports.append(asyncio.run(run_bench(config)))
         print(report_table(reports[-1:]).splitlines()[-1] if len(reports) > 1 else report_table(reports), flush=True)
     if args.json:

@@ -1,7 +1,9 @@
 """lmgate bench counts what the server streams (checked against the fake backend over real HTTP)."""
 
-from lmgate.bench import rounds
-from lmgate.bench.client import BenchConfig, percentiles, run_bench
+import argparse
+
+from lmgate.bench import rounds, suite
+from lmgate.bench.client import BenchConfig, BenchReport, percentiles, run_bench
 from lmgate.server.settings import validate_settings
 
 from server_helpers import ServerThread
@@ -39,3 +41,38 @@ def test_rounds_rotate_who_runs_first_and_ratios_pair_rounds():
     assert [rounds.rotate(["a", "b"], k) for k in range(3)] == [["a", "b"], ["b", "a"], ["a", "b"]]
     ratio = rounds.ratios([10.0, 30.0, 20.0], [10.0, 10.0, 40.0])  # per round: 1, 3, 0.5
     assert (ratio.median, ratio.low, ratio.high) == (1.0, 0.5, 3.0)
+
+
+def report(tps: float, c: int = 1) -> BenchReport:
+    ms = {"p50": 10.0, "p90": 20.0, "p99": 30.0}
+    return BenchReport(c, 8, 0, 1.0, int(tps), tps, ms, ms, ms, 0.5)
+
+
+def test_the_suite_renders_every_scenario_with_paired_ratios():
+    """Two rounds of made-up reports: the tables show medians and the per-round ratios."""
+    levels = [1, 16]
+    results = {
+        name: {
+            "sweep": [[report(base * r, c) for c in levels] for r in (1, 2)],
+            "shared": [[report(base * r, 16)] for r in (1, 2)],
+            "varied": [[report(base * r, 8)] for r in (1, 2)],
+        }
+        for name, base in (("lmgate", 110.0), ("llama-server", 100.0), (suite.UNIFIED, 90.0))
+    }
+    results["lmgate"] |= {"free": [[report(100.0, 8)]] * 2, "structured": [[report(95.0, 8)]] * 2}
+    results["llama-cpp-python"] = {"sweep": [[report(50.0, c) for c in levels]]}
+    args = argparse.Namespace(levels=levels, threads=2, ctx=16384, slots=16, max_tokens=64)
+    text = suite.render(results, args, "test machine")
+    assert "| 1 | 165.0 (110.0–220.0) | 150.0 (100.0–200.0) | 50.0 | 1.10× (1.10–1.10) |" in text
+    assert "## Output lengths of their own (c=8)" in text and "8 to 128 tokens" in text
+    assert "| lmgate | llama-server | lmgate (unified) | lmgate / llama-server |" in text
+    assert "Constrained / free: 0.95×" in text
+
+
+def test_varied_lengths_spread_over_an_eighth_to_twice_max_tokens_alike_on_every_run():
+    varied = BenchConfig("http://x", "m", 8, 64, max_tokens=64, varied=True)
+    lengths = [varied.max_tokens_for(i) for i in range(64)]
+    assert min(lengths) == 8 and max(lengths) <= 128 and len(set(lengths)) > 40
+    other = BenchConfig("http://y", "m", 1, 64, max_tokens=64, varied=True)
+    assert lengths == [other.max_tokens_for(i) for i in range(64)]
+    assert {BenchConfig("http://x", "m", 8, 64, max_tokens=64).max_tokens_for(i) for i in range(64)} == {64}
