@@ -120,6 +120,8 @@ class Scheduler:
         self._served: dict[str | None, int] = {}
         """Each adapter's (None: the base model's) last step."""
         self._steps = 0
+        self._freed = False
+        """A running sequence left its slot since the last ``_pack``: a gap may have opened."""
 
     @property
     def has_work(self) -> bool:
@@ -134,7 +136,8 @@ class Scheduler:
         preempted: list[Sequence] = []
         starved: list[Sequence] = []
         adapter: str | None = None
-        if not self.waiting:  # else a newcomer takes the lowest idle slot, a gap first, with no copy
+        if self._freed and not self.waiting:  # else a newcomer takes the lowest idle slot, a gap first: no copy
+            self._freed = False
             self._pack()
         for adapter in self._turns():
             self._schedule_adapter(adapter, chunks, preempted, starved)
@@ -247,6 +250,7 @@ class Scheduler:
         if seq.status is SequenceStatus.RUNNING:
             self.running.remove(seq)
             self._cache_slot(seq)
+            self._freed = True
         elif seq.status is SequenceStatus.WAITING:
             self.waiting.remove(seq)
         seq.status = SequenceStatus.FINISHED
@@ -271,6 +275,7 @@ class Scheduler:
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
         self._cache_slot(seq)
+        self._freed = True
         seq.reset_for_recompute()
         self.waiting.appendleft(seq)
         self.num_preemptions += 1
@@ -282,6 +287,8 @@ class Scheduler:
         and the search would be narrower under load than alone); what arrived after a waiting search,
         whatever its adapter, waits behind it, so that slots free up for it."""
         queue = [s for s in self.waiting if s.adapter == adapter]
+        if not queue:
+            return
         free = self.config.max_seqs - len(self.running) - self._held_for_beams()
         search = min((s.arrival for s in self.waiting if s.beam is not None), default=None)
         for seq in queue:
