@@ -56,7 +56,7 @@ from lmgate.backends.llamacpp.kv_cache import (
 
 MOVE_CELLS_MAX = 1024
 """The longest sequence ``pack`` moves: copying 1,000 cells costs ~5 ms on bench-200m (2 cores), about what
-one extra micro-batch of 8 decodes costs a step (docs/performance.md, "Gaps between running slots")."""
+one extra micro-batch of 8 decodes costs a step (docs/performance.md, "Sixth session": closing the gaps)."""
 
 
 @dataclass(eq=False, slots=True)
