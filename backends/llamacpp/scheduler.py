@@ -120,8 +120,8 @@ class Scheduler:
         self._served: dict[str | None, int] = {}
         """Each adapter's (None: the base model's) last step."""
         self._steps = 0
-        self._freed = False
-        """A running sequence left its slot since the last ``_pack``: a gap may have opened."""
+        self._repack = False
+        """Slots were taken or left since the last ``_pack``: a gap may have opened."""
 
     @property
     def has_work(self) -> bool:
@@ -136,8 +136,8 @@ class Scheduler:
         preempted: list[Sequence] = []
         starved: list[Sequence] = []
         adapter: str | None = None
-        if self._freed and not self.waiting:  # else a newcomer takes the lowest idle slot, a gap first: no copy
-            self._freed = False
+        if self._repack and not self.waiting:  # else a newcomer takes the lowest idle slot, a gap first: no copy
+            self._repack = False
             self._pack()
         for adapter in self._turns():
             self._schedule_adapter(adapter, chunks, preempted, starved)
@@ -242,6 +242,7 @@ class Scheduler:
             return None
         child = parent.fork(token_id, slot)
         self.running.append(child)
+        self._repack = True
         return child
 
     def finish(self, seq: Sequence) -> None:
@@ -250,7 +251,7 @@ class Scheduler:
         if seq.status is SequenceStatus.RUNNING:
             self.running.remove(seq)
             self._cache_slot(seq)
-            self._freed = True
+            self._repack = True
         elif seq.status is SequenceStatus.WAITING:
             self.waiting.remove(seq)
         seq.status = SequenceStatus.FINISHED
@@ -275,7 +276,7 @@ class Scheduler:
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
         self._cache_slot(seq)
-        self._freed = True
+        self._repack = True
         seq.reset_for_recompute()
         self.waiting.appendleft(seq)
         self.num_preemptions += 1
@@ -304,6 +305,7 @@ class Scheduler:
             if seq.num_preemptions == 0:
                 seq.num_cached_tokens = admission.cached_tokens
             self.running.append(seq)
+            self._repack = True  # a prefix taken over in a high slot can leave a gap below it
             free -= need
             if seq.beam is not None:  # the search waited for is in: the next one, if any, is waited for
                 search = min((s.arrival for s in self.waiting if s.beam is not None), default=None)

@@ -75,3 +75,18 @@ def test_penalties_and_temperature_keep_the_chain():
         sampler = build_sampler(params, n_vocab=10, seed=0, prompt=[1, 2], banned=frozenset())
         assert isinstance(sampler, SamplerChain)
         sampler.close()
+
+
+def test_on_a_tie_greedy_argmax_picks_the_first_token_as_llama_cpps_chain(decoded):
+    """Real logits never tie: two are made equal in place (as a structured output's mask writes there)."""
+    decoded, rows = decoded
+    i = rows[0]
+    row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(decoded.ctx, i), shape=(decoded.n_vocab,))
+    saved = row.copy()
+    try:
+        row[[700, 300]] = row.max() + 1.0
+        chain, argmax = chain_and_argmax(decoded)
+        assert argmax.sample(decoded.ctx, i) == chain.sample(decoded.ctx, i) == 300
+        chain.close()
+    finally:
+        row[:] = saved

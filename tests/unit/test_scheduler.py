@@ -261,6 +261,32 @@ def test_with_streams_a_gap_under_running_slots_is_closed_unless_a_newcomer_will
     assert CopyOp(2, 1, 5) in out.memory_ops and sorted(c.seq.slot for c in out.chunks) == [0, 1]
 
 
+def test_with_streams_a_gap_left_by_an_admission_is_closed_too():
+    """An idle engine hands a prompt the cached slot holding its prefix, however high; a newcomer then
+    takes slot 0, and the gap between them is closed at the next step with nothing waiting."""
+    kv = StreamCacheManager(1024, 4, prefix_caching=True)
+    sched = Scheduler(SchedulerConfig(max_seqs=4, token_budget=64, streams=True), kv)
+    fillers = [make_seq(4, max_tokens=1) for _ in range(3)]
+    first = make_seq(40, max_tokens=1)
+    for seq in [*fillers, first]:
+        sched.add(seq)
+    run_step(sched)
+    assert first.slot == 3
+    for seq in [*fillers, first]:
+        sched.finish(seq)
+    again = Sequence("again", 0, [*first.token_ids[:40], 99], SamplingParams(), 16, 1000, OutputText())
+    sched.add(again)
+    run_step(sched)
+    assert again.slot == 3 and again.num_cached_tokens > 0  # its prefix's cached slot, taken over
+    run_step(sched)  # alone: nothing to close
+    newcomer = make_seq(4)
+    sched.add(newcomer)
+    run_step(sched)
+    assert newcomer.slot == 0
+    out = run_step(sched)
+    assert again.slot == 1 and any(isinstance(op, CopyOp) for op in out.memory_ops)
+
+
 def test_with_nothing_decoding_a_prompt_gets_the_whole_budget():
     sched = make_fair_scheduler(prefill_chunk=8, budget=64)
     long = make_seq(100)
