@@ -3,10 +3,10 @@
 Every server of a scenario is up at once, and each round runs the scenario on every server in turn,
 starting one server later each round, so that a slow minute of the machine (another tenant, a
 thermal limit) falls on all of them alike. A sweep over concurrency levels goes level by level, every
-server in turn at each level (``rotate``), so the runs a ratio compares are seconds apart, not the
+server in turn at each level (``interleave_levels``), so the runs a ratio compares are seconds apart, not the
 minutes a whole round of one server takes. A figure is then the median of its rounds, shown with the
 min–max range of the rounds; a ratio between two servers is the median of the per-round ratios (the
-two ran minutes apart in the same round).
+two ran in the same round: seconds apart in a sweep, minutes apart in a scenario run whole).
 """
 
 from __future__ import annotations
@@ -52,6 +52,15 @@ def interleave(rounds: int, names: Sequence[T]) -> Iterator[tuple[int, T]]:
     for r in range(rounds):
         for name in rotate(names, r):
             yield r, name
+
+
+def interleave_levels(rounds: int, names: Sequence[T], levels: Sequence[int]) -> Iterator[tuple[int, int, T]]:
+    """``(round, level, name)`` in running order for a sweep: level by level, every name at each level,
+    who starts rotating by round and by level."""
+    for r in range(rounds):
+        for i, level in enumerate(levels):
+            for name in rotate(names, r + i):
+                yield r, level, name
 
 
 def rotate(names: Sequence[T], start: int) -> list[T]:

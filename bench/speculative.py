@@ -77,13 +77,11 @@ def run(
     }
     reports: dict[str, list[list[BenchReport]]] = {name: [[] for _ in range(n_rounds)] for name in servers}
     with serving_all(servers) as urls:
-        for r in range(n_rounds):
-            for i, c in enumerate(levels):  # level by level, every server in turn (rounds.py)
-                for name in rounds.rotate(list(servers), r + i):
-                    config = BenchConfig(urls[name], "default", c, 8 * c, max_tokens=max_tokens, prompt=REPEATING)
-                    report = asyncio.run(run_bench(config))
-                    reports[name][r].append(report)
-                    print(f"  round {r + 1}, {name}: c={c} {report.output_tokens_per_s:.1f} tok/s", flush=True)
+        for r, c, name in rounds.interleave_levels(n_rounds, list(servers), levels):
+            config = BenchConfig(urls[name], "default", c, 8 * c, max_tokens=max_tokens, prompt=REPEATING)
+            report = asyncio.run(run_bench(config))
+            reports[name][r].append(report)
+            print(f"  round {r + 1}, {name}: c={c} {report.output_tokens_per_s:.1f} tok/s", flush=True)
         drafted = sum(v for _, v in scrape(urls[NGRAM], "lmgate_spec_decode_draft_tokens_total"))
         accepted = sum(v for _, v in scrape(urls[NGRAM], "lmgate_spec_decode_accepted_tokens_total"))
     return SpeculativeRun(levels, reports, drafted, accepted)

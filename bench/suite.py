@@ -204,21 +204,19 @@ def main(argv: list[str] | None = None) -> None:
     results: Runs = {name: {} for name in servers}
     names = list(servers)
     with serving_all(servers) as urls:
-        for r in range(args.rounds):
+        for name in names:
+            results[name]["sweep"] = [[] for _ in range(args.rounds)]
+        for r, level, name in rounds.interleave_levels(args.rounds, names, args.levels):
+            print(f"round {r + 1}, {name}:", flush=True)
             tag = f"Round {r + 1}"  # distinct prompts, no prefix of another run's
-            for name in names:
-                results[name].setdefault("sweep", []).append([])
-            for i, level in enumerate(args.levels):  # level by level, every server in turn (rounds.py)
-                for name in rounds.rotate(names, r + i):
-                    print(f"round {r + 1}, {name}:", flush=True)
-                    results[name]["sweep"][r] += sweep(
-                        urls[name], "default", [level], args.max_tokens, waves=args.waves, distinct=tag
-                    )
-            for name in rounds.rotate(names, r):  # requests that end at different steps
-                print(f"round {r + 1}, {name}, varied lengths:", flush=True)
-                varied = sweep(urls[name], "default", [8], args.max_tokens, waves=args.waves, distinct=f"{tag}, varied",
-                               varied=True)  # fmt: skip
-                results[name].setdefault("varied", []).append(varied)
+            results[name]["sweep"][r] += sweep(
+                urls[name], "default", [level], args.max_tokens, waves=args.waves, distinct=tag
+            )
+        for r, name in rounds.interleave(args.rounds, names):  # requests that end at different steps
+            print(f"round {r + 1}, {name}, varied lengths:", flush=True)
+            varied = sweep(urls[name], "default", [8], args.max_tokens, waves=args.waves,
+                           distinct=f"Round {r + 1}, varied", varied=True)  # fmt: skip
+            results[name].setdefault("varied", []).append(varied)
         for r, name in rounds.interleave(args.rounds, names):
             print(f"round {r + 1}, {name}:", flush=True)
             url, runs = urls[name], results[name]

@@ -39,6 +39,9 @@ def test_distinct_prompts_differ_from_their_first_words_and_between_runs():
 def test_rounds_rotate_who_runs_first_and_ratios_pair_rounds():
     assert list(rounds.interleave(2, ["a", "b", "c"])) == [(0, "a"), (0, "b"), (0, "c"), (1, "b"), (1, "c"), (1, "a")]
     assert [rounds.rotate(["a", "b"], k) for k in range(3)] == [["a", "b"], ["b", "a"], ["a", "b"]]
+    assert list(rounds.interleave_levels(2, ["a", "b"], [1, 8])) == [
+        (0, 1, "a"), (0, 1, "b"), (0, 8, "b"), (0, 8, "a"), (1, 1, "b"), (1, 1, "a"), (1, 8, "a"), (1, 8, "b"),
+    ]  # fmt: skip
     ratio = rounds.ratios([10.0, 30.0, 20.0], [10.0, 10.0, 40.0])  # per round: 1, 3, 0.5
     assert (ratio.median, ratio.low, ratio.high) == (1.0, 0.5, 3.0)
 
