@@ -11,6 +11,7 @@ from lmgate.backends.llamacpp.kv_cache import (
     RestoreOp,
     ShareOp,
     SpillOp,
+    block_hash,
 )
 from lmgate.backends.llamacpp.kv_manager import KVManager
 
@@ -23,6 +24,14 @@ def hashes(*names: str) -> list[bytes]:
     for name in names:
         chain += name.encode()
         out.append(chain)
+    return out
+
+
+def chain_of(ids: list[int], seed: bytes = b"") -> list[bytes]:
+    """The real chain hashes of ``ids``'s full blocks (block 0's from ``seed``, a tenant's: sequence.py)."""
+    out: list[bytes] = []
+    for i in range(len(ids) // B):
+        out.append(block_hash(out[-1] if out else seed, ids[i * B : (i + 1) * B]))
     return out
 
 

@@ -20,7 +20,9 @@ speed, not room: llama.cpp's attention runs every token of a step over the unifi
 occupied span, masked, and its allocator keeps that span near the cells in use, so a cold prefix
 nobody hits costs every token computed while it waits (docs/performance.md, "Cold prefixes"). A hit may also take
 the first tokens of the block after the matched chain, where they equal the prompt's (blocks keep
-their token ids for this): a prompt repeated exactly recomputes one token, as in llama-server. Running out of cells
+their token ids for this): a prompt repeated exactly recomputes one token, as in llama-server. A prompt
+sharing less than a block with every chain still gets the leading tokens of a first block of its own
+tenant (``_head_holder``): shared into its new slot, or kept in the cached slot it would evict. Running out of cells
 is a value: ``allocate`` returns False after evicting what it can, and the scheduler preempts.
 
 With a host tier (host_tier.py), an evicted or expired cached slot that holds cells of its own is first
@@ -34,7 +36,9 @@ llama.cpp before the next decode.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -58,6 +62,23 @@ def default_idle_tokens(n_params: int, attention_rows: int, *, host_tier: bool =
     if host_tier:
         return HOST_TIER_IDLE_TOKENS
     return max(BLOCK_SIZE, n_params // (256 * max(attention_rows, 1)))
+
+
+def block_hash(parent: bytes, tokens: Sequence[int]) -> bytes:
+    """A block's chain hash: its tokens after ``parent`` (the block before's hash; block 0's, the seed of the
+    sequence's tenant: sequence.py). BLAKE2b, not Python's ``hash``: a collision would serve one user another's KV."""
+    digest = hashlib.blake2b(parent, digest_size=16)
+    digest.update(array("i", tokens).tobytes())
+    return digest.digest()
+
+
+def shared_head(seed: bytes, first: tuple[bytes, Sequence[int]], tokens: Sequence[int]) -> int:
+    """How many leading ``tokens`` a cached *first* block (its hash and tokens) holds, for a sequence whose
+    block 0 hashes from ``seed``: 0 unless the block is that tenant's (same cache salt and LoRA adapter),
+    so a prompt sharing less than a block reuses only its own tenant's cells, as whole blocks do."""
+    block_hash_, block_tokens = first
+    shared = matching_head(block_tokens, tokens)
+    return shared if shared and block_hash(seed, block_tokens) == block_hash_ else 0
 
 
 def matching_head(block_tokens: Sequence[int], tokens: Sequence[int]) -> int:
@@ -231,14 +252,19 @@ class KVCacheManager:
 
     # --- admission and growth ---
 
-    def admit(self, hashes: list[bytes], num_tokens: int, tokens: Sequence[int] = ()) -> Admission | None:
+    def admit(
+        self, hashes: list[bytes], num_tokens: int, tokens: Sequence[int] = (), seed: bytes | None = None
+    ) -> Admission | None:
         """A slot for a sequence of ``num_tokens`` whose full blocks hash to ``hashes``.
 
         The longest cached prefix (leaving at least one token to compute, whose logits are needed)
         is shared into the slot: whole blocks, then, given the sequence's ``tokens``, the leading
-        tokens of the source's next block that match. When keeping that prefix would leave too
-        little room (cached slots holding it cannot be evicted), the sequence is admitted without
-        it, so that an idle cache always admits what fits in it. A host copy that holds more of the
+        tokens of the source's next block that match. With no whole block in the cache and given
+        ``seed`` (what the sequence's block 0 hashes from), the leading tokens of another slot's first
+        block of the same tenant: shared, or kept when that slot is the cached one about to be evicted.
+        When keeping a prefix of whole blocks would leave too little room (cached slots holding it
+        cannot be evicted), the sequence is admitted without it, so that an idle cache always admits
+        what fits in it. A host copy that holds more of the
         prefix than the KV cache is put back instead, when it fits. None when the uncomputed rest
         cannot fit in the cells that are free or reclaimable from cached slots, or no slot can be
         had; nothing changes then (but cached slots may have moved to the host tier).
@@ -262,9 +288,15 @@ class KVCacheManager:
         if num_tokens - hit > self._room_keeping(chain, source):
             return None
         partial = self._partial(source, len(chain), tokens, num_tokens - 1) if source is not None else 0
+        if not chain and seed is not None:  # no whole block: the leading tokens of another first block
+            source, partial = self._head_holder(seed, tokens[: num_tokens - 1])
         slot: int | None
-        if source is not None and self._slots[source].cached:
+        if source is not None and self._slots[source].cached and (chain or source == self._next_victim()):
             slot = source
+            if not chain:  # it was about to be evicted
+                self.evictions += 1
+                if self.host is not None:
+                    self._spill(slot, self._slots[slot])
             self._truncate(slot, len(chain), keep=partial)
         else:
             slot = self._acquire(exclude=source)
@@ -477,6 +509,28 @@ class KVCacheManager:
         if not self.prefix_caching or len(blocks) <= num_blocks:
             return 0
         return matching_head(blocks[num_blocks].tokens, tokens[BLOCK_SIZE * num_blocks : limit])
+
+    def _head_holder(self, seed: bytes, tokens: Sequence[int]) -> tuple[int | None, int]:
+        """The slot whose first block, of the tenant of ``seed``, starts with the most leading ``tokens`` (at
+        least one), and how many: a prompt sharing less than a block with every cached one (a request's
+        common opening) still takes those positions, as llama-server reuses a slot's common prefix."""
+        best: tuple[int, bool, int] | None = None
+        source = None
+        if self.prefix_caching:
+            for slot, state in self._slots.items():
+                first = state.blocks[0] if state.blocks else None
+                if first is not None and (shared := shared_head(seed, (first.hash, first.tokens), tokens)):
+                    rank = (shared, not state.cached, state.last_used)
+                    if best is None or rank > best:
+                        best, source = rank, slot
+        return source, best[0] if best is not None else 0
+
+    def _next_victim(self) -> int | None:
+        """The cached slot ``_acquire`` would evict for a slot now (None: a slot is free, or none is cached)."""
+        if self._free:
+            return None
+        cached = [(state.last_used, slot) for slot, state in self._slots.items() if state.cached]
+        return min(cached)[1] if cached else None
 
     def _holder(self, chain: list[Block]) -> int:
         """A slot holding ``chain``: a cached one if any (to be taken over), the one with the fewest blocks

@@ -40,8 +40,11 @@ class KVManager(Protocol):
         """Cells ``slot`` can grow by without evicting anything."""
         ...
 
-    def admit(self, hashes: list[bytes], num_tokens: int, tokens: Sequence[int] = ()) -> Admission | None:
-        """A slot for a new sequence, holding the longest cached prefix it can reuse; None: not now."""
+    def admit(
+        self, hashes: list[bytes], num_tokens: int, tokens: Sequence[int] = (), seed: bytes | None = None
+    ) -> Admission | None:
+        """A slot for a new sequence, holding the longest cached prefix it can reuse; None: not now.
+        ``seed``: what its block 0 hashes from (its tenant), for prefixes shorter than a block."""
         ...
 
     def fork(self, src: int) -> int | None:

@@ -296,7 +296,7 @@ class Scheduler:
             need = seq.beam.width if seq.beam is not None else 1
             if need > free or (search is not None and seq.arrival > search):
                 break
-            admission = self.kv.admit(seq.block_hashes(), seq.num_tokens, seq.token_ids)
+            admission = self.kv.admit(seq.block_hashes(), seq.num_tokens, seq.token_ids, seq.hash_seed)
             if admission is None:
                 break  # FIFO: a big prompt at the head waits for room rather than being overtaken
             self.waiting.remove(seq)

@@ -11,14 +11,13 @@ from __future__ import annotations
 import enum
 import hashlib
 import time
-from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from lmgate.backends.engine.beam_search import BeamSearch
 from lmgate.backends.engine.output_text import OutputText
-from lmgate.backends.llamacpp.kv_cache import BLOCK_SIZE
+from lmgate.backends.llamacpp.kv_cache import BLOCK_SIZE, block_hash
 from lmgate.backends.types import FinishReason, SamplingParams
 
 if TYPE_CHECKING:
@@ -99,16 +98,18 @@ class Sequence:
 
         Block i's hash covers its tokens and block i-1's hash (block 0's: the cache salt and the LoRA
         adapter), so equal hashes mean equal prefixes of the same tenant computed with the same weights.
-        BLAKE2b, not Python's ``hash``: a collision would serve one user another's KV.
         """
         full = len(self.token_ids) // BLOCK_SIZE
         while len(self._hashes) < full:
             i = len(self._hashes)
-            parent = self._hashes[-1] if self._hashes else _seed(self.cache_salt, self.adapter)
-            digest = hashlib.blake2b(parent, digest_size=16)
-            digest.update(array("i", self.token_ids[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE]).tobytes())
-            self._hashes.append(digest.digest())
+            parent = self._hashes[-1] if self._hashes else self.hash_seed
+            self._hashes.append(block_hash(parent, self.token_ids[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE]))
         return self._hashes
+
+    @property
+    def hash_seed(self) -> bytes:
+        """What block 0's hash starts from: the cache salt and the LoRA adapter (its tenant)."""
+        return _seed(self.cache_salt, self.adapter)
 
     def append(self, token_id: int) -> None:
         self.token_ids.append(token_id)

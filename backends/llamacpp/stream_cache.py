@@ -6,13 +6,17 @@ over the occupied span of every sequence's (docs/performance.md, "Per-sequence K
 llama-server's layout for its ``-np`` slots. The price: a sequence holds at most ``stream_cells``
 positions, and slots cannot share cells, only copy them.
 
-A prompt reuses a prefix three ways, the one holding the most of it first (on a tie, in this order):
+A prompt reuses a prefix these ways, the one holding the most of it first (on a tie, in this order):
 
 - a *cached* slot (a finished sequence whose full blocks stay in its stream) holding the prefix is
   taken over and cut to it: nothing moves, as llama-server reuses its most similar idle slot;
 - a running slot holding it is copied into the new slot (``CopyOp``: llama.cpp writes the cells out and
   reads them in, microseconds per cell where recomputing a token costs milliseconds);
-- a host copy (host_tier.py) holding it is read back into the new slot (``RestoreOp``).
+- a host copy (host_tier.py) holding it is read back into the new slot (``RestoreOp``);
+- with no whole block cached anywhere, the slot the new sequence goes to keeps the leading tokens of its
+  own first block that the prompt shares (a request's common opening; only within one tenant), as
+  llama-server reuses a slot's common prefix; what it held goes to the host tier first, as when it is
+  claimed. Another slot's head is not copied: a copy moves the whole stream, which a few tokens do not repay.
 
 A sequence needing a slot of its own takes the lowest-numbered one not running (without a host tier, or
 when the slot's prefix would not fit in it, the lowest that holds nothing, if any); what that slot held
@@ -52,6 +56,7 @@ from lmgate.backends.llamacpp.kv_cache import (
     RestoreOp,
     SpillOp,
     matching_head,
+    shared_head,
 )
 
 MOVE_CELLS_MAX = 1024
@@ -111,12 +116,16 @@ class StreamCacheManager:
 
     # --- admission and growth ---
 
-    def admit(self, hashes: list[bytes], num_tokens: int, tokens: Sequence[int] = ()) -> Admission | None:
+    def admit(
+        self, hashes: list[bytes], num_tokens: int, tokens: Sequence[int] = (), seed: bytes | None = None
+    ) -> Admission | None:
         """A slot for a sequence of ``num_tokens`` whose full blocks hash to ``hashes``, holding the longest
         prefix a cached slot, a host copy or a running slot has (see the module's docstring), leaving at
         least one token to compute; given ``tokens``, a cached or running source also gives the leading
-        tokens of its next block that match. None when every slot is running or the sequence is longer
-        than a stream; nothing changes then."""
+        tokens of its next block that match, and given ``seed`` too (what the sequence's block 0 hashes
+        from), the slot it goes to keeps the leading tokens of its first block when no whole block is
+        cached anywhere. None when every slot is running or the sequence is longer than a stream; nothing
+        changes then."""
         idle = [slot for slot, stream in enumerate(self._streams) if not stream.running]
         if not idle or num_tokens > self.stream_cells:
             return None
@@ -142,8 +151,9 @@ class StreamCacheManager:
             self._ops.append(CopyOp(source, slot, BLOCK_SIZE * depth + partial))
             self._streams[slot].blocks = self._streams[source].blocks[:depth]
             self._streams[slot].tail = partial
-        else:
-            slot, depth, partial = self._claim(target), 0, 0
+        else:  # no whole block anywhere: the leading tokens the target's own first block shares, if any
+            depth, partial = 0, self._head(target, seed, tokens[: num_tokens - 1])
+            slot = self._claim(target, keep=partial)
         self._streams[slot].running = True
         self.prefix_hits += BLOCK_SIZE * depth + partial
         return Admission(slot, BLOCK_SIZE * depth + partial)
@@ -261,6 +271,13 @@ class StreamCacheManager:
             return 0
         return matching_head(blocks[num_blocks][1], tokens[BLOCK_SIZE * num_blocks : limit])
 
+    def _head(self, slot: int, seed: bytes | None, tokens: Sequence[int]) -> int:
+        """How many leading ``tokens`` idle ``slot``'s first block holds, if it is the tenant's of ``seed``."""
+        blocks = self._streams[slot].blocks
+        if not self.prefix_caching or seed is None or not blocks:
+            return 0
+        return shared_head(seed, blocks[0], tokens)
+
     def _cut(self, slot: int, num_blocks: int, keep: int) -> None:
         """Keep the first ``num_blocks`` blocks of a cached ``slot`` and ``keep`` positions after them (its tail)."""
         stream = self._streams[slot]
@@ -278,8 +295,9 @@ class StreamCacheManager:
         cells = self._streams[slot].cells
         return cells > 0 and (self.host is None or cells > self.host.max_cells)
 
-    def _claim(self, slot: int) -> int:
-        """Empty idle ``slot`` for a new sequence and return it; what it held goes to the host tier, if any."""
+    def _claim(self, slot: int, keep: int = 0) -> int:
+        """Empty idle ``slot`` for a new sequence but its first ``keep`` positions (a prefix shorter than a
+        block, the new sequence's tail) and return it; what it held goes to the host tier first, if any."""
         stream = self._streams[slot]
         if stream.cells:
             self.evictions += 1
@@ -287,8 +305,8 @@ class StreamCacheManager:
                 key, dropped = self.host.add(stream.blocks, stream.cells)
                 self._ops.append(SpillOp(slot, key))
                 self._ops.extend(ForgetOp(old) for old in dropped)
-            self._ops.append(RemoveOp(slot, 0))
-        stream.blocks, stream.tail = [], 0
+            self._ops.append(RemoveOp(slot, keep))
+        stream.blocks, stream.tail = [], keep
         return slot
 
     # --- invariants ---

@@ -14,7 +14,7 @@ from lmgate.backends.llamacpp.kv_cache import (
     default_idle_tokens,
 )
 
-from kv_helpers import B, FakeLlama, fill, hashes, tokens_of
+from kv_helpers import B, FakeLlama, chain_of, fill, hashes, tokens_of
 
 
 def held(kv: KVCacheManager) -> dict[int, int]:
@@ -351,33 +351,42 @@ def test_random_traffic_keeps_the_accounts_equal_to_what_llama_cpp_holds(seed):
         total_cells=24 * B, num_slots=6, cached_cells_max=6 * B, cached_idle_tokens=2 * B, host_cells_max=12 * B
     )
     llama = FakeLlama()
-    running: dict[int, tuple[list[str], int]] = {}  # slot → block names, tokens computed
+    running: dict[int, tuple[list[str], int, bytes]] = {}  # slot → block names, tokens computed, tenant
+    heads = 0  # admissions that shared less than a block
+
+    def ids(names: list[str], tokens: int) -> list[int]:
+        """Block i is a head every block has, then ``names[i]``'s letter repeated."""
+        return [t for name in names for t in [1, 2, 3, 4] + [ord(name)] * (B - 4)][:tokens]
+
     for _ in range(300):
         action = rng.random()
         if action < 0.35 and len(running) < 4:
             names = rng.choices("ab", k=rng.randint(1, 5))  # two letters: prefixes shared all the time
             tokens = B * len(names) + rng.randint(0, B - 1)
-            admission = kv.admit(hashes(*names)[: tokens // B], tokens)
+            tenant = rng.choice([b"", b"t"])
+            prompt = ids(names, tokens)
+            admission = kv.admit(chain_of(prompt, tenant), tokens, prompt, tenant)
             if admission is not None:
+                heads += 0 < admission.cached_tokens < B
                 if kv.allocate(admission.slot, tokens - admission.cached_tokens):
                     llama.apply(kv.take_ops())  # shares, copies put back and evictions come before the decode
                     assert llama.held.get(admission.slot, 0) == admission.cached_tokens
                     llama.held[admission.slot] = tokens
-                    kv.commit(admission.slot, hashes(*names))
-                    running[admission.slot] = (names, tokens)
+                    kv.commit(admission.slot, chain_of(prompt, tenant), prompt)
+                    running[admission.slot] = (names, tokens, tenant)
                 else:
                     kv.release(admission.slot)
         elif action < 0.75 and running:
             slot = rng.choice(list(running))
-            names, tokens = running[slot]
+            names, tokens, tenant = running[slot]
             grow = rng.randint(1, B)
             if kv.allocate(slot, grow):
                 tokens += grow
                 llama.apply(kv.take_ops())
                 llama.held[slot] = tokens
                 names = names + rng.choices("ab", k=max(0, tokens // B - len(names)))
-                kv.commit(slot, hashes(*names))
-                running[slot] = (names, tokens)
+                kv.commit(slot, chain_of(ids(names, tokens), tenant), ids(names, tokens))
+                running[slot] = (names, tokens, tenant)
         elif running:
             slot = rng.choice(list(running))
             del running[slot]
@@ -388,6 +397,7 @@ def test_random_traffic_keeps_the_accounts_equal_to_what_llama_cpp_holds(seed):
         assert kv.host is not None and set(llama.copies) == kv.host.keys()
         assert kv.host.cells == sum(c.cells for c in kv.host._copies.values()) <= kv.host.max_cells
     assert kv.host.stored > 0 and kv.host.restored > 0  # the traffic did go out and come back
+    assert heads > 0
 
 
 def test_a_host_copy_stays_in_the_tier_while_no_slot_can_be_had():
@@ -401,3 +411,45 @@ def test_a_host_copy_stays_in_the_tier_while_no_slot_can_be_had():
     kv.release(busy[0])
     admission = kv.admit(hashes("a", "b"), 2 * B + 1)
     assert admission is not None and admission.cached_tokens == 2 * B and len(kv.host) == 0
+
+
+def test_a_prompt_sharing_less_than_a_block_shares_that_head_and_the_cached_slot_stays():
+    kv = KVCacheManager(total_cells=10 * B, num_slots=3)
+    before = tokens_of(7, 8)
+    source = fill(kv, chain_of(before), 2 * B, before)
+    kv.cache(source)
+    kv.take_ops()
+    prompt = [7] * 5 + [1] * (B + 4)  # the first 5 tokens of the cached slot's first block, then others
+    admission = kv.admit(chain_of(prompt), len(prompt), prompt, seed=b"")
+    assert admission is not None and admission.slot != source and admission.cached_tokens == 5
+    assert kv.take_ops() == (ShareOp(source, admission.slot, 5),)
+    assert kv.cells_of(source) == 2 * B and kv.reclaimable_cells == 2 * B  # still cached, whole
+    kv.check_integrity(held(kv))
+
+
+@pytest.mark.parametrize("host", [False, True])
+def test_the_cached_slot_about_to_be_evicted_is_taken_over_down_to_the_head_a_prompt_shares(host):
+    kv = KVCacheManager(total_cells=10 * B, num_slots=1, host_cells_max=8 * B if host else 0)
+    before = tokens_of(7, 8)
+    source = fill(kv, chain_of(before), 2 * B, before)
+    kv.cache(source)
+    kv.take_ops()
+    prompt = [7] * 5 + [1] * (B + 4)
+    admission = kv.admit(chain_of(prompt), len(prompt), prompt, seed=b"")
+    assert admission is not None and (admission.slot, admission.cached_tokens) == (source, 5)
+    ops = kv.take_ops()
+    assert ops[-1] == RemoveOp(source, 5) and kv.evictions == 1
+    assert [type(op) for op in ops[:-1]] == ([SpillOp] if host else [])  # as evicting it would have
+    kv.check_integrity(held(kv))
+
+
+@pytest.mark.parametrize("seed", [None, b"another tenant"])
+def test_a_head_shorter_than_a_block_is_shared_only_within_a_tenant(seed):
+    kv = KVCacheManager(total_cells=10 * B, num_slots=3)
+    before = tokens_of(7, 8)
+    kv.cache(fill(kv, chain_of(before), 2 * B, before))
+    kv.take_ops()
+    prompt = [7] * 5 + [1] * B
+    admission = kv.admit(chain_of(prompt, seed or b""), len(prompt), prompt, seed=seed)
+    assert admission is not None and admission.cached_tokens == 0
+    assert kv.take_ops() == ()

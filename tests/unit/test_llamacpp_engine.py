@@ -10,6 +10,7 @@ import pytest
 
 from lmgate.backends.errors import BackendUnavailable, InvalidRequest
 from lmgate.backends.llamacpp import memory_plan
+from lmgate.backends.llamacpp.kv_cache import BLOCK_SIZE
 from lmgate.backends.types import FinishReason
 
 from engine_helpers import assert_idle, assert_same_up_to_ties, collect, first_divergence, make_request, start_backend
@@ -243,7 +244,7 @@ async def test_cold_prefixes_beyond_cache_cells_go_and_the_newest_stays(random_m
     stats, newest, oldest = await serve_prompts_then_repeat(backend, 4)
     assert stats.prefix_evictions == 3  # each prompt cached put the one before it out
     assert 32 < stats.kv_cells_cached < 2 * 300  # the newest prompt, beyond the bound
-    assert usage(oldest).cached_tokens == 0
+    assert usage(oldest).cached_tokens < BLOCK_SIZE  # its prefix went: only the head it shares with the newest
     assert usage(newest).cached_tokens > 32
 
 
@@ -261,7 +262,7 @@ async def test_cached_prefixes_go_after_cache_idle_tokens_and_the_newest_stays(r
     )
     stats, newest, oldest = await serve_prompts_then_repeat(backend, 3)
     assert stats.prefix_evictions == 1
-    assert usage(oldest).cached_tokens == 0
+    assert usage(oldest).cached_tokens < BLOCK_SIZE  # its prefix went: only the head it shares with the newest
     assert usage(newest).cached_tokens > 32
 
 

@@ -15,7 +15,7 @@ from lmgate.backends.engine.output_text import OutputText
 from lmgate.backends.errors import InvalidRequest, ModelLoadError
 from lmgate.backends.llamacpp import beams, speculator
 from lmgate.backends.llamacpp.config import LlamaCppConfig
-from lmgate.backends.llamacpp.kv_cache import KVCacheManager
+from lmgate.backends.llamacpp.kv_cache import BLOCK_SIZE, KVCacheManager
 from lmgate.backends.llamacpp.llama_model import LlamaModel
 from lmgate.backends.llamacpp.runner import Runner, Sampled
 from lmgate.backends.llamacpp.scheduler import ScheduledChunk, Scheduler, SchedulerConfig, SchedulerOutput
@@ -121,6 +121,26 @@ async def test_a_prefix_is_copied_from_a_sequence_still_running(streams, unified
     assert usage(b).cached_tokens >= 48
     assert_same_up_to_ties(b, reference)
     await assert_idle(streams)
+
+
+@pytest.mark.parametrize("layout", [STREAMS, {"n_ctx": 2048, "max_seqs": 4}], ids=["streams", "unified"])
+async def test_a_prompt_sharing_less_than_a_block_reuses_that_head_and_answers_the_same(
+    random_model_path, unified, layout
+):
+    backend = await start_backend(random_model_path, **layout)
+    try:
+        await collect(backend, make_request(f"Heads one. {LONG}", max_tokens=4))
+        [b] = await collect(backend, make_request(f"Heads two. {PROMPTS[1]}", max_tokens=12, logprobs=2))
+        first = await backend.tokenize(f"Heads one. {LONG}")
+        second = await backend.tokenize(f"Heads two. {PROMPTS[1]}")
+        await assert_idle(backend)
+    finally:
+        await backend.shutdown()
+    [reference] = await collect(unified, make_request(f"Heads two. {PROMPTS[1]}", max_tokens=12, logprobs=2))
+    common = next(i for i, (x, y) in enumerate(zip(first, second, strict=False)) if x != y)
+    assert 0 < common < BLOCK_SIZE and usage(b).cached_tokens == common
+    assert usage(reference).cached_tokens == 0  # the reference has no prefix cache
+    assert_same_up_to_ties(b, reference)
 
 
 async def test_prefixes_go_to_host_ram_when_their_stream_is_wanted_and_come_back(random_model_path, unified):

@@ -14,7 +14,7 @@ from lmgate.backends.llamacpp.kv_cache import (
 )
 from lmgate.backends.llamacpp.stream_cache import MOVE_CELLS_MAX, StreamCacheManager
 
-from kv_helpers import B, FakeLlama, fill, hashes, tokens_of
+from kv_helpers import B, FakeLlama, chain_of, fill, hashes, tokens_of
 
 
 def held(kv: StreamCacheManager) -> dict[int, int]:
@@ -241,38 +241,43 @@ def test_integrity_check_catches_a_mismatch_with_llama_cpp():
 
 @pytest.mark.parametrize("seed", range(30))
 def test_random_traffic_keeps_the_accounts_equal_to_what_llama_cpp_holds(seed):
-    """Admissions (with token ids: partial-block matches), growth, drafts partly rejected, forks, endings."""
+    """Admissions (with token ids: partial-block matches and heads shorter than a block, two tenants), growth,
+    drafts partly rejected, forks, endings."""
     rng = random.Random(seed)
     kv = StreamCacheManager(stream_cells=8 * B, num_slots=5, host_cells_max=10 * B)
     llama = FakeLlama()
 
     def ids(names: list[str], tokens: int) -> list[int]:
-        """Block i is ``names[i]``'s letter repeated; a prompt's partial last block too."""
-        return [ord(name) for name in names for _ in range(B)][:tokens]
+        """Block i is a head every block has, then ``names[i]``'s letter repeated; a prompt's partial last block too."""
+        return [t for name in names for t in [1, 2, 3, 4] + [ord(name)] * (B - 4)][:tokens]
 
     def more(names: list[str], tokens: int) -> list[str]:
         return names + rng.choices("ab", k=max(0, -(-tokens // B) - len(names)))
 
-    running: dict[int, tuple[list[str], int]] = {}  # slot → block names (the last maybe partial), tokens computed
+    running: dict[int, tuple[list[str], int, bytes]] = {}  # slot → block names (the last maybe partial), tokens, tenant
+    heads = 0  # admissions that kept less than a block
     for _ in range(300):
         action = rng.random()
         if action < 0.3:
             names = rng.choices("ab", k=rng.randint(1, 6))  # two letters: prefixes shared all the time
             tokens = rng.randint(1, B * len(names))
-            admission = kv.admit(hashes(*names)[: tokens // B], tokens, ids(names, tokens))
+            tenant = rng.choice([b"", b"t"])
+            prompt = ids(names, tokens)
+            admission = kv.admit(chain_of(prompt, tenant), tokens, prompt, tenant)
             if admission is not None:
                 assert admission.slot not in running
+                heads += 0 < admission.cached_tokens < B
                 kv.allocate(admission.slot, tokens - admission.cached_tokens)
                 llama.apply(kv.take_ops())  # copies and restores come before the decode
                 assert llama.held.get(admission.slot, 0) == admission.cached_tokens
                 llama.held[admission.slot] = tokens
-                kv.commit(admission.slot, hashes(*names), ids(names, tokens))
-                running[admission.slot] = (names, tokens)
+                kv.commit(admission.slot, chain_of(prompt, tenant), prompt)
+                running[admission.slot] = (names, tokens, tenant)
             else:
                 assert len(running) == kv.num_slots
         elif action < 0.7 and running:
             slot = rng.choice(list(running))
-            names, tokens = running[slot]
+            names, tokens, tenant = running[slot]
             drafted = min(rng.randint(1, B), kv.room(slot))
             if drafted:
                 kv.allocate(slot, drafted)
@@ -282,8 +287,8 @@ def test_random_traffic_keeps_the_accounts_equal_to_what_llama_cpp_holds(seed):
                 kv.shrink(slot, drafted - kept)
                 tokens += kept
                 names = more(names, tokens)
-                kv.commit(slot, hashes(*names), ids(names, tokens))
-                running[slot] = (names, tokens)
+                kv.commit(slot, chain_of(ids(names, tokens), tenant), ids(names, tokens))
+                running[slot] = (names, tokens, tenant)
         elif action < 0.75 and running:
             parent = rng.choice(list(running))
             child = kv.fork(parent)
@@ -307,4 +312,31 @@ def test_random_traffic_keeps_the_accounts_equal_to_what_llama_cpp_holds(seed):
         kv.check_integrity({slot: llama.held.get(slot, 0) for slot in range(kv.num_slots)})
         assert kv.host is not None and set(llama.copies) == kv.host.keys()
         assert kv.host.cells <= kv.host.max_cells
-    assert kv.host.stored > 0 and kv.host.restored > 0 and kv.prefix_hits > 0
+    assert kv.host.stored > 0 and kv.host.restored > 0 and kv.prefix_hits > 0 and heads > 0
+
+
+def test_a_prompt_sharing_less_than_a_block_keeps_that_head_of_the_slot_it_goes_to():
+    kv = StreamCacheManager(stream_cells=8 * B, num_slots=2, host_cells_max=8 * B)
+    before = tokens_of(7, 8, tail=(9,) * 3)
+    kv.cache(fill(kv, chain_of(before), 2 * B + 3, before))
+    kv.take_ops()
+    prompt = [7] * 5 + [1] * (B + 4)  # the first 5 tokens of the cached slot's first block, then others
+    admission = kv.admit(chain_of(prompt), len(prompt), prompt, seed=b"")
+    assert admission is not None and (admission.slot, admission.cached_tokens) == (0, 5)
+    spill, *rest = kv.take_ops()
+    assert isinstance(spill, SpillOp) and rest == [RemoveOp(0, 5)]  # what it held waits in the host tier
+    assert kv.cells_of(0) == 5 and kv.prefix_hits == 5
+    assert kv.host is not None and kv.host.match(chain_of(before))[1] == 2  # and comes back whole
+    kv.check_integrity(held(kv))
+
+
+@pytest.mark.parametrize("seed", [None, b"another tenant"])
+def test_a_head_shorter_than_a_block_is_kept_only_for_the_same_tenant(seed):
+    kv = StreamCacheManager(stream_cells=8 * B, num_slots=2, host_cells_max=8 * B)
+    before = tokens_of(7, 8)
+    kv.cache(fill(kv, chain_of(before), 2 * B, before))
+    kv.take_ops()
+    prompt = [7] * 5 + [1] * B
+    admission = kv.admit(chain_of(prompt, seed or b""), len(prompt), prompt, seed=seed)
+    assert admission is not None and (admission.slot, admission.cached_tokens) == (0, 0)
+    assert kv.take_ops()[-1] == RemoveOp(0, 0)
