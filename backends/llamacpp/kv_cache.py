@@ -259,7 +259,7 @@ class KVCacheManager:
 
         The longest cached prefix (leaving at least one token to compute, whose logits are needed)
         is shared into the slot: whole blocks, then, given the sequence's ``tokens``, the leading
-        tokens of the source's next block that match. With no whole block in the cache and given
+        tokens of the source's next block that match. With no whole block reused and given
         ``seed`` (what the sequence's block 0 hashes from), the leading tokens of another slot's first
         block of the same tenant: shared, or kept when that slot is the cached one about to be evicted.
         When keeping a prefix of whole blocks would leave too little room (cached slots holding it
@@ -289,7 +289,7 @@ class KVCacheManager:
             return None
         partial = self._partial(source, len(chain), tokens, num_tokens - 1) if source is not None else 0
         if not chain and seed is not None:  # no whole block: the leading tokens of another first block
-            source, partial = self._head_holder(seed, tokens[: num_tokens - 1])
+            source, partial = self._head_holder(seed, tokens[: min(num_tokens - 1, BLOCK_SIZE)])
         slot: int | None
         if source is not None and self._slots[source].cached and (chain or source == self._next_victim()):
             slot = source
@@ -552,11 +552,13 @@ class KVCacheManager:
         return slot
 
     def _share(self, src: int, dst: int, chain: list[Block], extra: int = 0) -> None:
-        """``dst`` gets ``chain`` and the next ``extra`` positions of ``src``."""
+        """``dst`` gets ``chain`` and the next ``extra`` positions of ``src``. A cached ``src`` (a head shorter
+        than a block) keeps its place in the eviction order: ``dst`` holds those positions itself now."""
         for block in chain:
             block.holders.add(dst)
         self._slots[dst].blocks = list(chain)
-        self._slots[src].last_used = next(self._clock)
+        if not self._slots[src].cached:
+            self._slots[src].last_used = next(self._clock)
         self._record(ShareOp(src, dst, BLOCK_SIZE * len(chain) + extra))
 
     def _truncate(self, slot: int, num_blocks: int, keep: int = 0) -> None:

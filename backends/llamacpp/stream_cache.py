@@ -152,7 +152,7 @@ class StreamCacheManager:
             self._streams[slot].blocks = self._streams[source].blocks[:depth]
             self._streams[slot].tail = partial
         else:  # no whole block anywhere: the leading tokens the target's own first block shares, if any
-            depth, partial = 0, self._head(target, seed, tokens[: num_tokens - 1])
+            depth, partial = 0, self._head(target, seed, tokens[: min(num_tokens - 1, BLOCK_SIZE)])
             slot = self._claim(target, keep=partial)
         self._streams[slot].running = True
         self.prefix_hits += BLOCK_SIZE * depth + partial
@@ -297,7 +297,8 @@ class StreamCacheManager:
 
     def _claim(self, slot: int, keep: int = 0) -> int:
         """Empty idle ``slot`` for a new sequence but its first ``keep`` positions (a prefix shorter than a
-        block, the new sequence's tail) and return it; what it held goes to the host tier first, if any."""
+        block, the new sequence's tail) and return it; what it held goes to the host tier first, if there is one
+        and it fits."""
         stream = self._streams[slot]
         if stream.cells:
             self.evictions += 1

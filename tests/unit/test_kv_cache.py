@@ -453,3 +453,19 @@ def test_a_head_shorter_than_a_block_is_shared_only_within_a_tenant(seed):
     admission = kv.admit(chain_of(prompt, seed or b""), len(prompt), prompt, seed=seed)
     assert admission is not None and admission.cached_tokens == 0
     assert kv.take_ops() == ()
+
+
+def test_a_head_shared_from_a_cached_slot_leaves_it_where_it_was_in_the_eviction_order():
+    kv = KVCacheManager(total_cells=32 * B, num_slots=4, cached_idle_tokens=4 * B)
+    older, newer = tokens_of(7, 8, 9), tokens_of(5, 6)
+    kv.cache(old := fill(kv, chain_of(older), 3 * B, older))
+    kv.advance(B)
+    kv.cache(new := fill(kv, chain_of(newer), 2 * B, newer))
+    kv.advance(B)
+    prompt = [7] * 5 + [1] * (B + 4)  # a head of the older slot's first block
+    admission = kv.admit(chain_of(prompt), len(prompt), prompt, seed=b"")
+    assert admission is not None and admission.cached_tokens == 5
+    kv.release(admission.slot)
+    kv.advance(4 * B)  # the idle limit: every cached slot but the newest goes
+    kv.take_ops()
+    assert kv.cells_of(new) == 2 * B and old not in kv._slots
