@@ -11,7 +11,7 @@ from lmgate.backends.llamacpp.kv_cache import (
     RestoreOp,
     ShareOp,
     SpillOp,
-    block_hash,
+    extend_chain,
 )
 from lmgate.backends.llamacpp.kv_manager import KVManager
 
@@ -29,10 +29,7 @@ def hashes(*names: str) -> list[bytes]:
 
 def chain_of(ids: list[int], seed: bytes = b"") -> list[bytes]:
     """The real chain hashes of ``ids``'s full blocks (block 0's from ``seed``, a tenant's: sequence.py)."""
-    out: list[bytes] = []
-    for i in range(len(ids) // B):
-        out.append(block_hash(out[-1] if out else seed, ids[i * B : (i + 1) * B]))
-    return out
+    return extend_chain([], seed, ids)
 
 
 def tokens_of(*blocks: int, tail: tuple[int, ...] = ()) -> list[int]:

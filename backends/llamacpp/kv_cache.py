@@ -72,6 +72,15 @@ def block_hash(parent: bytes, tokens: Sequence[int]) -> bytes:
     return digest.digest()
 
 
+def extend_chain(hashes: list[bytes], seed: bytes, tokens: Sequence[int]) -> list[bytes]:
+    """``hashes`` (the chain hashes of the first blocks of ``tokens``) extended to every full block of
+    ``tokens``, in place: block i's hash covers its tokens and block i-1's hash, block 0's ``seed`` (its
+    tenant: sequence.py), so equal hashes mean equal prefixes of the same tenant."""
+    for i in range(len(hashes), len(tokens) // BLOCK_SIZE):
+        hashes.append(block_hash(hashes[-1] if hashes else seed, tokens[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE]))
+    return hashes
+
+
 def shared_head(seed: bytes, first: tuple[bytes, Sequence[int]], tokens: Sequence[int]) -> int:
     """How many leading ``tokens`` a cached *first* block (its hash and tokens) holds, for a sequence whose
     block 0 hashes from ``seed``: 0 unless the block is that tenant's (same cache salt and LoRA adapter),
@@ -264,10 +273,10 @@ class KVCacheManager:
         block of the same tenant: shared, or kept when that slot is the cached one about to be evicted.
         When keeping a prefix of whole blocks would leave too little room (cached slots holding it
         cannot be evicted), the sequence is admitted without it, so that an idle cache always admits
-        what fits in it. A host copy that holds more of the
-        prefix than the KV cache is put back instead, when it fits. None when the uncomputed rest
-        cannot fit in the cells that are free or reclaimable from cached slots, or no slot can be
-        had; nothing changes then (but cached slots may have moved to the host tier).
+        what fits in it. A host copy that holds more of the prefix than the KV cache is put back
+        instead, when it fits. None when the uncomputed rest cannot fit in the cells that are free or
+        reclaimable from cached slots, or no slot can be had; nothing changes then (but cached slots
+        may have moved to the host tier).
         """
         max_blocks = (num_tokens - 1) // BLOCK_SIZE
         chain = self._match(hashes, max_blocks)
@@ -527,9 +536,11 @@ class KVCacheManager:
 
     def _next_victim(self) -> int | None:
         """The cached slot ``_acquire`` would evict for a slot now (None: a slot is free, or none is cached)."""
-        if self._free:
-            return None
-        cached = [(state.last_used, slot) for slot, state in self._slots.items() if state.cached]
+        return None if self._free else self._least_recently_used()
+
+    def _least_recently_used(self, exclude: int | None = None) -> int | None:
+        """The cached slot (other than ``exclude``) used least recently: the next one to evict."""
+        cached = [(state.last_used, slot) for slot, state in self._slots.items() if state.cached and slot != exclude]
         return min(cached)[1] if cached else None
 
     def _holder(self, chain: list[Block]) -> int:
@@ -579,12 +590,10 @@ class KVCacheManager:
 
     def _evict_one(self, exclude: int | None = None) -> bool:
         """Release the least recently used cached slot (other than ``exclude``)."""
-        candidates = [
-            (state.last_used, slot) for slot, state in self._slots.items() if state.cached and slot != exclude
-        ]
-        if not candidates:
+        victim = self._least_recently_used(exclude)
+        if victim is None:
             return False
-        self._release(min(candidates)[1])
+        self._release(victim)
         self.evictions += 1
         return True
 

@@ -9,6 +9,7 @@ sampled token is never computed until the next step decodes it.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import time
 from collections.abc import Mapping
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from lmgate.backends.engine.beam_search import BeamSearch
 from lmgate.backends.engine.output_text import OutputText
-from lmgate.backends.llamacpp.kv_cache import BLOCK_SIZE, block_hash
+from lmgate.backends.llamacpp.kv_cache import BLOCK_SIZE, extend_chain
 from lmgate.backends.types import FinishReason, SamplingParams
 
 if TYPE_CHECKING:
@@ -94,21 +95,14 @@ class Sequence:
         return len(self.token_ids) - self.num_computed_tokens
 
     def block_hashes(self) -> list[bytes]:
-        """Chained hashes of every full block of ``token_ids`` (computed once, extended as it grows).
+        """Chained hashes of every full block of ``token_ids`` (kv_cache.extend_chain: computed once,
+        extended as it grows), block 0's from ``hash_seed``: equal hashes mean equal prefixes of the same
+        tenant computed with the same weights."""
+        return extend_chain(self._hashes, self.hash_seed, self.token_ids)
 
-        Block i's hash covers its tokens and block i-1's hash (block 0's: the cache salt and the LoRA
-        adapter), so equal hashes mean equal prefixes of the same tenant computed with the same weights.
-        """
-        full = len(self.token_ids) // BLOCK_SIZE
-        while len(self._hashes) < full:
-            i = len(self._hashes)
-            parent = self._hashes[-1] if self._hashes else self.hash_seed
-            self._hashes.append(block_hash(parent, self.token_ids[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE]))
-        return self._hashes
-
-    @property
+    @functools.cached_property
     def hash_seed(self) -> bytes:
-        """What block 0's hash starts from: the cache salt and the LoRA adapter (its tenant)."""
+        """What block 0's hash starts from: the cache salt and the LoRA adapter (its tenant), fixed for its life."""
         return _seed(self.cache_salt, self.adapter)
 
     def append(self, token_id: int) -> None:
