@@ -13,7 +13,8 @@ Scenarios: distinct short prompts over a concurrency sweep; shared-prefix (16 us
 ~512-token system prompt, a unique question each); structured outputs (lmgate, c=8, free against
 constrained); mixed (bench/mixed.py: 8 streams while long prompts arrive); speculative
 (bench/speculative.py: prompt lookup on a repeating text, lmgate and llama-server each with and
-without). The servers of a scenario are up at once and run it in interleaved rounds (three by
+without); draft model (bench/draft_model.py: a target built to contain a small draft, the same four
+servers). The servers of a scenario are up at once and run it in interleaved rounds (three by
 default; bench/rounds.py; a sweep level by level, every server in turn at each level): medians and
 min–max ranges. Writes docs/benchmarks.md, a JSON file of
 the sweeps and a plot.
@@ -38,7 +39,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from lmgate.backends.llamacpp import cpu_build
-from lmgate.bench import mixed, rounds, speculative
+from lmgate.bench import draft_model, mixed, rounds, speculative
 from lmgate.bench.client import BenchConfig, BenchReport, run_bench
 from lmgate.bench.plot import plot_sweeps
 from lmgate.bench.servers import CACHE, Server, llama_server, lmgate_server, serving, serving_all
@@ -253,9 +254,11 @@ def main(argv: list[str] | None = None) -> None:
     mixed_reports = mixed.run_servers(model, binary, args.threads, args.rounds)
     print("speculative:", flush=True)
     speculative_run = speculative.run(model, binary, args.threads, args.rounds)
+    print("draft model:", flush=True)
+    draft_run = draft_model.run(binary, args.threads, args.rounds)
 
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {args.threads} threads"
-    args.out.write_text(render(results, args, machine, mixed_reports, speculative_run))
+    args.out.write_text(render(results, args, machine, mixed_reports, speculative_run, draft_run))
     medians = {name: [median_report(level) for level in rounds.by_level(runs["sweep"])]
                for name, runs in results.items() if "sweep" in runs}  # fmt: skip
     plot_sweeps(medians, args.out.with_suffix(".png"), title=f"bench-200m Q8_0, {machine} (medians of the rounds)")
@@ -275,6 +278,7 @@ def render(
     machine: str,
     mixed_reports: dict[str, list[mixed.MixedReport]] | None = None,
     speculative_run: speculative.SpeculativeRun | None = None,
+    draft_run: speculative.SpeculativeRun | None = None,
 ) -> str:
     def tps(name: str, scenario: str = "sweep") -> list[list[float]]:
         """levels × rounds of the server's tokens/s."""
@@ -411,6 +415,8 @@ def render(
         lines += mixed.render(mixed_reports)
     if speculative_run:
         lines += speculative.render(speculative_run)
+    if draft_run:
+        lines += draft_model.render(draft_run)
     errors = {name: sum(r.errors for rs in runs.values() for run in rs for r in run) for name, runs in results.items()}
     lines += ["", f"Failed requests per server over the whole run: {errors}.", "", "![sweep](benchmarks.png)", ""]
     return "\n".join(lines)

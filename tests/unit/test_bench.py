@@ -2,8 +2,9 @@
 
 import argparse
 
-from lmgate.bench import rounds, suite
+from lmgate.bench import draft_model, rounds, suite
 from lmgate.bench.client import BenchConfig, BenchReport, percentiles, run_bench
+from lmgate.bench.speculative import SpeculativeRun
 from lmgate.server.settings import validate_settings
 
 from server_helpers import ServerThread
@@ -79,3 +80,17 @@ def test_varied_lengths_spread_over_an_eighth_to_twice_max_tokens_alike_on_every
     other = BenchConfig("http://y", "m", 1, 64, max_tokens=64, varied=True)
     assert lengths == [other.max_tokens_for(i) for i in range(64)]
     assert {BenchConfig("http://x", "m", 8, 64, max_tokens=64).max_tokens_for(i) for i in range(64)} == {64}
+
+
+def test_the_draft_model_section_compares_the_speculating_lmgate_with_every_server():
+    reports = {
+        name: [[report(base * r, c) for c in (1, 8)] for r in (1, 2)]
+        for name, base in ((draft_model.PLAIN, 100.0), (draft_model.DRAFT, 120.0), (draft_model.ANCHOR, 105.0),
+                           (draft_model.ANCHOR_DRAFT, 125.0))
+    }  # fmt: skip
+    text = "\n".join(draft_model.render(SpeculativeRun((1, 8), reports, drafted=200.0, accepted=150.0)))
+    assert "## Speculative decoding: a draft model" in text and "2 layers 256 wide" in text
+    row = "| 1 | 150.0 (100.0–200.0) | 180.0 (120.0–240.0) | 157.5 (105.0–210.0) | 187.5 (125.0–250.0) | 1.20× "
+    assert row in text
+    assert "| 0.96× (0.96–0.96) |" in text  # 120 / 125 in both rounds
+    assert "accepted 150 (75%)" in text
