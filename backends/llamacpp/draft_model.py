@@ -69,6 +69,9 @@ class DraftModelDrafter:
         self._n_seq_id = np.ctypeslib.as_array(self._batch.n_seq_id, shape=(self.n_batch,))
         self._logits = np.ctypeslib.as_array(self._batch.logits, shape=(self.n_batch,))
         self._n_seq_id[:] = 1
+        self._p_min = config.speculative.draft_p_min
+        self._unsure: set[int] = set()
+        """Draft rows of this ``propose`` whose last token the draft model gave less than ``_p_min``."""
         self._free = list(range(config.max_seqs - 1, -1, -1))
         self._states: dict[tuple[str, int], _State] = {}
 
@@ -92,13 +95,14 @@ class DraftModelDrafter:
             state = self._state(seq) if limit > 0 else None
             if state is not None:
                 work.append((row, seq, state))
+        self._unsure.clear()
         try:
             self._catch_up(work, drafts)
             for _ in range(1, max((limits[row] for row, _, _ in work), default=0)):
-                work = [w for w in work if len(drafts[w[0]]) < limits[w[0]]]
+                work = [w for w in work if len(drafts[w[0]]) < limits[w[0]] and w[0] not in self._unsure]
                 if not work:
                     break
-                self._round([state for _, _, state in work], [drafts[row] for row, _, _ in work])
+                self._round([(row, state) for row, _, state in work], drafts)
         except _DecodeFailed:
             log.warning("the draft model's context is full: %d sequence(s) speculate again from scratch", len(work))
             for _, seq, _ in work:
@@ -171,14 +175,17 @@ class DraftModelDrafter:
         if llama_cpp.llama_decode(self.ctx, self._batch) != 0:
             raise _DecodeFailed
         for row, index in wanted:
-            drafts[row].append(self._greedy(index))
+            token, sure = self._greedy(index)
+            drafts[row].append(token)
+            if not sure:
+                self._unsure.add(row)
 
-    def _round(self, states: list[_State], drafts: list[list[int]]) -> None:
-        """Decode each state's last draft token; append the next greedy token to each draft."""
-        for n, (state, draft) in enumerate(zip(states, drafts, strict=True)):
-            self._put(n, state.seq_id, draft[-1], len(state.tokens), True)
-            state.tokens.append(draft[-1])
-        self._decode(len(states), [(n, n) for n in range(len(states))], drafts)
+    def _round(self, work: list[tuple[int, _State]], drafts: list[list[int]]) -> None:
+        """Decode the last draft token of each (draft row, state); append the next greedy token to each draft."""
+        for n, (row, state) in enumerate(work):
+            self._put(n, state.seq_id, drafts[row][-1], len(state.tokens), True)
+            state.tokens.append(drafts[row][-1])
+        self._decode(len(work), [(row, n) for n, (row, _) in enumerate(work)], drafts)
 
     def _put(self, n: int, seq_id: int, token: int, pos: int, logits: bool) -> None:
         self._tokens[n] = token
@@ -186,9 +193,15 @@ class DraftModelDrafter:
         self._logits[n] = logits
         self._batch.seq_id[n][0] = seq_id
 
-    def _greedy(self, batch_index: int) -> int:
+    def _greedy(self, batch_index: int) -> tuple[int, bool]:
+        """The most likely token at ``batch_index``, and whether its probability is ``_p_min`` or more."""
         ptr = llama_cpp.llama_get_logits_ith(self.ctx, batch_index)
-        return int(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).argmax())
+        logits = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+        token = int(logits.argmax())
+        if self._p_min == 0.0:
+            return token, True
+        # softmax(logits)[token] = 1 / sum(exp(logits - logits[token]))
+        return token, float(np.exp(logits - logits[token]).sum()) <= 1.0 / self._p_min
 
 
 def _check_vocab(path: Path, vocab: llama_cpp.llama_vocab_p, target: LlamaModel) -> None:

@@ -36,6 +36,13 @@ class SpeculativeConfig(BaseModel):
         description="draft: the draft model's GGUF (its vocabulary must be the model's); a relative path is relative "
         "to the config file's directory.",
     )
+    draft_p_min: float = Field(
+        default=0.4,
+        ge=0.0,
+        lt=1.0,
+        description="draft: a draft ends after a token the draft model gave a probability below this (0: always "
+        "num_draft tokens); Hugging Face's assisted generation stops its drafts the same way, at 0.4.",
+    )
     max_batch: PositiveInt = Field(
         default=4,
         le=128,
@@ -58,4 +65,6 @@ class SpeculativeConfig(BaseModel):
             raise ValueError("method draft needs draft_model: the path of a GGUF with the model's vocabulary")
         if self.method != "draft" and self.draft_model is not None:
             raise ValueError(f"draft_model is only used with method draft (method is {self.method})")
+        if self.method != "draft" and "draft_p_min" in self.model_fields_set:
+            raise ValueError(f"draft_p_min is only used with method draft (method is {self.method})")
         return self

@@ -10,6 +10,12 @@ import asyncio
 
 import pytest
 
+from lmgate.backends.engine.output_text import OutputText
+from lmgate.backends.llamacpp.config import LlamaCppConfig
+from lmgate.backends.llamacpp.draft_model import DraftModelDrafter
+from lmgate.backends.llamacpp.llama_model import LlamaModel
+from lmgate.backends.llamacpp.sequence import Sequence
+from lmgate.backends.types import SamplingParams
 from lmgate.quantize.random_model import PRESETS, build_random_model
 
 from engine_helpers import assert_idle, collect, make_request, start_backend
@@ -34,8 +40,9 @@ async def plain(tiny_chat_path):
     await backend.shutdown()
 
 
-async def draft_backend(target, draft):
-    return await start_backend(target, max_seqs=4, n_ctx=2048, speculative={"method": "draft", "draft_model": draft})
+async def draft_backend(target, draft, **speculative):
+    speculative = {"method": "draft", "draft_model": draft, **speculative}
+    return await start_backend(target, max_seqs=4, n_ctx=2048, speculative=speculative)
 
 
 def counts(choice):
@@ -74,7 +81,8 @@ async def test_the_model_drafting_for_itself_is_accepted_and_changes_nothing(pla
 
 async def test_a_random_draft_is_rejected_and_rolled_back_and_the_output_is_unchanged(plain, tiny_chat_path,
                                                                                       random_draft_path):  # fmt: skip
-    backend = await draft_backend(tiny_chat_path, random_draft_path)
+    # draft_p_min 0: the random draft's flat distribution would end every draft after one token
+    backend = await draft_backend(tiny_chat_path, random_draft_path, draft_p_min=0.0)
     try:
         assert await outputs(backend) == await outputs(plain)
         assert await outputs(backend, **SEEDED) == await outputs(plain, **SEEDED)
@@ -95,3 +103,22 @@ async def test_a_random_draft_is_rejected_and_rolled_back_and_the_output_is_unch
 async def test_a_draft_model_with_another_vocabulary_is_refused_at_load(tiny_chat_path, random_model_path):
     with pytest.raises(Exception, match="same vocabulary"):
         await draft_backend(tiny_chat_path, random_model_path)
+
+
+@pytest.mark.parametrize(("p_min", "length"), [(0.0, 4), (0.999, 1)])
+def test_a_draft_ends_after_a_token_the_draft_model_is_unsure_of(tiny_chat_path, random_draft_path, p_min, length):
+    """A random draft's distribution is flat (its best token far below 0.999): with ``draft_p_min`` 0.999 every
+    draft stops after its first token; with 0 it runs to the limit."""
+    speculative = {"method": "draft", "draft_model": random_draft_path, "draft_p_min": p_min}
+    config = LlamaCppConfig(gguf=tiny_chat_path, n_ctx=512, max_seqs=2, n_threads=1, speculative=speculative)
+    model = LlamaModel(config)
+    drafter = DraftModelDrafter(random_draft_path, model, config)
+    try:
+        ids = [model.tokenize(p, add_special=True, parse_special=False) for p in PROMPTS]
+        seqs = [Sequence("r", i, t, SamplingParams(temperature=0.0), 32, i, OutputText()) for i, t in enumerate(ids)]
+        assert [len(d) for d in drafter.propose(seqs, [4, 4])] == [length, length]
+        seqs[0].token_ids.append(7)  # the next step: caught up from the new token, drafted again
+        assert [len(d) for d in drafter.propose(seqs, [4, 2])] == [length, min(length, 2)]
+    finally:
+        drafter.close()
+        model.close()

@@ -200,3 +200,8 @@ def test_config_validation_names_the_fix(tiny_chat_path):
         LlamaCppConfig(gguf=tiny_chat_path, speculative={"method": "medusa"})
     with pytest.raises(ValidationError, match="num_draft"):
         LlamaCppConfig(gguf=tiny_chat_path, speculative={"method": "ngram", "num_draft": 0})
+    with pytest.raises(ValidationError, match="draft_p_min is only used with method draft"):
+        LlamaCppConfig(gguf=tiny_chat_path, speculative={"method": "ngram", "draft_p_min": 0.5})
+    with pytest.raises(ValidationError, match="draft_p_min"):
+        draft = {"method": "draft", "draft_model": tiny_chat_path, "draft_p_min": 1}
+        LlamaCppConfig(gguf=tiny_chat_path, speculative=draft)
