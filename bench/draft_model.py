@@ -2,7 +2,7 @@
 
 A random draft agrees with a random model at almost no position, so the pair is built for it
 (quantize/draft_pair.py): a target of bench-200m's shape that contains a ~20 MB draft, its greedy token
-the draft's at ~80 % of positions, as a trained draft's would be. Four servers on the target, all up at
+the draft's at ~81 % of positions, as a trained draft's would be. Four servers on the target, all up at
 once in interleaved rounds (bench/rounds.py): lmgate, lmgate with ``speculative: {method: draft}`` at its
 defaults, llama-server, and llama-server with the same draft (``-md``, ``--spec-type draft-simple`` at
 its defaults). Prompts are distinct stories (no n-gram of the prompt helps): what the draft proposes
@@ -21,15 +21,17 @@ from lmgate.bench import rounds
 from lmgate.bench.client import BenchConfig, BenchReport, run_bench
 from lmgate.bench.servers import CACHE, llama_server, lmgate_server, scrape, serving_all
 from lmgate.bench.speculative import SpeculativeRun
+from lmgate.quantize import draft_pair
 from lmgate.quantize.draft_pair import BENCH_DRAFT
 
 PLAIN, DRAFT, ANCHOR, ANCHOR_DRAFT = "lmgate", "lmgate, draft", "llama-server", "llama-server, draft-simple"
-TARGET = CACHE / "bench-200m-target.q8_0.gguf"
-DRAFT_MODEL = CACHE / "bench-200m-draft.q8_0.gguf"
+_PAIR = f"leak{draft_pair.LEAK:g}-scale{draft_pair.LOGIT_SCALE:g}-v{draft_pair.VERSION}"
+TARGET = CACHE / f"bench-200m-target-{_PAIR}.q8_0.gguf"
+DRAFT_MODEL = CACHE / f"bench-200m-draft-{_PAIR}.q8_0.gguf"
 
 
 def build_pair() -> tuple[Path, Path]:
-    """The target and its draft (built once, then reused from the cache)."""
+    """The target and its draft (built once, then reused from the cache: their names say how they were built)."""
     if not (TARGET.exists() and DRAFT_MODEL.exists()):
         command = [sys.executable, "-m", "lmgate.quantize.draft_pair", "--target", str(TARGET),
                    "--draft", str(DRAFT_MODEL)]  # fmt: skip
@@ -77,7 +79,7 @@ def render(result: SpeculativeRun) -> list[str]:
         "## Speculative decoding: a draft model",
         "",
         f"A target of bench-200m's shape and a draft of {BENCH_DRAFT.layers} layers {BENCH_DRAFT.hidden} wide "
-        "(a tenth of its size) built to agree with it at ~80 % of positions (quantize/draft_pair.py); lmgate with "
+        "(a tenth of its size) built to agree with it at ~81 % of positions (quantize/draft_pair.py); lmgate with "
         "`speculative: {method: draft}` and llama-server with `-md` and `--spec-type draft-simple`, each at its "
         "defaults and against itself without; distinct story prompts; output tokens/s.",
         "",

@@ -114,6 +114,7 @@ def _type(prop: dict[str, Any], defs: dict[str, Any]) -> str:
     bounds = [f"≥ {low}"] if low is not None else []
     bounds += [f"> {above}"] if above is not None else []
     bounds += [f"≤ {prop['maximum']}"] if "maximum" in prop else []
+    bounds += [f"< {prop['exclusiveMaximum']}"] if "exclusiveMaximum" in prop else []
     return kind + (f" ({', '.join(bounds)})" if bounds else "")
 
 
