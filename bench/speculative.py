@@ -16,12 +16,13 @@ same work.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from lmgate.bench import rounds
 from lmgate.bench.client import BenchConfig, BenchReport, run_bench
-from lmgate.bench.servers import CACHE, llama_server, lmgate_server, scrape, serving_all
+from lmgate.bench.servers import CACHE, Server, llama_server, lmgate_server, scrape, serving_all
 
 REPEATING = "for item in items:\n    total += item.price * item.count\n    print(item.name, total)\n" * 12
 
@@ -55,55 +56,95 @@ def run(
     max_tokens: int = 64,
 ) -> SpeculativeRun:
     """The four servers up at once (8 slots, 16,384 cells each), ``n_rounds`` interleaved rounds."""
+    names = (PLAIN, NGRAM, ANCHOR, ANCHOR_NGRAM)
+    theirs = ("--spec-type", "ngram-simple")
+    servers = four_servers(model, binary, threads, names, "ngram", "{method: ngram}", theirs, port=8209)
+
+    def load(url: str, r: int, c: int) -> BenchConfig:
+        return BenchConfig(url, "default", c, 8 * c, max_tokens=max_tokens, prompt=REPEATING)
+
+    return measure(servers, NGRAM, load, n_rounds, levels)
+
+
+def four_servers(
+    model: Path,
+    binary: Path,
+    threads: int,
+    names: tuple[str, str, str, str],
+    tag: str,
+    ours: str,
+    theirs: tuple[str, ...],
+    port: int,
+) -> dict[str, tuple[Server, int]]:
+    """lmgate and llama-server on ``model``, each without and with speculation (lmgate's model entry with
+    ``speculative: <ours>``, llama-server with the flags ``theirs``), under ``names``, on ``port`` and the
+    three after it; logs and config named after ``tag``. Eight slots of 2,048 cells each: as llama-server's
+    slots, a KV stream per sequence."""
     slots, ctx = 8, 16384
-    config = CACHE / "speculative.yaml"
+    config = CACHE / f"{tag}.yaml"
     config.write_text(
         f"models:\n  - name: default\n    gguf: {model.resolve()}\n    n_threads: {threads}\n"
-        f"    n_ctx: {ctx}\n    max_seqs: {slots}\n    max_model_len: {ctx // slots}\n"
-        "    speculative: {method: ngram}\n"
+        f"    n_ctx: {ctx}\n    max_seqs: {slots}\n    max_model_len: {ctx // slots}\n    speculative: {ours}\n"
     )
-    # As llama-server's slots: a KV stream of ctx / slots cells per sequence (suite.py).
     sizes = ("--threads", str(threads), "--n-ctx", str(ctx), "--max-seqs", str(slots))
     sizes += ("--max-model-len", str(ctx // slots))
     anchor = ("-m", str(model), "-t", str(threads), "-c", str(ctx), "-np", str(slots))
-    servers = {
-        PLAIN: (lmgate_server("lmgate-plain", "--model", str(model), *sizes, "--port", "8209"), 8209),
-        NGRAM: (lmgate_server("lmgate-speculative", "--config", str(config), "--port", "8210"), 8210),
-        ANCHOR: (llama_server(binary, "llama-server-plain", *anchor, "--port", "8211"), 8211),
-        ANCHOR_NGRAM: (
-            llama_server(binary, "llama-server-ngram", *anchor, "--spec-type", "ngram-simple", "--port", "8212"),
-            8212,
-        ),
-    }
+    ports = [str(port + i) for i in range(4)]
+    commands = [
+        lmgate_server(f"lmgate-{tag}-plain", "--model", str(model), *sizes, "--port", ports[0]),
+        lmgate_server(f"lmgate-{tag}", "--config", str(config), "--port", ports[1]),
+        llama_server(binary, f"llama-server-{tag}-plain", *anchor, "--port", ports[2]),
+        llama_server(binary, f"llama-server-{tag}", *anchor, *theirs, "--port", ports[3]),
+    ]
+    return {name: (server, port + i) for i, (name, server) in enumerate(zip(names, commands, strict=True))}
+
+
+def measure(
+    servers: dict[str, tuple[Server, int]],
+    speculating: str,
+    load: Callable[[str, int, int], BenchConfig],
+    n_rounds: int,
+    levels: tuple[int, ...],
+) -> SpeculativeRun:
+    """``servers`` up at once, in ``n_rounds`` interleaved rounds of ``load(url, round, c)`` at each level;
+    what the ``speculating`` lmgate drafted and accepted, from its /metrics."""
     reports: dict[str, list[list[BenchReport]]] = {name: [[] for _ in range(n_rounds)] for name in servers}
     with serving_all(servers) as urls:
         for r, c, name in rounds.interleave_levels(n_rounds, list(servers), levels):
-            config = BenchConfig(urls[name], "default", c, 8 * c, max_tokens=max_tokens, prompt=REPEATING)
-            report = asyncio.run(run_bench(config))
+            report = asyncio.run(run_bench(load(urls[name], r, c)))
             reports[name][r].append(report)
             print(f"  round {r + 1}, {name}: c={c} {report.output_tokens_per_s:.1f} tok/s", flush=True)
-        drafted = sum(v for _, v in scrape(urls[NGRAM], "lmgate_spec_decode_draft_tokens_total"))
-        accepted = sum(v for _, v in scrape(urls[NGRAM], "lmgate_spec_decode_accepted_tokens_total"))
+        drafted = sum(v for _, v in scrape(urls[speculating], "lmgate_spec_decode_draft_tokens_total"))
+        accepted = sum(v for _, v in scrape(urls[speculating], "lmgate_spec_decode_accepted_tokens_total"))
     return SpeculativeRun(levels, reports, drafted, accepted)
 
 
 def render(result: SpeculativeRun) -> list[str]:
     """The scenario's section of docs/benchmarks.md."""
-    lines = [
+    return [
         "",
         "## Speculative decoding: prompt lookup on a repeating text",
         "",
         "lmgate with `speculative: {method: ngram}` and llama-server with `--spec-type ngram-simple`, each "
         "against itself without; output tokens/s.",
         "",
-        f"| c | {PLAIN} | {NGRAM} | {ANCHOR} | {ANCHOR_NGRAM} | lmgate ngram / lmgate "
-        "| lmgate ngram / llama-server | lmgate ngram / llama-server ngram |",
+        *table(result, (PLAIN, NGRAM, ANCHOR, ANCHOR_NGRAM), "ngram"),
+    ]
+
+
+def table(result: SpeculativeRun, names: tuple[str, str, str, str], method: str) -> list[str]:
+    """Tokens/s of the four ``names`` (lmgate, lmgate speculating, llama-server, llama-server speculating)
+    level by level, the speculating lmgate over each of the others, and its acceptance."""
+    plain, ours, anchor, theirs = names
+    lines = [
+        f"| c | {plain} | {ours} | {anchor} | {theirs} | lmgate {method} / lmgate "
+        f"| lmgate {method} / llama-server | lmgate {method} / llama-server {method} |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for i, c in enumerate(result.levels):
-        tps = {name: result.tokens_per_s(name, i) for name in (PLAIN, NGRAM, ANCHOR, ANCHOR_NGRAM)}
+        tps = {name: result.tokens_per_s(name, i) for name in names}
         cells = [rounds.spread(v).show() for v in tps.values()]
-        cells += [rounds.ratios(tps[NGRAM], tps[other]).show(".2f", "×") for other in (PLAIN, ANCHOR, ANCHOR_NGRAM)]
+        cells += [rounds.ratios(tps[ours], tps[other]).show(".2f", "×") for other in (plain, anchor, theirs)]
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
     lines += [
         "",
