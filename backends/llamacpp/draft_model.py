@@ -70,8 +70,6 @@ class DraftModelDrafter:
         self._logits = np.ctypeslib.as_array(self._batch.logits, shape=(self.n_batch,))
         self._n_seq_id[:] = 1
         self._p_min = config.speculative.draft_p_min
-        self._unsure: set[int] = set()
-        """Draft rows of this ``propose`` whose last token the draft model gave less than ``_p_min``."""
         self._free = list(range(config.max_seqs - 1, -1, -1))
         self._states: dict[tuple[str, int], _State] = {}
 
@@ -90,19 +88,19 @@ class DraftModelDrafter:
 
     def propose(self, seqs: list[Sequence], limits: list[int]) -> list[list[int]]:
         drafts: list[list[int]] = [[] for _ in seqs]
+        limits = list(limits)  # a draft that ends early (an unsure token) gets its length as its limit
         work: list[tuple[int, Sequence, _State]] = []
         for row, (seq, limit) in enumerate(zip(seqs, limits, strict=True)):
             state = self._state(seq) if limit > 0 else None
             if state is not None:
                 work.append((row, seq, state))
-        self._unsure.clear()
         try:
-            self._catch_up(work, drafts)
+            self._catch_up(work, drafts, limits)
             for _ in range(1, max((limits[row] for row, _, _ in work), default=0)):
-                work = [w for w in work if len(drafts[w[0]]) < limits[w[0]] and w[0] not in self._unsure]
+                work = [w for w in work if len(drafts[w[0]]) < limits[w[0]]]
                 if not work:
                     break
-                self._round([(row, state) for row, _, state in work], drafts)
+                self._round([(row, state) for row, _, state in work], drafts, limits)
         except _DecodeFailed:
             log.warning("the draft model's context is full: %d sequence(s) speculate again from scratch", len(work))
             for _, seq, _ in work:
@@ -136,7 +134,7 @@ class DraftModelDrafter:
             llama_cpp.llama_memory_seq_rm(self.memory, state.seq_id, 0, -1)
             self._free.append(state.seq_id)
 
-    def _catch_up(self, work: list[tuple[int, Sequence, _State]], drafts: list[list[int]]) -> None:
+    def _catch_up(self, work: list[tuple[int, Sequence, _State]], drafts: list[list[int]], limits: list[int]) -> None:
         """Bring each state in step with its sequence's tokens and draft its first token (into ``drafts[row]``)."""
         wanted: list[tuple[int, int]] = []  # (draft row, batch index) of the batch being filled
         n = 0
@@ -144,7 +142,7 @@ class DraftModelDrafter:
             new = self._sync(seq.token_ids, state)
             for j, token in enumerate(new):
                 if n == self.n_batch:
-                    self._decode(n, wanted, drafts)
+                    self._decode(n, wanted, drafts, limits)
                     wanted, n = [], 0
                 last = j == len(new) - 1
                 self._put(n, state.seq_id, token, len(state.tokens), last)
@@ -153,7 +151,7 @@ class DraftModelDrafter:
                     wanted.append((row, n))
                 n += 1
             state.matched = len(state.tokens)
-        self._decode(n, wanted, drafts)
+        self._decode(n, wanted, drafts, limits)
 
     def _sync(self, tokens: list[int], state: _State) -> list[int]:
         """Drop the state's positions from the first that differs from ``tokens``; the tokens to decode
@@ -168,7 +166,9 @@ class DraftModelDrafter:
         state.matched = same
         return tokens[same:]
 
-    def _decode(self, n: int, wanted: list[tuple[int, int]], drafts: list[list[int]]) -> None:
+    def _decode(self, n: int, wanted: list[tuple[int, int]], drafts: list[list[int]], limits: list[int]) -> None:
+        """Decode the batch's ``n`` tokens; append the greedy token at each wanted (draft row, batch index) to
+        that draft, and end a draft (its limit becomes its length) after a token below ``_p_min``."""
         if n == 0:
             return
         self._batch.n_tokens = n
@@ -178,14 +178,14 @@ class DraftModelDrafter:
             token, sure = self._greedy(index)
             drafts[row].append(token)
             if not sure:
-                self._unsure.add(row)
+                limits[row] = len(drafts[row])
 
-    def _round(self, work: list[tuple[int, _State]], drafts: list[list[int]]) -> None:
+    def _round(self, work: list[tuple[int, _State]], drafts: list[list[int]], limits: list[int]) -> None:
         """Decode the last draft token of each (draft row, state); append the next greedy token to each draft."""
         for n, (row, state) in enumerate(work):
             self._put(n, state.seq_id, drafts[row][-1], len(state.tokens), True)
             state.tokens.append(drafts[row][-1])
-        self._decode(len(work), [(row, n) for n, (row, _) in enumerate(work)], drafts)
+        self._decode(len(work), [(row, n) for n, (row, _) in enumerate(work)], drafts, limits)
 
     def _put(self, n: int, seq_id: int, token: int, pos: int, logits: bool) -> None:
         self._tokens[n] = token
